@@ -1,0 +1,262 @@
+"""Train the bundled world model: first the VAE, then the text encoder and UNet together.
+
+Stage 1 (``vae``): an AutoencoderKL on freshly rendered images (an endless stream, so
+it cannot overfit), L1 + MSE reconstruction plus a tiny KL term, until a held-out PSNR
+target or a step budget is reached.  Stage 2 (``latents``): a fixed set of rendered,
+captioned images is encoded once; the latents' spread sets ``scaling_factor`` as in
+Stable Diffusion.  Stage 3 (``unet``): the text encoder (from scratch) and the UNet learn
+epsilon-prediction with min-SNR-5 loss weighting, caption dropout and an EMA copy.
+
+Every stage checkpoints atomically into ``work_dir`` and resumes from there, so the run
+can be killed at any moment.  Every ``export_every`` steps the EMA weights are written
+as a complete diffusers folder (fp16 safetensors) into ``out_dir``, together with
+``training_state.json`` (step, settings, wall time); a later run with an empty
+``work_dir`` continues from that shipped folder instead of from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from .domains import caption, render_batch
+from .model import assemble_pipeline, build_scheduler, build_text_encoder, build_tokenizer, build_unet, build_vae
+
+
+@dataclass
+class WorldTrainingConfig:
+    """Every setting of a world-model training run (recorded in training_state.json)."""
+
+    out_dir: str = "data/models/toyworld-sd"
+    work_dir: str = "checkpoints/toyworld"
+    seed: int = 0
+    vae_steps: int = 4000
+    vae_batch: int = 16
+    vae_lr: float = 5e-4
+    vae_target_psnr: float = 32.0
+    vae_kl_weight: float = 1e-6
+    num_images: int = 40000
+    unet_steps: int = 200000
+    unet_batch: int = 64
+    unet_lr: float = 4e-4
+    warmup_steps: int = 500
+    min_snr_gamma: float = 5.0
+    attribute_dropout: float = 0.3
+    caption_dropout: float = 0.1
+    ema_max_decay: float = 0.9999
+    checkpoint_every: int = 100
+    export_every: int = 500
+    vae_widths: tuple = (16, 32, 64)
+    unet_widths: tuple = (64, 128, 128)
+    unet_layers_per_block: int = 1
+    threads: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a kill never leaves half a checkpoint."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _load(path: Path):
+    return torch.load(path, map_location="cpu", weights_only=False)  # our own checkpoints only
+
+
+def _to_pixels(images_uint8: np.ndarray) -> torch.Tensor:
+    """uint8 [B, H, W, 3] -> float [B, 3, H, W] in [-1, 1]."""
+    return torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def psnr(reference: torch.Tensor, estimate: torch.Tensor) -> float:
+    """Mean PSNR in dB of images in [-1, 1] (peak-to-peak 2), over the batch."""
+    mse = (reference.clamp(-1, 1) - estimate.clamp(-1, 1)).pow(2).flatten(1).mean(1)
+    return float((10 * torch.log10(4.0 / mse.clamp_min(1e-10))).mean())
+
+
+# --------------------------------------------------------------------------- stage 1: VAE
+def train_vae(cfg: WorldTrainingConfig, work: Path) -> AutoencoderKL:
+    """Train (or resume, or load the finished) VAE; returns it in eval mode."""
+    final = work / "vae"
+    if (final / "config.json").exists():
+        return AutoencoderKL.from_pretrained(final).eval()
+    shipped = Path(cfg.out_dir) / "vae"
+    if (shipped / "config.json").exists():  # continue from the shipped model, do not retrain
+        vae = AutoencoderKL.from_pretrained(shipped, dtype=torch.float32)
+        vae.save_pretrained(final)
+        return vae.eval()
+    torch.manual_seed(cfg.seed)
+    vae = build_vae(tuple(cfg.vae_widths))
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    ckpt_path, step, history = work / "vae_ckpt.pt", 0, []
+    if ckpt_path.exists():
+        state = _load(ckpt_path)
+        vae.load_state_dict(state["model"]), opt.load_state_dict(state["optimizer"])
+        step, history = state["step"], state["history"]
+    held_out, _ = render_batch(256, seed=10**9)
+    held_out = _to_pixels(held_out)
+    bar = tqdm(total=cfg.vae_steps, initial=step, desc="vae")
+    while step < cfg.vae_steps:
+        images, _ = render_batch(cfg.vae_batch, seed=cfg.seed * 10**7 + step)
+        x = _to_pixels(images)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + cfg.vae_kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % cfg.checkpoint_every == 0 or step == cfg.vae_steps:
+            with torch.no_grad():
+                value = psnr(held_out, vae.decode(vae.encode(held_out).latent_dist.mode()).sample)
+            history.append((step, value))
+            bar.write(f"vae step {step}: held-out PSNR {value:.2f} dB")
+            _atomic_save({"model": vae.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                          "history": history}, ckpt_path)
+            if value >= cfg.vae_target_psnr:
+                break
+    bar.close()
+    vae.save_pretrained(final)
+    (final / "history.json").write_text(json.dumps(history))
+    return vae.eval()
+
+
+# ---------------------------------------------------------------------- stage 2: latents
+def encode_dataset(cfg: WorldTrainingConfig, work: Path, vae: AutoencoderKL) -> dict:
+    """Render ``num_images`` captionable images and cache their latent mean/std once."""
+    path = work / "latents.pt"
+    if path.exists():
+        return _load(path)
+    images, labels = render_batch(cfg.num_images, seed=cfg.seed + 1)
+    means, stds = [], []
+    with torch.no_grad():
+        for start in tqdm(range(0, len(images), 256), desc="encode"):
+            dist = vae.encode(_to_pixels(images[start:start + 256])).latent_dist
+            means.append(dist.mean), stds.append(dist.std)
+    mean, std = torch.cat(means), torch.cat(stds)
+    data = {"mean": mean.half(), "std": std.half(), "labels": labels,
+            "scaling_factor": float(1.0 / mean.float().std())}
+    _atomic_save(data, path)
+    return data
+
+
+# ------------------------------------------------------------------------- stage 3: UNet
+def _export(cfg, vae, tokenizer, text_encoder, unet, ema, step, wall, out: Path, scaling_factor):
+    """Write the EMA weights as a complete fp16 diffusers folder plus training_state.json."""
+    import copy
+    ema_text, ema_unet = copy.deepcopy(text_encoder), copy.deepcopy(unet)
+    ema.copy_to(list(ema_text.parameters()) + list(ema_unet.parameters()))
+    vae.register_to_config(scaling_factor=scaling_factor)
+    pipe = assemble_pipeline(vae, ema_text, tokenizer, ema_unet, build_scheduler())
+    tmp = out.with_name(out.name + ".tmp")
+    pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+    card = out / "README.md"
+    if card.exists():
+        (tmp / "README.md").write_text(card.read_text())
+    state = {"unet_step": step, "wall_seconds": round(wall), "config": asdict(cfg),
+             "hardware": f"{os.cpu_count()} CPU cores, torch {torch.__version__}"}
+    (tmp / "training_state.json").write_text(json.dumps(state, indent=1))
+    if out.exists():
+        import shutil
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    vae.to(torch.float32)
+
+
+def train_unet(cfg: WorldTrainingConfig, work: Path, vae: AutoencoderKL, data: dict) -> None:
+    """Train text encoder + UNet on the cached latents, with EMA, checkpoints and exports."""
+    out = Path(cfg.out_dir)
+    tokenizer = build_tokenizer(work / "tokenizer")
+    scheduler = build_scheduler()
+    torch.manual_seed(cfg.seed)
+    text_encoder = build_text_encoder(len(tokenizer))
+    unet = build_unet(tuple(cfg.unet_widths), cfg.unet_layers_per_block)
+    params = list(text_encoder.parameters()) + list(unet.parameters())
+    ckpt_path, step, wall = work / "unet_ckpt.pt", 0, 0.0
+    state = _load(ckpt_path) if ckpt_path.exists() else None
+    if state is None and (out / "unet" / "config.json").exists():
+        # continue from the shipped EMA weights (the committed hand-over between sessions)
+        shipped = json.loads((out / "training_state.json").read_text())
+        text_encoder = CLIPTextModel.from_pretrained(out / "text_encoder", dtype=torch.float32)
+        unet = UNet2DConditionModel.from_pretrained(out / "unet", dtype=torch.float32)
+        params = list(text_encoder.parameters()) + list(unet.parameters())
+        step, wall = shipped["unet_step"], shipped["wall_seconds"]
+        print(f"resuming from the shipped EMA weights in {out} at step {step}")
+    ema = EMAModel(params, decay=cfg.ema_max_decay, use_ema_warmup=True, power=2 / 3)
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
+    if state is not None:
+        text_encoder.load_state_dict(state["text_encoder"]), unet.load_state_dict(state["unet"])
+        opt.load_state_dict(state["optimizer"]), ema.load_state_dict(state["ema"])
+        step, wall = state["step"], state["wall"]
+        torch.set_rng_state(state["torch_rng"])
+    elif step:
+        ema.optimization_step = step
+    alphas = scheduler.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    loss_weight = torch.clamp(snr, max=cfg.min_snr_gamma) / snr  # min-SNR-gamma for epsilon
+    num = len(data["mean"])
+    scaling = data["scaling_factor"]
+    rng = random.Random(cfg.seed * 7919 + step)
+    bar = tqdm(total=cfg.unet_steps, initial=step, desc="unet")
+    text_encoder.train(), unet.train()
+    start = time.time() - wall
+    while step < cfg.unet_steps:
+        idx = torch.randint(0, num, (cfg.unet_batch,))
+        latents = (data["mean"][idx].float() + data["std"][idx].float() * torch.randn(cfg.unet_batch, 4, 16, 16)) * scaling
+        prompts = [caption(*data["labels"][i], rng=rng, attribute_dropout=cfg.attribute_dropout,
+                           caption_dropout=cfg.caption_dropout) for i in idx.tolist()]
+        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.unet_batch,))
+        noisy = scheduler.add_noise(latents, noise, t)
+        pred = unet(noisy, t, text_encoder(ids)[0]).sample
+        per_sample = (pred - noise).pow(2).flatten(1).mean(1)
+        loss = (per_sample * loss_weight[t]).mean()
+        for group in opt.param_groups:
+            group["lr"] = cfg.unet_lr * min(1.0, (step + 1) / cfg.warmup_steps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.step(params)
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % cfg.checkpoint_every == 0:
+            _atomic_save({"text_encoder": text_encoder.state_dict(), "unet": unet.state_dict(),
+                          "optimizer": opt.state_dict(), "ema": ema.state_dict(), "step": step,
+                          "wall": time.time() - start, "torch_rng": torch.get_rng_state()}, ckpt_path)
+        if step % cfg.export_every == 0 or step == cfg.unet_steps:
+            _export(cfg, vae, tokenizer, text_encoder, unet, ema, step, time.time() - start, out, scaling)
+            bar.write(f"exported EMA weights at step {step} to {out}")
+    bar.close()
+
+
+def train_world_model(cfg: WorldTrainingConfig) -> None:
+    """Run all three stages, resuming each from ``cfg.work_dir`` where it stopped."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    work = Path(cfg.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    vae = train_vae(cfg, work)
+    vae.requires_grad_(False)
+    data = encode_dataset(cfg, work, vae)
+    train_unet(cfg, work, vae, data)
