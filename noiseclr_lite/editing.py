@@ -1,0 +1,257 @@
+"""Editing with NoiseCLR directions: direction-conditioned denoising.
+
+A direction ``k`` is a learned token whose text conditioning ``c_k`` pushes the UNet's
+noise prediction away from the unconditional one.  Editing denoises an image while adding
+each direction's push, scaled by its slider ``s_k``::
+
+    eps_hat(x, t) = eps(x, t, c) + sum_k s_k * (eps(x, t, c_k) - eps(x, t, c_empty))
+
+where ``eps(x, t, c)`` is the ordinary prediction (the unconditional one for the empty
+prompt, classifier-free guidance ``eps_u + g (eps_c - eps_u)`` for a prompt with g > 1),
+and a direction only acts while ``t / num_train_timesteps`` lies in its ``window``.
+Directions from different domains (different :class:`~noiseclr_lite.directions.Directions`
+objects) compose by this sum, in one call.
+
+Starting points:
+
+* seeded Gaussian noise (generation, deterministic DDIM sampling; ``eta > 0`` adds noise);
+* an explicit ``latents_T``;
+* a :class:`~noiseclr_lite.inversion.DDIMInversion` (deterministic DDIM sampling from its
+  ``latents_T``: an approximate reconstruction of the real image when all scales are 0);
+* a :class:`~noiseclr_lite.inversion.DDPMInversion` (DDPM sampling re-using its noise maps:
+  an exact reconstruction when all scales are 0).
+
+Each step makes **one** batched UNet call on the stacked rows ``[empty?, prompt?, active
+directions...]``; directions with scale 0 or outside their window are left out of it, so
+zero scales give bit-for-bit the unedited result.  The loop is written out step by step
+(diffusers style) in :func:`denoise`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .inversion import DDIMInversion, DDPMInversion, ddpm_step, encode_prompt, make_scheduler, predict_noise
+from .models import decode_latents
+
+__all__ = ["DirectionEdit", "denoise", "edit", "edit_grid", "generate"]
+
+
+@dataclass
+class DirectionEdit:
+    """One slider: direction ``direction`` of ``directions`` at ``scale``, inside ``window``.
+
+    Attributes:
+        directions: the :class:`~noiseclr_lite.directions.Directions` it comes from.
+        direction: its index, token (``"<d3>"``) or name.
+        scale: the slider ``s_k``; 0 = off, negative = the opposite edit.  Useful ranges
+            depend on the model and direction (typically a few units either side of 0).
+        window: ``(start, end)`` as fractions of the diffusion time, 1 = pure noise,
+            0 = clean image; the direction acts while ``end <= t / num_train_timesteps <=
+            start``.  ``(1.0, 0.0)`` = every step; ``(1.0, 0.5)`` = the early, layout-forming
+            steps only (coarse edits); ``(0.5, 0.0)`` = late steps (fine detail, texture).
+    """
+
+    directions: object
+    direction: int | str
+    scale: float = 1.0
+    window: tuple[float, float] = (1.0, 0.0)
+
+    def __post_init__(self):
+        start, end = self.window
+        if not (0.0 <= end <= start <= 1.0):
+            raise ValueError(f"window must be (start, end) with 1 >= start >= end >= 0, got {self.window}")
+
+    def active(self, t: int, num_train_timesteps: int) -> bool:
+        """True when this edit acts at timestep ``t`` (nonzero scale, ``t`` in the window)."""
+        start, end = self.window
+        return self.scale != 0 and end <= t / num_train_timesteps <= start
+
+
+def _direction_conditionings(pipe, edits) -> list:
+    """Text conditioning [1, L, H] for each edit's direction (installs each Directions once)."""
+    per_set = {}  # id(Directions) -> its conditioning [K, L, H]
+    conds = []
+    for e in edits:
+        key = id(e.directions)
+        if key not in per_set:
+            e.directions.install(pipe)
+            per_set[key] = e.directions.conditioning(pipe)
+        k = e.directions.index(e.direction)
+        conds.append(per_set[key][k:k + 1])
+    return conds
+
+
+def _expand(cond: torch.Tensor, batch: int, pipe) -> torch.Tensor:
+    """[1 or B, L, H] -> [B, L, H] on the UNet's device and dtype."""
+    if cond.shape[0] not in (1, batch):
+        raise ValueError(f"conditioning has {cond.shape[0]} rows for a batch of {batch}")
+    return cond.expand(batch, -1, -1).to(pipe.unet.device, pipe.unet.dtype)
+
+
+@torch.no_grad()
+def denoise(pipe, edits=(), *, latents_T: torch.Tensor | None = None,
+            inversion: DDIMInversion | DDPMInversion | None = None, prompt: str = "",
+            prompt_embeds: torch.Tensor | None = None, guidance_scale: float = 1.0,
+            num_inference_steps: int = 50, seed: int = 0, batch_size: int = 1, height: int | None = None,
+            width: int | None = None, eta: float = 0.0, progress: bool = False) -> torch.Tensor:
+    """The editing sampler; returns float32 latents [B, 4, h, w] on the CPU.  See :func:`edit`."""
+    device = pipe.unet.device
+    num_train = pipe.scheduler.config.num_train_timesteps
+    generator = torch.Generator().manual_seed(seed)  # CPU: the same noise on every device
+
+    # 1. where to start, and which timesteps to walk (noisiest first)
+    noise_maps = None
+    if inversion is not None:
+        if latents_T is not None:
+            raise ValueError("give either latents_T or inversion, not both")
+        num_inference_steps = inversion.num_inference_steps
+        x = inversion.latents_T
+        timesteps = inversion.timesteps
+        if isinstance(inversion, DDPMInversion):
+            noise_maps = inversion.noise_maps  # [S, B, 4, h, w]
+        if prompt == "" and prompt_embeds is None:
+            prompt_embeds = inversion.prompt_embeds  # edit under the conditioning it was inverted with
+    scheduler = make_scheduler(pipe, num_inference_steps)
+    if inversion is None:
+        timesteps = scheduler.timesteps
+        if latents_T is None:
+            factor = pipe.vae_scale_factor
+            h = height // factor if height else pipe.unet.config.sample_size
+            w = width // factor if width else pipe.unet.config.sample_size
+            shape = (batch_size, pipe.unet.config.in_channels, h, w)
+            x = torch.randn(shape, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma
+        else:
+            x = latents_T
+    x = x.to(device, torch.float32).contiguous()
+    batch = x.shape[0]
+
+    # 2. conditionings: c_empty, the prompt's c, each edit's c_k  (all [B, L, H])
+    if prompt and prompt_embeds is None:
+        prompt_embeds = encode_prompt(pipe, prompt)
+    has_prompt = prompt_embeds is not None
+    use_cfg = has_prompt and guidance_scale > 1.0
+    empty = _expand(encode_prompt(pipe, ""), batch, pipe)
+    cond_prompt = _expand(prompt_embeds, batch, pipe) if has_prompt else None
+    edits = [e for e in edits if e.scale != 0]
+    cond_edits = [_expand(c, batch, pipe) for c in _direction_conditionings(pipe, edits)]
+
+    # 3. the loop
+    for i, t in enumerate(tqdm(timesteps, desc="editing", disable=not progress)):
+        t = int(t)
+        live = [k for k, e in enumerate(edits) if e.active(t, num_train)]
+        # 3a. one batched UNet call on the rows [empty?, prompt?, live directions...]
+        need_empty = not has_prompt or use_cfg or bool(live)
+        rows = ([empty] if need_empty else []) + ([cond_prompt] if has_prompt else []) + [cond_edits[k] for k in live]
+        eps = predict_noise(pipe, x.repeat(len(rows), 1, 1, 1), t, torch.cat(rows)).split(batch)
+        eps_empty = eps[0] if need_empty else None
+        eps_prompt = eps[int(need_empty)] if has_prompt else None
+        eps_dirs = eps[int(need_empty) + int(has_prompt):]
+
+        # 3b. eps_hat = eps(x, t, c) + sum_k s_k (eps(x, t, c_k) - eps(x, t, c_empty))
+        if not has_prompt:
+            noise_pred = eps_empty
+        elif use_cfg:
+            noise_pred = eps_empty + guidance_scale * (eps_prompt - eps_empty)
+        else:
+            noise_pred = eps_prompt
+        for k, eps_k in zip(live, eps_dirs):
+            noise_pred = noise_pred + edits[k].scale * (eps_k - eps_empty)
+
+        # 3c. the sampler step x_t -> x_{t-1}, in float32
+        if noise_maps is not None:
+            x = ddpm_step(scheduler, noise_pred, t, x, noise_maps[i])
+        elif eta > 0:
+            noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(device)
+            x = scheduler.step(noise_pred, t, x, eta=eta, variance_noise=noise).prev_sample
+        else:
+            x = scheduler.step(noise_pred, t, x).prev_sample
+    return x.float().cpu()
+
+
+def edit(pipe, edits=(), *, latents_T: torch.Tensor | None = None,
+         inversion: DDIMInversion | DDPMInversion | None = None, prompt: str = "",
+         prompt_embeds: torch.Tensor | None = None, guidance_scale: float = 1.0, num_inference_steps: int = 50,
+         seed: int = 0, batch_size: int = 1, height: int | None = None, width: int | None = None,
+         eta: float = 0.0, return_latents: bool = False, progress: bool = False):
+    """Denoise with NoiseCLR directions applied; returns PIL images (and latents).
+
+    Args:
+        pipe: a Stable Diffusion pipeline (``noiseclr_lite.models.load_pipeline``).
+        edits: :class:`DirectionEdit` sliders, from one or several ``Directions`` objects;
+            empty (or all scales 0) = plain generation / reconstruction.
+        latents_T: float [B, 4, h, w] start noise; default seeded Gaussian noise.
+        inversion: start from an inverted real image instead (:func:`~noiseclr_lite.inversion.ddim_invert`
+            or :func:`~noiseclr_lite.inversion.ddpm_invert`); its steps, noise maps and (unless a
+            prompt is given) conditioning are used, and ``num_inference_steps``, ``batch_size``,
+            ``height``, ``width`` and ``eta`` are ignored.
+        prompt: text prompt, "" = unconditional (the NoiseCLR default).
+        prompt_embeds: precomputed prompt conditioning [1 or B, L, H] instead of ``prompt``.
+        guidance_scale: classifier-free guidance g (used when there is a prompt and g > 1).
+        num_inference_steps: DDIM steps.
+        seed: seeds the start noise (and the sampler noise when ``eta > 0``).
+        batch_size: images from noise (B).
+        height, width: pixel size from noise; default the UNet's ``sample_size`` times the
+            VAE factor.
+        eta: DDIM stochasticity in [0, 1] when starting from noise or ``latents_T``
+            (0 = deterministic DDIM, 1 = DDPM).
+        return_latents: also return the final latents.
+        progress: show a tqdm bar.
+
+    Returns:
+        A list of B ``PIL.Image`` (RGB, height x width), or ``(images, latents)`` with
+        latents float32 [B, 4, h, w] on the CPU when ``return_latents``.
+    """
+    latents = denoise(pipe, edits, latents_T=latents_T, inversion=inversion, prompt=prompt,
+                      prompt_embeds=prompt_embeds, guidance_scale=guidance_scale,
+                      num_inference_steps=num_inference_steps, seed=seed, batch_size=batch_size,
+                      height=height, width=width, eta=eta, progress=progress)
+    images = decode_latents(pipe, latents)
+    return (images, latents) if return_latents else images
+
+
+def edit_grid(pipe, directions, indices, scales, window: tuple[float, float] = (1.0, 0.0),
+              **edit_kwargs) -> list:
+    """One image edited by each direction at each scale: rows = ``indices``, columns = ``scales``.
+
+    Args:
+        directions: a ``Directions`` object.
+        indices: the directions to show (indices, tokens or names).
+        scales: the slider values, e.g. ``[-4, -2, 0, 2, 4]``.
+        window: the step window for every edit (see :class:`DirectionEdit`).
+        **edit_kwargs: passed to :func:`edit` (``inversion=``, ``seed=``, ``prompt=``, ...);
+            use one image (``batch_size=1`` or a one-image inversion).
+
+    Returns:
+        ``grid[row][col]``, a ``PIL.Image`` per direction and scale (scale 0 is computed
+        once and shared by every row).
+    """
+    edit_kwargs.pop("return_latents", None)
+    unedited = None
+    grid = []
+    for index in indices:
+        row = []
+        for scale in scales:
+            if scale == 0:
+                if unedited is None:
+                    unedited = edit(pipe, [], **edit_kwargs)[0]
+                row.append(unedited)
+            else:
+                row.append(edit(pipe, [DirectionEdit(directions, index, scale, window)], **edit_kwargs)[0])
+        grid.append(row)
+    return grid
+
+
+def generate(pipe, prompt: str = "", seed: int = 0, num_inference_steps: int = 50, guidance_scale: float = 7.5,
+             batch_size: int = 1, **edit_kwargs) -> list:
+    """Plain text-to-image generation with deterministic DDIM (``edit`` with no edits).
+
+    ``guidance_scale`` only matters for a non-empty prompt.  The same arguments given to
+    :func:`edit` produce the same images, so a generated image can then be edited by
+    calling ``edit`` with its seed and prompt.
+    """
+    return edit(pipe, [], prompt=prompt, seed=seed, num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale, batch_size=batch_size, **edit_kwargs)

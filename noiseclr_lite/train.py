@@ -1,0 +1,281 @@
+"""Learning K directions with the NoiseCLR loss: the training loop.
+
+One step, in words: take ``batch_size`` cached image latents, noise them all to one
+random timestep t, ask the frozen UNet for its noise prediction under the empty prompt
+and under each direction's token, and contrast the differences ``D[i, k]``
+(see ``noiseclr_lite.loss``).  Only the K token embeddings receive gradients; the UNet,
+the VAE and every other row of the text encoder stay untouched.
+
+It runs the same on a laptop CPU (the bundled model) and on one or several GPUs
+(``accelerate launch``), checkpoints atomically every ``checkpoint_every`` steps, and
+resumes bit-exactly: all randomness comes from one ``torch.Generator`` whose state is
+saved with the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .directions import Directions, empty_conditioning
+from .loss import get_loss
+from .models import encode_images
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a direction-training run (saved in the directions' metadata)."""
+
+    num_directions: int = 8
+    steps: int = 200
+    learning_rate: float = 1e-2
+    tau: float = 0.5
+    loss: str = "noiseclr"                   # "noiseclr" (official) or "infonce"
+    batch_size: int = 6                      # images per step (per process)
+    negatives_per_step: int | None = 20      # directions contrasted with the anchor; None = all K
+    timestep_range: tuple[int, int] = (0, 1000)  # t is drawn uniformly from [low, high)
+    grad_accum: int = 1
+    chunk_size: int | None = None            # max images x directions per UNet call; None = one call
+    grad_cache: bool = True                  # with chunks: recompute them for a bounded-memory backward
+    mixed_precision: str = "no"              # "no", "fp16" or "bf16" (GPU)
+    gradient_checkpointing: bool = False
+    weight_decay: float = 0.0
+    seed: int = 0
+    prefix: str = "d"
+    init: str = "random"
+    checkpoint_every: int = 50
+    extra: dict = field(default_factory=dict)
+
+
+class _DirectionParameters(torch.nn.Module):
+    """The trainable K x H embeddings, as a module so Accelerate/DDP can synchronise them."""
+
+    def __init__(self, embeddings: torch.Tensor):
+        super().__init__()
+        self.weight = torch.nn.Parameter(embeddings.clone().float())
+
+    def forward(self) -> torch.Tensor:
+        return self.weight
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a kill mid-write never corrupts the last good checkpoint
+
+
+def edit_features(unet, noisy_latents: torch.Tensor, timestep: torch.Tensor, direction_cond: torch.Tensor,
+                  empty_eps: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+    """The edit features ``D[i, k] = eps(x_t^i, t, c_k) - eps(x_t^i, t, c_empty)``.
+
+    Args:
+        noisy_latents: [N, C, h, w] the images' latents noised to ``timestep``.
+        timestep: a 0-d or [1] long tensor, shared by all images.
+        direction_cond: [S, L, H] the text-encoder states of S direction prompts.
+        empty_eps: [N, C, h, w] the prediction under the empty prompt (no grad needed).
+        chunk_size: at most this many (image, direction) pairs per UNet call
+            (direction-major, so ``chunk_size=N`` is one call per direction).
+    Returns:
+        [N, S, C, h, w], differentiable w.r.t. ``direction_cond``.
+    """
+    n, s = noisy_latents.shape[0], direction_cond.shape[0]
+    # direction-major layout: row r is (direction r // n, image r % n)
+    latents = noisy_latents.repeat(s, 1, 1, 1)
+    cond = direction_cond.repeat_interleave(n, dim=0)
+    step = chunk_size or len(latents)
+    eps = torch.cat([
+        unet(latents[a:a + step], timestep.expand(len(latents[a:a + step])), cond[a:a + step]).sample
+        for a in range(0, len(latents), step)])
+    eps = eps.float().view(s, n, *noisy_latents.shape[1:]).transpose(0, 1)
+    return eps - empty_eps.float().unsqueeze(1)
+
+
+def _sample_step(generator, num_images, num_directions, cfg, num_train_timesteps):
+    """Draw one step's images, timestep, anchor and contrasted directions (all from ``generator``)."""
+    batch = min(cfg.batch_size, num_images)
+    image_idx = torch.randperm(num_images, generator=generator)[:batch]
+    low, high = cfg.timestep_range
+    high = min(high, num_train_timesteps)
+    t = torch.randint(low, high, (1,), generator=generator)
+    anchor = int(torch.randint(0, num_directions, (1,), generator=generator))
+    others = torch.tensor([k for k in range(num_directions) if k != anchor])
+    others = others[torch.randperm(len(others), generator=generator)]
+    if cfg.negatives_per_step is not None:
+        others = others[:cfg.negatives_per_step]
+    return image_idx, t, [anchor] + others.tolist()
+
+
+def _check_finite(value: float, what: str, step: int, ckpt_path, cfg: TrainConfig) -> None:
+    """Stop on NaN/inf before anything is checkpointed, so the last checkpoint stays good."""
+    if not math.isfinite(value):
+        raise FloatingPointError(
+            f"NoiseCLR {what} became {value} at step {step}; the last good checkpoint "
+            f"({ckpt_path or 'none: pass output_dir'}) is intact. Lower learning_rate "
+            f"(now {cfg.learning_rate}) or use mixed_precision='bf16' or 'no' instead of 'fp16'.")
+
+
+def _check_config(cfg: TrainConfig, num_images: int) -> None:
+    if cfg.num_directions < 2:
+        raise ValueError(f"num_directions={cfg.num_directions}: the contrastive loss needs at least 2 directions")
+    if num_images < 2 or cfg.batch_size < 2:
+        raise ValueError(f"need >= 2 images per step (got {num_images} images, batch_size={cfg.batch_size}); "
+                         "positives are the same direction on two different images")
+    if cfg.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ValueError(f"mixed_precision={cfg.mixed_precision!r}; use 'no', 'fp16' or 'bf16'")
+
+
+def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConfig | None = None, *,
+                     latents: torch.Tensor | None = None, output_dir: str | os.PathLike | None = None,
+                     resume: bool = False, accelerator=None, progress: bool = True,
+                     callback: Callable[[int, float], None] | None = None, **overrides) -> Directions:
+    """Discover ``num_directions`` edit directions in ``pipe`` from unlabeled images.
+
+    Args:
+        pipe: a ``StableDiffusionPipeline`` (``noiseclr_lite.load_pipeline``).
+        images: float [N, 3, H, W] in [-1, 1] (``noiseclr_lite.data.load_images``); they
+            are VAE-encoded once and cached.  Or give ``latents`` [N, 4, h, w] directly.
+        config: a ``TrainConfig``; keyword ``overrides`` replace its fields
+            (``train_directions(pipe, images, steps=300, num_directions=8)``).
+        output_dir: where ``checkpoint.pt`` is written every ``checkpoint_every`` steps.
+        resume: continue from ``output_dir/checkpoint.pt`` if it exists.
+        accelerator: an ``accelerate.Accelerator``; one is made from the config if None.
+            Under ``accelerate launch`` each process draws its own images and the
+            gradients are averaged, so every process ends with the same directions.
+        callback: called as ``callback(step, loss)`` after every step (live loss curves).
+    Returns:
+        The trained ``Directions`` (also installed in ``pipe``), with the settings and the
+        loss history in ``metadata``.
+    Raises:
+        FloatingPointError: the loss became NaN/inf; the last checkpoint is left intact.
+    """
+    from accelerate import Accelerator
+
+    cfg = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
+    cfg.timestep_range = tuple(cfg.timestep_range)
+    if accelerator is None:
+        accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=pipe.device.type == "cpu")
+    device = pipe.device
+    if latents is None:
+        if images is None:
+            raise ValueError("give images ([N, 3, H, W] in [-1, 1]) or latents ([N, 4, h, w])")
+        latents = encode_images(pipe, images)
+    latents = latents.float().cpu()
+    _check_config(cfg, len(latents))
+    loss_fn = get_loss(cfg.loss)
+    unet, scheduler = pipe.unet, pipe.scheduler
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+
+    directions = Directions.create(pipe, cfg.num_directions, prefix=cfg.prefix, init=cfg.init, seed=cfg.seed)
+    directions.install(pipe)
+    params = _DirectionParameters(directions.embeddings)
+    optimizer = torch.optim.AdamW(params.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    params, optimizer = accelerator.prepare(params, optimizer)
+    # every process gets its own stream of images and timesteps; the init is shared (same seed)
+    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + accelerator.process_index)
+    start_step, history = 0, []
+
+    ckpt_path = Path(output_dir) / CHECKPOINT_NAME if output_dir is not None else None
+    if resume and ckpt_path is not None and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        saved_cfg = json.loads(state["config"])
+        for key in ("num_directions", "seed", "prefix", "loss", "batch_size"):
+            if saved_cfg[key] != getattr(cfg, key):
+                raise ValueError(f"{ckpt_path} was written with {key}={saved_cfg[key]!r} but this run has "
+                                 f"{key}={getattr(cfg, key)!r}; use the same settings or another output folder")
+        accelerator.unwrap_model(params).weight.data.copy_(state["embeddings"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"][accelerator.process_index])
+        start_step, history = int(state["step"]), state["history"].tolist()
+
+    with torch.no_grad():
+        empty_cond = empty_conditioning(pipe)
+    num_train_timesteps = scheduler.config.num_train_timesteps
+    bar = tqdm(total=cfg.steps, initial=start_step, desc="NoiseCLR", disable=not (progress and accelerator.is_main_process))
+    for step in range(start_step, cfg.steps):
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for _ in range(cfg.grad_accum):
+            image_idx, t, chosen = _sample_step(generator, len(latents), cfg.num_directions, cfg, num_train_timesteps)
+            x0 = latents[image_idx]
+            noise = torch.randn(x0.shape, generator=generator)
+            noisy = scheduler.add_noise(x0, noise, t).to(device, unet.dtype)
+            t = t.to(device)
+            with accelerator.autocast():
+                with torch.no_grad():
+                    empty_eps = unet(noisy, t.expand(len(noisy)), empty_cond.expand(len(noisy), -1, -1)).sample
+                loss = _contrast(pipe, directions, params(), chosen, noisy, t, empty_eps, loss_fn, cfg, accelerator)
+            step_loss += loss.item() / cfg.grad_accum
+        _check_finite(step_loss, "loss", step + 1, ckpt_path, cfg)
+        optimizer.step()
+        weights = accelerator.unwrap_model(params).weight
+        _check_finite(float(weights.detach().abs().max()), "direction embeddings", step + 1, ckpt_path, cfg)
+        history.append(round(step_loss, 6))
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}")
+        if callback is not None:
+            callback(step + 1, step_loss)
+        done = step + 1
+        if ckpt_path is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            generators = accelerator.gather(generator.get_state().unsqueeze(0).to(accelerator.device)).cpu()
+            if accelerator.is_main_process:
+                ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+                _atomic_save({"embeddings": accelerator.unwrap_model(params).weight.detach().cpu(),
+                              "optimizer": optimizer.state_dict(), "generator": generators,
+                              "step": torch.tensor(done), "history": torch.tensor(history, dtype=torch.float64),
+                              "config": json.dumps(asdict(cfg))}, ckpt_path)
+    bar.close()
+
+    directions.embeddings = accelerator.unwrap_model(params).weight.detach().cpu().clone()
+    directions.metadata.update({"training": json.dumps(asdict(cfg)), "loss_history": json.dumps(history),
+                                "num_images": len(latents), "num_processes": accelerator.num_processes})
+    directions.install(pipe)
+    return directions
+
+
+def _contrast(pipe, directions, embeddings, chosen, noisy, t, empty_eps, loss_fn, cfg, accelerator):
+    """Loss for one micro-batch, back-propagated into ``embeddings``; returns the loss value."""
+    def features_for(emb):
+        cond = directions.conditioning(pipe, embeddings=emb)[chosen]
+        return edit_features(pipe.unet, noisy, t, cond, empty_eps, cfg.chunk_size)
+
+    chunked = cfg.chunk_size is not None and cfg.chunk_size < len(noisy) * len(chosen)
+    if not (chunked and cfg.grad_cache):
+        loss = loss_fn(features_for(embeddings), cfg.tau, anchor=0)
+        accelerator.backward(loss / cfg.grad_accum)
+        return loss.detach()
+    # Gradient caching: a no-grad pass gives the features, the loss gives d(loss)/d(features),
+    # then each chunk is recomputed with grad and back-propagated alone, so memory holds one
+    # chunk's activations instead of all of them.
+    with torch.no_grad():
+        features = features_for(embeddings.detach())
+    features.requires_grad_(True)
+    loss = loss_fn(features, cfg.tau, anchor=0)
+    # fp16 training scales the loss so that small gradients survive; do the same by hand
+    scale = accelerator.scaler.get_scale() if getattr(accelerator, "scaler", None) is not None else 1.0
+    (feature_grad,) = torch.autograd.grad(loss * scale / cfg.grad_accum, features)
+    # the chunks back-propagate into a detached copy; one final backward goes through the
+    # (possibly DDP-wrapped) parameters, so multi-process gradient averaging happens once
+    leaf = embeddings.detach().requires_grad_(True)
+    cond_all = directions.conditioning(pipe, embeddings=leaf)[chosen]
+    n = len(noisy)
+    if cfg.chunk_size >= n:  # whole directions per call
+        per_call = cfg.chunk_size // n
+        pieces = [(slice(None), slice(k, k + per_call)) for k in range(0, len(chosen), per_call)]
+    else:  # a chunk smaller than one direction's images: split the images too
+        pieces = [(slice(a, a + cfg.chunk_size), slice(k, k + 1))
+                  for k in range(len(chosen)) for a in range(0, n, cfg.chunk_size)]
+    for images, dirs in pieces:
+        part = edit_features(pipe.unet, noisy[images], t, cond_all[dirs], empty_eps[images])
+        torch.autograd.backward((part * feature_grad[images, dirs]).sum(), inputs=[leaf], retain_graph=True)
+    embeddings.backward(leaf.grad)
+    return loss.detach()

@@ -1,0 +1,84 @@
+"""The contrastive losses against values computed by hand, pair by pair."""
+
+import math
+
+import pytest
+import torch
+
+from noiseclr_lite.loss import get_loss, infonce_loss, noiseclr_loss
+
+
+def _cos(a, b):
+    return float(torch.dot(a, b) / (a.norm() * b.norm()))
+
+
+def _by_hand_noiseclr(features, tau, anchor):
+    n, k = features.shape[:2]
+    f = features.flatten(2)
+    pos = [math.exp(_cos(f[i, anchor], f[j, anchor]) / tau) for i in range(n) for j in range(n) if i != j]
+    neg = [math.exp(_cos(f[i, anchor], f[i, l]) / tau) for i in range(n) for l in range(k) if l != anchor]
+    return -math.log((sum(pos) / len(pos)) / (sum(neg) / len(neg)))
+
+
+def _by_hand_infonce(features, tau, anchor):
+    n, k = features.shape[:2]
+    f = features.flatten(2)
+    terms = []
+    for i in range(n):
+        negs = sum(math.exp(_cos(f[i, anchor], f[i, l]) / tau) for l in range(k) if l != anchor)
+        for j in range(n):
+            if i != j:
+                p = math.exp(_cos(f[i, anchor], f[j, anchor]) / tau)
+                terms.append(-math.log(p / (p + negs)))
+    return sum(terms) / len(terms)
+
+
+@pytest.mark.parametrize("tau", [0.5, 0.1])
+def test_noiseclr_loss_matches_hand_computation(tau):
+    features = torch.randn(3, 4, 2, 5, generator=torch.Generator().manual_seed(0))
+    for anchor in range(4):
+        assert noiseclr_loss(features, tau, anchor).item() == pytest.approx(_by_hand_noiseclr(features, tau, anchor), rel=1e-5)
+    mean_over_anchors = sum(_by_hand_noiseclr(features, tau, a) for a in range(4)) / 4
+    assert noiseclr_loss(features, tau).item() == pytest.approx(mean_over_anchors, rel=1e-5)
+
+
+@pytest.mark.parametrize("tau", [0.5, 0.2])
+def test_infonce_loss_matches_hand_computation(tau):
+    features = torch.randn(4, 3, 6, generator=torch.Generator().manual_seed(1))
+    for anchor in range(3):
+        assert infonce_loss(features, tau, anchor).item() == pytest.approx(_by_hand_infonce(features, tau, anchor), rel=1e-5)
+    mean_over_anchors = sum(_by_hand_infonce(features, tau, a) for a in range(3)) / 3
+    assert infonce_loss(features, tau).item() == pytest.approx(mean_over_anchors, rel=1e-5)
+
+
+def test_ideal_features_reach_the_minimum_and_collapsed_features_do_not():
+    # direction k does the same thing to every image, and directions are orthogonal
+    basis = torch.eye(4)
+    ideal = basis.unsqueeze(0).repeat(5, 1, 1)                # [N=5, K=4, F=4]
+    collapsed = torch.ones(5, 4, 4)                           # every direction identical
+    tau = 0.5
+    # positives all cos=1, negatives all cos=0: L = -(1/tau) + 0
+    assert noiseclr_loss(ideal, tau).item() == pytest.approx(-1 / tau, abs=1e-6)
+    assert noiseclr_loss(collapsed, tau).item() == pytest.approx(0.0, abs=1e-6)
+    assert infonce_loss(ideal, tau) < infonce_loss(collapsed, tau)
+
+
+def test_gradient_pulls_positives_together():
+    features = torch.randn(4, 3, 8, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    optimizer = torch.optim.SGD([features], lr=0.5)
+    start = noiseclr_loss(features).item()
+    for _ in range(50):
+        optimizer.zero_grad()
+        noiseclr_loss(features).backward()
+        optimizer.step()
+    assert noiseclr_loss(features).item() < start - 0.5
+
+
+def test_bad_shapes_and_names_are_refused():
+    with pytest.raises(ValueError, match="N=1"):
+        noiseclr_loss(torch.randn(1, 3, 4))
+    with pytest.raises(ValueError, match="anchor 5"):
+        noiseclr_loss(torch.randn(2, 3, 4), anchor=5)
+    with pytest.raises(ValueError, match="infonce"):
+        get_loss("simclr")
+    assert get_loss("infonce") is infonce_loss

@@ -1,0 +1,158 @@
+"""Training directions: only K rows move, determinism, chunking, checkpoints, resume after SIGKILL, NaN."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from noiseclr_lite.directions import Directions
+from noiseclr_lite.toyworld.domains import render_batch
+from noiseclr_lite.train import TrainConfig, edit_features, train_directions
+
+TOKEN_KEY = "embeddings.token_embedding.weight"  # CLIPTextModel state_dict key (transformers 5)
+FAST = dict(num_directions=4, steps=3, batch_size=3, negatives_per_step=None, learning_rate=5e-2, seed=0)
+
+
+def _images(n=6, seed=0):
+    """n toyworld face renders at the tiny model's 32 px, in [-1, 1]."""
+    images, _ = render_batch(n, seed=seed, domains=["face"])
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return F.interpolate(pixels, size=(32, 32), mode="bilinear", antialias=True)
+
+
+def test_only_the_direction_rows_change(tiny_pipe):
+    before_text = {k: v.clone() for k, v in tiny_pipe.text_encoder.state_dict().items()}
+    before_unet = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
+    vocab_before = len(tiny_pipe.tokenizer)
+    directions = train_directions(tiny_pipe, _images(), progress=False, **FAST)
+
+    weight = tiny_pipe.text_encoder.get_input_embeddings().weight
+    ids = tiny_pipe.tokenizer.convert_tokens_to_ids(directions.tokens)
+    assert sorted(ids) == list(range(vocab_before, vocab_before + 4))
+    assert torch.equal(weight[:vocab_before], before_text[TOKEN_KEY])
+    assert torch.equal(weight[ids], directions.embeddings)  # the trained rows are installed
+    for key, value in tiny_pipe.text_encoder.state_dict().items():
+        if key != TOKEN_KEY:
+            assert torch.equal(value, before_text[key]), key
+    for key, value in tiny_pipe.unet.state_dict().items():
+        assert torch.equal(value, before_unet[key]), key
+    # and the directions did move away from their initialisation
+    init = Directions.create(tiny_pipe, 4, seed=0)
+    assert not torch.allclose(directions.embeddings, init.embeddings)
+
+
+def test_same_seed_gives_bit_identical_directions(tmp_path):
+    from noiseclr_lite.testing import tiny_pipeline
+
+    runs = [train_directions(tiny_pipeline(0, tmp_path / f"t{i}"), _images(), progress=False, **FAST) for i in range(2)]
+    assert torch.equal(runs[0].embeddings, runs[1].embeddings)
+    other = train_directions(tiny_pipeline(0, tmp_path / "t3"), _images(), progress=False, **{**FAST, "seed": 1})
+    assert not torch.equal(runs[0].embeddings, other.embeddings)
+
+
+def test_loss_history_callback_and_metadata(tiny_pipe):
+    seen = []
+    directions = train_directions(tiny_pipe, _images(), progress=False, callback=lambda s, l: seen.append((s, l)), **FAST)
+    assert [s for s, _ in seen] == [1, 2, 3]
+    history = [round(l, 6) for _, l in seen]
+    import json
+    assert json.loads(directions.metadata["loss_history"]) == history
+    assert json.loads(directions.metadata["training"])["num_directions"] == 4
+
+
+@pytest.mark.parametrize("chunk_size", [3, 6, 2])
+def test_chunked_training_matches_one_call(tmp_path, chunk_size):
+    from noiseclr_lite.testing import tiny_pipeline
+
+    one_call = train_directions(tiny_pipeline(0, tmp_path / "a"), _images(), progress=False, **FAST)
+    chunked = train_directions(tiny_pipeline(0, tmp_path / "b"), _images(), progress=False,
+                               chunk_size=chunk_size, **FAST)
+    assert torch.allclose(one_call.embeddings, chunked.embeddings, atol=1e-5)
+    plain_chunks = train_directions(tiny_pipeline(0, tmp_path / "c"), _images(), progress=False,
+                                    chunk_size=chunk_size, grad_cache=False, **FAST)
+    assert torch.allclose(one_call.embeddings, plain_chunks.embeddings, atol=1e-5)
+
+
+def test_edit_features_layout(tiny_pipe):
+    torch.manual_seed(0)
+    noisy = torch.randn(3, 4, 16, 16)
+    cond = torch.randn(2, 16, 32)
+    empty = torch.randn(3, 4, 16, 16)
+    t = torch.tensor([500])
+    features = edit_features(tiny_pipe.unet, noisy, t, cond, empty)
+    assert features.shape == (3, 2, 4, 16, 16)
+    expected = tiny_pipe.unet(noisy[2:3], t, cond[1:2]).sample - empty[2:3]
+    assert torch.allclose(features[2, 1], expected[0], atol=1e-5)
+    assert torch.allclose(edit_features(tiny_pipe.unet, noisy, t, cond, empty, chunk_size=2), features, atol=1e-5)
+
+
+def test_nan_loss_stops_with_step_and_keeps_checkpoint(tiny_pipe, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    train_directions(tiny_pipe, _images(), output_dir=ckpt, progress=False, checkpoint_every=1, **FAST)
+    good = torch.load(ckpt / "checkpoint.pt", weights_only=True)
+    bad_latents = torch.full((6, 4, 16, 16), float("nan"))
+    with pytest.raises(FloatingPointError, match=r"loss became nan at step 1\b.*learning_rate"):
+        train_directions(tiny_pipe, latents=bad_latents, output_dir=ckpt, progress=False, checkpoint_every=1, **FAST)
+    # the NaN was caught before anything was checkpointed: the good checkpoint is untouched
+    after = torch.load(ckpt / "checkpoint.pt", weights_only=True)
+    assert int(after["step"]) == 3 and torch.equal(after["embeddings"], good["embeddings"])
+
+
+def test_bad_settings_are_refused(tiny_pipe):
+    with pytest.raises(ValueError, match="at least 2 directions"):
+        train_directions(tiny_pipe, _images(), progress=False, **{**FAST, "num_directions": 1})
+    with pytest.raises(ValueError, match="batch_size=1"):
+        train_directions(tiny_pipe, _images(), progress=False, **{**FAST, "batch_size": 1})
+    with pytest.raises(ValueError, match="give images"):
+        train_directions(tiny_pipe, progress=False, **FAST)
+
+
+_RUN = textwrap.dedent("""
+    import os, signal, sys, torch
+    torch.set_num_threads(1)
+    from noiseclr_lite.testing import tiny_pipeline
+    from noiseclr_lite.train import train_directions
+    sys.path.insert(0, {tests!r})
+    from test_train import _images, FAST
+    out, kill_at, resume, result = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
+    def die(step, loss):
+        if step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)   # no cleanup, no atexit: a real crash
+    cfg = dict(FAST, steps=7, checkpoint_every=2)
+    d = train_directions(tiny_pipeline(0, out + "_tok"), _images(), output_dir=out, resume=resume,
+                         progress=False, callback=die, **cfg)
+    d.save(result)
+""")
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(_RUN.format(tests=os.path.dirname(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def run(out, kill_at, resume, result):
+        return subprocess.run([sys.executable, str(script), str(out), str(kill_at), resume, str(result)],
+                              env=env, capture_output=True, text=True, timeout=300)
+
+    full = run(tmp_path / "full", -1, "0", tmp_path / "full.safetensors")
+    assert full.returncode == 0, full.stderr[-2000:]
+    killed = run(tmp_path / "crash", 5, "0", tmp_path / "never.safetensors")
+    assert killed.returncode == -9  # SIGKILL after step 5; last checkpoint is step 4
+    assert not (tmp_path / "never.safetensors").exists()
+    assert int(torch.load(tmp_path / "crash" / "checkpoint.pt", weights_only=True)["step"]) == 4
+    resumed = run(tmp_path / "crash", -1, "1", tmp_path / "resumed.safetensors")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = Directions.load(tmp_path / "full.safetensors")
+    b = Directions.load(tmp_path / "resumed.safetensors")
+    assert torch.equal(a.embeddings, b.embeddings)
+
+
+def test_resume_refuses_other_settings(tiny_pipe, tmp_path):
+    train_directions(tiny_pipe, _images(), output_dir=tmp_path, progress=False, checkpoint_every=1, **FAST)
+    with pytest.raises(ValueError, match="num_directions=4"):
+        train_directions(tiny_pipe, _images(), output_dir=tmp_path, resume=True, progress=False,
+                         **{**FAST, "num_directions": 5})
