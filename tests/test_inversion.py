@@ -68,9 +68,10 @@ def test_ddim_inversion_round_trip_error(tiny_pipe):
     """A real UNet makes DDIM inversion approximate; report the error, check it stays bounded.
 
     The tiny pipeline's UNet is random: its noise prediction changes far more between
-    neighbouring steps than a trained model's, so the round trip error is large (measured
-    on unit-variance latents: mean abs ~1, max ~6, falling slowly with more steps; 200 steps:
-    mean ~0.6).  A trained model does much better; this only guards against a blow-up.
+    neighbouring steps than a trained model's, so the round trip error is large and has no
+    clear trend at few steps (measured on unit-variance latents: 4 steps mean abs 0.66, max
+    3.5; 8 steps 1.07, 6.7; 10/50/200 steps mean 1.09/0.90/0.57).  This guards against a
+    blow-up; the test below checks convergence on a smooth stand-in model.
     """
     x0 = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(2))  # like SD's scaled latents
     errors = {}
@@ -83,4 +84,17 @@ def test_ddim_inversion_round_trip_error(tiny_pipe):
               f"max {errors[steps][1]:.3f}")
     assert all(torch.isfinite(torch.tensor(e)).all() for e in errors.values())
     assert errors[4][0] < 2.0 and errors[4][1] < 12.0
-    assert errors[8][0] < 1.25 * errors[4][0]  # more steps does not blow up
+    assert errors[8][0] < 2.0 * errors[4][0]  # more steps does not blow up (no trend on a random UNet)
+
+
+def test_ddim_inversion_error_shrinks_with_steps_for_a_smooth_model(tiny_pipe):
+    """With a smooth, x- and t-dependent stand-in for the UNet, the round trip error of DDIM
+    inversion is first order in the step size (measured mean abs error: 10 steps 0.29,
+    20 steps 0.17, 40 steps 0.085)."""
+    tiny_pipe.unet.forward = lambda sample, t, encoder_hidden_states: types.SimpleNamespace(
+        sample=0.5 * sample + 0.3 * torch.sin(3 * sample) * (1 + t / 1000))
+    x0 = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    errors = [(reconstruct(tiny_pipe, ddim_invert(tiny_pipe, x0, steps)) - x0).abs().mean().item()
+              for steps in (10, 20, 40)]
+    print("DDIM round trip error, smooth stand-in UNet, 10/20/40 steps:", [round(e, 3) for e in errors])
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 0.4 * errors[0]

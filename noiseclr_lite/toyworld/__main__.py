@@ -26,8 +26,55 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train (or resume training) the bundled Stable Diffusion-format model")
     _add_config_flags(train)
+    samples = sub.add_parser("samples", help="write the sample image folders (PNG + labels.csv per domain)")
+    samples.add_argument("--out", default="data/samples", help="root folder (default data/samples)")
+    samples.add_argument("--per-domain", type=int, default=64, help="images per domain (default 64)")
+    samples.add_argument("--seed", type=int, default=2024, help="(default 2024)")
+    oracle = sub.add_parser("train-oracle", help="train the attribute oracle on renders (+ VAE reconstructions)")
+    oracle.add_argument("--out", default="data/models/oracle", help="output folder (default data/models/oracle)")
+    oracle.add_argument("--steps", type=int, default=3000, help="(default 3000)")
+    oracle.add_argument("--batch", type=int, default=64, help="(default 64)")
+    oracle.add_argument("--lr", type=float, default=2e-3, help="(default 2e-3)")
+    oracle.add_argument("--seed", type=int, default=0, help="(default 0)")
+    oracle.add_argument("--vae", default=None,
+                        help="a diffusers model folder whose VAE reconstructions are mixed into training")
+    oracle.add_argument("--threads", type=int, default=0, help="torch threads (default: all)")
+    evaluate = sub.add_parser("evaluate", help="re-measure the bundled model card's numbers; exit 1 if a bar is missed")
+    evaluate.add_argument("--model", default=None, help="model folder (default: the bundled model)")
+    evaluate.add_argument("--oracle", default=None, help="oracle folder (default data/models/oracle)")
+    evaluate.add_argument("--quick", action="store_true", help="fewer samples (a smoke test, not the card)")
     args = parser.parse_args(argv)
-    if args.command == "train":
+    if args.command == "samples":
+        from .samples import write_sample_folders
+
+        for domain, folder in write_sample_folders(args.out, args.per_domain, args.seed).items():
+            print(f"{domain}: {folder}")
+    elif args.command == "train-oracle":
+        import json
+
+        import torch
+
+        from .oracle import train_oracle
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        vae = None
+        if args.vae:
+            from diffusers import AutoencoderKL
+
+            vae = AutoencoderKL.from_pretrained(args.vae, subfolder="vae", dtype=torch.float32).eval()
+        card = train_oracle(args.out, args.steps, args.batch, args.lr, args.seed, vae=vae)
+        print(json.dumps(card, indent=1))
+    elif args.command == "evaluate":
+        from ..models import BUNDLED_MODEL, REPO_ROOT
+        from .evaluate import evaluate as run_evaluation
+
+        bars = run_evaluation(args.model or BUNDLED_MODEL, args.oracle or str(REPO_ROOT / "data/models/oracle"),
+                              quick=args.quick)
+        for bar in bars:
+            print(bar)
+        return 0 if all(bar.passed for bar in bars) else 1
+    elif args.command == "train":
         values = {f.name: getattr(args, f.name) for f in dataclasses.fields(WorldTrainingConfig) if f.name != "extra"}
         for key in ("vae_widths", "unet_widths"):
             values[key] = tuple(values[key])

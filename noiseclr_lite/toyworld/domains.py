@@ -133,7 +133,7 @@ def _draw_face(draw, labels, rng, cx, cy, r):
             _ellipse(draw, cx + side * 0.36 * r, eye_y, 0.27 * r, 0.23 * r, None, (15, 15, 15), lw)
         draw.line([cx - 0.1 * r, eye_y, cx + 0.1 * r, eye_y], fill=(15, 15, 15), width=lw)
     # mouth: a thick arc, at least 3 px wide at 64 px
-    mw = max(3 * _SUPER, int(0.13 * r))
+    mw = max(4 * _SUPER, int(0.15 * r))
     mouth_box_w, mouth_y = 0.42 * r, cy + 0.5 * r
     mouth_colour = (150, 20, 30)
     if labels["expression"]:
@@ -272,9 +272,9 @@ def _render_scene(labels, rng):
     draw = ImageDraw.Draw(img)
     face_labels = {k[5:]: v for k, v in labels.items() if k.startswith("face_")}
     cat_labels = {k[4:]: v for k, v in labels.items() if k.startswith("cat_")}
-    r = _S * rng.uniform(0.18, 0.2)
-    _draw_face(draw, face_labels, rng, _S * 0.26 + _jitter(rng, 0.02 * _S), _S * 0.5 + _jitter(rng, 0.06 * _S), r)
-    _draw_cat(draw, cat_labels, rng, _S * 0.75 + _jitter(rng, 0.02 * _S), _S * 0.56 + _jitter(rng, 0.06 * _S), r)
+    r = _S * rng.uniform(0.2, 0.21)
+    _draw_face(draw, face_labels, rng, _S * 0.25 + _jitter(rng, 0.01 * _S), _S * 0.5 + _jitter(rng, 0.06 * _S), r)
+    _draw_cat(draw, cat_labels, rng, _S * 0.76 + _jitter(rng, 0.01 * _S), _S * 0.56 + _jitter(rng, 0.06 * _S), r)
     return img
 
 

@@ -36,8 +36,10 @@ class Oracle(nn.Module):
         def block(cin, cout):
             return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.SiLU(),
                                  nn.Conv2d(cout, cout, 3, padding=1, stride=2), nn.BatchNorm2d(cout), nn.SiLU())
-        self.features = nn.Sequential(block(3, width), block(width, 2 * width), block(2 * width, 4 * width),
-                                      block(4 * width, 4 * width))  # 64 -> 4 px
+        # a strided stem: full-resolution convolutions are what costs most on a CPU
+        self.features = nn.Sequential(nn.Conv2d(3, width, 4, stride=2, padding=1), nn.SiLU(),
+                                      block(width, 2 * width), block(2 * width, 4 * width),
+                                      block(4 * width, 4 * width))  # 64 -> 32 -> 16 -> 8 -> 4 px
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * width * 16, 256), nn.SiLU(), nn.Dropout(0.1),
                                   nn.Linear(256, len(DOMAIN_NAMES) + len(HEADS)))
         self.width = width
@@ -147,7 +149,7 @@ def accuracy(oracle: Oracle, images: torch.Tensor, labels) -> dict:
 
 
 def train_oracle(out: str | os.PathLike, steps: int = 3000, batch: int = 64, lr: float = 2e-3, seed: int = 0,
-                 vae=None, vae_fraction: float = 0.25, progress: bool = True) -> dict:
+                 vae=None, vae_fraction: float = 0.25, progress: bool = True, held_out: int = 2000) -> dict:
     """Train the oracle on fresh renders (plus VAE reconstructions if ``vae`` is given).
 
     Returns and saves a card with held-out accuracies on renders (and reconstructions).
@@ -177,7 +179,7 @@ def train_oracle(out: str | os.PathLike, steps: int = 3000, batch: int = 64, lr:
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
     oracle.eval()
-    held_u8, held_labels = render_batch(2000, seed=123_456_789)
+    held_u8, held_labels = render_batch(held_out, seed=123_456_789)
     held = _pixels(held_u8)
     card = {"steps": steps, "batch": batch, "lr": lr, "seed": seed,
             "held_out_renders": accuracy(oracle, held, held_labels)}

@@ -48,6 +48,7 @@ class WorldTrainingConfig:
     vae_lr: float = 5e-4
     vae_target_psnr: float = 32.0
     vae_kl_weight: float = 1e-6
+    vae_eval_images: int = 256
     num_images: int = 40000
     unet_steps: int = 200000
     unet_batch: int = 64
@@ -107,7 +108,7 @@ def train_vae(cfg: WorldTrainingConfig, work: Path) -> AutoencoderKL:
         state = _load(ckpt_path)
         vae.load_state_dict(state["model"]), opt.load_state_dict(state["optimizer"])
         step, history = state["step"], state["history"]
-    held_out, _ = render_batch(256, seed=10**9)
+    held_out, _ = render_batch(cfg.vae_eval_images, seed=10**9)
     held_out = _to_pixels(held_out)
     bar = tqdm(total=cfg.vae_steps, initial=step, desc="vae")
     while step < cfg.vae_steps:
