@@ -125,6 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     from .directions import Directions
     from .models import load_pipeline
 
+    accelerator = None
+    if args.command == "train":
+        from accelerate import Accelerator
+
+        # under `accelerate launch` every process must put the model on its own device
+        accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.device == "cpu")
+        if args.device is None and accelerator.num_processes > 1:
+            args.device = accelerator.device
     pipe = load_pipeline(args.model, device=args.device)
     if args.command == "train":
         from .data import load_images
@@ -139,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
             mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
             seed=args.seed, prefix=args.prefix, checkpoint_every=args.checkpoint_every)
         ckpt = args.checkpoint_dir or args.out + ".ckpt"
-        directions = train_directions(pipe, images, config, output_dir=ckpt, resume=args.resume)
+        directions = train_directions(pipe, images, config, output_dir=ckpt, resume=args.resume,
+                                      accelerator=accelerator)
+        if not accelerator.is_main_process:
+            return 0
         directions.metadata["base_model"] = args.model or "bundled:toyworld-sd"
         directions.metadata["images"] = str(args.images)
         if args.names:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from .directions import Directions
 from .inversion import DDIMInversion, DDPMInversion, ddpm_step, encode_prompt, make_scheduler, predict_noise
 from .models import decode_latents
 
@@ -46,7 +47,7 @@ class DirectionEdit:
 
     Attributes:
         directions: the :class:`~noiseclr_lite.directions.Directions` it comes from.
-        direction: its index, token (``"<d3>"``) or name.
+        direction: its index, token (``"<face_3>"``) or name.
         scale: the slider ``s_k``; 0 = off, negative = the opposite edit.  Useful ranges
             depend on the model and direction (typically a few units either side of 0).
         window: ``(start, end)`` as fractions of the diffusion time, 1 = pure noise,
@@ -55,7 +56,7 @@ class DirectionEdit:
             steps only (coarse edits); ``(0.5, 0.0)`` = late steps (fine detail, texture).
     """
 
-    directions: object
+    directions: Directions
     direction: int | str
     scale: float = 1.0
     window: tuple[float, float] = (1.0, 0.0)

@@ -32,6 +32,8 @@ import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 from tqdm.auto import tqdm
 
+from .directions import empty_conditioning
+
 __all__ = [
     "DDIMInversion", "DDPMInversion", "ddim_invert", "ddpm_invert", "ddpm_step", "make_scheduler",
     "encode_prompt", "predict_noise", "reconstruct",
@@ -110,8 +112,6 @@ def encode_prompt(pipe, prompt: str = "") -> torch.Tensor:
     inversion, editing and training all share one ``c_empty``.
     """
     if prompt == "":
-        from .directions import empty_conditioning
-
         return empty_conditioning(pipe)
     return pipe.encode_prompt(prompt, pipe.unet.device, 1, False)[0]
 

@@ -18,6 +18,9 @@ def _image_latents(pipe, n=1, seed=0):
 
 
 def test_ddpm_inversion_reconstructs_exactly(tiny_pipe):
+    """Replaying the noise maps gives the input back.  (VAE latents come channels-last; the
+    CPU convolutions then round differently than on the sampler's copies, ~2e-5 here, unless
+    every UNet input is made contiguous: this test caught that.)"""
     x0 = _image_latents(tiny_pipe, n=2)
     inv = ddpm_invert(tiny_pipe, x0, num_inference_steps=6)
     assert isinstance(inv, DDPMInversion)
@@ -44,9 +47,9 @@ def test_ddpm_inversion_skip_and_prompt(tiny_pipe):
 
 def test_ddpm_inversion_is_seeded(tiny_pipe):
     x0 = _image_latents(tiny_pipe)
-    a = ddpm_invert(tiny_pipe, x0, num_inference_steps=3, seed=7)
-    b = ddpm_invert(tiny_pipe, x0, num_inference_steps=3, generator=torch.Generator().manual_seed(7))
-    c = ddpm_invert(tiny_pipe, x0, num_inference_steps=3, seed=8)
+    a = ddpm_invert(tiny_pipe, x0, num_inference_steps=2, seed=7)
+    b = ddpm_invert(tiny_pipe, x0, num_inference_steps=2, generator=torch.Generator().manual_seed(7))
+    c = ddpm_invert(tiny_pipe, x0, num_inference_steps=2, seed=8)
     assert torch.equal(a.noise_maps, b.noise_maps) and torch.equal(a.latents_T, b.latents_T)
     assert not torch.allclose(a.noise_maps, c.noise_maps)
 
@@ -69,13 +72,13 @@ def test_ddim_inversion_round_trip_error(tiny_pipe):
 
     The tiny pipeline's UNet is random: its noise prediction changes far more between
     neighbouring steps than a trained model's, so the round trip error is large and has no
-    clear trend at few steps (measured on unit-variance latents: 4 steps mean abs 0.66, max
-    3.5; 8 steps 1.07, 6.7; 10/50/200 steps mean 1.09/0.90/0.57).  This guards against a
+    clear trend at few steps (measured on unit-variance latents: 3 steps mean abs 0.48, max
+    2.3; 6 steps 0.94, 5.3; 10/50/200 steps mean 1.09/0.90/0.57).  This guards against a
     blow-up; the test below checks convergence on a smooth stand-in model.
     """
     x0 = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(2))  # like SD's scaled latents
     errors = {}
-    for steps in (4, 8):
+    for steps in (3, 6):
         inv = ddim_invert(tiny_pipe, x0, num_inference_steps=steps)
         assert isinstance(inv, DDIMInversion) and inv.latents_T.shape == x0.shape
         diff = reconstruct(tiny_pipe, inv) - x0
@@ -83,8 +86,8 @@ def test_ddim_inversion_round_trip_error(tiny_pipe):
         print(f"DDIM inversion round trip, {steps} steps: mean abs error {errors[steps][0]:.3f}, "
               f"max {errors[steps][1]:.3f}")
     assert all(torch.isfinite(torch.tensor(e)).all() for e in errors.values())
-    assert errors[4][0] < 2.0 and errors[4][1] < 12.0
-    assert errors[8][0] < 2.0 * errors[4][0]  # more steps does not blow up (no trend on a random UNet)
+    for mean_error, max_error in errors.values():  # more steps does not blow up
+        assert mean_error < 2.0 and max_error < 12.0
 
 
 def test_ddim_inversion_error_shrinks_with_steps_for_a_smooth_model(tiny_pipe):
@@ -98,3 +101,27 @@ def test_ddim_inversion_error_shrinks_with_steps_for_a_smooth_model(tiny_pipe):
               for steps in (10, 20, 40)]
     print("DDIM round trip error, smooth stand-in UNet, 10/20/40 steps:", [round(e, 3) for e in errors])
     assert errors[0] > errors[1] > errors[2] and errors[2] < 0.4 * errors[0]
+
+
+@pytest.mark.parametrize("scheduler", ["pndm", "alpha_one", "trailing", "linspace"])
+def test_ddpm_inversion_is_exact_under_other_scheduler_configs(tiny_pipe, scheduler):
+    """SD 1.5 ships a PNDM scheduler; schedules may end at alpha = 1 or space steps differently.
+    (A smooth stand-in for the UNet keeps this fast; exactness does not depend on the model.)"""
+    from diffusers import DDIMScheduler, PNDMScheduler
+
+    config = dict(tiny_pipe.scheduler.config)
+    tiny_pipe.scheduler = {
+        "pndm": lambda: PNDMScheduler.from_config(config, skip_prk_steps=True),
+        "alpha_one": lambda: DDIMScheduler.from_config(config, set_alpha_to_one=True),
+        "trailing": lambda: DDIMScheduler.from_config(config, timestep_spacing="trailing"),
+        "linspace": lambda: DDIMScheduler.from_config(config, timestep_spacing="linspace"),
+    }[scheduler]()
+    tiny_pipe.unet.forward = lambda sample, t, encoder_hidden_states: types.SimpleNamespace(
+        sample=0.5 * sample + 0.3 * torch.sin(3 * sample) * (1 + t / 1000))
+    x0 = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    inv = ddpm_invert(tiny_pipe, x0, num_inference_steps=7)
+    assert torch.isfinite(inv.noise_maps).all()
+    assert (reconstruct(tiny_pipe, inv) - x0).abs().max().item() < 1e-4
+    ddim = ddim_invert(tiny_pipe, x0, num_inference_steps=7)
+    assert ddim.timesteps.tolist() == inv.timesteps.tolist()
+    assert (reconstruct(tiny_pipe, ddim) - x0).abs().mean().item() < 1.0

@@ -1,0 +1,89 @@
+"""The command line end to end on the tiny model saved as a folder: train, edit, grid, --help."""
+
+import pytest
+import torch
+from PIL import Image
+
+from noiseclr_lite.cli import _build_parser, main
+from noiseclr_lite.directions import Directions
+from noiseclr_lite.toyworld.domains import render_batch
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("faces")
+    images, _ = render_batch(6, seed=0, domains=["face"])
+    for i, image in enumerate(images):
+        Image.fromarray(image).resize((32, 32), Image.LANCZOS).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_pipe_dir, image_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "faces.safetensors"
+    code = main(["train", "--model", str(tiny_pipe_dir), "--device", "cpu", "--images", str(image_folder),
+                 "--num-directions", "3", "--steps", "2", "--batch-size", "3", "--prefix", "face",
+                 "--names", "one,two,three", "--checkpoint-every", "1", "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_train_writes_named_directions_and_a_checkpoint(trained, tiny_pipe_dir):
+    directions = Directions.load(trained)
+    assert directions.tokens == ["<face_0>", "<face_1>", "<face_2>"]
+    assert directions.names == ["one", "two", "three"]
+    assert directions.metadata["base_model"] == str(tiny_pipe_dir)
+    assert (trained.parent / (trained.name + ".ckpt") / "checkpoint.pt").exists()
+
+
+def test_resume_continues_from_the_checkpoint(trained, tiny_pipe_dir, image_folder, tmp_path):
+    out = tmp_path / "more.safetensors"
+    ckpt = trained.parent / (trained.name + ".ckpt")
+    assert main(["train", "--model", str(tiny_pipe_dir), "--device", "cpu", "--images", str(image_folder),
+                 "--num-directions", "3", "--steps", "3", "--batch-size", "3", "--prefix", "face",
+                 "--checkpoint-dir", str(ckpt), "--resume", "--out", str(out)]) == 0
+    history = Directions.load(out).metadata["loss_history"]
+    assert len(__import__("json").loads(history)) == 3
+
+
+def test_edit_by_name_token_and_index(trained, tiny_pipe_dir, image_folder, tmp_path):
+    base = ["edit", "--model", str(tiny_pipe_dir), "--device", "cpu", "--directions", str(trained),
+            "--image", str(image_folder / "0.png"), "--steps", "4"]
+    outputs = {}
+    for key in ("two", "<face_1>", "1"):
+        out = tmp_path / f"{key.strip('<>')}.png"
+        assert main(base + ["--scale", f"{key}=3", "--out", str(out)]) == 0
+        outputs[key] = torch.tensor(list(Image.open(out).getdata()))
+    assert torch.equal(outputs["two"], outputs["<face_1>"]) and torch.equal(outputs["two"], outputs["1"])
+    zero = tmp_path / "zero.png"
+    assert main(base + ["--scale", "two=0", "--out", str(zero)]) == 0
+    assert not torch.equal(torch.tensor(list(Image.open(zero).getdata())), outputs["two"])
+    with pytest.raises(SystemExit, match="no direction called 'smile'"):
+        main(base + ["--scale", "smile=1", "--out", str(tmp_path / "x.png")])
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        main(base + ["--scale", "two", "--out", str(tmp_path / "x.png")])
+
+
+def test_grid_has_a_row_per_direction_and_a_column_per_scale(trained, tiny_pipe_dir, tmp_path):
+    out = tmp_path / "grid.png"
+    assert main(["grid", "--model", str(tiny_pipe_dir), "--device", "cpu", "--directions", str(trained),
+                 "--scales", "-2", "0", "2", "--steps", "3", "--only", "one", "three", "--out", str(out)]) == 0
+    grid = Image.open(out)
+    assert grid.height > 2 * 128 and grid.width > 3 * 128
+
+
+def test_help_documents_every_flag(capsys):
+    parser = _build_parser()
+    for command in ("train", "edit", "grid"):
+        sub = parser._subparsers._group_actions[0].choices[command]
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"{command} {action.option_strings} has no help"
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "--num-directions" in capsys.readouterr().out
+
+
+def test_missing_model_folder_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        main(["grid", "--model", str(tmp_path / "nope") + "/", "--directions", "x", "--out", "y"])
