@@ -534,7 +534,7 @@ def score_direction(pipe, oracle, directions, index: int | str, start, domain: s
     def change_at(s: float, images: StartSet) -> tuple[float, torch.Tensor, torch.Tensor]:
         plus = _edited(pipe, directions, k, s, images, window)
         minus = _edited(pipe, directions, k, -s, images, window)
-        mean_change = pixel_change(plus, images.images)
+        mean_change = (pixel_change(plus, images.images) + pixel_change(minus, images.images)) / 2
         return mean_change, plus, minus
 
     calibrated = saturated = False

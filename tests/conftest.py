@@ -6,8 +6,9 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests must never reach a model hub
-# 2 threads on CI's 2 cores; set NOISECLR_TEST_THREADS=1 when something else is using a core
-torch.set_num_threads(int(os.environ.get("NOISECLR_TEST_THREADS", max(1, min(2, os.cpu_count() or 1)))))
+# One thread: the tiny model's ops are too small to gain from two, and a second thread
+# that has to share its core with another process slows every call down about tenfold.
+torch.set_num_threads(int(os.environ.get("NOISECLR_TEST_THREADS", "1")))
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from noiseclr_lite.metrics import (DirectionScore, PromptDirections, aggregate_s
                                    calibrate_scale, coverage, cross_domain_interference, format_table,
                                    images_to_tensor, pixel_change, prepare_start, preservation, purity,
                                    score_direction, strength, summary, target_attribute, two_sided_effects)
+from noiseclr_lite.models import decode_latents, encode_images
 from noiseclr_lite.toyworld.domains import FACE, SCENE
 from noiseclr_lite.toyworld.oracle import HEADS
 
@@ -195,6 +196,9 @@ def scene(tiny_pipe):
     images, _ = balanced_start_images("face", 2, seed=0, size=32)
     start = prepare_start(tiny_pipe, images, num_inference_steps=STEPS, seed=0)
     directions = Directions.create(tiny_pipe, 2, prefix="face", seed=1)
+    # scale 0 gives back the inverted images: the VAE round trip, to uint8 rounding
+    round_trip = images_to_tensor(decode_latents(tiny_pipe, encode_images(tiny_pipe, images)))
+    assert (start.images - round_trip).abs().max() <= 2.5 / 127.5
     return tiny_pipe, start, directions
 
 
