@@ -347,7 +347,7 @@ def balanced_start_images(domain: str, num: int, seed: int = 0, size: int | None
 
 
 def images_to_tensor(images) -> torch.Tensor:
-    """A list of RGB ``PIL.Image`` (what :func:`~noiseclr_lite.editing.edit` returns) -> float [B, 3, H, W] in [-1, 1]."""
+    """RGB ``PIL.Image`` list (what :func:`~noiseclr_lite.editing.edit` returns) -> float [B, 3, H, W] in [-1, 1]."""
     arrays = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
     return torch.from_numpy(arrays).permute(0, 3, 1, 2).div(127.5).sub(1.0).contiguous()
 
