@@ -39,21 +39,24 @@ def _latents(pipe, n: int) -> torch.Tensor:
     return torch.randn(n, pipe.unet.config.in_channels, size, size, generator=torch.Generator().manual_seed(0))
 
 
-def train_step_seconds(pipe, k: int, n: int, per_direction: bool, steps: int = 1) -> float:
-    """Wall seconds of ``steps`` training steps with K directions (all contrasted) and N images."""
+def train_step_seconds(pipe, k: int, n: int, per_direction: bool, steps: int = 3) -> float:
+    """Median wall seconds of one training step (K directions, all contrasted; N images).
+
+    Times are taken between progress callbacks inside one run, so model loading, direction
+    set-up and latent encoding are not counted; the first step (warm-up) is dropped.
+    """
     from noiseclr_lite.train import train_directions
 
-    latents = _latents(pipe, n)
-    start = time.perf_counter()
-    train_directions(pipe, latents=latents, num_directions=k, steps=steps, batch_size=n, negatives_per_step=None,
-                     chunk_size=n if per_direction else None, grad_cache=False, progress=False)
-    return (time.perf_counter() - start) / steps
+    stamps = []
+    train_directions(pipe, latents=_latents(pipe, n), num_directions=k, steps=steps + 1, batch_size=n,
+                     negatives_per_step=None, chunk_size=n if per_direction else None, grad_cache=False,
+                     progress=False, callback=lambda step, loss: stamps.append(time.perf_counter()))
+    return statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
 
 
 def compare_train_step(model: str, k: int, n: int, repeats: int) -> dict:
     """Batched (one UNet call) vs one UNet call per direction, alternating, medians and ratio."""
     pipe = _pipe(model)
-    train_step_seconds(pipe, k, n, False), train_step_seconds(pipe, k, n, True)  # warm-up
     batched, per_direction = [], []
     for _ in range(repeats):
         batched.append(train_step_seconds(pipe, k, n, False))

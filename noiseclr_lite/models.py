@@ -93,7 +93,7 @@ def encode_images(pipe: StableDiffusionPipeline, images: torch.Tensor, sample: b
         chunk = images[start:start + batch_size].to(vae.device, vae.dtype)
         dist = vae.encode(chunk).latent_dist
         latents = dist.sample(generator) if sample else dist.mean
-        out.append(latents.float().cpu() * vae.config.scaling_factor)
+        out.append(latents.float().cpu().contiguous() * vae.config.scaling_factor)
     return torch.cat(out)
 
 

@@ -67,6 +67,25 @@ class _DirectionParameters(torch.nn.Module):
         return self.weight
 
 
+def _make_accelerator(mixed_precision: str, cpu: bool):
+    """An ``Accelerator`` for this run.
+
+    Accelerate keeps one global state per process and refuses a second Accelerator with
+    other settings; in a notebook that trains twice (fp32, then bf16) that would fail, so
+    in a single process we reset the state.  Under ``accelerate launch`` we never reset.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    try:
+        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    except ValueError:
+        if PartialState().num_processes > 1:
+            raise
+        AcceleratorState._reset_state(reset_partial_state=True)
+        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+
+
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -157,12 +176,10 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
     Raises:
         FloatingPointError: the loss became NaN/inf; the last checkpoint is left intact.
     """
-    from accelerate import Accelerator
-
     cfg = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
     cfg.timestep_range = tuple(cfg.timestep_range)
     if accelerator is None:
-        accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=pipe.device.type == "cpu")
+        accelerator = _make_accelerator(cfg.mixed_precision, cpu=pipe.device.type == "cpu")
     device = pipe.device
     if latents is None:
         if images is None:
@@ -210,10 +227,17 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
             noise = torch.randn(x0.shape, generator=generator)
             noisy = scheduler.add_noise(x0, noise, t).to(device, unet.dtype)
             t = t.to(device)
-            with accelerator.autocast():
-                with torch.no_grad():
-                    empty_eps = unet(noisy, t.expand(len(noisy)), empty_cond.expand(len(noisy), -1, -1)).sample
-                loss = _contrast(pipe, directions, params(), chosen, noisy, t, empty_eps, loss_fn, cfg, accelerator)
+            try:
+                with accelerator.autocast():
+                    with torch.no_grad():
+                        empty_eps = unet(noisy, t.expand(len(noisy)), empty_cond.expand(len(noisy), -1, -1)).sample
+                    loss = _contrast(pipe, directions, params(), chosen, noisy, t, empty_eps, loss_fn, cfg, accelerator)
+            except torch.cuda.OutOfMemoryError as error:
+                pairs = len(noisy) * len(chosen)
+                raise torch.cuda.OutOfMemoryError(
+                    f"out of GPU memory at step {step + 1} with {pairs} image x direction pairs per UNet call. "
+                    f"Try --chunk-size {max(1, pairs // 4)} (chunk_size=...), --mixed-precision fp16 or bf16, "
+                    f"--gradient-checkpointing, or fewer --negatives / a smaller --batch-size. ({error})") from error
             step_loss += loss.item() / cfg.grad_accum
         _check_finite(step_loss, "loss", step + 1, ckpt_path, cfg)
         optimizer.step()

@@ -156,3 +156,33 @@ def test_resume_refuses_other_settings(tiny_pipe, tmp_path):
     with pytest.raises(ValueError, match="num_directions=4"):
         train_directions(tiny_pipe, _images(), output_dir=tmp_path, resume=True, progress=False,
                          **{**FAST, "num_directions": 5})
+
+
+def test_out_of_memory_suggests_the_memory_flags(tiny_pipe, monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(tiny_pipe.unet, "forward", no_memory)
+    with pytest.raises(torch.cuda.OutOfMemoryError, match=r"step 1 .*--chunk-size .*--mixed-precision"):
+        train_directions(tiny_pipe, _images(), progress=False, **FAST)
+
+
+def test_gradient_checkpointing_gives_the_same_directions(tmp_path):
+    from noiseclr_lite.testing import tiny_pipeline
+
+    plain = train_directions(tiny_pipeline(0, tmp_path / "a"), _images(), progress=False, **FAST)
+    checkpointed = train_directions(tiny_pipeline(0, tmp_path / "b"), _images(), progress=False,
+                                    gradient_checkpointing=True, **FAST)
+    assert torch.allclose(plain.embeddings, checkpointed.embeddings, atol=1e-5)
+
+
+def test_bf16_autocast_runs_and_stays_close(tmp_path):
+    from noiseclr_lite.testing import tiny_pipeline
+
+    plain = train_directions(tiny_pipeline(0, tmp_path / "a"), _images(), progress=False, **FAST)
+    bf16 = train_directions(tiny_pipeline(0, tmp_path / "b"), _images(), progress=False, mixed_precision="bf16", **FAST)
+    assert torch.isfinite(bf16.embeddings).all()
+    init = Directions.create(tiny_pipeline(0, tmp_path / "c"), 4, seed=0).embeddings
+    # bf16 rounds, but it must move the directions the same way as fp32 does
+    cos = torch.nn.functional.cosine_similarity((bf16.embeddings - init).flatten(), (plain.embeddings - init).flatten(), 0)
+    assert cos > 0.9
