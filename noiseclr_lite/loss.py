@@ -14,25 +14,27 @@ import torch
 import torch.nn.functional as F
 
 
-def _similarities(features: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine similarities / tau: across images per direction, and across directions per image.
+def _anchor_blocks(features: torch.Tensor, tau: float, anchor: int | None, loss_name: str):
+    """Per anchor direction k: (positives [N, N], negatives [N, K-1], off-diagonal mask [N, N]).
 
-    Returns (across_images [K, N, N], across_directions [N, K, K]).
+    ``positives[i, j] = cos(D_ik, D_jk) / tau`` (the diagonal i == j is not a pair: mask it);
+    ``negatives[i] = cos(D_ik, D_il) / tau`` for the other directions l != k.
     """
     if features.dim() < 3:
         raise ValueError(f"edit features must be [N images, K directions, ...]; got shape {tuple(features.shape)}")
-    unit = F.normalize(features.flatten(2).float(), dim=-1)  # [N, K, F]
-    across_images = torch.einsum("ikf,jkf->kij", unit, unit) / tau
-    across_directions = torch.einsum("ikf,ilf->ikl", unit, unit) / tau
-    return across_images, across_directions
-
-
-def _anchors(num_directions: int, anchor: int | None, device) -> torch.Tensor:
-    if anchor is None:
-        return torch.arange(num_directions, device=device)
-    if not 0 <= anchor < num_directions:
-        raise ValueError(f"anchor {anchor} is outside the {num_directions} directions in the batch")
-    return torch.tensor([anchor], device=device)
+    n, k = features.shape[:2]
+    if n < 2 or k < 2:
+        raise ValueError(f"the {loss_name} loss needs >= 2 images and >= 2 directions; got N={n}, K={k}")
+    if anchor is not None and not 0 <= anchor < k:
+        raise ValueError(f"anchor {anchor} is outside the {k} directions in the batch")
+    unit = F.normalize(features.flatten(2).float(), dim=-1)               # [N, K, F]
+    across_images = torch.einsum("ikf,jkf->kij", unit, unit) / tau        # [K, N, N]
+    across_directions = torch.einsum("ikf,ilf->ikl", unit, unit) / tau    # [N, K, K]
+    off_diagonal_images = ~torch.eye(n, dtype=torch.bool, device=features.device)
+    off_diagonal_directions = ~torch.eye(k, dtype=torch.bool, device=features.device)
+    for a in ([anchor] if anchor is not None else range(k)):
+        negatives = across_directions[:, a, :][:, off_diagonal_directions[a]]
+        yield across_images[a], negatives, off_diagonal_images
 
 
 def noiseclr_loss(features: torch.Tensor, tau: float = 0.5, anchor: int | None = None) -> torch.Tensor:
@@ -55,16 +57,9 @@ def noiseclr_loss(features: torch.Tensor, tau: float = 0.5, anchor: int | None =
         A scalar tensor; lower is better, and its minimum is -2/tau (all positives
         identical, all negatives opposite).
     """
-    n, k = features.shape[:2]
-    if n < 2 or k < 2:
-        raise ValueError(f"the NoiseCLR loss needs >= 2 images and >= 2 directions; got N={n}, K={k}")
-    across_images, across_directions = _similarities(features, tau)
-    off_diag_images = ~torch.eye(n, dtype=torch.bool, device=features.device)
-    off_diag_dirs = ~torch.eye(k, dtype=torch.bool, device=features.device)
     losses = []
-    for a in _anchors(k, anchor, features.device).tolist():
-        positives = across_images[a][off_diag_images]                 # N(N-1) values
-        negatives = across_directions[:, a, :][:, off_diag_dirs[a]]  # N(K-1) values
+    for positives, negatives, off_diagonal in _anchor_blocks(features, tau, anchor, "NoiseCLR"):
+        positives = positives[off_diagonal]                  # N(N-1) pairs
         log_pos = torch.logsumexp(positives, 0) - math.log(positives.numel())
         log_neg = torch.logsumexp(negatives.flatten(), 0) - math.log(negatives.numel())
         losses.append(log_neg - log_pos)
@@ -82,19 +77,11 @@ def infonce_loss(features: torch.Tensor, tau: float = 0.5, anchor: int | None = 
     with ``s = cos/tau`` for positives and ``n = cos/tau`` for negatives.  Same
     arguments and shapes as :func:`noiseclr_loss`.
     """
-    n, k = features.shape[:2]
-    if n < 2 or k < 2:
-        raise ValueError(f"the InfoNCE loss needs >= 2 images and >= 2 directions; got N={n}, K={k}")
-    across_images, across_directions = _similarities(features, tau)
-    off_diag_images = ~torch.eye(n, dtype=torch.bool, device=features.device)
-    off_diag_dirs = ~torch.eye(k, dtype=torch.bool, device=features.device)
     losses = []
-    for a in _anchors(k, anchor, features.device).tolist():
-        positives = across_images[a]                                  # [N, N]: row i is the anchor image
-        negatives = across_directions[:, a, :][:, off_diag_dirs[a]]  # [N, K-1]
-        neg_logsumexp = torch.logsumexp(negatives, dim=1, keepdim=True)  # [N, 1]
-        log_prob = positives - torch.logaddexp(positives, neg_logsumexp)
-        losses.append(-log_prob[off_diag_images].mean())
+    for positives, negatives, off_diagonal in _anchor_blocks(features, tau, anchor, "InfoNCE"):
+        negatives_logsumexp = torch.logsumexp(negatives, dim=1, keepdim=True)  # [N, 1]: row i is the anchor image
+        log_prob = positives - torch.logaddexp(positives, negatives_logsumexp)
+        losses.append(-log_prob[off_diagonal].mean())
     return torch.stack(losses).mean()
 
 

@@ -335,6 +335,8 @@ class EditPanel:
             self.picker.options = list(self.picker.options) + [(label, key)]
         if note:
             self._show_message(note, error=False)
+        elif select:
+            self.clear_message()  # the user's latest action worked: drop an older error
         if select:
             if self.picker.value == key:
                 self.render()
@@ -406,9 +408,7 @@ class EditPanel:
         finally:
             self._quiet = False
         for f in files:
-            if self.add_image(f["content"], name=f.get("name") or "upload") and not self.last_message.startswith(
-                    f.get("name") or "upload"):
-                self.clear_message()
+            self.add_image(f["content"], name=f.get("name") or "upload")
 
     def _on_pick(self, change) -> None:
         if not self._quiet and change["new"] is not None:
