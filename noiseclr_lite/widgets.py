@@ -379,7 +379,10 @@ class EditPanel:
         try:  # the header only: size before decoding
             with Image.open(path) as header:
                 width, height = header.size
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        except Image.DecompressionBombError as e:
+            raise ValueError(f"{shown} is far too large for the panel ({e}); resize it to at most {MAX_SIDE} px "
+                             f"a side (the model works at {self.image_size} px) and try again") from e
+        except (OSError, ValueError, SyntaxError) as e:
             raise ValueError(f"{shown} is not an image the panel can read ({type(e).__name__}); "
                              f"give a PNG, JPEG or WebP file") from e
         if width * height > MAX_PIXELS:

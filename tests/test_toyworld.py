@@ -140,3 +140,20 @@ def test_bars_report_pass_and_fail():
 
     assert Bar("psnr", 31.0, 30.0).passed and not Bar("psnr", 29.0, 30.0).passed
     assert Bar("seconds", 2.0, 3.0, at_least=False).passed and "FAIL" in str(Bar("seconds", 4.0, 3.0, at_least=False))
+
+
+def test_model_card_is_written_from_the_training_state_and_evaluation(tmp_path):
+    from noiseclr_lite.toyworld.card import write_card
+    from noiseclr_lite.toyworld.evaluate import Bar, save_evaluation
+    from noiseclr_lite.toyworld.train_model import WorldTrainingConfig
+
+    from dataclasses import asdict
+    state = {"unet_step": 1234, "wall_seconds": 7200, "config": asdict(WorldTrainingConfig()), "hardware": "2 CPU cores"}
+    (tmp_path / "training_state.json").write_text(json.dumps(state))
+    card = write_card(tmp_path).read_text()
+    assert "**1234**" in card and "2.00 h" in card and "Not measured yet" in card
+    assert "python -m noiseclr_lite.toyworld train" in card and "--unet-batch 64" in card
+    save_evaluation(str(tmp_path), [Bar("VAE reconstruction PSNR (dB)", 28.5, 30.0)], {"face.hair=blond hair": 0.9})
+    card = write_card(tmp_path).read_text()
+    assert "| VAE reconstruction PSNR (dB) | 28.5 | >= 30 | **FAIL** |" in card
+    assert "face.hair=blond hair: 0.90" in card

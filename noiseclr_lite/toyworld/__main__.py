@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--model", default=None, help="model folder (default: the bundled model)")
     evaluate.add_argument("--oracle", default=None, help="oracle folder (default data/models/oracle)")
     evaluate.add_argument("--quick", action="store_true", help="fewer samples (a smoke test, not the card)")
+    evaluate.add_argument("--save", action="store_true",
+                          help="write evaluation.json beside the weights and refresh the model card")
+    card = sub.add_parser("card", help="rewrite the model card (README.md) from training_state.json + evaluation.json")
+    card.add_argument("--model", default=None, help="model folder (default: the bundled model)")
     args = parser.parse_args(argv)
     if args.command == "samples":
         from .samples import write_sample_folders
@@ -69,11 +73,25 @@ def main(argv: list[str] | None = None) -> int:
         from ..models import BUNDLED_MODEL, REPO_ROOT
         from .evaluate import evaluate as run_evaluation
 
-        bars = run_evaluation(args.model or BUNDLED_MODEL, args.oracle or str(REPO_ROOT / "data/models/oracle"),
-                              quick=args.quick)
+        details: dict = {}
+        model = args.model or BUNDLED_MODEL
+        bars = run_evaluation(model, args.oracle or str(REPO_ROOT / "data/models/oracle"), quick=args.quick,
+                              details=details)
+        for key, share in sorted(details.items()):
+            print(f"      text control {key}: {share:.2f}")
         for bar in bars:
             print(bar)
+        if args.save:
+            from .card import write_card
+            from .evaluate import save_evaluation
+
+            print(f"wrote {save_evaluation(model, bars, details)} and {write_card(model)}")
         return 0 if all(bar.passed for bar in bars) else 1
+    elif args.command == "card":
+        from ..models import BUNDLED_MODEL
+        from .card import write_card
+
+        print(f"wrote {write_card(args.model or BUNDLED_MODEL)}")
     elif args.command == "train":
         values = {f.name: getattr(args, f.name) for f in dataclasses.fields(WorldTrainingConfig) if f.name != "extra"}
         for key in ("vae_widths", "unet_widths"):

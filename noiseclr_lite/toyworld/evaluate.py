@@ -10,6 +10,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -111,8 +112,11 @@ def generation_seconds(model_path: str, repeats: int = 5, steps: int = 25) -> fl
     return statistics.median(times)
 
 
-def evaluate(model_path: str, oracle_path: str, quick: bool = False) -> list[Bar]:
-    """Measure every bar of the bundled model's card; ``quick`` uses fewer samples."""
+def evaluate(model_path: str, oracle_path: str, quick: bool = False, details: dict | None = None) -> list[Bar]:
+    """Measure every bar of the bundled model's card; ``quick`` uses fewer samples.
+
+    If ``details`` is a dict, the per-attribute-value text-control shares are put in it.
+    """
     from ..models import load_pipeline
 
     pipe = load_pipeline(model_path, device="cpu")
@@ -127,8 +131,8 @@ def evaluate(model_path: str, oracle_path: str, quick: bool = False) -> list[Bar
     bars.append(Bar("oracle: worst attribute accuracy on VAE reconstructions",
                     min(v for k, v in on_recon.items() if k != "domain"), 0.95))
     control = text_control(pipe, oracle, per_value=8 if quick else 32)
-    for key, share in sorted(control.items()):
-        print(f"      text control {key}: {share:.2f}")
+    if details is not None:
+        details.update(control)
     bars.append(Bar("text control: mean over attribute values", statistics.mean(control.values()), 0.85))
     per_attribute = {}
     for key, share in control.items():
@@ -139,3 +143,22 @@ def evaluate(model_path: str, oracle_path: str, quick: bool = False) -> list[Bar
     bars.append(Bar("unconditional samples with top domain prob >= 0.9", unconditional_confidence(pipe, oracle, 16 if quick else 64), 0.90))
     bars.append(Bar("load + 25-step generation, median seconds", generation_seconds(model_path, 2 if quick else 5), 3.0, at_least=False))
     return bars
+
+
+def save_evaluation(model_path: str, bars: list[Bar], details: dict) -> Path:
+    """Write ``evaluation.json`` beside the weights, for the card (``card.py``)."""
+    import json
+    import os
+    import platform
+
+    model_path = Path(model_path)
+    state_path = model_path / "training_state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    record = {"date": time.strftime("%Y-%m-%d"), "unet_step": state.get("unet_step"),
+              "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads",
+              "bars": [{"name": b.name, "value": b.value, "bar": b.bar, "at_least": b.at_least, "passed": b.passed}
+                       for b in bars],
+              "details": details}
+    out = model_path / "evaluation.json"
+    out.write_text(json.dumps(record, indent=1))
+    return out

@@ -90,6 +90,13 @@ def psnr(reference: torch.Tensor, estimate: torch.Tensor) -> float:
 
 
 # --------------------------------------------------------------------------- stage 1: VAE
+def _decay(step: int, total: int, start: float = 0.7, floor: float = 0.1) -> float:
+    """Learning-rate factor: 1 until ``start * total``, then linear down to ``floor`` at ``total``."""
+    begin = start * total
+    if step < begin:
+        return 1.0
+    return max(floor, 1.0 - (1.0 - floor) * (step - begin) / max(1.0, total - begin))
+
 def train_vae(cfg: WorldTrainingConfig, work: Path) -> AutoencoderKL:
     """Train (or resume, or load the finished) VAE; returns it in eval mode."""
     final = work / "vae"
@@ -114,6 +121,8 @@ def train_vae(cfg: WorldTrainingConfig, work: Path) -> AutoencoderKL:
     while step < cfg.vae_steps:
         images, _ = render_batch(cfg.vae_batch, seed=cfg.seed * 10**7 + step)
         x = _to_pixels(images)
+        for group in opt.param_groups:  # constant, then a linear decay to 10% over the last 30%
+            group["lr"] = cfg.vae_lr * _decay(step, cfg.vae_steps)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
         loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + cfg.vae_kl_weight * posterior.kl().mean()
@@ -167,12 +176,12 @@ def _export(cfg, vae, tokenizer, text_encoder, unet, ema, step, wall, out: Path,
     pipe = assemble_pipeline(vae, ema_text, tokenizer, ema_unet, build_scheduler())
     tmp = out.with_name(out.name + ".tmp")
     pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
-    card = out / "README.md"
-    if card.exists():
-        (tmp / "README.md").write_text(card.read_text())
     state = {"unet_step": step, "wall_seconds": round(wall), "config": asdict(cfg),
-             "hardware": f"{os.cpu_count()} CPU cores, torch {torch.__version__}"}
+             "hardware": f"{os.cpu_count()} CPU cores ({torch.get_num_threads()} torch threads), torch {torch.__version__}"}
     (tmp / "training_state.json").write_text(json.dumps(state, indent=1))
+    from .card import write_card
+
+    write_card(tmp)  # "not measured yet": evaluation.json belongs to the weights it measured
     if out.exists():
         import shutil
         shutil.rmtree(out)

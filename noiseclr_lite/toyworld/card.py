@@ -1,0 +1,94 @@
+"""The bundled model's card: data/models/toyworld-sd/README.md, written from measurements.
+
+``python -m noiseclr_lite.toyworld card`` reads ``training_state.json`` (written by the
+training script at every export) and the ``evaluation.json`` that ``evaluate --save``
+writes, and renders them as Markdown.  Nothing on the card is typed by hand, so it cannot
+disagree with the weights beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .domains import DOMAINS
+
+
+def _size_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
+
+
+def render_card(model_dir: str | Path) -> str:
+    """The card's Markdown for the model in ``model_dir``."""
+    model_dir = Path(model_dir)
+    state = json.loads((model_dir / "training_state.json").read_text())
+    cfg = state["config"]
+    evaluation_path = model_dir / "evaluation.json"
+    evaluation = json.loads(evaluation_path.read_text()) if evaluation_path.exists() else None
+    flags = " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                     for k, v in cfg.items() if k not in ("extra", "out_dir", "work_dir"))
+    lines = [
+        "# toyworld-sd: the bundled world model",
+        "",
+        "A small text-to-image latent diffusion model in the standard diffusers Stable Diffusion layout,",
+        "trained from scratch on procedurally drawn 64x64 images of faces, cats, cars, paintings and",
+        "face+cat scenes whose attributes are known. Load it with",
+        "`StableDiffusionPipeline.from_pretrained(\"data/models/toyworld-sd\")` (offline).",
+        "",
+        "| part | what |",
+        "|---|---|",
+        f"| VAE | `AutoencoderKL`, widths {tuple(cfg['vae_widths'])}, 4x downsampling: 3x64x64 -> 4x16x16 |",
+        f"| text encoder | `CLIPTextModel`, 128 wide, 3 layers, word-level CLIP tokenizer ({len(_words())} words) |",
+        f"| UNet | `UNet2DConditionModel`, widths {tuple(cfg['unet_widths'])}, {cfg['unet_layers_per_block']} layer(s) per block, cross-attention at 16 and 8 px |",
+        "| scheduler | Stable Diffusion 1.5's scaled-linear schedule, 1000 steps, epsilon prediction (DDIM for sampling) |",
+        f"| size on disk | {_size_mb(model_dir):.1f} MB (fp16 safetensors, EMA weights) |",
+        "",
+        "## Training",
+        "",
+        f"- UNet + text encoder steps so far: **{state['unet_step']}** (batch {cfg['unet_batch']}, AdamW lr "
+        f"{cfg['unet_lr']}, {cfg['warmup_steps']} warm-up steps, min-SNR-{cfg['min_snr_gamma']:g} weighting, "
+        f"EMA up to {cfg['ema_max_decay']}, attribute dropout {cfg['attribute_dropout']}, caption dropout "
+        f"{cfg['caption_dropout']})",
+        f"- VAE: up to {cfg['vae_steps']} steps at batch {cfg['vae_batch']}, lr {cfg['vae_lr']} (L1 + MSE + "
+        f"{cfg['vae_kl_weight']:g} KL), on an endless stream of fresh renders; then frozen",
+        f"- training images for the UNet: {cfg['num_images']} renders, encoded once",
+        f"- wall time of the UNet stage so far: {state['wall_seconds'] / 3600:.2f} h on {state['hardware']}",
+        "- command (resumes from the work folder, or from these shipped weights when it is empty):",
+        "",
+        "```bash",
+        f"python -m noiseclr_lite.toyworld train {flags}",
+        "```",
+        "",
+        "## Measured (re-measure with `python -m noiseclr_lite.toyworld evaluate --save`)",
+        "",
+    ]
+    if evaluation is None:
+        lines.append("Not measured yet for these weights: run the command above.")
+    else:
+        lines += [f"Measured on {evaluation['date']} ({evaluation['machine']}), at UNet step "
+                  f"{evaluation.get('unet_step', '?')}.", "", "| bar | value | target | |", "|---|---|---|---|"]
+        for bar in evaluation["bars"]:
+            sign = ">=" if bar["at_least"] else "<="
+            lines.append(f"| {bar['name']} | {bar['value']:.4g} | {sign} {bar['bar']:g} | "
+                         f"{'pass' if bar['passed'] else '**FAIL**'} |")
+        if evaluation.get("details"):
+            lines += ["", "Per attribute value (text control):", ""]
+            lines += [f"- {k}: {v:.2f}" for k, v in sorted(evaluation["details"].items())]
+    lines += ["", "## Domains and attributes", ""]
+    for domain in DOMAINS.values():
+        attrs = "; ".join(f"{a}: {' / '.join(v)}" for a, v in domain.attributes.items())
+        lines.append(f"- **{domain.name}** (\"{domain.noun}\"): {attrs}")
+    return "\n".join(lines) + "\n"
+
+
+def _words() -> list[str]:
+    from .domains import vocabulary
+
+    return vocabulary()
+
+
+def write_card(model_dir: str | Path) -> Path:
+    """Write ``README.md`` into ``model_dir`` and return its path."""
+    path = Path(model_dir) / "README.md"
+    path.write_text(render_card(model_dir))
+    return path
