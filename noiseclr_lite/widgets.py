@@ -132,7 +132,7 @@ class EditPanel:
         last_message: the plain text of the last message shown (``""`` = none).
     """
 
-    def __init__(self, pipe, direction_sets=(), images=None, *, num_inference_steps: int = 20, seed: int = 0,
+    def __init__(self, pipe, direction_sets=(), images=None, *, num_inference_steps: int = 10, seed: int = 0,
                  skip: int = 0, scale_range: tuple[float, float] = (-4.0, 4.0), display_size: int = 256,
                  save_path: str = "edited.png", sync: bool = False):
         self.pipe = pipe

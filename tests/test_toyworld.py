@@ -157,3 +157,21 @@ def test_model_card_is_written_from_the_training_state_and_evaluation(tmp_path):
     card = write_card(tmp_path).read_text()
     assert "| VAE reconstruction PSNR (dB) | 28.5 | >= 30 | **FAIL** |" in card
     assert "face.hair=blond hair: 0.90" in card
+
+
+def test_decoder_finetuning_keeps_the_latent_space(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from noiseclr_lite.toyworld.model import build_vae
+    from noiseclr_lite.toyworld.train_model import finetune_decoder
+
+    torch.manual_seed(0)
+    build_vae().save_pretrained(tmp_path / "model" / "vae")
+    before = AutoencoderKL.from_pretrained(tmp_path / "model" / "vae")
+    finetune_decoder(tmp_path / "model", tmp_path / "work", steps=2, batch=2, checkpoint_every=1)
+    after = AutoencoderKL.from_pretrained(tmp_path / "model" / "vae", dtype=torch.float32)
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(before.encode(x).latent_dist.mean, after.encode(x).latent_dist.mean, atol=1e-2)
+        assert not torch.allclose(before.decoder.conv_out.weight, after.decoder.conv_out.weight.float())
+    assert (tmp_path / "work" / "decoder_ckpt.pt").exists()

@@ -45,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--quick", action="store_true", help="fewer samples (a smoke test, not the card)")
     evaluate.add_argument("--save", action="store_true",
                           help="write evaluation.json beside the weights and refresh the model card")
+    decoder = sub.add_parser("finetune-decoder", help="raise VAE reconstruction quality without touching the latent space")
+    decoder.add_argument("--model", default=None, help="model folder (default: the bundled model)")
+    decoder.add_argument("--work-dir", default="checkpoints/toyworld-decoder", help="checkpoint folder")
+    decoder.add_argument("--steps", type=int, default=2000, help="(default 2000)")
+    decoder.add_argument("--batch", type=int, default=16, help="(default 16)")
+    decoder.add_argument("--lr", type=float, default=2e-4, help="(default 2e-4)")
+    decoder.add_argument("--threads", type=int, default=0, help="torch threads (default: all)")
     card = sub.add_parser("card", help="rewrite the model card (README.md) from training_state.json + evaluation.json")
     card.add_argument("--model", default=None, help="model folder (default: the bundled model)")
     args = parser.parse_args(argv)
@@ -87,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"wrote {save_evaluation(model, bars, details)} and {write_card(model)}")
         return 0 if all(bar.passed for bar in bars) else 1
+    elif args.command == "finetune-decoder":
+        from ..models import BUNDLED_MODEL
+        from .train_model import finetune_decoder
+
+        value = finetune_decoder(args.model or BUNDLED_MODEL, args.work_dir, args.steps, args.batch, args.lr,
+                                 threads=args.threads)
+        print(f"held-out PSNR after decoder fine-tuning: {value:.2f} dB")
     elif args.command == "card":
         from ..models import BUNDLED_MODEL
         from .card import write_card

@@ -147,6 +147,50 @@ def train_vae(cfg: WorldTrainingConfig, work: Path) -> AutoencoderKL:
     return vae.eval()
 
 
+def finetune_decoder(model_dir: str | Path, work_dir: str | Path, steps: int, batch: int = 16, lr: float = 2e-4,
+                     seed: int = 0, checkpoint_every: int = 100, threads: int = 0) -> float:
+    """Train only the VAE *decoder* of a shipped model, on fresh renders; returns held-out PSNR.
+
+    The encoder stays frozen, so the latent space (and with it the UNet, the text encoder
+    and every learned direction) stays valid: this is how the reconstruction quality is
+    raised after the UNet has started training (as Stable Diffusion's ft-MSE decoders do).
+    Checkpoints to ``work_dir/decoder_ckpt.pt`` and resumes; writes ``model_dir/vae`` (fp16).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    model_dir, work = Path(model_dir), Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    vae = AutoencoderKL.from_pretrained(model_dir / "vae", dtype=torch.float32)
+    vae.requires_grad_(False)
+    vae.decoder.requires_grad_(True)
+    vae.post_quant_conv.requires_grad_(True)
+    params = [p for p in vae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    ckpt_path, step = work / "decoder_ckpt.pt", 0
+    if ckpt_path.exists():
+        state = _load(ckpt_path)
+        vae.load_state_dict(state["model"]), opt.load_state_dict(state["optimizer"])
+        step = state["step"]
+    held_out = _to_pixels(render_batch(256, seed=10**9)[0])
+    for step in tqdm(range(step, steps), initial=step, total=steps, desc="decoder"):
+        x = _to_pixels(render_batch(batch, seed=seed * 10**7 + 5_000_000 + step)[0])
+        for group in opt.param_groups:
+            group["lr"] = lr * _decay(step, steps)
+        with torch.no_grad():
+            latents = vae.encode(x).latent_dist.sample()
+        recon = vae.decode(latents).sample
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+            _atomic_save({"model": vae.state_dict(), "optimizer": opt.state_dict(), "step": step + 1}, ckpt_path)
+    with torch.no_grad():
+        value = psnr(held_out, vae.decode(vae.encode(held_out).latent_dist.mode()).sample)
+    vae.to(torch.float16).save_pretrained(model_dir / "vae", safe_serialization=True)
+    return value
+
+
 # ---------------------------------------------------------------------- stage 2: latents
 def encode_dataset(cfg: WorldTrainingConfig, work: Path, vae: AutoencoderKL) -> dict:
     """Render ``num_images`` captionable images and cache their latent mean/std once."""
