@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     decoder.add_argument("--batch", type=int, default=16, help="(default 16)")
     decoder.add_argument("--lr", type=float, default=2e-4, help="(default 2e-4)")
     decoder.add_argument("--threads", type=int, default=0, help="torch threads (default: all)")
+    decoder.add_argument("--out", default=None, help="where to write the VAE (default: MODEL/vae)")
     card = sub.add_parser("card", help="rewrite the model card (README.md) from training_state.json + evaluation.json")
     card.add_argument("--model", default=None, help="model folder (default: the bundled model)")
     args = parser.parse_args(argv)
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         from .train_model import finetune_decoder
 
         value = finetune_decoder(args.model or BUNDLED_MODEL, args.work_dir, args.steps, args.batch, args.lr,
-                                 threads=args.threads)
+                                 threads=args.threads, out=args.out)
         print(f"held-out PSNR after decoder fine-tuning: {value:.2f} dB")
     elif args.command == "card":
         from ..models import BUNDLED_MODEL

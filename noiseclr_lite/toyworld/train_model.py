@@ -148,13 +148,14 @@ def train_vae(cfg: WorldTrainingConfig, work: Path) -> AutoencoderKL:
 
 
 def finetune_decoder(model_dir: str | Path, work_dir: str | Path, steps: int, batch: int = 16, lr: float = 2e-4,
-                     seed: int = 0, checkpoint_every: int = 100, threads: int = 0) -> float:
+                     seed: int = 0, checkpoint_every: int = 100, threads: int = 0, out: str | Path | None = None) -> float:
     """Train only the VAE *decoder* of a shipped model, on fresh renders; returns held-out PSNR.
 
     The encoder stays frozen, so the latent space (and with it the UNet, the text encoder
     and every learned direction) stays valid: this is how the reconstruction quality is
     raised after the UNet has started training (as Stable Diffusion's ft-MSE decoders do).
-    Checkpoints to ``work_dir/decoder_ckpt.pt`` and resumes; writes ``model_dir/vae`` (fp16).
+    Checkpoints to ``work_dir/decoder_ckpt.pt`` and resumes; writes the VAE (fp16) to ``out``
+    (default ``model_dir/vae``), so it can run beside a UNet training that exports ``model_dir``.
     """
     if threads:
         torch.set_num_threads(threads)
@@ -187,7 +188,7 @@ def finetune_decoder(model_dir: str | Path, work_dir: str | Path, steps: int, ba
             _atomic_save({"model": vae.state_dict(), "optimizer": opt.state_dict(), "step": step + 1}, ckpt_path)
     with torch.no_grad():
         value = psnr(held_out, vae.decode(vae.encode(held_out).latent_dist.mode()).sample)
-    vae.to(torch.float16).save_pretrained(model_dir / "vae", safe_serialization=True)
+    vae.to(torch.float16).save_pretrained(Path(out) if out else model_dir / "vae", safe_serialization=True)
     return value
 
 
