@@ -125,8 +125,8 @@ class EditPanel:
             trajectory in which edits act, 0 = the first (noisiest) step, 1 = the last.
         picker, upload, reset_button, save_button, path, directions_path, add_button: the
             other controls; ``original``, ``current``: the two ``ipywidgets.Image`` views;
-            ``status`` (a Label: "rendering…" / "ready in 0.41 s") and ``message`` (an HTML
-            area for errors and notes).
+            ``status`` (a Label: "rendering…" / "✓ ready in 0.41 s (1 active direction)") and
+            ``message`` (an HTML area for errors and notes).
         current_image: the last rendered image (``PIL.Image`` at the model's resolution).
         render_times: seconds taken by each render, in order.
         last_message: the plain text of the last message shown (``""`` = none).
@@ -145,7 +145,6 @@ class EditPanel:
         self.render_times: list[float] = []
         self.last_message = ""
         self._slider_edits: dict[tuple[str, str], tuple[Directions, int]] = {}
-        self._sources: dict[str, object] = {}  # image key -> path or PIL image
         self._tensors: dict = {}  # image key -> [3, S, S] model-size image in [-1, 1]
         self._inversions: dict = {}  # image key -> DDPMInversion (the cache: one inversion per image)
         self._reconstructions: dict = {}  # image key -> PIL image rendered with no edit
@@ -156,7 +155,7 @@ class EditPanel:
         self._quiet = False  # True while the panel itself moves widgets (no render per change)
         self._build_widgets(save_path)
 
-        for position, (name, directions) in enumerate(self._named(direction_sets)):
+        for name, directions in self._named(direction_sets):
             self.add_directions(directions, name=name)
         for source in (default_samples() if images is None else images):
             self.add_image(source, select=False)
@@ -474,15 +473,16 @@ class EditPanel:
                 self.original.value = _png(to_pil(self._tensors[key]), self.display_size)
                 self._shown_original = key
             if key not in self._inversions:
-                self.status.value = "⏳ inverting the image (once)…"
+                self.status.value = "inverting the image (once)…"
                 self.invert(key)
-            self.status.value = "⏳ rendering…"
+            self.status.value = "rendering…"
             edits = self.edits()
             if edits:
                 image = edit(self.pipe, edits, inversion=self._inversions[key])[0]
             else:
                 if key not in self._reconstructions:
-                    self._reconstructions[key] = decode_latents(self.pipe, reconstruct(self.pipe, self._inversions[key]))[0]
+                    latents = reconstruct(self.pipe, self._inversions[key])
+                    self._reconstructions[key] = decode_latents(self.pipe, latents)[0]
                 image = self._reconstructions[key]
             self.current_image = image
             self.current.value = _png(image, self.display_size)

@@ -1,20 +1,23 @@
-"""The edit panel as a person uses it: JupyterLab in headless Chromium, driven by Playwright.
+"""The edit panel as a person uses it: JupyterLab 4 and Notebook 7 in headless Chromium, via Playwright.
 
-Starts JupyterLab on 127.0.0.1 (a free port, a random token, autosave off so the notebook
+Starts the server on 127.0.0.1 (a free port, a random token, autosave off so the notebook
 file is never rewritten), opens ``NOTEBOOK``, runs all cells from the Run menu, waits for
 the panel's edited image, moves a slider with the keyboard and checks that the displayed
-image's pixels change, then moves a second slider and checks that they change again.
-Screenshots and the server log go to ``test-artifacts/browser/``.  The server, its kernels
-and the browser are stopped whatever happens.
+image's pixels change, then moves a slider of the other direction set and checks that they
+change again.  Screenshots, the browser console and the server log go to
+``test-artifacts/browser/<frontend>/``.  The server, its kernels and the browser are stopped
+whatever happens.
 
 Needs Debian's ``chromium`` (``/usr/bin/chromium``) and the ``playwright`` Python client
-(``pip install playwright``; never ``playwright install``: the system Chromium is used).
-The test is skipped when either is missing, unless ``NOISECLR_REQUIRE_BROWSER=1`` (CI sets
-it), which turns the skip into a failure.
+(``pip install playwright``; never ``playwright install``: the system Chromium is used), and
+``notebook`` (>= 7) for the Notebook 7 case.  A case is skipped when what it needs is
+missing, unless ``NOISECLR_REQUIRE_BROWSER=1`` (``.ci/run`` sets it): then it fails.
 
 To test another notebook that displays an ``EditPanel`` (e.g. the composing-edits tutorial),
-change ``NOTEBOOK``; the test only relies on the panel's CSS classes (``noiseclr-current``,
-``noiseclr-slider``, ``noiseclr-status``) and on the notebook displaying one panel.
+change ``NOTEBOOK``, and the expected slider count ``SLIDERS`` and slider indices
+``FIRST_SLIDER``/``SECOND_SLIDER`` if its panel differs; the test relies only on the panel's
+CSS classes (``noiseclr-current``, ``noiseclr-slider``, ``noiseclr-status``) and on the
+notebook displaying one panel.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import base64
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -40,8 +44,13 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[2]
 #: The notebook to open, relative to the repository root (the server's root folder).
 NOTEBOOK = "tests/browser/panel_tiny.ipynb"
+SLIDERS = 5  # direction sliders the notebook's panel shows (3 face + 2 cat)
+FIRST_SLIDER, SECOND_SLIDER = 0, 3  # moved to their max, then min: a face and a cat direction
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts" / "browser"
+#: frontend -> (python -m MODULE, its config class, the URL path that opens a notebook)
+FRONTENDS = {"jupyterlab": ("jupyterlab", "LabApp", "lab/tree"),
+             "notebook7": ("notebook", "JupyterNotebookApp", "notebooks")}
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 SERVER_START_S = 90  # seconds for JupyterLab to answer
@@ -59,10 +68,27 @@ def _missing() -> str | None:
     return None
 
 
+def _missing_frontend(module: str) -> str | None:
+    try:
+        __import__(module)
+    except ImportError:
+        return f"the {module} package is missing: pip install '{module}' (in the dev extra)"
+    return None
+
+
 _REASON = _missing()
-if _REASON and os.environ.get("NOISECLR_REQUIRE_BROWSER") == "1":
+_REQUIRED = os.environ.get("NOISECLR_REQUIRE_BROWSER") == "1"
+if _REASON and _REQUIRED:
     raise RuntimeError(f"NOISECLR_REQUIRE_BROWSER=1 but {_REASON}")
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"browser test skipped: {_REASON}")
+
+
+def _frontend_params():
+    for name, (module, _, _) in FRONTENDS.items():
+        reason = _missing_frontend(module)
+        if reason and _REQUIRED:
+            raise RuntimeError(f"NOISECLR_REQUIRE_BROWSER=1 but {reason}")
+        yield pytest.param(name, id=name, marks=pytest.mark.skipif(reason is not None, reason=f"skipped: {reason}"))
 
 
 def _free_port() -> int:
@@ -101,22 +127,32 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(5)
 
 
-@pytest.fixture
-def jupyterlab(tmp_path):
-    """A JupyterLab server on 127.0.0.1 serving the repository; yields (base_url, token)."""
+@pytest.fixture(params=list(_frontend_params()))
+def server(request, tmp_path):
+    """A JupyterLab 4 or Notebook 7 server on 127.0.0.1 serving the repository.
+
+    Yields ``(notebook_url, base_url, token, artifacts_folder)``.
+    """
+    frontend = request.param
+    module, app, path = FRONTENDS[frontend]
+    artifacts = ARTIFACTS / frontend
+    shutil.rmtree(artifacts, ignore_errors=True)  # this run's files only
+    artifacts.mkdir(parents=True)
     port, token = _free_port(), secrets.token_hex(16)
     settings = tmp_path / "settings" / "@jupyterlab" / "docmanager-extension"
     settings.mkdir(parents=True)
     (settings / "plugin.jupyterlab-settings").write_text(json.dumps({"autosave": False}))
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / "config"), JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
-               IPYTHONDIR=str(tmp_path / "ipython"), PYTHONUNBUFFERED="1")
+               JUPYTER_DATA_DIR=str(tmp_path / "data"), IPYTHONDIR=str(tmp_path / "ipython"), PYTHONUNBUFFERED="1")
     env.setdefault("NOISECLR_TEST_THREADS", "1")
-    command = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
+    command = [sys.executable, "-m", module, "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
                "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={REPO}",
-               f"--LabApp.user_settings_dir={tmp_path / 'settings'}",
-               f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}", "--LabApp.news_url=", "--LabApp.extension_manager=readonly",
-               "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
-    log_path = tmp_path / "jupyterlab.log"
+               f"--{app}.user_settings_dir={tmp_path / 'settings'}",
+               f"--{app}.workspaces_dir={tmp_path / 'workspaces'}"]
+    if frontend == "jupyterlab":  # no news, update checks or extension-manager lookups (offline)
+        command += ["--LabApp.news_url=", "--LabApp.extension_manager=readonly",
+                    "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    log_path = tmp_path / "server.log"
     notebook_before = (REPO / NOTEBOOK).read_bytes()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -126,7 +162,7 @@ def jupyterlab(tmp_path):
         deadline = time.monotonic() + SERVER_START_S
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"JupyterLab exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+                raise RuntimeError(f"{module} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
             try:
                 with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=5) as reply:
                     if reply.status == 200:
@@ -134,13 +170,12 @@ def jupyterlab(tmp_path):
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"JupyterLab did not answer in {SERVER_START_S} s:\n{log_path.read_text()[-3000:]}")
+                raise RuntimeError(f"{module} did not answer in {SERVER_START_S} s:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.5)
-        yield base, token
+        yield f"{base}/{path}/{NOTEBOOK}?token={token}", base, token, artifacts
     finally:
         _stop(proc)
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(log_path, ARTIFACTS / "jupyterlab.log")
+        shutil.copy(log_path, artifacts / "server.log")
     assert (REPO / NOTEBOOK).read_bytes() == notebook_before, f"{NOTEBOOK} was modified by the test"
 
 
@@ -162,6 +197,16 @@ def _pixels(image) -> tuple[str, np.ndarray] | None:
     return shown["src"], np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
+def _settled_pixels(page, image) -> np.ndarray:
+    """The displayed image's pixels once the browser has decoded its current ``src``."""
+    for _ in range(100):
+        shown = _pixels(image)
+        if shown is not None:
+            return shown[1]
+        page.wait_for_timeout(100)
+    raise AssertionError("the panel's image never finished loading")
+
+
 def _wait_for_change(page, image, before: np.ndarray | None, timeout_s: float, what: str):
     """Poll until the displayed image exists and its pixels differ from ``before``."""
     deadline = time.monotonic() + timeout_s
@@ -174,23 +219,67 @@ def _wait_for_change(page, image, before: np.ndarray | None, timeout_s: float, w
     raise AssertionError(f"{what}: the displayed image did not change within {timeout_s} s (panel status: {status!r})")
 
 
-def _move_slider(page, index: int, presses: int) -> str:
-    """Focus slider ``index``'s handle, press ArrowRight ``presses`` times; returns its readout."""
+def _move_slider(page, index: int, key: str) -> str:
+    """Focus slider ``index``'s handle and press ``key`` once (one committed value); returns its readout.
+
+    "End" / "Home" jump to the slider's max / min; with ``continuous_update=False`` the
+    key press commits the value, as releasing a dragged handle does.
+    """
     slider = page.locator(".noiseclr-slider").nth(index)
     slider.scroll_into_view_if_needed()
     handle = slider.locator(".noUi-handle").first
     handle.focus()
-    for _ in range(presses):
-        handle.press("ArrowRight")
-        page.wait_for_timeout(50)
-    return slider.locator(".widget-readout").first.inner_text()
+    handle.press(key)
+    return slider.locator(".widget-readout").first.inner_text().replace("\u2212", "-")  # readouts use U+2212
 
 
-def test_sliders_change_the_displayed_image_in_jupyterlab(jupyterlab, tmp_path):
+def _wait_until_ready(page, active: int, timeout_s: float) -> None:
+    """Wait for the panel's status "✓ ready in … (N active direction[s])"."""
+    text = f"({active} active direction{'s' if active != 1 else ''})"
+    page.locator(".noiseclr-status", has_text=text).first.wait_for(timeout=timeout_s * 1000)
+
+
+def _wait_for_kernel(base: str, token: str, timeout_s: float) -> None:
+    """Wait until the server has one idle kernel with a browser connected to it."""
+    deadline, kernels = time.monotonic() + timeout_s, []
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{base}/api/kernels?token={token}", timeout=10) as reply:
+            kernels = json.load(reply)
+        if any(k.get("connections", 0) >= 1 and k.get("execution_state") == "idle" for k in kernels):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"no idle, connected kernel within {timeout_s} s: {kernels}")
+
+
+def _run_all_cells(page) -> None:
+    """Run > Run All Cells from the menu bar (JupyterLab and Notebook 7); retried once if no cell starts."""
+    started = ("() => [...document.querySelectorAll('.jp-InputPrompt')]"
+               ".some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))")
+    for attempt in range(2):
+        page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).first.click()
+        item = page.get_by_role("menuitem", name="Run All Cells", exact=True)
+        item.wait_for(state="visible")
+        page.wait_for_timeout(300)  # let the menu settle before clicking into it
+        item.click()
+        select_kernel = page.locator(".jp-Dialog").get_by_role("button", name="Select", exact=True)
+        try:
+            select_kernel.wait_for(state="visible", timeout=2_000)  # JupyterLab asks: keep its default kernel
+            select_kernel.click()
+        except Exception:
+            pass
+        try:
+            page.wait_for_function(started, timeout=30_000)
+            return
+        except Exception:
+            if attempt:
+                raise
+            page.keyboard.press("Escape")
+
+
+def test_sliders_change_the_displayed_image(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    base, token = jupyterlab
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    url, base, token, artifacts = server
     started = time.monotonic()
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
@@ -198,38 +287,50 @@ def test_sliders_change_the_displayed_image_in_jupyterlab(jupyterlab, tmp_path):
             viewport={"width": 1280, "height": 1400})
         page = context.pages[0] if context.pages else context.new_page()
         page.set_default_timeout(60_000)
+        console = []
+        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+        page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
         try:
-            page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={token}", wait_until="domcontentloaded", timeout=90_000)
+            page.goto(url, wait_until="domcontentloaded", timeout=90_000)
             page.locator(".jp-NotebookPanel").first.wait_for(state="visible", timeout=90_000)
-            # the kernel must be up before "Run All Cells" (else the run waits on a kernel picker)
-            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(timeout=90_000)
-            page.screenshot(path=ARTIFACTS / "1-opened.png")
+            # the kernel must be up and connected before "Run All Cells", else JupyterLab asks for one
+            _wait_for_kernel(base, token, timeout_s=90)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=artifacts / "1-opened.png")
 
-            page.locator("#jp-MainMenu").get_by_text("Run", exact=True).click()
-            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            _run_all_cells(page)
 
             image = page.locator("img.noiseclr-current").first
             image.wait_for(state="attached", timeout=FIRST_IMAGE_S * 1000)
             image.scroll_into_view_if_needed()
-            first = _wait_for_change(page, image, None, FIRST_IMAGE_S, "first render")
-            page.screenshot(path=ARTIFACTS / "2-panel.png")
-            page.locator(".noiseclr-panel").first.screenshot(path=ARTIFACTS / "2-panel-only.png")
-            assert page.locator(".noiseclr-slider").count() == 5  # 3 face + 2 cat directions
+            _wait_for_change(page, image, None, FIRST_IMAGE_S, "first render")
+            page.screenshot(path=artifacts / "2-panel.png")
+            page.locator(".noiseclr-panel").first.screenshot(path=artifacts / "2-panel-only.png")
+            assert page.locator(".noiseclr-slider").count() == SLIDERS
 
-            readout = _move_slider(page, 0, presses=20)
-            assert readout not in ("0.00", "0.0"), f"the first slider did not move (readout {readout!r})"
-            second = _wait_for_change(page, image, first, RENDER_S, "first slider")
-            assert second.shape == first.shape and (second != first).mean() > 0.01
-            page.screenshot(path=ARTIFACTS / "3-first-slider.png")
+            _wait_until_ready(page, 0, RENDER_S)
+            first = _settled_pixels(page, image)
 
-            readout = _move_slider(page, 3, presses=20)  # a direction of the other set
-            assert readout not in ("0.00", "0.0"), f"the second slider did not move (readout {readout!r})"
-            third = _wait_for_change(page, image, second, RENDER_S, "second slider")
-            assert (third != second).mean() > 0.01
-            page.screenshot(path=ARTIFACTS / "4-second-slider.png")
+            readout = _move_slider(page, FIRST_SLIDER, "End")  # to its maximum
+            assert float(readout) > 0, f"the first slider did not move (readout {readout!r})"
+            _wait_for_change(page, image, first, RENDER_S, "first slider")
+            _wait_until_ready(page, 1, RENDER_S)
+            second = _settled_pixels(page, image)
+            assert second.shape == first.shape and (second != first).any(axis=-1).mean() > 0.01
+            page.screenshot(path=artifacts / "3-first-slider.png")
+
+            readout = _move_slider(page, SECOND_SLIDER, "Home")  # to its minimum
+            assert float(readout) < 0, f"the second slider did not move (readout {readout!r})"
+            _wait_for_change(page, image, second, RENDER_S, "second slider")
+            _wait_until_ready(page, 2, RENDER_S)
+            third = _settled_pixels(page, image)
+            assert (third != second).any(axis=-1).mean() > 0.01
+            page.screenshot(path=artifacts / "4-second-slider.png")
         except BaseException:
-            page.screenshot(path=ARTIFACTS / "failure.png")
+            page.screenshot(path=artifacts / "failure.png")
             raise
         finally:
+            (artifacts / "browser-console.log").write_text("\n".join(console) + "\n")
             context.close()
-    print(f"\nbrowser test: {time.monotonic() - started:.1f} s from opening the page to the second change")
+    print(f"\nbrowser test ({artifacts.name}): {time.monotonic() - started:.1f} s from opening the page "
+          f"to the second change")

@@ -1,0 +1,764 @@
+"""Direction quality against ground truth: NoiseCLR and its peers on one protocol.
+
+    python benchmarks/quality.py --quick                      # smoke run: 1 seed, few images and steps
+    python benchmarks/quality.py                              # the full table: 4 domains, seeds 0 1 2
+    python benchmarks/quality.py --domains face --seeds 0 1 2 --steps 500 --lr 3e-2 --tag lr3e-2
+    python benchmarks/quality.py --model PATH --oracle PATH   # another model / oracle (e.g. a test model)
+
+For every domain (face, cat, car, painting) the same held-out starting images, balanced over
+every attribute's values, are inverted once (edit-friendly DDPM inversion), and five kinds
+of directions are scored on them with the two-sided protocol of ``noiseclr_lite.metrics``
+(each direction's scale calibrated to a common mean pixel change, then edits at +s and -s
+read by the attribute oracle):
+
+* NoiseCLR   -- K tokens trained with the official loss on ``data/samples/<domain>``;
+* InfoNCE    -- the same, with the standard InfoNCE variant of the loss;
+* random     -- the K random rows NoiseCLR started from (same seed), each rescaled to the
+                trained NoiseCLR directions' mean norm: the floor (what training bought);
+* text       -- each attribute's own phrase ("smiling", "striped") as a direction: the
+                supervised ceiling (deterministic: scored once);
+* h-space    -- Haas et al. 2023: the top-K principal components of the UNet's middle-block
+                output over the same sample folder, added to it during denoising
+                (``noiseclr_lite.hspace``): a published unsupervised peer.
+
+Seeded methods run once per ``--seeds`` value; tables give mean ± standard deviation over
+seeds.  With face and cat among the domains, every face and cat direction is also applied
+(at the scale calibrated in its own domain) to face+cat scenes, to measure how much it
+leaks onto the other subject.  Outputs, under ``--out`` (default ``benchmarks/results/``):
+``quality.md`` (tables, bars, settings, date, wall time per stage), ``quality.json`` (every
+score) and ``quality_<domain>.png`` (each method's best and worst direction at -s, 0, +s).
+With ``--resume`` every finished (domain, method, seed) unit is read back from
+``<out>/cache/`` instead of being recomputed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `python benchmarks/quality.py` from anywhere
+    sys.path.insert(0, str(REPO))
+
+from noiseclr_lite.metrics import (STRENGTH_MIN, PURITY_MIN, DirectionScore, PromptDirections, StartSet,  # noqa: E402
+                                   aggregate_summaries, attribute_probabilities, balanced_start_images,
+                                   calibrate_scale, cross_domain_interference, format_table, images_to_tensor,
+                                   pixel_change, prepare_start, preservation, purity, score_direction, strength,
+                                   summary, two_sided_effects)
+from noiseclr_lite.toyworld.domains import get_domain  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+DEFAULT_ORACLE = str(REPO / "data" / "models" / "oracle")
+DEFAULT_SAMPLES = str(REPO / "data" / "samples")
+DOMAINS = ["face", "cat", "car", "painting"]
+METHODS = ["NoiseCLR", "InfoNCE", "random", "text", "h-space"]
+SEEDED = {"NoiseCLR", "InfoNCE", "random", "h-space"}  # text prompts are deterministic: one run
+#: a margin over random is "clear" when it is at least this and larger than its seed spread
+CLEAR_MARGIN = 0.10
+#: the bars of issue 5, for NoiseCLR over all domains
+BARS = {"coverage": 0.75, "mean_purity": 0.7, "text_purity_share": 0.8}
+
+
+# ===================================================================================== settings
+@dataclass
+class Settings:
+    """Every knob of a run (recorded in the outputs).  See ``--help`` for each one."""
+
+    domains: list = field(default_factory=lambda: list(DOMAINS))
+    seeds: list = field(default_factory=lambda: [0, 1, 2])
+    interference: bool = True
+    # training (NoiseCLR and InfoNCE)
+    num_directions: int = 8
+    steps: int = 300
+    learning_rate: float = 1e-2
+    timestep_range: tuple = (0, 1000)
+    batch_size: int = 6
+    negatives: int | None = None          # None = contrast every direction each step
+    tau: float = 0.5
+    train_images: int | None = None       # None = the whole sample folder
+    # the protocol
+    eval_images: int = 16
+    start_seed: int = 0
+    inference_steps: int = 20
+    target_change: float = 0.05
+    max_scale: float = 16.0
+    hspace_max_scale: float = 4.0
+    calibration_images: int = 4
+    calibration_iters: int = 7
+    window: tuple = (1.0, 0.0)
+    hspace_timesteps: tuple = (800, 600, 400, 200)
+    text_phrases: str = "positive"        # "positive" (value-1 phrase per attribute) or "both"
+    interference_images: int = 8
+    grid_images: int = 3
+    # where things are
+    model: str = ""
+    oracle: str = ""
+    samples: str = DEFAULT_SAMPLES
+    quick: bool = False
+
+    def train_overrides(self, loss: str, seed: int) -> dict:
+        """Keyword overrides for ``train_directions`` (everything but the prefix)."""
+        return {"num_directions": self.num_directions, "steps": self.steps, "learning_rate": self.learning_rate,
+                "timestep_range": tuple(self.timestep_range), "batch_size": self.batch_size,
+                "negatives_per_step": self.negatives, "tau": self.tau, "loss": loss, "seed": seed}
+
+    def fingerprint(self) -> str:
+        """Hash of every setting that changes a (domain, method, seed) result (for ``--resume``)."""
+        skip = {"domains", "seeds", "interference", "grid_images", "interference_images", "quick"}
+        kept = {k: v for k, v in asdict(self).items() if k not in skip}
+        return hashlib.sha256(json.dumps(kept, sort_keys=True, default=list).encode()).hexdigest()[:12]
+
+
+#: defaults of a full run and of ``--quick`` (explicit flags override either)
+FULL = {"seeds": [0, 1, 2], "num_directions": 8, "steps": 300, "eval_images": 16, "inference_steps": 20,
+        "calibration_images": 4, "calibration_iters": 7, "interference_images": 8, "grid_images": 3}
+QUICK = {"seeds": [0], "num_directions": 4, "steps": 20, "eval_images": 4, "inference_steps": 8,
+         "calibration_images": 2, "calibration_iters": 4, "interference_images": 4, "grid_images": 2}
+
+
+# ===================================================================================== timing
+class Stages:
+    """Wall time of every stage, in order: ``with stages("face: train NoiseCLR seed 0"): ...``."""
+
+    def __init__(self, log: Callable[[str], None] = print):
+        self.seconds: dict[str, float] = {}
+        self.log = log
+        self.started = time.perf_counter()
+
+    @contextmanager
+    def __call__(self, name: str):
+        self.log(f"[{time.perf_counter() - self.started:8.1f} s] {name} ...")
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - start, 2)
+
+    @property
+    def total(self) -> float:
+        return round(time.perf_counter() - self.started, 2)
+
+
+# ===================================================================================== rendering and scoring
+def render(pipe, directions, index: int, scale: float, start: StartSet,
+           window: tuple[float, float]) -> torch.Tensor:
+    """The start images edited by one direction at ``scale``: float [M, 3, H, W] in [-1, 1].
+
+    ``directions`` is a ``Directions`` / ``PromptDirections`` (a token or prompt edit through
+    ``noiseclr_lite.editing.edit``) or a tensor [K, C, h', w'] of h-space directions (an
+    offset on the UNet's middle block, ``noiseclr_lite.hspace``).  Scale 0 = the unedited
+    reconstruction, as in ``metrics.score_direction``.
+    """
+    from noiseclr_lite.editing import DirectionEdit, edit
+    from noiseclr_lite.hspace import edit_hspace
+
+    if scale == 0:
+        return start.images
+    if isinstance(directions, torch.Tensor):
+        return images_to_tensor(edit_hspace(pipe, directions[index], scale, window, inversion=start.inversion))
+    return images_to_tensor(edit(pipe, [DirectionEdit(directions, index, scale, window)], inversion=start.inversion))
+
+
+def score_rendered(render_at: Callable[[float, StartSet], torch.Tensor], oracle, start: StartSet, domain: str,
+                   name: str, token: str, scale: float | None = None, target_change: float | None = None,
+                   calibration_images: int = 4, max_scale: float = 16.0,
+                   calibration_iters: int = 8) -> DirectionScore:
+    """``metrics.score_direction`` for any edit given as ``render_at(scale, start_set) -> images``.
+
+    The adapter for edits that are not a text conditioning (h-space offsets): the same
+    calibration (``metrics.calibrate_scale`` on the first ``calibration_images`` images, to a
+    mean pixel change of ``target_change`` at +s and -s), the same two-sided effects, purity,
+    strength and preservation (``metrics`` functions), the same :class:`DirectionScore`.
+    For a token direction it gives what ``score_direction`` gives (tested).
+    """
+    if (scale is None) == (target_change is None):
+        raise ValueError("give exactly one of scale= (a fixed scale) or target_change= (a calibrated one)")
+
+    def change_at(s: float, images: StartSet):
+        plus, minus = render_at(s, images), render_at(-s, images)
+        return (pixel_change(plus, images.images) + pixel_change(minus, images.images)) / 2, plus, minus
+
+    calibrated = saturated = False
+    if target_change is not None:
+        few = start.subset(min(calibration_images, len(start)))
+        result = calibrate_scale(lambda s: change_at(s, few)[0], target_change, 0.0, max_scale, calibration_iters)
+        scale, calibrated, saturated = result.scale, True, not result.reached
+    scale = float(scale)
+    change, plus, minus = change_at(scale, start)
+    names = get_domain(domain).attribute_names
+    p_plus, p_minus = attribute_probabilities(oracle, plus, domain), attribute_probabilities(oracle, minus, domain)
+    p_zero = attribute_probabilities(oracle, start.images, domain)
+    effects = two_sided_effects(p_plus, p_minus)
+    kept = preservation(effects, change, names)
+    as_dict = lambda v: {n: float(x) for n, x in zip(names, v)}  # noqa: E731
+    return DirectionScore(
+        name=name, token=token, domain=domain, scale=scale, effects=as_dict(effects),
+        signed_effects=as_dict(two_sided_effects(p_plus, p_minus, signed=True)),
+        plus_effects=as_dict((p_plus - p_zero).mean(0)), minus_effects=as_dict((p_minus - p_zero).mean(0)),
+        purity=purity(effects), strength=strength(effects), target=kept.target, pixel_change=change,
+        off_target=kept.off_target, calibrated=calibrated, saturated=saturated)
+
+
+def score_one(pipe, oracle, directions, index: int, start: StartSet, domain: str, settings: Settings,
+              scale: float | None = None) -> DirectionScore:
+    """Score direction ``index`` of any method: calibrated (``scale=None``) or at a fixed scale."""
+    amount = {"target_change": settings.target_change} if scale is None else {"scale": scale}
+    if isinstance(directions, torch.Tensor):  # h-space
+        return score_rendered(lambda s, st: render(pipe, directions, index, s, st, settings.window), oracle, start,
+                              domain, f"pc{index}", f"h-space pc{index}", calibration_images=settings.calibration_images,
+                              max_scale=settings.hspace_max_scale, calibration_iters=settings.calibration_iters,
+                              **amount)
+    return score_direction(pipe, oracle, directions, index, start, domain, window=tuple(settings.window),
+                           calibration_images=settings.calibration_images, max_scale=settings.max_scale,
+                           calibration_iters=settings.calibration_iters, **amount)
+
+
+# ===================================================================================== the methods
+def text_directions(domain: str, phrases: str = "positive") -> PromptDirections:
+    """Each attribute's own words as directions (the supervised ceiling).
+
+    ``"positive"``: the phrase of value 1 of each attribute ("smiling", "striped"), the value
+    whose probability the oracle reads (two-sided scoring covers the other side);
+    ``"both"``: both phrases of every attribute ("frowning" and "smiling", ...).
+    """
+    if phrases not in ("positive", "both"):
+        raise ValueError(f"text phrases must be 'positive' or 'both'; got {phrases!r}")
+    chosen = [v for values in get_domain(domain).attributes.values()
+              for v in (values[1:2] if phrases == "positive" else values)]
+    return PromptDirections(chosen)
+
+
+def matched_random(pipe, reference, seed: int, prefix: str):
+    """Random token rows (the init ``train_directions`` starts from with ``seed``), each
+    rescaled to the mean row norm of ``reference`` (the trained directions)."""
+    from noiseclr_lite.directions import Directions
+
+    rows = Directions.create(pipe, reference.num_directions, prefix=prefix, init="random", seed=seed)
+    target = reference.embeddings.norm(dim=1).mean()
+    rows.embeddings = rows.embeddings / rows.embeddings.norm(dim=1, keepdim=True) * target
+    rows.metadata["matched_norm"] = float(target)
+    return rows
+
+
+@dataclass
+class MethodRun:
+    """One method's directions for one domain and seed, and how they scored."""
+
+    method: str
+    domain: str
+    seed: int | None
+    directions: object  # Directions | PromptDirections | h-space tensor [K, C, h', w']
+    scores: list
+    summary: dict
+    seconds: dict = field(default_factory=dict)
+    cached: bool = False
+
+    def to_json(self) -> dict:
+        return {"method": self.method, "domain": self.domain, "seed": self.seed, "summary": self.summary,
+                "seconds": self.seconds, "cached": self.cached, "scores": [asdict(s) for s in self.scores]}
+
+
+def _cache_paths(cache: Path | None, domain: str, method: str, seed):
+    if cache is None:
+        return None, None
+    stem = f"{domain}_{method}_seed{seed}"
+    return cache / f"{stem}.json", (cache / f"{stem}.safetensors" if method != "text" else None)
+
+
+def _save_unit(run: MethodRun, cache: Path | None) -> None:
+    scores_file, directions_file = _cache_paths(cache, run.domain, run.method, run.seed)
+    if scores_file is None:
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    if directions_file is not None:
+        if isinstance(run.directions, torch.Tensor):
+            from safetensors.torch import save_file
+
+            save_file({"directions": run.directions.contiguous()}, str(directions_file))
+        else:
+            run.directions.save(directions_file)
+    tmp = scores_file.with_name(scores_file.name + ".tmp")
+    tmp.write_text(json.dumps(run.to_json(), indent=1))
+    os.replace(tmp, scores_file)  # written last: a unit counts as done only once its scores are saved
+
+
+def _load_unit(cache: Path | None, domain: str, method: str, seed, text: PromptDirections | None) -> MethodRun | None:
+    scores_file, directions_file = _cache_paths(cache, domain, method, seed)
+    if scores_file is None or not scores_file.exists():
+        return None
+    saved = json.loads(scores_file.read_text())
+    if method == "text":
+        directions = text
+    elif method == "h-space":
+        from safetensors.torch import load_file
+
+        directions = load_file(str(directions_file))["directions"]
+    else:
+        from noiseclr_lite.directions import Directions
+
+        directions = Directions.load(directions_file)
+    scores = [DirectionScore(**s) for s in saved["scores"]]
+    return MethodRun(method, domain, seed, directions, scores, saved["summary"], saved["seconds"], cached=True)
+
+
+def run_domain(pipe, oracle, domain: str, settings: Settings, stages: Stages, cache: Path | None = None,
+               progress: bool = True) -> tuple[StartSet, dict[str, list[MethodRun]]]:
+    """Every method on one domain: {method: [MethodRun per seed]} and the shared start set."""
+    from tqdm.auto import tqdm
+
+    from noiseclr_lite.data import load_images
+    from noiseclr_lite.hspace import hspace_directions
+    from noiseclr_lite.models import encode_images
+    from noiseclr_lite.train import train_directions
+
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    with stages(f"{domain}: start images + inversion"):
+        images, _ = balanced_start_images(domain, settings.eval_images, seed=settings.start_seed, size=size)
+        start = prepare_start(pipe, images, num_inference_steps=settings.inference_steps, seed=settings.start_seed)
+    latents = None
+    text = text_directions(domain, settings.text_phrases)
+    runs: dict[str, list[MethodRun]] = {m: [] for m in METHODS}
+
+    def scored(method, seed, directions, train_seconds=None) -> MethodRun:
+        k_total = directions.shape[0] if isinstance(directions, torch.Tensor) else directions.num_directions
+        label = f"{domain}: score {method}" + (f" seed {seed}" if seed is not None else "")
+        with stages(label):
+            t0 = time.perf_counter()
+            scores = [score_one(pipe, oracle, directions, k, start, domain, settings)
+                      for k in tqdm(range(k_total), desc=label, disable=not progress)]
+            seconds = {"score": round(time.perf_counter() - t0, 2)}
+        if train_seconds is not None:
+            seconds["train"] = train_seconds
+        run = MethodRun(method, domain, seed, directions, scores, summary(scores, domain), seconds)
+        _save_unit(run, cache)
+        return run
+
+    def sample_latents():
+        nonlocal latents
+        if latents is None:
+            with stages(f"{domain}: load + encode {settings.samples}/{domain}"):
+                pictures = load_images(Path(settings.samples) / domain, size)
+                latents = encode_images(pipe, pictures[:settings.train_images] if settings.train_images else pictures)
+        return latents
+
+    for seed in settings.seeds:
+        for method, loss in (("NoiseCLR", "noiseclr"), ("InfoNCE", "infonce")):
+            run = _load_unit(cache, domain, method, seed, text)
+            if run is None:
+                label = f"{domain}: train {method} seed {seed}"
+                with stages(label):
+                    trained = train_directions(pipe, latents=sample_latents(), progress=progress,
+                                               prefix=f"{domain}_{method.lower()}{seed}",
+                                               **settings.train_overrides(loss, seed))
+                run = scored(method, seed, trained, stages.seconds[label])
+            runs[method].append(run)
+        run = _load_unit(cache, domain, "random", seed, text)
+        if run is None:
+            reference = runs["NoiseCLR"][-1].directions
+            run = scored("random", seed, matched_random(pipe, reference, seed, f"{domain}_random{seed}"))
+        runs["random"].append(run)
+        run = _load_unit(cache, domain, "h-space", seed, text)
+        if run is None:
+            label = f"{domain}: h-space PCA seed {seed}"
+            with stages(label):
+                components = hspace_directions(pipe, sample_latents(), settings.num_directions,
+                                               settings.hspace_timesteps, seed=seed)
+            run = scored("h-space", seed, components, stages.seconds[label])
+        runs["h-space"].append(run)
+    runs["text"].append(_load_unit(cache, domain, "text", None, text) or scored("text", None, text))
+    return start, runs
+
+
+# ===================================================================================== interference
+def run_interference(pipe, oracle, face_runs, cat_runs, settings: Settings, stages: Stages,
+                     progress: bool = True) -> dict:
+    """Face and cat directions applied to face+cat scenes at their own calibrated scales.
+
+    Returns {method: {"runs": [{seed, face_leak, cat_leak, leak}], "face_leak"|"cat_leak"|"leak":
+    (mean, std) over seeds}}; leak = the other subject's share of a direction's effect
+    (``metrics.cross_domain_interference``), averaged over the set's directions.
+    """
+    from tqdm.auto import tqdm
+
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    names = get_domain("scene").attribute_names
+    with stages("scene: start images + inversion"):
+        images, _ = balanced_start_images("scene", settings.interference_images, seed=settings.start_seed, size=size)
+        start = prepare_start(pipe, images, num_inference_steps=settings.inference_steps, seed=settings.start_seed)
+    out = {}
+    for method in METHODS:
+        per_seed = []
+        for face_run, cat_run in zip(face_runs[method], cat_runs[method]):
+            label = f"scene: {method}" + (f" seed {face_run.seed}" if face_run.seed is not None else "")
+            row = {"seed": face_run.seed}
+            with stages(label):
+                for subject, run in (("face", face_run), ("cat", cat_run)):
+                    leaks = []
+                    for k, own in enumerate(tqdm(run.scores, desc=label, disable=not progress)):
+                        on_scene = score_one(pipe, oracle, run.directions, k, start, "scene", settings, scale=own.scale)
+                        leaks.append(cross_domain_interference(on_scene.effects, names, subject).leak)
+                    row[f"{subject}_leak"] = statistics.mean(leaks)
+            row["leak"] = (row["face_leak"] + row["cat_leak"]) / 2
+            per_seed.append(row)
+        out[method] = {"runs": per_seed, **{key: _mean_std([r[key] for r in per_seed])
+                                            for key in ("face_leak", "cat_leak", "leak")}}
+    return out
+
+
+# ===================================================================================== the report
+def _mean_std(values) -> tuple[float, float]:
+    values = [float(v) for v in values]
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _mean(value) -> float:
+    return value[0] if isinstance(value, (tuple, list)) else float(value)
+
+
+def domain_table(runs: dict[str, list[MethodRun]]) -> list[dict]:
+    """One row per method: ``metrics.aggregate_summaries`` over its seeds."""
+    rows = []
+    for method in METHODS:
+        if runs.get(method):
+            row = {"method": method, **aggregate_summaries([r.summary for r in runs[method]])}
+            row["saturated"] = sum(r.summary["saturated"] for r in runs[method])  # over every seed
+            rows.append(row)
+    return rows
+
+
+def compare(runs: dict[str, list[MethodRun]]) -> dict:
+    """NoiseCLR against the floor and the ceiling on one domain (paired by seed)."""
+    nclr, rand = runs["NoiseCLR"], runs["random"]
+    text_purity = runs["text"][0].summary["mean_purity"]
+    out = {}
+    for key in ("coverage", "mean_purity"):
+        diffs = [a.summary[key] - b.summary[key] for a, b in zip(nclr, rand)]
+        out[f"{key}_margin_over_random"] = _mean_std(diffs)
+    margins = [out["coverage_margin_over_random"], out["mean_purity_margin_over_random"]]
+    out["clear_margin"] = all(m >= CLEAR_MARGIN and m > s for m, s in margins)
+    shares = [r.summary["mean_purity"] / text_purity if text_purity > 0 else float("nan") for r in nclr]
+    out["text_purity_share"] = _mean_std(shares)
+    return out
+
+
+def losses(domain: str, rows: list[dict]) -> list[str]:
+    """Sentences for every method that beats NoiseCLR on coverage or mean purity on a domain."""
+    by_method = {r["method"]: r for r in rows}
+    mine = by_method["NoiseCLR"]
+    lines = []
+    for method, row in by_method.items():
+        if method == "NoiseCLR":
+            continue
+        for key, what in (("coverage", "coverage"), ("mean_purity", "mean purity")):
+            if _mean(row[key]) > _mean(mine[key]):
+                note = " (the supervised ceiling)" if method == "text" else ""
+                lines.append(f"{domain}: NoiseCLR loses to {method}{note} on {what} "
+                             f"({_mean(mine[key]):.2f} vs {_mean(row[key]):.2f})")
+    return lines
+
+
+def overall_table(per_domain: dict[str, dict[str, list[MethodRun]]]) -> list[dict]:
+    """Per method: each seed's mean over the domains, then mean ± std over seeds."""
+    keys = ("coverage", "mean_purity", "mean_strength", "mean_off_target", "mean_pixel_change")
+    rows = []
+    for method in METHODS:
+        domains = [d for d in per_domain if per_domain[d].get(method)]
+        if not domains:
+            continue
+        n_runs = min(len(per_domain[d][method]) for d in domains)
+        per_seed = [{k: statistics.mean(per_domain[d][method][i].summary[k] for d in domains) for k in keys}
+                    for i in range(n_runs)]
+        covered = [f"{d}.{a}" for d in domains
+                   for a in aggregate_summaries([r.summary for r in per_domain[d][method]])["covered"]]
+        rows.append({"method": method, "domain": "all", "directions": sum(per_domain[d][method][0].summary["directions"]
+                                                                         for d in domains),
+                     **{k: _mean_std([s[k] for s in per_seed]) for k in keys}, "covered": covered, "runs": n_runs})
+    return rows
+
+
+def bars(overall: list[dict], comparisons: dict[str, dict]) -> list[dict]:
+    """Issue 5's bars for NoiseCLR: measured value, bar, passed, shortfall."""
+    rows = {r["method"]: r for r in overall}
+    nclr, text = rows["NoiseCLR"], rows["text"]
+    share = _mean(nclr["mean_purity"]) / _mean(text["mean_purity"]) if _mean(text["mean_purity"]) > 0 else 0.0
+    out = [{"bar": "coverage of all attributes", "value": _mean(nclr["coverage"]), "at_least": BARS["coverage"]},
+           {"bar": "mean purity", "value": _mean(nclr["mean_purity"]), "at_least": BARS["mean_purity"]},
+           {"bar": "purity as a share of the text ceiling's", "value": share, "at_least": BARS["text_purity_share"]}]
+    for row in out:
+        row["passed"] = row["value"] >= row["at_least"]
+        row["short_by"] = max(0.0, row["at_least"] - row["value"])
+    worst = min(comparisons, key=lambda d: min(_mean(comparisons[d]["coverage_margin_over_random"]),
+                                               _mean(comparisons[d]["mean_purity_margin_over_random"])))
+    out.append({"bar": f"beats random by a clear margin (>= {CLEAR_MARGIN} and > its spread) on coverage and "
+                       f"purity in every domain", "value": f"weakest: {worst}",
+                "at_least": "every domain", "passed": all(c["clear_margin"] for c in comparisons.values()),
+                "short_by": [d for d, c in comparisons.items() if not c["clear_margin"]]})
+    return out
+
+
+QUALITY_COLUMNS = [("method", "method"), ("domain", "domain"), ("directions", "K"), ("runs", "runs"),
+                   ("coverage", "coverage"), ("mean_purity", "mean purity"), ("mean_strength", "mean strength"),
+                   ("mean_off_target", "off-target"), ("mean_pixel_change", "pixel change"),
+                   ("saturated", "saturated"), ("covered", "covered attributes")]
+
+
+def _pm(value, digits: int = 2) -> str:
+    mean, std = value if isinstance(value, (tuple, list)) else (value, 0.0)
+    return f"{mean:+.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown(report: dict) -> str:
+    """The Markdown report (``quality.md``)."""
+    s = report["settings"]
+    lines = [f"# Direction quality on {Path(s['model']).name or s['model']}", "",
+             f"Measured {report['date']} on {report['machine']}; total wall time {report['seconds_total'] / 60:.1f} min"
+             + (" (**--quick smoke run: not a result**)" if s["quick"] else "") + ".", "",
+             "Protocol (`noiseclr_lite.metrics`): the same held-out starting images per domain, balanced over every "
+             f"attribute's values ({s['eval_images']} per domain, inverted once with {s['inference_steps']}-step "
+             "edit-friendly DDPM inversion); each direction's scale calibrated to a mean pixel change of "
+             f"{s['target_change']} at +s and -s; effects two-sided, read by the attribute oracle. A direction covers "
+             f"its target attribute when strength >= {STRENGTH_MIN} and purity >= {PURITY_MIN}. Mean ± standard "
+             f"deviation over seeds {s['seeds']} (text prompts are deterministic: one run). \"saturated\" counts "
+             "directions that did not reach the target change at the largest scale tried.", "",
+             "Methods: **NoiseCLR** (official loss), **InfoNCE** (the variant loss, same settings), **random** "
+             "(NoiseCLR's own random init rows, rescaled to its trained norm: the floor), **text** (the attribute's "
+             f"own phrase, {s['text_phrases']} phrases: the supervised ceiling), **h-space** (PCA of the UNet "
+             "middle block, Haas et al. 2023, `noiseclr_lite.hspace`).", ""]
+    lines += ["## Settings", "", "| setting | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in s.items()]
+    lines += ["", "## Overall (mean over domains)", "", format_table(report["overall"], QUALITY_COLUMNS), ""]
+    lines += ["## Bars (issue 5, NoiseCLR)", "", "| bar | measured | bar | passed | short by |", "|---|---|---|---|---|"]
+    for b in report["bars"]:
+        value = f"{b['value']:.2f}" if isinstance(b["value"], float) else b["value"]
+        short = f"{b['short_by']:.2f}" if isinstance(b["short_by"], float) else (", ".join(b["short_by"]) or "-")
+        lines.append(f"| {b['bar']} | {value} | {b['at_least']} | {'yes' if b['passed'] else '**no**'} | {short} |")
+    lines += ["", "## Where NoiseCLR loses", ""]
+    lines += [f"- {line}" for line in report["losses"]] or ["- nowhere: NoiseCLR has the best coverage and mean "
+                                                             "purity of every method in every domain"]
+    lines += ["", "## NoiseCLR against the floor and the ceiling", "",
+              "| domain | coverage margin over random | purity margin over random | clear? | purity / text purity |",
+              "|---|---|---|---|---|"]
+    for domain, c in report["comparisons"].items():
+        lines.append(f"| {domain} | {_pm(c['coverage_margin_over_random'])} | {_pm(c['mean_purity_margin_over_random'])}"
+                     f" | {'yes' if c['clear_margin'] else '**no**'} | {c['text_purity_share'][0]:.2f} ± "
+                     f"{c['text_purity_share'][1]:.2f} |")
+    for domain, d in report["domains"].items():
+        lines += ["", f"## {domain}", "", format_table(d["table"], QUALITY_COLUMNS), ""]
+        if d.get("figure"):
+            lines += [f"![{domain}: each method's best and worst direction at -s, 0, +s]({d['figure']})", "",
+                      f"Rows: each method's best and worst direction (by strength x purity, first seed), "
+                      f"columns: held-out images at -s, 0 and +s (s = the calibrated scale).", ""]
+    if report.get("interference"):
+        lines += ["## Cross-domain interference (face+cat scenes)", "",
+                  "Each face (cat) direction applied to face+cat scenes at the scale calibrated on faces (cats); "
+                  "leak = the other subject's share of its effect, 0 = stays on its own subject.", "",
+                  "| method | face directions' leak onto the cat | cat directions' leak onto the face | mean |",
+                  "|---|---|---|---|"]
+        for method, row in report["interference"].items():
+            lines.append(f"| {method} | {row['face_leak'][0]:.2f} ± {row['face_leak'][1]:.2f} | "
+                         f"{row['cat_leak'][0]:.2f} ± {row['cat_leak'][1]:.2f} | {row['leak'][0]:.2f} ± "
+                         f"{row['leak'][1]:.2f} |")
+        lines.append("")
+    lines += ["## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in report["seconds"].items()]
+    lines += [f"| **total** | {report['seconds_total']} |", ""]
+    return "\n".join(lines)
+
+
+# ===================================================================================== the figure
+def best_and_worst(run: MethodRun) -> tuple[int, int]:
+    """Indices of the run's best and worst direction by strength x purity."""
+    quality = [s.strength * s.purity for s in run.scores]
+    return max(range(len(quality)), key=quality.__getitem__), min(range(len(quality)), key=quality.__getitem__)
+
+
+def domain_figure(pipe, runs: dict[str, list[MethodRun]], start: StartSet, settings: Settings):
+    """A labelled grid: rows = each method's best and worst direction (first seed), columns =
+    ``grid_images`` held-out images at -s, 0, +s."""
+    from noiseclr_lite.data import to_pil
+    from noiseclr_lite.grid import image_grid
+
+    few = start.subset(min(settings.grid_images, len(start)))
+    rows, labels = [], []
+    for method in METHODS:
+        if not runs.get(method):
+            continue
+        run = runs[method][0]
+        best, worst = best_and_worst(run)
+        for tag, k in (("best", best), ("worst", worst)):
+            score = run.scores[k]
+            pictures = {s: render(pipe, run.directions, k, s, few, tuple(settings.window))
+                        for s in (-score.scale, 0.0, score.scale)}
+            rows.append([to_pil(pictures[s][i]) for i in range(len(few)) for s in (-score.scale, 0.0, score.scale)])
+            labels.append(f"{method} {tag}: {score.target} p={score.purity:.2f} st={score.strength:.2f} "
+                          f"s={score.scale:.2g}")
+            if best == worst:
+                break
+    columns = [f"img{i} {c}" for i in range(len(few)) for c in ("-s", "0", "+s")]
+    return image_grid(rows, labels, columns, cell=80)
+
+
+# ===================================================================================== the whole run
+def machine() -> str:
+    return (f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
+            f"torch {torch.__version__}" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
+
+
+def run_benchmark(pipe, oracle, settings: Settings, out_dir: str | os.PathLike = RESULTS, tag: str = "",
+                  resume: bool = False, progress: bool = True, log: Callable[[str], None] = print,
+                  stages: Stages | None = None) -> dict:
+    """Run every method on every domain, write ``quality[-tag].md/.json`` and the PNGs; return the report."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stages = stages or Stages(log)
+    stem = "quality" + (f"-{tag}" if tag else "")
+    cache = out_dir / "cache" / settings.fingerprint() if resume else None
+    per_domain, starts = {}, {}
+    for domain in settings.domains:
+        starts[domain], per_domain[domain] = run_domain(pipe, oracle, domain, settings, stages, cache, progress)
+    interference = None
+    if settings.interference and {"face", "cat"} <= set(settings.domains):
+        interference = run_interference(pipe, oracle, per_domain["face"], per_domain["cat"], settings, stages,
+                                        progress)
+    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
+              "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
+              "domains": {}, "comparisons": {}, "losses": []}
+    for domain, runs in per_domain.items():
+        rows = domain_table(runs)
+        figure = f"{stem}_{domain}.png"
+        with stages(f"{domain}: figure"):
+            domain_figure(pipe, runs, starts[domain], settings).save(out_dir / figure)
+        report["domains"][domain] = {"table": rows, "figure": figure,
+                                     "runs": {m: [r.to_json() for r in rs] for m, rs in runs.items()}}
+        report["comparisons"][domain] = compare(runs)
+        report["losses"] += losses(domain, rows)
+    report["overall"] = overall_table(per_domain)
+    report["losses"] += losses("all domains", report["overall"])
+    report["bars"] = bars(report["overall"], report["comparisons"])
+    report["interference"] = interference
+    report["seconds"], report["seconds_total"] = dict(stages.seconds), stages.total
+    (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=1, default=list))
+    (out_dir / f"{stem}.md").write_text(markdown(report))
+    log(f"wrote {out_dir / stem}.md, .json and {len(per_domain)} PNGs in {stages.total / 60:.1f} min")
+    return report
+
+
+# ===================================================================================== command line
+def _negatives(text: str) -> int | None:
+    return None if text == "all" else int(text)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    defaults = Settings()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run = p.add_argument_group("what to run")
+    run.add_argument("--quick", action="store_true",
+                     help=f"smoke run: {', '.join(f'{k}={v}' for k, v in QUICK.items())} (explicit flags still win); "
+                          "a few minutes on the bundled model, not a result")
+    run.add_argument("--model", default=None, help="diffusers pipeline folder or hub id (default: the bundled model)")
+    run.add_argument("--oracle", default=DEFAULT_ORACLE, help="attribute oracle folder (default: %(default)s)")
+    run.add_argument("--samples", default=DEFAULT_SAMPLES,
+                     help="folder with one training-image folder per domain (default: %(default)s)")
+    run.add_argument("--domains", nargs="+", default=defaults.domains, choices=DOMAINS, help="default: all four")
+    run.add_argument("--seeds", nargs="+", type=int, default=None, help=f"seeds of the seeded methods "
+                     f"(default {FULL['seeds']}; --quick {QUICK['seeds']})")
+    run.add_argument("--no-interference", action="store_true", help="skip the face+cat scene interference part")
+    run.add_argument("--out", default=str(RESULTS), help="output folder (default: %(default)s)")
+    run.add_argument("--tag", default="", help="name the outputs quality-TAG.* (for sweeps) instead of quality.*")
+    run.add_argument("--resume", action="store_true",
+                     help="reuse finished (domain, method, seed) units from OUT/cache/ (same settings only)")
+    run.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    run.add_argument("--no-progress", action="store_true", help="no tqdm bars (stage lines are still printed)")
+    train = p.add_argument_group("training (NoiseCLR and InfoNCE)")
+    train.add_argument("-k", "--num-directions", type=int, default=None,
+                       help=f"K directions per method (default {FULL['num_directions']}; --quick {QUICK['num_directions']})")
+    train.add_argument("--steps", type=int, default=None, help=f"training steps (default {FULL['steps']}; --quick "
+                                                               f"{QUICK['steps']})")
+    train.add_argument("--lr", type=float, default=defaults.learning_rate, help="AdamW learning rate (default: %(default)s)")
+    train.add_argument("--timestep-range", nargs=2, type=int, default=list(defaults.timestep_range),
+                       metavar=("LOW", "HIGH"), help="t drawn from [LOW, HIGH) (default: %(default)s)")
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per step (default: %(default)s)")
+    train.add_argument("--negatives", type=_negatives, default=defaults.negatives,
+                       help="directions contrasted with the anchor per step, or 'all' (default: all)")
+    train.add_argument("--tau", type=float, default=defaults.tau, help="loss temperature (default: %(default)s)")
+    train.add_argument("--train-images", type=int, default=None, help="use the first N sample images (default: all)")
+    proto = p.add_argument_group("the protocol")
+    proto.add_argument("--eval-images", type=int, default=None, help=f"held-out starting images per domain "
+                       f"(default {FULL['eval_images']}; --quick {QUICK['eval_images']}; use a multiple of 2)")
+    proto.add_argument("--start-seed", type=int, default=defaults.start_seed, help="seed of the starting images")
+    proto.add_argument("--inference-steps", type=int, default=None, help=f"sampler steps of inversion and edits "
+                       f"(default {FULL['inference_steps']}; --quick {QUICK['inference_steps']})")
+    proto.add_argument("--target-change", type=float, default=defaults.target_change,
+                       help="calibrated mean pixel change at +-s, in [0, 1] pixel units (default: %(default)s)")
+    proto.add_argument("--max-scale", type=float, default=defaults.max_scale,
+                       help="calibration bracket [0, MAX] of token and text directions (default: %(default)s)")
+    proto.add_argument("--hspace-max-scale", type=float, default=defaults.hspace_max_scale,
+                       help="calibration bracket of h-space directions, in units of a typical h difference "
+                            "(default: %(default)s)")
+    proto.add_argument("--calibration-images", type=int, default=None, help=f"images used to calibrate a scale "
+                       f"(default {FULL['calibration_images']}; --quick {QUICK['calibration_images']})")
+    proto.add_argument("--calibration-iters", type=int, default=None, help=f"bisection steps (default "
+                       f"{FULL['calibration_iters']}; --quick {QUICK['calibration_iters']})")
+    proto.add_argument("--window", nargs=2, type=float, default=list(defaults.window), metavar=("START", "END"),
+                       help="step window of every edit, fractions of diffusion time (default: %(default)s)")
+    proto.add_argument("--hspace-timesteps", nargs="+", type=int, default=list(defaults.hspace_timesteps),
+                       help="timesteps at which h-space is read for the PCA (default: %(default)s)")
+    proto.add_argument("--text-phrases", choices=["positive", "both"], default=defaults.text_phrases,
+                       help="text ceiling: each attribute's value-1 phrase, or both phrases (default: %(default)s)")
+    proto.add_argument("--interference-images", type=int, default=None, help=f"face+cat scenes (default "
+                       f"{FULL['interference_images']}; --quick {QUICK['interference_images']})")
+    proto.add_argument("--grid-images", type=int, default=None, help=f"held-out images per figure row (default "
+                       f"{FULL['grid_images']}; --quick {QUICK['grid_images']})")
+    return p.parse_args(argv)
+
+
+def settings_from_args(args: argparse.Namespace, model: str) -> Settings:
+    """Resolve the flags into :class:`Settings`: explicit flags, then the ``--quick`` or full defaults."""
+    base = QUICK if args.quick else FULL
+    pick = lambda name: getattr(args, name) if getattr(args, name) is not None else base[name]  # noqa: E731
+    return Settings(
+        domains=list(args.domains), seeds=list(pick("seeds")), interference=not args.no_interference,
+        num_directions=pick("num_directions"), steps=pick("steps"), learning_rate=args.lr,
+        timestep_range=tuple(args.timestep_range), batch_size=args.batch_size, negatives=args.negatives,
+        tau=args.tau, train_images=args.train_images, eval_images=pick("eval_images"), start_seed=args.start_seed,
+        inference_steps=pick("inference_steps"), target_change=args.target_change, max_scale=args.max_scale,
+        hspace_max_scale=args.hspace_max_scale, calibration_images=pick("calibration_images"),
+        calibration_iters=pick("calibration_iters"), window=tuple(args.window),
+        hspace_timesteps=tuple(args.hspace_timesteps), text_phrases=args.text_phrases,
+        interference_images=pick("interference_images"), grid_images=pick("grid_images"), model=model,
+        oracle=str(args.oracle), samples=str(args.samples), quick=args.quick)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from noiseclr_lite.models import BUNDLED_MODEL, load_pipeline
+    from noiseclr_lite.toyworld.oracle import Oracle
+
+    model = args.model or BUNDLED_MODEL
+    settings = settings_from_args(args, model)
+    stages = Stages()
+    with stages("load model and oracle"):
+        pipe = load_pipeline(model, device=args.device)
+        oracle = Oracle.load(args.oracle).to(pipe.device)
+    return run_benchmark(pipe, oracle, settings, args.out, tag=args.tag, resume=args.resume,
+                         progress=not args.no_progress, stages=stages)
+
+
+if __name__ == "__main__":
+    main()

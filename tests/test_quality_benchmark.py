@@ -1,0 +1,175 @@
+"""The quality benchmark end to end on the tiny pipeline, and the h-space peer's hook."""
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from noiseclr_lite.directions import Directions
+from noiseclr_lite.editing import denoise
+from noiseclr_lite.hspace import collect_hspace, edit_hspace, hspace_directions, hspace_edit
+from noiseclr_lite.metrics import balanced_start_images, prepare_start, score_direction
+from noiseclr_lite.models import encode_images
+from noiseclr_lite.toyworld.oracle import HEADS
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import quality  # noqa: E402
+
+
+class StatsOracle:
+    """A deterministic stand-in for the attribute oracle: every head reads a different image
+    statistic (a channel's mean in one quadrant), squashed by a sigmoid."""
+
+    def predict(self, images):
+        x = images.float()
+        b, _, h, w = x.shape
+        quadrants = [x[:, :, :h // 2, :w // 2], x[:, :, :h // 2, w // 2:], x[:, :, h // 2:, :w // 2],
+                     x[:, :, h // 2:, w // 2:]]
+        stats = torch.cat([q.mean((2, 3)) for q in quadrants], 1)  # [B, 12]
+        stats = torch.cat([stats, stats.flip(1)], 1)  # [B, 24]
+        return {"domain": torch.full((b, 5), 0.2), "attributes": torch.sigmoid(25 * stats[:, :len(HEADS)])}
+
+
+def tiny_settings(samples, **overrides):
+    base = dict(domains=["face"], seeds=[0], num_directions=2, steps=2, batch_size=2, negatives=None,
+                train_images=4, eval_images=2, inference_steps=2, calibration_images=1, calibration_iters=2,
+                max_scale=4.0, hspace_max_scale=1.0, target_change=0.02, hspace_timesteps=(800, 300),
+                interference_images=2, grid_images=2, model="tiny", oracle="StatsOracle", samples=str(samples))
+    return quality.Settings(**{**base, **overrides})
+
+
+# ----------------------------------------------------------------------------- h-space
+def test_hspace_hook_adds_exactly_scale_times_direction_inside_the_window_only(tiny_pipe):
+    unet = tiny_pipe.unet
+    x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    cond = torch.randn(2, 16, 32, generator=torch.Generator().manual_seed(1))
+    seen = {}
+    raw = unet.mid_block.register_forward_hook(lambda m, i, o: seen.__setitem__("raw", o.clone()))
+    direction = torch.randn(64, 8, 8, generator=torch.Generator().manual_seed(2))
+    try:
+        with hspace_edit(tiny_pipe, direction, scale=1.5, window=(0.8, 0.4)):
+            after = unet.mid_block.register_forward_hook(lambda m, i, o: seen.__setitem__("edited", o.clone()))
+            for t, inside in ((600, True), (900, False), (100, False)):
+                unet(x, t, encoder_hidden_states=cond)
+                expected = seen["raw"] + 1.5 * direction if inside else seen["raw"]
+                assert torch.equal(seen["edited"], expected), t
+            # a per-row timestep tensor is checked row by row (keyword call, as in training)
+            unet(x, timestep=torch.tensor([600, 900]), encoder_hidden_states=cond)
+            assert torch.equal(seen["edited"][0], seen["raw"][0] + 1.5 * direction)
+            assert torch.equal(seen["edited"][1], seen["raw"][1])
+            after.remove()
+        # the hooks are gone after the context
+        unet(x, 600, encoder_hidden_states=cond)
+        assert len(unet.mid_block._forward_hooks) == 1 and not unet._forward_pre_hooks
+    finally:
+        raw.remove()
+    with pytest.raises(ValueError, match="window"):
+        with hspace_edit(tiny_pipe, direction, 1.0, window=(0.2, 0.5)):
+            pass
+
+
+def test_hspace_scale_zero_is_the_unedited_sample_and_a_wrong_shape_is_named(tiny_pipe):
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    plain = denoise(tiny_pipe, latents_T=latents, num_inference_steps=3)
+    direction = torch.randn(64, 8, 8)
+    with hspace_edit(tiny_pipe, direction, scale=0.0):
+        assert torch.equal(denoise(tiny_pipe, latents_T=latents, num_inference_steps=3), plain)
+    with hspace_edit(tiny_pipe, direction, scale=2.0):
+        edited = denoise(tiny_pipe, latents_T=latents, num_inference_steps=3)
+    assert not torch.equal(edited, plain)
+    with hspace_edit(tiny_pipe, direction, scale=2.0, window=(0.0, 0.0)):  # no step inside: no change
+        assert torch.equal(denoise(tiny_pipe, latents_T=latents, num_inference_steps=3), plain)
+    with pytest.raises(ValueError, match="middle block outputs"):
+        with hspace_edit(tiny_pipe, torch.randn(32, 8, 8), scale=1.0):
+            denoise(tiny_pipe, latents_T=latents, num_inference_steps=2)
+
+
+def test_hspace_directions_are_principal_components(tiny_pipe):
+    images, _ = balanced_start_images("face", 6, seed=0, size=32)
+    latents = encode_images(tiny_pipe, images)
+    h = collect_hspace(tiny_pipe, latents, [700, 200], seed=3)
+    assert h.shape == (2, 6, 64, 8, 8)
+    d = hspace_directions(tiny_pipe, latents, 3, [700, 200], seed=3)
+    assert d.shape == (3, 64, 8, 8)
+    flat = d.reshape(3, -1).double()
+    norms = flat.norm(dim=1)
+    assert torch.allclose(norms, norms[0].expand(3), rtol=1e-5)  # all scaled to the same typical norm
+    unit = flat / norms[:, None]
+    assert torch.allclose(unit @ unit.T, torch.eye(3, dtype=torch.float64), atol=1e-5)  # orthonormal
+    centred = (h - h.mean(1, keepdim=True)).reshape(12, -1).double()
+    variance = (centred @ unit.T).pow(2).sum(0)
+    assert variance[0] >= variance[1] >= variance[2]  # strongest first
+    assert torch.equal(hspace_directions(tiny_pipe, latents, 3, [700, 200], seed=3), d)  # seeded
+    with pytest.raises(ValueError, match="principal components"):
+        hspace_directions(tiny_pipe, latents, 11, [700, 200])
+
+
+# ----------------------------------------------------------------------------- the scoring adapter
+def test_the_render_adapter_scores_a_token_direction_like_metrics_score_direction(tiny_pipe):
+    images, _ = balanced_start_images("face", 2, seed=0, size=32)
+    start = prepare_start(tiny_pipe, images, num_inference_steps=2)
+    directions = Directions.create(tiny_pipe, 2, prefix="adapt", seed=1)
+    oracle = StatsOracle()
+    kwargs = dict(target_change=0.02, calibration_images=1, max_scale=4.0, calibration_iters=2)
+    expected = score_direction(tiny_pipe, oracle, directions, 1, start, "face", **kwargs)
+    got = quality.score_rendered(lambda s, st: quality.render(tiny_pipe, directions, 1, s, st, (1.0, 0.0)), oracle,
+                                 start, "face", expected.name, expected.token, **kwargs)
+    assert got == expected and got.calibrated
+
+
+# ----------------------------------------------------------------------------- the benchmark end to end
+def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe, tmp_path):
+    # two domains so that the face+cat scene interference runs too; one bisection-free
+    # calibration per direction keeps it fast (calibration itself is tested above and in test_metrics)
+    settings = tiny_settings(Path(quality.DEFAULT_SAMPLES), domains=["face", "cat"], calibration_iters=0)
+    logged = []
+    report = quality.run_benchmark(tiny_pipe, StatsOracle(), settings, tmp_path, resume=True, progress=False,
+                                   log=logged.append)
+    md, data = (tmp_path / "quality.md").read_text(), json.loads((tmp_path / "quality.json").read_text())
+    for method in quality.METHODS:
+        assert f"| {method} | face |" in md and f"| {method} | cat |" in md and f"| {method} | all |" in md
+        for domain in ("face", "cat"):
+            runs = data["domains"][domain]["runs"][method]
+            assert len(runs) == 1 and len(runs[0]["scores"]) == (4 if method == "text" else 2)
+            assert all(s["calibrated"] for s in runs[0]["scores"])
+    assert data["domains"]["face"]["runs"]["text"][0]["seed"] is None  # deterministic: one run
+    assert set(data["comparisons"]["cat"]) >= {"coverage_margin_over_random", "text_purity_share", "clear_margin"}
+    assert [b["bar"] for b in data["bars"]][:3] == ["coverage of all attributes", "mean purity",
+                                                    "purity as a share of the text ceiling's"]
+    assert set(data["interference"]) == set(quality.METHODS)
+    assert 0.0 <= data["interference"]["NoiseCLR"]["leak"][0] <= 1.0
+    for heading in ("## Overall", "## Bars", "## Where NoiseCLR loses", "## Cross-domain interference",
+                    "## Wall time per stage", "## Settings", "![face"):
+        assert heading in md
+    assert "face: train NoiseCLR seed 0" in data["seconds"] and "cat: score h-space seed 0" in data["seconds"]
+    from PIL import Image
+
+    for domain in ("face", "cat"):
+        with Image.open(tmp_path / f"quality_{domain}.png") as figure:  # 2 images x 3 scales, >= 5 method rows
+            assert figure.width > 6 * 80 and figure.height > 5 * 80
+    assert report["overall"][0]["method"] == "NoiseCLR" and logged
+
+    # --resume: every finished unit is read back, nothing is trained or scored again
+    cache = next((tmp_path / "cache").iterdir())
+    assert (cache / "face_NoiseCLR_seed0.safetensors").exists() and (cache / "cat_h-space_seed0.safetensors").exists()
+    resumed = quality.run_benchmark(tiny_pipe, StatsOracle(), dataclasses.replace(settings, domains=["cat"]),
+                                    tmp_path, tag="resumed", resume=True, progress=False, log=lambda _: None)
+    assert not any("train" in stage or "score" in stage for stage in resumed["seconds"])
+    assert resumed["domains"]["cat"]["table"] == report["domains"]["cat"]["table"]
+    assert (tmp_path / "quality-resumed.md").exists() and (tmp_path / "quality-resumed_cat.png").exists()
+    assert all(run["cached"] for runs in resumed["domains"]["cat"]["runs"].values() for run in runs)
+
+
+def test_command_line_flags_and_quick_defaults():
+    args = quality.parse_args(["--quick", "--steps", "7", "--negatives", "all", "--domains", "face", "car"])
+    settings = quality.settings_from_args(args, "some/model")
+    assert settings.steps == 7 and settings.seeds == quality.QUICK["seeds"] and settings.negatives is None
+    assert settings.eval_images == quality.QUICK["eval_images"] and settings.domains == ["face", "car"]
+    full = quality.settings_from_args(quality.parse_args([]), "m")
+    assert full.seeds == [0, 1, 2] and full.steps == quality.FULL["steps"] and full.quick is False
+    assert full.fingerprint() != settings.fingerprint()
+    assert quality.text_directions("cat").prompts == ["orange fur", "striped", "pointy ears", "green eyes"]
+    assert len(quality.text_directions("car", "both").prompts) == 8
