@@ -4,6 +4,7 @@
     python benchmarks/quality.py                              # the full table: 4 domains, seeds 0 1 2
     python benchmarks/quality.py --domains face --seeds 0 1 2 --steps 500 --lr 3e-2 --tag lr3e-2
     python benchmarks/quality.py --model PATH --oracle PATH   # another model / oracle (e.g. a test model)
+    python benchmarks/quality.py --sweep-table                # settings vs NoiseCLR's numbers, every report
 
 For every domain (face, cat, car, painting) the same held-out starting images, balanced over
 every attribute's values, are inverted once (edit-friendly DDPM inversion), and five kinds
@@ -34,7 +35,6 @@ With ``--resume`` every finished (domain, method, seed) unit is read back from
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import os
@@ -70,6 +70,8 @@ SEEDED = {"NoiseCLR", "InfoNCE", "random", "h-space"}  # text prompts are determ
 CLEAR_MARGIN = 0.10
 #: the bars of issue 5, for NoiseCLR over all domains
 BARS = {"coverage": 0.75, "mean_purity": 0.7, "text_purity_share": 0.8}
+#: a calibrated direction whose pixel change is off the target by more than this share is counted
+MISCALIBRATION = 0.25
 
 
 # ===================================================================================== settings
@@ -125,8 +127,8 @@ class Settings:
 #: defaults of a full run and of ``--quick`` (explicit flags override either)
 FULL = {"seeds": [0, 1, 2], "num_directions": 8, "steps": 300, "eval_images": 16, "inference_steps": 20,
         "calibration_images": 4, "calibration_iters": 7, "interference_images": 8, "grid_images": 3}
-QUICK = {"seeds": [0], "num_directions": 4, "steps": 20, "eval_images": 4, "inference_steps": 8,
-         "calibration_images": 2, "calibration_iters": 4, "interference_images": 4, "grid_images": 2}
+QUICK = {"seeds": [0], "num_directions": 3, "steps": 10, "eval_images": 4, "inference_steps": 6,
+         "calibration_images": 2, "calibration_iters": 3, "interference_images": 4, "grid_images": 2}
 
 
 # ===================================================================================== timing
@@ -218,9 +220,9 @@ def score_one(pipe, oracle, directions, index: int, start: StartSet, domain: str
     amount = {"target_change": settings.target_change} if scale is None else {"scale": scale}
     if isinstance(directions, torch.Tensor):  # h-space
         return score_rendered(lambda s, st: render(pipe, directions, index, s, st, settings.window), oracle, start,
-                              domain, f"pc{index}", f"h-space pc{index}", calibration_images=settings.calibration_images,
-                              max_scale=settings.hspace_max_scale, calibration_iters=settings.calibration_iters,
-                              **amount)
+                              domain, f"pc{index}", f"h-space pc{index}",
+                              calibration_images=settings.calibration_images, max_scale=settings.hspace_max_scale,
+                              calibration_iters=settings.calibration_iters, **amount)
     return score_direction(pipe, oracle, directions, index, start, domain, window=tuple(settings.window),
                            calibration_images=settings.calibration_images, max_scale=settings.max_scale,
                            calibration_iters=settings.calibration_iters, **amount)
@@ -278,18 +280,40 @@ def _cache_paths(cache: Path | None, domain: str, method: str, seed):
     return cache / f"{stem}.json", (cache / f"{stem}.safetensors" if method != "text" else None)
 
 
-def _save_unit(run: MethodRun, cache: Path | None) -> None:
-    scores_file, directions_file = _cache_paths(cache, run.domain, run.method, run.seed)
-    if scores_file is None:
+def _save_directions(directions, cache: Path | None, domain: str, method: str, seed) -> None:
+    _, directions_file = _cache_paths(cache, domain, method, seed)
+    if directions_file is None:
         return
     cache.mkdir(parents=True, exist_ok=True)
-    if directions_file is not None:
-        if isinstance(run.directions, torch.Tensor):
-            from safetensors.torch import save_file
+    if isinstance(directions, torch.Tensor):
+        from safetensors.torch import save_file
 
-            save_file({"directions": run.directions.contiguous()}, str(directions_file))
-        else:
-            run.directions.save(directions_file)
+        tmp = directions_file.with_name(directions_file.name + ".tmp")
+        save_file({"directions": directions.contiguous()}, str(tmp))
+        os.replace(tmp, directions_file)
+    else:
+        directions.save(directions_file)  # atomic
+
+
+def _load_directions(cache: Path | None, domain: str, method: str, seed):
+    """Saved directions of a unit (trained but maybe not yet scored), or None."""
+    _, directions_file = _cache_paths(cache, domain, method, seed)
+    if directions_file is None or not directions_file.exists():
+        return None
+    if method == "h-space":
+        from safetensors.torch import load_file
+
+        return load_file(str(directions_file))["directions"]
+    from noiseclr_lite.directions import Directions
+
+    return Directions.load(directions_file)
+
+
+def _save_unit(run: MethodRun, cache: Path | None) -> None:
+    scores_file, _ = _cache_paths(cache, run.domain, run.method, run.seed)
+    if scores_file is None:
+        return
+    _save_directions(run.directions, cache, run.domain, run.method, run.seed)
     tmp = scores_file.with_name(scores_file.name + ".tmp")
     tmp.write_text(json.dumps(run.to_json(), indent=1))
     os.replace(tmp, scores_file)  # written last: a unit counts as done only once its scores are saved
@@ -300,16 +324,7 @@ def _load_unit(cache: Path | None, domain: str, method: str, seed, text: PromptD
     if scores_file is None or not scores_file.exists():
         return None
     saved = json.loads(scores_file.read_text())
-    if method == "text":
-        directions = text
-    elif method == "h-space":
-        from safetensors.torch import load_file
-
-        directions = load_file(str(directions_file))["directions"]
-    else:
-        from noiseclr_lite.directions import Directions
-
-        directions = Directions.load(directions_file)
+    directions = text if method == "text" else _load_directions(cache, domain, method, seed)
     scores = [DirectionScore(**s) for s in saved["scores"]]
     return MethodRun(method, domain, seed, directions, scores, saved["summary"], saved["seconds"], cached=True)
 
@@ -358,12 +373,19 @@ def run_domain(pipe, oracle, domain: str, settings: Settings, stages: Stages, ca
         for method, loss in (("NoiseCLR", "noiseclr"), ("InfoNCE", "infonce")):
             run = _load_unit(cache, domain, method, seed, text)
             if run is None:
-                label = f"{domain}: train {method} seed {seed}"
-                with stages(label):
-                    trained = train_directions(pipe, latents=sample_latents(), progress=progress,
-                                               prefix=f"{domain}_{method.lower()}{seed}",
-                                               **settings.train_overrides(loss, seed))
-                run = scored(method, seed, trained, stages.seconds[label])
+                trained, train_seconds = _load_directions(cache, domain, method, seed), None
+                if trained is None:  # train (checkpointed into the cache with --resume), save, then score
+                    sample_latents()
+                    label = f"{domain}: train {method} seed {seed}"
+                    checkpoints = cache / f"{domain}_{method}_seed{seed}.ckpt" if cache is not None else None
+                    with stages(label):
+                        trained = train_directions(pipe, latents=sample_latents(), progress=progress,
+                                                   prefix=f"{domain}_{method.lower()}{seed}", output_dir=checkpoints,
+                                                   resume=checkpoints is not None,
+                                                   **settings.train_overrides(loss, seed))
+                    train_seconds = stages.seconds[label]
+                    _save_directions(trained, cache, domain, method, seed)
+                run = scored(method, seed, trained, train_seconds)
             runs[method].append(run)
         run = _load_unit(cache, domain, "random", seed, text)
         if run is None:
@@ -384,7 +406,7 @@ def run_domain(pipe, oracle, domain: str, settings: Settings, stages: Stages, ca
 
 # ===================================================================================== interference
 def run_interference(pipe, oracle, face_runs, cat_runs, settings: Settings, stages: Stages,
-                     progress: bool = True) -> dict:
+                     cache: Path | None = None, progress: bool = True) -> dict:
     """Face and cat directions applied to face+cat scenes at their own calibrated scales.
 
     Returns {method: {"runs": [{seed, face_leak, cat_leak, leak}], "face_leak"|"cat_leak"|"leak":
@@ -395,13 +417,22 @@ def run_interference(pipe, oracle, face_runs, cat_runs, settings: Settings, stag
 
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     names = get_domain("scene").attribute_names
-    with stages("scene: start images + inversion"):
-        images, _ = balanced_start_images("scene", settings.interference_images, seed=settings.start_seed, size=size)
-        start = prepare_start(pipe, images, num_inference_steps=settings.inference_steps, seed=settings.start_seed)
+    start = None
     out = {}
     for method in METHODS:
         per_seed = []
         for face_run, cat_run in zip(face_runs[method], cat_runs[method]):
+            saved = (cache / f"scene{settings.interference_images}_{method}_seed{face_run.seed}.json"
+                     if cache is not None else None)
+            if saved is not None and saved.exists():
+                per_seed.append(json.loads(saved.read_text()))
+                continue
+            if start is None:
+                with stages("scene: start images + inversion"):
+                    images, _ = balanced_start_images("scene", settings.interference_images, seed=settings.start_seed,
+                                                      size=size)
+                    start = prepare_start(pipe, images, num_inference_steps=settings.inference_steps,
+                                          seed=settings.start_seed)
             label = f"scene: {method}" + (f" seed {face_run.seed}" if face_run.seed is not None else "")
             row = {"seed": face_run.seed}
             with stages(label):
@@ -413,6 +444,9 @@ def run_interference(pipe, oracle, face_runs, cat_runs, settings: Settings, stag
                     row[f"{subject}_leak"] = statistics.mean(leaks)
             row["leak"] = (row["face_leak"] + row["cat_leak"]) / 2
             per_seed.append(row)
+            if saved is not None:
+                cache.mkdir(parents=True, exist_ok=True)
+                saved.write_text(json.dumps(row))
         out[method] = {"runs": per_seed, **{key: _mean_std([r[key] for r in per_seed])
                                             for key in ("face_leak", "cat_leak", "leak")}}
     return out
@@ -428,13 +462,21 @@ def _mean(value) -> float:
     return value[0] if isinstance(value, (tuple, list)) else float(value)
 
 
-def domain_table(runs: dict[str, list[MethodRun]]) -> list[dict]:
-    """One row per method: ``metrics.aggregate_summaries`` over its seeds."""
+def miscalibrated(scores, target_change: float, tolerance: float = MISCALIBRATION) -> int:
+    """How many (unsaturated) directions ended more than ``tolerance`` (relative) away from the
+    target pixel change: the bisection's closest scale was not close (raise --calibration-iters)."""
+    return sum(not s.saturated and abs(s.pixel_change - target_change) > tolerance * target_change for s in scores)
+
+
+def domain_table(runs: dict[str, list[MethodRun]], target_change: float) -> list[dict]:
+    """One row per method: ``metrics.aggregate_summaries`` over its seeds, plus counts over every
+    seed of saturated and miscalibrated directions."""
     rows = []
     for method in METHODS:
         if runs.get(method):
             row = {"method": method, **aggregate_summaries([r.summary for r in runs[method]])}
             row["saturated"] = sum(r.summary["saturated"] for r in runs[method])  # over every seed
+            row["miscalibrated"] = sum(miscalibrated(r.scores, target_change) for r in runs[method])
             rows.append(row)
     return rows
 
@@ -466,7 +508,7 @@ def losses(domain: str, rows: list[dict]) -> list[str]:
             if _mean(row[key]) > _mean(mine[key]):
                 note = " (the supervised ceiling)" if method == "text" else ""
                 lines.append(f"{domain}: NoiseCLR loses to {method}{note} on {what} "
-                             f"({_mean(mine[key]):.2f} vs {_mean(row[key]):.2f})")
+                             f"({_mean(mine[key]):.3f} vs {_mean(row[key]):.3f})")
     return lines
 
 
@@ -512,12 +554,12 @@ def bars(overall: list[dict], comparisons: dict[str, dict]) -> list[dict]:
 QUALITY_COLUMNS = [("method", "method"), ("domain", "domain"), ("directions", "K"), ("runs", "runs"),
                    ("coverage", "coverage"), ("mean_purity", "mean purity"), ("mean_strength", "mean strength"),
                    ("mean_off_target", "off-target"), ("mean_pixel_change", "pixel change"),
-                   ("saturated", "saturated"), ("covered", "covered attributes")]
+                   ("saturated", "saturated"), ("miscalibrated", "miscalibrated"), ("covered", "covered attributes")]
 
 
-def _pm(value, digits: int = 2) -> str:
+def _pm(value, digits: int = 2, sign: str = "+") -> str:
     mean, std = value if isinstance(value, (tuple, list)) else (value, 0.0)
-    return f"{mean:+.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:{sign}.{digits}f} ± {std:.{digits}f}"
 
 
 def markdown(report: dict) -> str:
@@ -532,7 +574,8 @@ def markdown(report: dict) -> str:
              f"{s['target_change']} at +s and -s; effects two-sided, read by the attribute oracle. A direction covers "
              f"its target attribute when strength >= {STRENGTH_MIN} and purity >= {PURITY_MIN}. Mean ± standard "
              f"deviation over seeds {s['seeds']} (text prompts are deterministic: one run). \"saturated\" counts "
-             "directions that did not reach the target change at the largest scale tried.", "",
+             "directions that did not reach the target change at the largest scale tried, \"miscalibrated\" those "
+             f"whose pixel change ended more than {MISCALIBRATION:.0%} away from the target.", "",
              "Methods: **NoiseCLR** (official loss), **InfoNCE** (the variant loss, same settings), **random** "
              "(NoiseCLR's own random init rows, rescaled to its trained norm: the floor), **text** (the attribute's "
              f"own phrase, {s['text_phrases']} phrases: the supervised ceiling), **h-space** (PCA of the UNet "
@@ -540,7 +583,8 @@ def markdown(report: dict) -> str:
     lines += ["## Settings", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in s.items()]
     lines += ["", "## Overall (mean over domains)", "", format_table(report["overall"], QUALITY_COLUMNS), ""]
-    lines += ["## Bars (issue 5, NoiseCLR)", "", "| bar | measured | bar | passed | short by |", "|---|---|---|---|---|"]
+    lines += ["## Bars (issue 5, NoiseCLR)", "", "| bar | measured | bar | passed | short by |",
+              "|---|---|---|---|---|"]
     for b in report["bars"]:
         value = f"{b['value']:.2f}" if isinstance(b["value"], float) else b["value"]
         short = f"{b['short_by']:.2f}" if isinstance(b["short_by"], float) else (", ".join(b["short_by"]) or "-")
@@ -552,15 +596,16 @@ def markdown(report: dict) -> str:
               "| domain | coverage margin over random | purity margin over random | clear? | purity / text purity |",
               "|---|---|---|---|---|"]
     for domain, c in report["comparisons"].items():
-        lines.append(f"| {domain} | {_pm(c['coverage_margin_over_random'])} | {_pm(c['mean_purity_margin_over_random'])}"
+        lines.append(f"| {domain} | {_pm(c['coverage_margin_over_random'])} | "
+                     f"{_pm(c['mean_purity_margin_over_random'])}"
                      f" | {'yes' if c['clear_margin'] else '**no**'} | {c['text_purity_share'][0]:.2f} ± "
                      f"{c['text_purity_share'][1]:.2f} |")
     for domain, d in report["domains"].items():
         lines += ["", f"## {domain}", "", format_table(d["table"], QUALITY_COLUMNS), ""]
         if d.get("figure"):
             lines += [f"![{domain}: each method's best and worst direction at -s, 0, +s]({d['figure']})", "",
-                      f"Rows: each method's best and worst direction (by strength x purity, first seed), "
-                      f"columns: held-out images at -s, 0 and +s (s = the calibrated scale).", ""]
+                      "Rows: each method's best and worst direction (by strength x purity, first seed), "
+                      "columns: held-out images at -s, 0 and +s (s = the calibrated scale).", ""]
     if report.get("interference"):
         lines += ["## Cross-domain interference (face+cat scenes)", "",
                   "Each face (cat) direction applied to face+cat scenes at the scale calibrated on faces (cats); "
@@ -575,13 +620,19 @@ def markdown(report: dict) -> str:
     lines += ["## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in report["seconds"].items()]
     lines += [f"| **total** | {report['seconds_total']} |", ""]
+    if report.get("cached_seconds"):
+        lines += ["Read back from the `--resume` cache (seconds when they were computed):", "",
+                  "| unit | train | score |", "|---|---|---|"]
+        lines += [f"| {unit} | {sec.get('train', '-')} | {sec.get('score', '-')} |"
+                  for unit, sec in report["cached_seconds"].items()]
+        lines.append("")
     return "\n".join(lines)
 
 
 # ===================================================================================== the figure
 def best_and_worst(run: MethodRun) -> tuple[int, int]:
-    """Indices of the run's best and worst direction by strength x purity."""
-    quality = [s.strength * s.purity for s in run.scores]
+    """Indices of the run's best and worst direction by strength x purity (ties: by purity)."""
+    quality = [(s.strength * s.purity, s.purity) for s in run.scores]
     return max(range(len(quality)), key=quality.__getitem__), min(range(len(quality)), key=quality.__getitem__)
 
 
@@ -632,12 +683,12 @@ def run_benchmark(pipe, oracle, settings: Settings, out_dir: str | os.PathLike =
     interference = None
     if settings.interference and {"face", "cat"} <= set(settings.domains):
         interference = run_interference(pipe, oracle, per_domain["face"], per_domain["cat"], settings, stages,
-                                        progress)
+                                        cache, progress)
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
               "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
               "domains": {}, "comparisons": {}, "losses": []}
     for domain, runs in per_domain.items():
-        rows = domain_table(runs)
+        rows = domain_table(runs, settings.target_change)
         figure = f"{stem}_{domain}.png"
         with stages(f"{domain}: figure"):
             domain_figure(pipe, runs, starts[domain], settings).save(out_dir / figure)
@@ -650,10 +701,35 @@ def run_benchmark(pipe, oracle, settings: Settings, out_dir: str | os.PathLike =
     report["bars"] = bars(report["overall"], report["comparisons"])
     report["interference"] = interference
     report["seconds"], report["seconds_total"] = dict(stages.seconds), stages.total
+    report["cached_seconds"] = {f"{r.domain}: {r.method}" + (f" seed {r.seed}" if r.seed is not None else ""): r.seconds
+                                for runs in per_domain.values() for rs in runs.values() for r in rs if r.cached}
     (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=1, default=list))
     (out_dir / f"{stem}.md").write_text(markdown(report))
     log(f"wrote {out_dir / stem}.md, .json and {len(per_domain)} PNGs in {stages.total / 60:.1f} min")
     return report
+
+
+def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
+    """One row per ``quality*.json`` in ``out_dir``: its training settings and NoiseCLR's overall
+    numbers, to read how sensitive the result is to them (written to ``quality-sweep.md``)."""
+    out_dir = Path(out_dir)
+    lines = ["| report | domains | seeds | K | steps | lr | t range | batch | coverage | mean purity | "
+             "purity margin over random | purity / text |", "|" + "---|" * 12]
+    for path in sorted(out_dir.glob("quality*.json")):
+        report = json.loads(path.read_text())
+        s, rows = report["settings"], {r["method"]: r for r in report["overall"]}
+        nclr, text = rows["NoiseCLR"], rows["text"]
+        margins = [c["mean_purity_margin_over_random"][0] for c in report["comparisons"].values()]
+        share = nclr["mean_purity"][0] / text["mean_purity"][0] if text["mean_purity"][0] > 0 else float("nan")
+        lines.append(f"| {path.stem}{' (quick)' if s['quick'] else ''} | {', '.join(s['domains'])} | "
+                     f"{len(s['seeds'])} | "
+                     f"{s['num_directions']} | {s['steps']} | {s['learning_rate']:g} | {s['timestep_range']} | "
+                     f"{s['batch_size']} | {_pm(nclr['coverage'], sign='')} | {_pm(nclr['mean_purity'], sign='')} | "
+                     f"{statistics.mean(margins):+.2f} | {share:.2f} |")
+    table = "\n".join(["# NoiseCLR across settings", "", "Overall numbers of every quality report in this folder "
+                       "(mean ± std over seeds; margin = mean over domains).", ""] + lines) + "\n"
+    (out_dir / "quality-sweep.md").write_text(table)
+    return table
 
 
 # ===================================================================================== command line
@@ -667,7 +743,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     run = p.add_argument_group("what to run")
     run.add_argument("--quick", action="store_true",
                      help=f"smoke run: {', '.join(f'{k}={v}' for k, v in QUICK.items())} (explicit flags still win); "
-                          "a few minutes on the bundled model, not a result")
+                          "about 3-5 minutes per domain on 2 CPU cores; it checks that everything runs, it is not "
+                          "a result")
     run.add_argument("--model", default=None, help="diffusers pipeline folder or hub id (default: the bundled model)")
     run.add_argument("--oracle", default=DEFAULT_ORACLE, help="attribute oracle folder (default: %(default)s)")
     run.add_argument("--samples", default=DEFAULT_SAMPLES,
@@ -683,15 +760,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     run.add_argument("--no-progress", action="store_true", help="no tqdm bars (stage lines are still printed)")
+    run.add_argument("--sweep-table", action="store_true",
+                     help="run nothing: tabulate every OUT/quality*.json (settings vs NoiseCLR's numbers) into "
+                          "OUT/quality-sweep.md")
     train = p.add_argument_group("training (NoiseCLR and InfoNCE)")
     train.add_argument("-k", "--num-directions", type=int, default=None,
-                       help=f"K directions per method (default {FULL['num_directions']}; --quick {QUICK['num_directions']})")
+                       help=f"K directions per method (default {FULL['num_directions']}; "
+                            f"--quick {QUICK['num_directions']})")
     train.add_argument("--steps", type=int, default=None, help=f"training steps (default {FULL['steps']}; --quick "
                                                                f"{QUICK['steps']})")
-    train.add_argument("--lr", type=float, default=defaults.learning_rate, help="AdamW learning rate (default: %(default)s)")
+    train.add_argument("--lr", type=float, default=defaults.learning_rate,
+                       help="AdamW learning rate (default: %(default)s)")
     train.add_argument("--timestep-range", nargs=2, type=int, default=list(defaults.timestep_range),
                        metavar=("LOW", "HIGH"), help="t drawn from [LOW, HIGH) (default: %(default)s)")
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per step (default: %(default)s)")
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                       help="images per step (default: %(default)s)")
     train.add_argument("--negatives", type=_negatives, default=defaults.negatives,
                        help="directions contrasted with the anchor per step, or 'all' (default: all)")
     train.add_argument("--tau", type=float, default=defaults.tau, help="loss temperature (default: %(default)s)")
@@ -745,6 +828,9 @@ def settings_from_args(args: argparse.Namespace, model: str) -> Settings:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.sweep_table:
+        print(sweep_table(args.out))
+        return {}
     if args.threads:
         torch.set_num_threads(args.threads)
     from noiseclr_lite.models import BUNDLED_MODEL, load_pipeline

@@ -10,7 +10,7 @@ import torch
 
 from noiseclr_lite.directions import Directions
 from noiseclr_lite.editing import denoise
-from noiseclr_lite.hspace import collect_hspace, edit_hspace, hspace_directions, hspace_edit
+from noiseclr_lite.hspace import collect_hspace, hspace_directions, hspace_edit
 from noiseclr_lite.metrics import balanced_start_images, prepare_start, score_direction
 from noiseclr_lite.models import encode_images
 from noiseclr_lite.toyworld.oracle import HEADS
@@ -151,16 +151,22 @@ def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe
         with Image.open(tmp_path / f"quality_{domain}.png") as figure:  # 2 images x 3 scales, >= 5 method rows
             assert figure.width > 6 * 80 and figure.height > 5 * 80
     assert report["overall"][0]["method"] == "NoiseCLR" and logged
+    sweep = quality.sweep_table(tmp_path)
+    assert "| quality | face, cat | 1 | 2 | 2 | 0.01 |" in sweep and (tmp_path / "quality-sweep.md").exists()
 
     # --resume: every finished unit is read back, nothing is trained or scored again
     cache = next((tmp_path / "cache").iterdir())
     assert (cache / "face_NoiseCLR_seed0.safetensors").exists() and (cache / "cat_h-space_seed0.safetensors").exists()
+    assert (cache / "scene2_NoiseCLR_seed0.json").exists()
+    # an interrupted unit: trained directions saved, scores not yet -> scored, not retrained
+    (cache / "cat_InfoNCE_seed0.json").unlink()
     resumed = quality.run_benchmark(tiny_pipe, StatsOracle(), dataclasses.replace(settings, domains=["cat"]),
                                     tmp_path, tag="resumed", resume=True, progress=False, log=lambda _: None)
-    assert not any("train" in stage or "score" in stage for stage in resumed["seconds"])
+    assert list(resumed["seconds"]) == ["cat: start images + inversion", "cat: score InfoNCE seed 0", "cat: figure"]
     assert resumed["domains"]["cat"]["table"] == report["domains"]["cat"]["table"]
     assert (tmp_path / "quality-resumed.md").exists() and (tmp_path / "quality-resumed_cat.png").exists()
-    assert all(run["cached"] for runs in resumed["domains"]["cat"]["runs"].values() for run in runs)
+    cached = {m: runs[0]["cached"] for m, runs in resumed["domains"]["cat"]["runs"].items()}
+    assert cached == {m: m != "InfoNCE" for m in quality.METHODS}
 
 
 def test_command_line_flags_and_quick_defaults():
