@@ -77,7 +77,7 @@ def _build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--image", default=None, help="image to edit (inverted first); omit to generate from --seed")
     grid.add_argument("--scales", type=float, nargs="+", default=[-2.0, -1.0, 0.0, 1.0, 2.0], help="column scales")
     grid.add_argument("--only", nargs="*", default=None, help="directions to show (default: all)")
-    grid.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
+    grid.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
     grid.add_argument("--out", required=True, help="output PNG")
     return parser
 
