@@ -59,8 +59,11 @@ def upload(panel, name, content):
                                        "content": memoryview(content), "last_modified": 1_700_000_000_000}]})
 
 
-def test_importing_the_library_does_not_import_ipywidgets():
-    code = "import sys, noiseclr_lite; assert 'ipywidgets' not in sys.modules, 'ipywidgets imported'"
+def test_importing_the_library_does_not_import_ipywidgets_or_matplotlib():
+    modules = ["noiseclr_lite", "noiseclr_lite.train", "noiseclr_lite.editing", "noiseclr_lite.metrics",
+               "noiseclr_lite.cli", "noiseclr_lite.toyworld.train_model", "noiseclr_lite.toyworld.evaluate"]
+    code = ("import sys, importlib; [importlib.import_module(m) for m in %r]; "
+            "bad = [m for m in ('ipywidgets', 'matplotlib') if m in sys.modules]; assert not bad, bad") % modules
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
