@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             from .card import write_card
             from .evaluate import save_evaluation
 
-            print(f"wrote {save_evaluation(model, bars, details)} and {write_card(model)}")
+            print(f"wrote {save_evaluation(model, bars, details, quick=args.quick)} and {write_card(model)}")
         return 0 if all(bar.passed for bar in bars) else 1
     elif args.command == "finetune-decoder":
         from ..models import BUNDLED_MODEL

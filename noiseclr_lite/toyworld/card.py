@@ -66,7 +66,9 @@ def render_card(model_dir: str | Path) -> str:
         lines.append("Not measured yet for these weights: run the command above.")
     else:
         lines += [f"Measured on {evaluation['date']} ({evaluation['machine']}), at UNet step "
-                  f"{evaluation.get('unet_step', '?')}.", "", "| bar | value | target | |", "|---|---|---|---|"]
+                  f"{evaluation.get('unet_step', '?')}"
+                  + (" with `--quick` (8 samples per attribute value instead of 32: a rough reading)"
+                     if evaluation.get("quick") else "") + ".", "", "| bar | value | target | |", "|---|---|---|---|"]
         for bar in evaluation["bars"]:
             sign = ">=" if bar["at_least"] else "<="
             lines.append(f"| {bar['name']} | {bar['value']:.4g} | {sign} {bar['bar']:g} | "

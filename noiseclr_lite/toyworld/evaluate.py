@@ -145,7 +145,7 @@ def evaluate(model_path: str, oracle_path: str, quick: bool = False, details: di
     return bars
 
 
-def save_evaluation(model_path: str, bars: list[Bar], details: dict) -> Path:
+def save_evaluation(model_path: str, bars: list[Bar], details: dict, quick: bool = False) -> Path:
     """Write ``evaluation.json`` beside the weights, for the card (``card.py``)."""
     import json
     import os
@@ -154,7 +154,7 @@ def save_evaluation(model_path: str, bars: list[Bar], details: dict) -> Path:
     model_path = Path(model_path)
     state_path = model_path / "training_state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    record = {"date": time.strftime("%Y-%m-%d"), "unet_step": state.get("unet_step"),
+    record = {"date": time.strftime("%Y-%m-%d"), "unet_step": state.get("unet_step"), "quick": quick,
               "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads",
               "bars": [{"name": b.name, "value": b.value, "bar": b.bar, "at_least": b.at_least, "passed": b.passed}
                        for b in bars],
