@@ -54,10 +54,9 @@ if str(REPO) not in sys.path:  # `python benchmarks/quality.py` from anywhere
     sys.path.insert(0, str(REPO))
 
 from noiseclr_lite.metrics import (STRENGTH_MIN, PURITY_MIN, DirectionScore, PromptDirections, StartSet,  # noqa: E402
-                                   aggregate_summaries, attribute_probabilities, balanced_start_images,
-                                   calibrate_scale, cross_domain_interference, format_table, images_to_tensor,
-                                   pixel_change, prepare_start, preservation, purity, score_direction, strength,
-                                   summary, two_sided_effects)
+                                   aggregate_summaries, balanced_start_images, cross_domain_interference,
+                                   format_table, images_to_tensor, prepare_start, score_direction, score_rendered,
+                                   summary)
 from noiseclr_lite.toyworld.domains import get_domain  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -172,46 +171,6 @@ def render(pipe, directions, index: int, scale: float, start: StartSet,
     if isinstance(directions, torch.Tensor):
         return images_to_tensor(edit_hspace(pipe, directions[index], scale, window, inversion=start.inversion))
     return images_to_tensor(edit(pipe, [DirectionEdit(directions, index, scale, window)], inversion=start.inversion))
-
-
-def score_rendered(render_at: Callable[[float, StartSet], torch.Tensor], oracle, start: StartSet, domain: str,
-                   name: str, token: str, scale: float | None = None, target_change: float | None = None,
-                   calibration_images: int = 4, max_scale: float = 16.0,
-                   calibration_iters: int = 8) -> DirectionScore:
-    """``metrics.score_direction`` for any edit given as ``render_at(scale, start_set) -> images``.
-
-    The adapter for edits that are not a text conditioning (h-space offsets): the same
-    calibration (``metrics.calibrate_scale`` on the first ``calibration_images`` images, to a
-    mean pixel change of ``target_change`` at +s and -s), the same two-sided effects, purity,
-    strength and preservation (``metrics`` functions), the same :class:`DirectionScore`.
-    For a token direction it gives what ``score_direction`` gives (tested).
-    """
-    if (scale is None) == (target_change is None):
-        raise ValueError("give exactly one of scale= (a fixed scale) or target_change= (a calibrated one)")
-
-    def change_at(s: float, images: StartSet):
-        plus, minus = render_at(s, images), render_at(-s, images)
-        return (pixel_change(plus, images.images) + pixel_change(minus, images.images)) / 2, plus, minus
-
-    calibrated = saturated = False
-    if target_change is not None:
-        few = start.subset(min(calibration_images, len(start)))
-        result = calibrate_scale(lambda s: change_at(s, few)[0], target_change, 0.0, max_scale, calibration_iters)
-        scale, calibrated, saturated = result.scale, True, not result.reached
-    scale = float(scale)
-    change, plus, minus = change_at(scale, start)
-    names = get_domain(domain).attribute_names
-    p_plus, p_minus = attribute_probabilities(oracle, plus, domain), attribute_probabilities(oracle, minus, domain)
-    p_zero = attribute_probabilities(oracle, start.images, domain)
-    effects = two_sided_effects(p_plus, p_minus)
-    kept = preservation(effects, change, names)
-    as_dict = lambda v: {n: float(x) for n, x in zip(names, v)}  # noqa: E731
-    return DirectionScore(
-        name=name, token=token, domain=domain, scale=scale, effects=as_dict(effects),
-        signed_effects=as_dict(two_sided_effects(p_plus, p_minus, signed=True)),
-        plus_effects=as_dict((p_plus - p_zero).mean(0)), minus_effects=as_dict((p_minus - p_zero).mean(0)),
-        purity=purity(effects), strength=strength(effects), target=kept.target, pixel_change=change,
-        off_target=kept.off_target, calibrated=calibrated, saturated=saturated)
 
 
 def score_one(pipe, oracle, directions, index: int, start: StartSet, domain: str, settings: Settings,

@@ -499,6 +499,46 @@ class DirectionScore:
     saturated: bool = False
 
 
+def score_rendered(render_at: Callable[[float, StartSet], torch.Tensor], oracle, start: StartSet, domain: str,
+                   name: str, token: str, scale: float | None = None, target_change: float | None = None,
+                   calibration_images: int = 4, max_scale: float = 16.0,
+                   calibration_iters: int = 8) -> DirectionScore:
+    """:func:`score_direction` for any edit given as ``render_at(scale, start_set) -> images``.
+
+    The adapter for edits that are not a text conditioning (h-space offsets): the same
+    calibration (:func:`calibrate_scale` on the first ``calibration_images`` images, to a
+    mean pixel change of ``target_change`` at +s and -s), the same two-sided effects, purity,
+    strength and preservation, the same :class:`DirectionScore`.
+    For a token direction it gives what ``score_direction`` gives (tested).
+    """
+    if (scale is None) == (target_change is None):
+        raise ValueError("give exactly one of scale= (a fixed scale) or target_change= (a calibrated one)")
+
+    def change_at(s: float, images: StartSet):
+        plus, minus = render_at(s, images), render_at(-s, images)
+        return (pixel_change(plus, images.images) + pixel_change(minus, images.images)) / 2, plus, minus
+
+    calibrated = saturated = False
+    if target_change is not None:
+        few = start.subset(min(calibration_images, len(start)))
+        result = calibrate_scale(lambda s: change_at(s, few)[0], target_change, 0.0, max_scale, calibration_iters)
+        scale, calibrated, saturated = result.scale, True, not result.reached
+    scale = float(scale)
+    change, plus, minus = change_at(scale, start)
+    names = get_domain(domain).attribute_names
+    p_plus, p_minus = attribute_probabilities(oracle, plus, domain), attribute_probabilities(oracle, minus, domain)
+    p_zero = attribute_probabilities(oracle, start.images, domain)
+    effects = two_sided_effects(p_plus, p_minus)
+    kept = preservation(effects, change, names)
+    as_dict = lambda v: {n: float(x) for n, x in zip(names, v)}  # noqa: E731
+    return DirectionScore(
+        name=name, token=token, domain=domain, scale=scale, effects=as_dict(effects),
+        signed_effects=as_dict(two_sided_effects(p_plus, p_minus, signed=True)),
+        plus_effects=as_dict((p_plus - p_zero).mean(0)), minus_effects=as_dict((p_minus - p_zero).mean(0)),
+        purity=purity(effects), strength=strength(effects), target=kept.target, pixel_change=change,
+        off_target=kept.off_target, calibrated=calibrated, saturated=saturated)
+
+
 def score_direction(pipe, oracle, directions, index: int | str, start, domain: str, scale: float | None = None,
                     target_change: float | None = None, num_inference_steps: int = 25, seed: int = 0,
                     window: tuple[float, float] = (1.0, 0.0), calibration_images: int = 4,
@@ -531,33 +571,11 @@ def score_direction(pipe, oracle, directions, index: int | str, start, domain: s
         start = prepare_start(pipe, start, num_inference_steps=num_inference_steps, seed=seed)
     k = directions.index(index)
 
-    def change_at(s: float, images: StartSet) -> tuple[float, torch.Tensor, torch.Tensor]:
-        plus = _edited(pipe, directions, k, s, images, window)
-        minus = _edited(pipe, directions, k, -s, images, window)
-        mean_change = (pixel_change(plus, images.images) + pixel_change(minus, images.images)) / 2
-        return mean_change, plus, minus
-
-    calibrated = saturated = False
-    if target_change is not None:
-        few = start.subset(min(calibration_images, len(start)))
-        result = calibrate_scale(lambda s: change_at(s, few)[0], target_change, 0.0, max_scale, calibration_iters)
-        scale, calibrated, saturated = result.scale, True, not result.reached
-    scale = float(scale)
-    change, plus, minus = change_at(scale, start)
-
-    names = get_domain(domain).attribute_names
-    p_plus, p_minus = attribute_probabilities(oracle, plus, domain), attribute_probabilities(oracle, minus, domain)
-    p_zero = attribute_probabilities(oracle, start.images, domain)
-    effects = two_sided_effects(p_plus, p_minus)
-    kept = preservation(effects, change, names)
-    as_dict = lambda v: {n: float(x) for n, x in zip(names, v)}  # noqa: E731
     tokens = getattr(directions, "tokens", directions.names)
-    return DirectionScore(
-        name=str(directions.names[k]), token=str(tokens[k]), domain=domain, scale=scale,
-        effects=as_dict(effects), signed_effects=as_dict(two_sided_effects(p_plus, p_minus, signed=True)),
-        plus_effects=as_dict((p_plus - p_zero).mean(0)), minus_effects=as_dict((p_minus - p_zero).mean(0)),
-        purity=purity(effects), strength=strength(effects), target=kept.target, pixel_change=change,
-        off_target=kept.off_target, calibrated=calibrated, saturated=saturated)
+    return score_rendered(lambda s, images: _edited(pipe, directions, k, s, images, window), oracle, start, domain,
+                          name=str(directions.names[k]), token=str(tokens[k]), scale=scale,
+                          target_change=target_change, calibration_images=calibration_images,
+                          max_scale=max_scale, calibration_iters=calibration_iters)
 
 
 def score_directions(pipe, oracle, directions, start, domain: str, progress: bool = True,

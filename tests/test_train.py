@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from noiseclr_lite.directions import Directions
 from noiseclr_lite.toyworld.domains import render_batch
-from noiseclr_lite.train import TrainConfig, edit_features, train_directions
+from noiseclr_lite.train import edit_features, train_directions
 
 TOKEN_KEY = "embeddings.token_embedding.weight"  # CLIPTextModel state_dict key (transformers 5)
 FAST = dict(num_directions=4, steps=3, batch_size=3, negatives_per_step=None, learning_rate=5e-2, seed=0)

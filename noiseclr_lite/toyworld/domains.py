@@ -13,7 +13,6 @@ A scene holds a face (left) and a cat (right); its attributes are ``face_*`` and
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 

@@ -17,7 +17,6 @@ as a complete diffusers folder (fp16 safetensors) into ``out_dir``, together wit
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel
 
 from .domains import caption, render_batch
 from .model import assemble_pipeline, build_scheduler, build_text_encoder, build_tokenizer, build_unet, build_vae
