@@ -57,6 +57,7 @@ from noiseclr_lite.metrics import (STRENGTH_MIN, PURITY_MIN, DirectionScore, Pro
                                    aggregate_summaries, balanced_start_images, cross_domain_interference,
                                    format_table, images_to_tensor, prepare_start, score_direction, score_rendered,
                                    summary)
+from noiseclr_lite.models import image_size  # noqa: E402
 from noiseclr_lite.toyworld.domains import get_domain  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -298,7 +299,7 @@ def run_domain(pipe, oracle, domain: str, settings: Settings, stages: Stages, ca
     from noiseclr_lite.models import encode_images
     from noiseclr_lite.train import train_directions
 
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    size = image_size(pipe)
     with stages(f"{domain}: start images + inversion"):
         images, _ = balanced_start_images(domain, settings.eval_images, seed=settings.start_seed, size=size)
         start = prepare_start(pipe, images, num_inference_steps=settings.inference_steps, seed=settings.start_seed)
@@ -374,7 +375,7 @@ def run_interference(pipe, oracle, face_runs, cat_runs, settings: Settings, stag
     """
     from tqdm.auto import tqdm
 
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    size = image_size(pipe)
     names = get_domain("scene").attribute_names
     start = None
     out = {}

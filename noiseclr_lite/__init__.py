@@ -17,14 +17,15 @@ from .directions import Directions, empty_conditioning
 from .editing import DirectionEdit, edit, edit_grid, generate
 from .inversion import ddim_invert, ddpm_invert, reconstruct
 from .loss import infonce_loss, noiseclr_loss
-from .models import BUNDLED_MODEL, SD15_MODEL, decode_latents, encode_images, load_pipeline
+from .models import (BUNDLED_MODEL, DIRECTIONS_DIR, ORACLE_DIR, SAMPLES_DIR, SD15_MODEL, decode_latents,
+                     encode_images, image_size, load_pipeline)
 from .train import TrainConfig, train_directions
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BUNDLED_MODEL", "SD15_MODEL", "DirectionEdit", "Directions", "TrainConfig", "ddim_invert", "ddpm_invert",
-    "decode_latents", "edit", "edit_grid", "empty_conditioning", "encode_images", "generate", "infonce_loss",
+    "BUNDLED_MODEL", "DIRECTIONS_DIR", "ORACLE_DIR", "SAMPLES_DIR", "SD15_MODEL", "DirectionEdit", "Directions", "TrainConfig", "ddim_invert", "ddpm_invert",
+    "decode_latents", "edit", "edit_grid", "empty_conditioning", "encode_images", "generate", "image_size", "infonce_loss",
     "list_images", "load_image", "load_images", "load_pipeline", "noiseclr_loss", "reconstruct", "to_pil",
     "train_directions",
 ]

@@ -109,9 +109,9 @@ def _start(pipe, image_path, inversion, steps, seed):
         return None
     from .data import load_images
     from .inversion import ddim_invert, ddpm_invert
-    from .models import encode_images
+    from .models import encode_images, image_size
 
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    size = image_size(pipe)
     latents = encode_images(pipe, load_images([image_path], size))
     if inversion == "ddim":
         return ddim_invert(pipe, latents, num_inference_steps=steps)
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m noiseclr_lite`` and the ``noiseclr-lite`` script."""
     args = _build_parser().parse_args(argv)
     from .directions import Directions
-    from .models import load_pipeline
+    from .models import image_size, load_pipeline
 
     accelerator = None
     if args.command == "train":
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         from .data import load_images
         from .train import TrainConfig, train_directions
 
-        size = args.image_size or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        size = args.image_size or image_size(pipe)
         images = load_images(args.images, size)
         config = TrainConfig(
             num_directions=args.num_directions, steps=args.steps, learning_rate=args.lr, tau=args.tau,

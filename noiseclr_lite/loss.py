@@ -88,6 +88,23 @@ def infonce_loss(features: torch.Tensor, tau: float = 0.5, anchor: int | None = 
 LOSSES = {"noiseclr": noiseclr_loss, "infonce": infonce_loss}
 
 
+def similarity_matrix(features: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of every edit feature with every other, for looking at the loss.
+
+    Args:
+        features: [N, K, ...] edit features (``train.direction_features``).
+    Returns:
+        [K*N, K*N] in [-1, 1], direction-major: row ``k * N + i`` is direction k on image i.
+        The loss wants the K diagonal N x N blocks (same direction, other images: the
+        positives) high and, within each image, the entries between directions (the
+        negatives) low.
+    """
+    if features.dim() < 3:
+        raise ValueError(f"edit features must be [N images, K directions, ...]; got shape {tuple(features.shape)}")
+    unit = F.normalize(features.transpose(0, 1).flatten(2).flatten(0, 1).float(), dim=-1)   # [K*N, F]
+    return unit @ unit.T
+
+
 def get_loss(name: str):
     """Look up a loss by name ("noiseclr" or "infonce")."""
     if name not in LOSSES:

@@ -14,8 +14,15 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = REPO_ROOT / "data"
 #: The bundled world model (see data/models/toyworld-sd/README.md); the default everywhere.
-BUNDLED_MODEL = str(REPO_ROOT / "data" / "models" / "toyworld-sd")
+BUNDLED_MODEL = str(DATA_DIR / "models" / "toyworld-sd")
+#: The attribute oracle that reads the bundled world's images (data/models/oracle/README.md).
+ORACLE_DIR = DATA_DIR / "models" / "oracle"
+#: One folder of unlabeled sample images per domain: face, cat, car, painting, scene.
+SAMPLES_DIR = DATA_DIR / "samples"
+#: The shipped directions for the bundled model, one ``<domain>.safetensors`` per domain.
+DIRECTIONS_DIR = DATA_DIR / "directions"
 #: The model id that the tutorials name for the real thing.
 SD15_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
@@ -75,6 +82,11 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
 
 
 @torch.no_grad()
+def image_size(pipe: StableDiffusionPipeline) -> int:
+    """The pixel size the pipeline's UNet was trained at: 64 for the bundled model, 512 for SD 1.5."""
+    return pipe.unet.config.sample_size * pipe.vae_scale_factor
+
+
 def encode_images(pipe: StableDiffusionPipeline, images: torch.Tensor, sample: bool = False,
                   generator: torch.Generator | None = None, batch_size: int = 32) -> torch.Tensor:
     """VAE-encode images to scaled latents, as the UNet sees them.

@@ -118,6 +118,36 @@ def edit_features(unet, noisy_latents: torch.Tensor, timestep: torch.Tensor, dir
     return eps - empty_eps.float().unsqueeze(1)
 
 
+@torch.no_grad()
+def direction_features(pipe, directions: Directions, latents: torch.Tensor, timestep: int = 500,
+                       seed: int = 0) -> torch.Tensor:
+    """The edit features of every direction on every image at one timestep (no gradients).
+
+    What the loss sees in one training step, for plots and analysis
+    (``loss.similarity_matrix(direction_features(...))``).
+
+    Args:
+        directions: a ``Directions`` for ``pipe``'s model.
+        latents: [N, 4, h, w] scaled VAE latents (``encode_images``).
+        timestep: the diffusion timestep in [0, num_train_timesteps) the latents are noised to.
+        seed: seeds the noise.
+    Returns:
+        [N, K, 4, h, w] float32: ``eps(x_t, t, c_k) - eps(x_t, t, c_empty)``.
+    """
+    num_train_timesteps = pipe.scheduler.config.num_train_timesteps
+    if not 0 <= timestep < num_train_timesteps:
+        raise ValueError(f"timestep={timestep} is outside [0, {num_train_timesteps})")
+    latents = latents.float().cpu()
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
+    t = torch.tensor([timestep])
+    noisy = pipe.scheduler.add_noise(latents, noise, t).to(pipe.device, pipe.unet.dtype)
+    t = t.to(pipe.device)
+    directions.install(pipe)
+    empty = empty_conditioning(pipe)
+    empty_eps = pipe.unet(noisy, t.expand(len(noisy)), empty.expand(len(noisy), -1, -1)).sample
+    return edit_features(pipe.unet, noisy, t, directions.conditioning(pipe), empty_eps).cpu()
+
+
 def _sample_step(generator, num_images, num_directions, cfg, num_train_timesteps):
     """Draw one step's images, timestep, anchor and contrasted directions (all from ``generator``)."""
     batch = min(cfg.batch_size, num_images)

@@ -47,7 +47,7 @@ from .data import load_image, to_pil
 from .directions import Directions
 from .editing import DirectionEdit, edit
 from .inversion import ddpm_invert, reconstruct
-from .models import REPO_ROOT, decode_latents, encode_images
+from .models import SAMPLES_DIR, decode_latents, encode_images, image_size
 
 __all__ = ["EditPanel", "MAX_UPLOAD_BYTES", "MAX_SIDE", "MAX_PIXELS", "default_samples"]
 
@@ -57,7 +57,6 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_SIDE = 4096
 #: Images with more pixels than this are refused before decoding (memory; decompression bombs).
 MAX_PIXELS = 40_000_000
-SAMPLES_DIR = REPO_ROOT / "data" / "samples"
 
 
 def default_samples(folder: str | os.PathLike = SAMPLES_DIR, per_domain: int = 2) -> list[Path]:
@@ -138,7 +137,7 @@ class EditPanel:
         self.pipe = pipe
         self.num_inference_steps, self.seed, self.skip = num_inference_steps, seed, skip
         self.scale_range, self.display_size, self.sync = scale_range, display_size, sync
-        self.image_size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        self.image_size = image_size(pipe)
         self.sets: dict[str, Directions] = {}
         self.sliders: dict[tuple[str, str], widgets.FloatSlider] = {}
         self.current_image: Image.Image | None = None

@@ -82,3 +82,17 @@ def test_bad_shapes_and_names_are_refused():
     with pytest.raises(ValueError, match="infonce"):
         get_loss("simclr")
     assert get_loss("infonce") is infonce_loss
+
+
+def test_similarity_matrix_is_direction_major_cosine():
+    from noiseclr_lite.loss import similarity_matrix
+
+    features = torch.randn(3, 2, 4, 2, 2)                      # N=3 images, K=2 directions
+    sim = similarity_matrix(features)
+    assert sim.shape == (6, 6)
+    flat = torch.nn.functional.normalize(features.flatten(2), dim=-1)
+    # row k * N + i is direction k on image i
+    assert torch.allclose(sim[1 * 3 + 2, 0 * 3 + 1], (flat[2, 1] * flat[1, 0]).sum(), atol=1e-6)
+    assert torch.allclose(sim.diagonal(), torch.ones(6), atol=1e-6)
+    with pytest.raises(ValueError, match="N images, K directions"):
+        similarity_matrix(torch.randn(3, 4))

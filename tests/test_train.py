@@ -186,3 +186,22 @@ def test_bf16_autocast_runs_and_stays_close(tmp_path):
     # bf16 rounds, but it must move the directions the same way as fp32 does
     cos = torch.nn.functional.cosine_similarity((bf16.embeddings - init).flatten(), (plain.embeddings - init).flatten(), 0)
     assert cos > 0.9
+
+
+def test_direction_features_are_what_one_training_step_contrasts(tiny_pipe):
+    from noiseclr_lite.directions import empty_conditioning
+    from noiseclr_lite.train import direction_features, edit_features
+
+    directions = Directions.create(tiny_pipe, 3, seed=0)
+    latents = torch.randn(2, 4, 8, 8)
+    features = direction_features(tiny_pipe, directions, latents, timestep=300, seed=1)
+    assert features.shape == (2, 3, 4, 8, 8) and not features.requires_grad
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([300])
+    noisy = tiny_pipe.scheduler.add_noise(latents, noise, t)
+    with torch.no_grad():
+        empty = tiny_pipe.unet(noisy, t.expand(2), empty_conditioning(tiny_pipe).expand(2, -1, -1)).sample
+        expected = edit_features(tiny_pipe.unet, noisy, t, directions.conditioning(tiny_pipe), empty)
+    assert torch.allclose(features, expected, atol=1e-6)
+    with pytest.raises(ValueError, match=r"timestep=1000 is outside \[0, 1000\)"):
+        direction_features(tiny_pipe, directions, latents, timestep=1000)

@@ -55,6 +55,20 @@ def main(argv: list[str] | None = None) -> int:
     decoder.add_argument("--out", default=None, help="where to write the VAE (default: MODEL/vae)")
     card = sub.add_parser("card", help="rewrite the model card (README.md) from training_state.json + evaluation.json")
     card.add_argument("--model", default=None, help="model folder (default: the bundled model)")
+    shipped = sub.add_parser("directions", help="train the shipped direction sets (data/directions) and name them "
+                                                "by the oracle")
+    shipped.add_argument("--domains", nargs="+", default=["face", "cat", "car", "painting"],
+                         help="domains to train, one set each (default: face cat car painting)")
+    shipped.add_argument("--out", default=None, help="output folder (default data/directions)")
+    shipped.add_argument("--model", default=None, help="model folder (default: the bundled model)")
+    shipped.add_argument("--oracle", default=None, help="oracle folder (default data/models/oracle)")
+    shipped.add_argument("--num-directions", type=int, default=6, help="K per domain (default 6)")
+    shipped.add_argument("--steps", type=int, default=200, help="training steps per domain (default 200)")
+    shipped.add_argument("--lr", type=float, default=1e-2, help="learning rate (default 1e-2)")
+    shipped.add_argument("--batch-size", type=int, default=6, help="images per step (default 6)")
+    shipped.add_argument("--seed", type=int, default=0, help="(default 0)")
+    shipped.add_argument("--eval-images", type=int, default=12, help="held-out renders for naming (default 12)")
+    shipped.add_argument("--threads", type=int, default=0, help="torch threads (default: all)")
     args = parser.parse_args(argv)
     if args.command == "samples":
         from .samples import write_sample_folders
@@ -102,6 +116,21 @@ def main(argv: list[str] | None = None) -> int:
         value = finetune_decoder(args.model or BUNDLED_MODEL, args.work_dir, args.steps, args.batch, args.lr,
                                  threads=args.threads, out=args.out)
         print(f"held-out PSNR after decoder fine-tuning: {value:.2f} dB")
+    elif args.command == "directions":
+        import torch
+
+        from ..models import DIRECTIONS_DIR
+        from .shipped import train_shipped_set, write_directions_card
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        out = args.out or DIRECTIONS_DIR
+        for domain in args.domains:
+            path = train_shipped_set(domain, out, model=args.model, oracle_dir=args.oracle,
+                                     num_directions=args.num_directions, steps=args.steps, learning_rate=args.lr,
+                                     batch_size=args.batch_size, seed=args.seed, eval_images=args.eval_images)
+            print(f"wrote {path}")
+        print(f"wrote {write_directions_card(out)}")
     elif args.command == "card":
         from ..models import BUNDLED_MODEL
         from .card import write_card

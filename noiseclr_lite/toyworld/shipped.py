@@ -1,0 +1,138 @@
+"""The shipped directions: one trained set per domain in ``data/directions/``, named by the oracle.
+
+NoiseCLR's directions come out unnamed (``<face_0>`` .. ``<face_7>``); a person names them
+by looking at an edit grid.  On the bundled world the oracle can look for us, so naming is
+reproducible: each direction is scored two-sided on balanced held-out images
+(``metrics.score_directions``) and named after the attribute value its ``+`` side moves
+towards ("smiling", "blond_hair"), or ``mixed_<a>+<b>`` when no single attribute dominates.
+The oracle's reading is saved in the file's metadata and in ``data/directions/README.md``.
+
+    python -m noiseclr_lite.toyworld directions --domains face cat car painting
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+from .domains import get_domain
+
+#: A direction is named after one attribute when it is at least this pure and this strong.
+NAME_PURITY_MIN = 0.5
+NAME_STRENGTH_MIN = 0.2
+
+
+def _slug(text: str) -> str:
+    return "_".join(text.lower().replace("-", " ").split())
+
+
+def name_by_oracle(scores: Sequence, domain: str, purity_min: float = NAME_PURITY_MIN,
+                   strength_min: float = NAME_STRENGTH_MIN) -> list[str]:
+    """One name per scored direction, from what the oracle reads it changes.
+
+    A direction whose purity >= ``purity_min`` and strength >= ``strength_min`` is named after
+    the value of its target attribute that the ``+`` side moves towards (``signed_effects``
+    > 0: value 1, "smiling"; < 0: value 0, "frowning").  Others are ``mixed_<a>+<b>`` (their
+    two largest effects) or ``weak_<a>`` when nothing moves by ``strength_min``.  Repeated
+    names get ``_2``, ``_3``, ...
+
+    Args:
+        scores: ``metrics.DirectionScore`` objects, one per direction, in order.
+        domain: their domain ("face", "cat", "car", "painting" or "scene").
+    """
+    attributes = get_domain(domain).attributes
+    names, seen = [], {}
+    for score in scores:
+        ranked = sorted(score.effects, key=score.effects.get, reverse=True)
+        top = ranked[0]
+        if score.strength < strength_min:
+            name = f"weak_{top}"
+        elif score.purity < purity_min:
+            name = f"mixed_{top}+{ranked[1]}"
+        else:
+            name = _slug(attributes[top][1 if score.signed_effects[top] > 0 else 0])
+        seen[name] = seen.get(name, 0) + 1
+        names.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return names
+
+
+def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = None, oracle_dir: str | None = None,
+                      samples_dir: str | Path | None = None, num_directions: int = 6, steps: int = 200,
+                      learning_rate: float = 1e-2, batch_size: int = 6, seed: int = 0, eval_images: int = 12,
+                      inference_steps: int = 10, target_change: float = 0.06) -> Path:
+    """Train one domain's directions on its sample folder, name them by the oracle and save them.
+
+    The same training as ``python -m noiseclr_lite train`` (``train.train_directions``) on
+    ``data/samples/<domain>``; then every direction is scored on ``eval_images`` balanced
+    held-out renders, at a scale calibrated to a mean pixel change of ``target_change``,
+    and named by :func:`name_by_oracle`.
+
+    Returns:
+        The written ``out_dir/<domain>.safetensors``.
+    """
+    from ..data import load_images
+    from ..metrics import balanced_start_images, prepare_start, score_directions
+    from ..models import ORACLE_DIR, SAMPLES_DIR, image_size, load_pipeline
+    from ..train import train_directions
+    from .oracle import Oracle
+
+    out_dir = Path(out_dir)
+    pipe = load_pipeline(model)
+    size = image_size(pipe)
+    images = load_images(Path(samples_dir or SAMPLES_DIR) / domain, size=size)
+    began = time.time()
+    directions = train_directions(pipe, images, num_directions=num_directions, steps=steps,
+                                  learning_rate=learning_rate, batch_size=batch_size, seed=seed, prefix=domain,
+                                  output_dir=out_dir / f".{domain}.ckpt", resume=True)
+    train_seconds = time.time() - began
+
+    oracle = Oracle.load(oracle_dir or ORACLE_DIR)
+    start = prepare_start(pipe, balanced_start_images(domain, eval_images, seed=seed + 1, size=size)[0],
+                          num_inference_steps=inference_steps, seed=seed)
+    scores = score_directions(pipe, oracle, directions, start, domain, target_change=target_change,
+                              calibration_images=4, calibration_iters=5)
+    directions.names = name_by_oracle(scores, domain)
+    directions.metadata.update({
+        "domain": domain,
+        "images": f"data/samples/{domain} ({len(images)} images, unlabeled)",
+        "train_seconds": round(train_seconds, 1),
+        "oracle_reading": [{**asdict(s), "name": n} for s, n in zip(scores, directions.names)],
+        "command": f"python -m noiseclr_lite.toyworld directions --domains {domain} --steps {steps} "
+                   f"--num-directions {num_directions} --lr {learning_rate}",
+    })
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{domain}.safetensors"
+    directions.save(path)
+    return path
+
+
+def write_directions_card(out_dir: str | Path) -> Path:
+    """Write ``out_dir/README.md``: every shipped set, how it was made and what the oracle reads."""
+    from ..directions import Directions
+
+    out_dir = Path(out_dir)
+    lines = ["# Shipped directions for the bundled model", "",
+             "One NoiseCLR direction set per domain, discovered without labels in `data/samples/<domain>` and",
+             "named after what the attribute oracle reads each direction changes (two-sided, on 12 balanced",
+             "held-out renders, at a scale calibrated to the same pixel change).  `mixed_a+b`: no single",
+             "attribute dominates (purity < 0.5); `weak_a`: nothing moves much.  Remade by:", "",
+             "```bash", "python -m noiseclr_lite.toyworld directions --domains face cat car painting", "```", ""]
+    for path in sorted(out_dir.glob("*.safetensors")):
+        directions = Directions.load(path)
+        meta = directions.metadata
+        reading = meta["oracle_reading"]
+        lines += [f"## {meta['domain']} (`{path.name}`)", "",
+                  f"{directions.num_directions} directions; `{meta['command']}`; "
+                  f"training took {meta['train_seconds']} s.", "",
+                  "| direction | token | target | purity | strength | scale | effects |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in reading:
+            effects = ", ".join(f"{a} {v:+.2f}" for a, v in r["signed_effects"].items())
+            lines.append(f"| {r['name']} | `{r['token']}` | {r['target']} | {r['purity']:.2f} | "
+                         f"{r['strength']:.2f} | {r['scale']:.2f} | {effects} |")
+        lines.append("")
+    card = out_dir / "README.md"
+    card.write_text("\n".join(lines))
+    return card

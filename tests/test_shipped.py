@@ -1,0 +1,42 @@
+"""Naming directions by the oracle, and the shipped direction files."""
+
+from pathlib import Path
+
+import pytest
+
+from noiseclr_lite.directions import Directions
+from noiseclr_lite.metrics import DirectionScore
+from noiseclr_lite.models import BUNDLED_MODEL, DIRECTIONS_DIR
+from noiseclr_lite.toyworld.shipped import name_by_oracle
+
+
+def _score(signed):
+    effects = {k: abs(v) for k, v in signed.items()}
+    return DirectionScore(name="", token="", domain="face", scale=1.0, effects=effects, signed_effects=signed,
+                          plus_effects=signed, minus_effects=signed,
+                          purity=max(effects.values()) / sum(effects.values()), strength=max(effects.values()),
+                          target=max(effects, key=effects.get), pixel_change=0.05, off_target=0.0)
+
+
+def test_name_by_oracle_names_the_value_the_plus_side_moves_towards():
+    scores = [
+        _score({"expression": 0.8, "hair": 0.05, "glasses": 0.0, "skin": 0.05}),    # smiles at +s
+        _score({"expression": -0.7, "hair": 0.0, "glasses": 0.1, "skin": 0.0}),     # frowns at +s
+        _score({"expression": 0.1, "hair": 0.4, "glasses": 0.0, "skin": -0.35}),    # mixed: purity 0.47
+        _score({"expression": 0.05, "hair": 0.02, "glasses": 0.1, "skin": 0.0}),    # too weak
+        _score({"expression": 0.0, "hair": 0.9, "glasses": 0.0, "skin": 0.0}),
+        _score({"expression": 0.0, "hair": 0.6, "glasses": 0.0, "skin": 0.1}),     # the same again
+    ]
+    assert name_by_oracle(scores, "face") == ["smiling", "frowning", "mixed_hair+skin", "weak_glasses",
+                                              "blond_hair", "blond_hair_2"]
+
+
+@pytest.mark.parametrize("domain", ["face", "cat", "car", "painting"])
+def test_every_domain_ships_named_directions_for_the_bundled_model(domain):
+    path = DIRECTIONS_DIR / f"{domain}.safetensors"
+    directions = Directions.load(path)
+    assert directions.metadata["domain"] == domain
+    assert len(set(directions.names)) == directions.num_directions          # names are unique slider labels
+    reading = directions.metadata["oracle_reading"]
+    assert [r["name"] for r in reading] == directions.names
+    assert Path(directions.metadata["base_model"]).name == Path(BUNDLED_MODEL).name
