@@ -216,33 +216,34 @@ def edit(pipe, edits=(), *, latents_T: torch.Tensor | None = None,
 
 def edit_grid(pipe, directions, indices, scales, window: tuple[float, float] = (1.0, 0.0),
               **edit_kwargs) -> list:
-    """One image edited by each direction at each scale: rows = ``indices``, columns = ``scales``.
+    """Images edited by each direction at each scale: rows = ``indices``, columns = images x ``scales``.
 
     Args:
         directions: a ``Directions`` object.
         indices: the directions to show (indices, tokens or names).
         scales: the slider values, e.g. ``[-4, -2, 0, 2, 4]``.
         window: the step window for every edit (see :class:`DirectionEdit`).
-        **edit_kwargs: passed to :func:`edit` (``inversion=``, ``seed=``, ``prompt=``, ...);
-            use one image (``batch_size=1`` or a one-image inversion).
+        **edit_kwargs: passed to :func:`edit` (``inversion=``, ``seed=``, ``prompt=``, ...).
+            An inversion of B images (or ``batch_size=B``) edits all B at once.
 
     Returns:
-        ``grid[row][col]``, a ``PIL.Image`` per direction and scale (scale 0 is computed
-        once and shared by every row).
+        ``grid[row][col]``, a ``PIL.Image`` per direction (row) and per image and scale
+        (column ``b * len(scales) + s``: image b at ``scales[s]``); with one image, simply
+        one column per scale.  Scale 0 is computed once and shared by every row.
     """
     edit_kwargs.pop("return_latents", None)
     unedited = None
     grid = []
     for index in indices:
-        row = []
+        per_scale = []                                   # per_scale[s][b]
         for scale in scales:
             if scale == 0:
                 if unedited is None:
-                    unedited = edit(pipe, [], **edit_kwargs)[0]
-                row.append(unedited)
+                    unedited = edit(pipe, [], **edit_kwargs)
+                per_scale.append(unedited)
             else:
-                row.append(edit(pipe, [DirectionEdit(directions, index, scale, window)], **edit_kwargs)[0])
-        grid.append(row)
+                per_scale.append(edit(pipe, [DirectionEdit(directions, index, scale, window)], **edit_kwargs))
+        grid.append([per_scale[s][b] for b in range(len(per_scale[0])) for s in range(len(scales))])
     return grid
 
 

@@ -7,11 +7,44 @@ The same call loads the bundled 64 px world model on a laptop CPU and Stable Dif
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """Silence diffusers' and transformers' loading bars and info/warning logs for a local load.
+
+    A local folder loads in a fraction of a second; its progress bars and the notes about
+    optional image-processor backends only clutter notebook outputs.  Errors still show.
+    Hub downloads keep their progress bars (they can take minutes).
+    """
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    bars = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(levels[0])
+        transformers_logging.set_verbosity(levels[1])
+        if bars[0]:
+            diffusers_logging.enable_progress_bar()
+        if bars[1]:
+            transformers_logging.enable_progress_bar()
+
+
+# the pipeline module imports CLIPImageProcessor, whose torchvision note is noise here (we never process images with it)
+with _quiet_loading():
+    from diffusers import StableDiffusionPipeline
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
@@ -65,9 +98,10 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
             raise FileNotFoundError(
                 f"{path} is a folder but not a diffusers pipeline (no model_index.json); point --model "
                 f"at the folder that holds model_index.json, unet/, vae/, text_encoder/ and tokenizer/")
-        pipe = StableDiffusionPipeline.from_pretrained(
-            path, dtype=dtype, safety_checker=None, requires_safety_checker=False,
-            local_files_only=True)
+        with _quiet_loading():
+            pipe = StableDiffusionPipeline.from_pretrained(
+                path, dtype=dtype, safety_checker=None, requires_safety_checker=False,
+                local_files_only=True)
     elif model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise FileNotFoundError(f"model folder {model} does not exist; give an existing folder or a hub id "
                                 f"like {SD15_MODEL!r}")
@@ -81,12 +115,12 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
     return pipe
 
 
-@torch.no_grad()
 def image_size(pipe: StableDiffusionPipeline) -> int:
     """The pixel size the pipeline's UNet was trained at: 64 for the bundled model, 512 for SD 1.5."""
     return pipe.unet.config.sample_size * pipe.vae_scale_factor
 
 
+@torch.no_grad()
 def encode_images(pipe: StableDiffusionPipeline, images: torch.Tensor, sample: bool = False,
                   generator: torch.Generator | None = None, batch_size: int = 32) -> torch.Tensor:
     """VAE-encode images to scaled latents, as the UNet sees them.

@@ -131,6 +131,17 @@ def test_edit_grid(world):
     assert not np.array_equal(np.asarray(grid[0][0]), np.asarray(grid[0][2]))
 
 
+def test_edit_grid_edits_a_batch_of_images_in_one_call_per_scale(world):
+    scales = [-2.0, 0.0, 2.0]
+    with unet_batches(world.pipe) as sizes:
+        grid = edit_grid(world.pipe, world.faces, [0], scales, num_inference_steps=1, seed=1, batch_size=2)
+    assert sizes == [4, 2, 4]                         # 2 images x (edit + empty) per edited scale
+    assert len(grid[0]) == 6                          # image-major: image 0 at -2, 0, +2, then image 1
+    alone = edit(world.pipe, [DirectionEdit(world.faces, 0, 2.0)], num_inference_steps=1, seed=1, batch_size=2)
+    assert np.array_equal(np.asarray(grid[0][2]), np.asarray(alone[0]))
+    assert np.array_equal(np.asarray(grid[0][5]), np.asarray(alone[1]))
+
+
 def test_bad_arguments(world):
     with pytest.raises(ValueError, match="window"):
         DirectionEdit(world.faces, 0, 1.0, window=(0.2, 0.8))

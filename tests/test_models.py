@@ -52,3 +52,13 @@ def test_encode_decode_shapes_and_ranges(tiny_pipe):
     assert not torch.equal(sampled, latents)
     pictures = decode_latents(tiny_pipe, latents, batch_size=2)
     assert len(pictures) == 3 and pictures[0].size == (32, 32) and pictures[0].mode == "RGB"
+
+
+def test_loading_a_local_folder_prints_no_progress_bars_and_restores_logging(tiny_pipe_dir, capfd):
+    import diffusers.utils.logging as diffusers_logging
+
+    before = diffusers_logging.get_verbosity()
+    load_pipeline(tiny_pipe_dir, device="cpu")
+    err = capfd.readouterr().err
+    assert "Loading" not in err and "it/s" not in err
+    assert diffusers_logging.get_verbosity() == before and diffusers_logging.is_progress_bar_enabled()
