@@ -31,6 +31,18 @@ def test_name_by_oracle_names_the_value_the_plus_side_moves_towards():
                                               "blond_hair", "blond_hair_2"]
 
 
+def test_ranked_names_puts_the_cleanest_direction_first(tiny_pipe):
+    from noiseclr_lite.toyworld.shipped import ranked_names
+
+    directions = Directions.create(tiny_pipe, 3, seed=0)
+    assert ranked_names(directions) == directions.names          # no oracle reading: own order
+    directions.names = ["a", "b", "c"]
+    directions.metadata["oracle_reading"] = [{"name": "a", "purity": 0.5, "strength": 0.2},
+                                             {"name": "b", "purity": 0.9, "strength": 0.8},
+                                             {"name": "c", "purity": 1.0, "strength": 0.3}]
+    assert ranked_names(directions) == ["b", "c", "a"]
+
+
 @pytest.mark.parametrize("domain", ["face", "cat", "car", "painting"])
 def test_every_domain_ships_named_directions_for_the_bundled_model(domain):
     path = DIRECTIONS_DIR / f"{domain}.safetensors"

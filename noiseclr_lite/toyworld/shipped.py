@@ -58,6 +58,19 @@ def name_by_oracle(scores: Sequence, domain: str, purity_min: float = NAME_PURIT
     return names
 
 
+def ranked_names(directions) -> list[str]:
+    """A shipped set's direction names, cleanest first (by the oracle: purity x strength).
+
+    Reads the ``oracle_reading`` that :func:`train_shipped_set` saved in the metadata; a set
+    without one (trained elsewhere) keeps its own order.
+    """
+    reading = directions.metadata.get("oracle_reading")
+    if not reading:
+        return list(directions.names)
+    quality = {row["name"]: row["purity"] * row["strength"] for row in reading}
+    return sorted(directions.names, key=lambda name: -quality.get(name, 0.0))
+
+
 def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = None, oracle_dir: str | None = None,
                       samples_dir: str | Path | None = None, num_directions: int = 6, steps: int = 200,
                       learning_rate: float = 1e-2, batch_size: int = 6, seed: int = 0, eval_images: int = 12,

@@ -13,7 +13,8 @@ Needs Debian's ``chromium`` (``/usr/bin/chromium``) and the ``playwright`` Pytho
 ``notebook`` (>= 7) for the Notebook 7 case.  A case is skipped when what it needs is
 missing, unless ``NOISECLR_REQUIRE_BROWSER=1`` (``.ci/run`` sets it): then it fails.
 
-To test another notebook that displays an ``EditPanel`` (e.g. the composing-edits tutorial),
+``NOTEBOOK`` is the composing-edits tutorial with the shipped face and cat directions on the
+bundled model, as a student opens it.  To test another notebook that displays an ``EditPanel``,
 change ``NOTEBOOK``, and the expected slider count ``SLIDERS`` and slider indices
 ``FIRST_SLIDER``/``SECOND_SLIDER`` if its panel differs; the test relies only on the panel's
 CSS classes (``noiseclr-current``, ``noiseclr-slider``, ``noiseclr-status``) and on the
@@ -43,9 +44,9 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 #: The notebook to open, relative to the repository root (the server's root folder).
-NOTEBOOK = "tests/browser/panel_tiny.ipynb"
-SLIDERS = 5  # direction sliders the notebook's panel shows (3 face + 2 cat)
-FIRST_SLIDER, SECOND_SLIDER = 0, 3  # moved to their max, then min: a face and a cat direction
+NOTEBOOK = "notebooks/06_composing_edits.ipynb"
+SLIDERS = 12  # direction sliders the notebook's panel shows (the shipped sets: 6 face + 6 cat)
+FIRST_SLIDER, SECOND_SLIDER = 0, 6  # moved to their max, then min: a face and a cat direction
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 #: frontend -> (python -m MODULE, its config class, the URL path that opens a notebook)
