@@ -87,7 +87,7 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
     """
     from ..data import load_images
     from ..metrics import balanced_start_images, prepare_start, score_directions
-    from ..models import ORACLE_DIR, SAMPLES_DIR, image_size, load_pipeline
+    from ..models import ORACLE_DIR, REPO_ROOT, SAMPLES_DIR, image_size, load_pipeline
     from ..train import train_directions
     from .oracle import Oracle
 
@@ -98,7 +98,7 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
     began = time.time()
     directions = train_directions(pipe, images, num_directions=num_directions, steps=steps,
                                   learning_rate=learning_rate, batch_size=batch_size, seed=seed, prefix=domain,
-                                  output_dir=out_dir / f".{domain}.ckpt", resume=True)
+                                  output_dir=REPO_ROOT / "checkpoints" / "directions" / domain, resume=True)
     train_seconds = time.time() - began
 
     oracle = Oracle.load(oracle_dir or ORACLE_DIR)
