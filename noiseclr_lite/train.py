@@ -288,6 +288,8 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
                               "step": torch.tensor(done), "history": torch.tensor(history, dtype=torch.float64),
                               "config": json.dumps(asdict(cfg))}, ckpt_path)
     bar.close()
+    if cfg.gradient_checkpointing:   # the pipeline is the caller's: leave it as it came (fast inference)
+        unet.disable_gradient_checkpointing()
 
     directions.embeddings = accelerator.unwrap_model(params).weight.detach().cpu().clone()
     directions.metadata.update({"training": json.dumps(asdict(cfg)), "loss_history": json.dumps(history),

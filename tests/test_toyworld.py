@@ -175,3 +175,20 @@ def test_decoder_finetuning_keeps_the_latent_space(tmp_path):
         assert torch.allclose(before.encode(x).latent_dist.mean, after.encode(x).latent_dist.mean, atol=1e-2)
         assert not torch.allclose(before.decoder.conv_out.weight, after.decoder.conv_out.weight.float())
     assert (tmp_path / "work" / "decoder_ckpt.pt").exists()
+
+
+def test_oracle_card_lists_every_head_against_its_bars(tmp_path):
+    import json
+
+    from noiseclr_lite.toyworld.oracle import write_oracle_card
+
+    card = {"steps": 10, "batch": 4, "lr": 0.002, "seed": 0,
+            "held_out_renders": {"domain": 1.0, "face.expression": 0.97, "face.hair": 0.99},
+            "held_out_vae_reconstructions": {"domain": 1.0, "face.expression": 0.99, "face.hair": 0.94}}
+    (tmp_path / "config.json").write_text(json.dumps({"width": 8, "card": card}))
+    text = write_oracle_card(tmp_path).read_text()
+    assert "| face.expression | 0.970 | 0.990 |" in text
+    assert "**Below the bars:** face.expression, face.hair." in text    # 0.97 < 98% renders; 0.94 < 95% recon
+    (tmp_path / "config.json").write_text(json.dumps({"width": 8}))
+    with pytest.raises(ValueError, match="no training card"):
+        write_oracle_card(tmp_path)

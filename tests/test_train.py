@@ -171,9 +171,10 @@ def test_gradient_checkpointing_gives_the_same_directions(tmp_path):
     from noiseclr_lite.testing import tiny_pipeline
 
     plain = train_directions(tiny_pipeline(0, tmp_path / "a"), _images(), progress=False, **FAST)
-    checkpointed = train_directions(tiny_pipeline(0, tmp_path / "b"), _images(), progress=False,
-                                    gradient_checkpointing=True, **FAST)
+    pipe = tiny_pipeline(0, tmp_path / "b")
+    checkpointed = train_directions(pipe, _images(), progress=False, gradient_checkpointing=True, **FAST)
     assert torch.allclose(plain.embeddings, checkpointed.embeddings, atol=1e-5)
+    assert not pipe.unet.is_gradient_checkpointing     # the caller's pipeline is left as it came
 
 
 def test_bf16_autocast_runs_and_stays_close(tmp_path):

@@ -67,6 +67,8 @@ class Oracle(nn.Module):
         save_file({k: v.contiguous() for k, v in self.state_dict().items()}, folder / "model.safetensors")
         config = {"width": self.width, "domains": DOMAIN_NAMES, "heads": [f"{d}.{a}" for d, a in HEADS]}
         (folder / "config.json").write_text(json.dumps({**config, **(card or {})}, indent=1))
+        if card and "card" in card:
+            write_oracle_card(folder)
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "Oracle":
@@ -81,6 +83,50 @@ class Oracle(nn.Module):
         oracle = cls(config["width"])
         oracle.load_state_dict(load_file(folder / "model.safetensors"))
         return oracle.eval()
+
+
+#: The bars of the world-model issue: per-attribute accuracy on renders and on VAE reconstructions.
+RENDER_BAR, RECONSTRUCTION_BAR = 0.98, 0.95
+
+
+def write_oracle_card(folder: str | os.PathLike) -> Path:
+    """Write ``folder/README.md``, the oracle's card, from the training card in ``config.json``.
+
+    Lists the training settings and the held-out accuracy of every head on renders and on VAE
+    reconstructions, each against its bar (>= 98% and >= 95%), and says which heads miss it.
+    """
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    card = config.get("card")
+    if not card:
+        raise ValueError(f"{folder}/config.json has no training card; retrain with "
+                         f"`python -m noiseclr_lite.toyworld train-oracle --out {folder}`")
+    renders, recon = card["held_out_renders"], card.get("held_out_vae_reconstructions", {})
+    lines = ["# The attribute oracle", "",
+             "A small multi-head CNN that reads the bundled world's images: the domain (5 classes) and",
+             "P(value 1) of each of the 24 binary attributes (`domain.attribute`). It is what",
+             "`noiseclr_lite.metrics` scores directions with. Trained on fresh renders, augmented with blur,",
+             "colour jitter, shifts and noise, and mixed with VAE reconstructions so that it also reads",
+             "decoded and generated images.", "",
+             f"- training: {card['steps']} steps, batch {card['batch']}, AdamW one-cycle lr {card['lr']}, "
+             f"seed {card['seed']}",
+             "- command: `python -m noiseclr_lite.toyworld train-oracle --vae data/models/toyworld-sd "
+             f"--steps {card['steps']} --batch {card['batch']} --lr {card['lr']}`", "",
+             f"## Held-out accuracy (bars: renders >= {RENDER_BAR:.0%}, VAE reconstructions >= "
+             f"{RECONSTRUCTION_BAR:.0%})", "",
+             "| head | renders | VAE reconstructions |", "|---|---|---|"]
+    missed = []
+    for head, value in renders.items():
+        other = recon.get(head)
+        if value < RENDER_BAR or (other is not None and other < RECONSTRUCTION_BAR):
+            missed.append(head)
+        lines.append(f"| {head} | {value:.3f} | {'' if other is None else f'{other:.3f}'} |")
+    lines += ["", ("Every head clears its bars." if not missed else
+                   f"**Below the bars:** {', '.join(missed)}. Scores that involve these heads are less reliable; "
+                   "read them with that in mind.")]
+    path = folder / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def label_targets(labels: list[tuple[str, dict[str, int]]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
