@@ -43,6 +43,16 @@ def test_ranked_names_puts_the_cleanest_direction_first(tiny_pipe):
     assert ranked_names(directions) == ["b", "c", "a"]
 
 
+def test_calibrated_scales_come_from_the_oracle_reading_or_the_default(tiny_pipe):
+    from noiseclr_lite.toyworld.shipped import calibrated_scales
+
+    directions = Directions.create(tiny_pipe, 2, seed=0)
+    directions.names = ["a", "b"]
+    assert calibrated_scales(directions, default=3.0) == {"a": 3.0, "b": 3.0}
+    directions.metadata["oracle_reading"] = [{"name": "a", "scale": 7.5}]
+    assert calibrated_scales(directions) == {"a": 7.5, "b": 4.0}
+
+
 @pytest.mark.parametrize("domain", ["face", "cat", "car", "painting"])
 def test_every_domain_ships_named_directions_for_the_bundled_model(domain):
     path = DIRECTIONS_DIR / f"{domain}.safetensors"

@@ -71,6 +71,17 @@ def ranked_names(directions) -> list[str]:
     return sorted(directions.names, key=lambda name: -quality.get(name, 0.0))
 
 
+def calibrated_scales(directions, default: float = 4.0) -> dict[str, float]:
+    """``{name: scale}``: for each direction of a shipped set, the scale at which the oracle scored it.
+
+    That scale was calibrated so that every direction changes the same share of pixels
+    (``target_change``), which makes a grid at ``-scale, 0, +scale`` compare like with like.
+    Directions without an ``oracle_reading`` (a set trained elsewhere) get ``default``.
+    """
+    reading = {row["name"]: row["scale"] for row in directions.metadata.get("oracle_reading") or []}
+    return {name: float(reading.get(name, default)) for name in directions.names}
+
+
 def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = None, oracle_dir: str | None = None,
                       samples_dir: str | Path | None = None, num_directions: int = 6, steps: int = 200,
                       learning_rate: float = 1e-2, batch_size: int = 6, seed: int = 0, eval_images: int = 12,
