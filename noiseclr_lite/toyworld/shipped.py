@@ -119,6 +119,8 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
                               calibration_images=4, calibration_iters=5)
     directions.names = name_by_oracle(scores, domain)
     directions.metadata.update({
+        # a path relative to the repository, not this machine's absolute path
+        "base_model": "data/models/toyworld-sd" if model is None else str(model),
         "domain": domain,
         "images": f"data/samples/{domain} ({len(images)} images, unlabeled)",
         "train_seconds": round(train_seconds, 1),
