@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from .data import to_pil
+from .grid import check_grid
 
 
 def _as_pil_list(images) -> list[Image.Image]:
@@ -74,15 +75,9 @@ def show_grid(grid: Sequence[Sequence], row_labels: Sequence[str] | None = None,
 
     Row labels are written on the left of each row, column labels above the first row.
     """
-    if not grid or not grid[0]:
-        raise ValueError("show_grid needs at least one row with one image")
+    check_grid(grid, row_labels, col_labels, "show_grid")
     rows = [_as_pil_list(row) for row in grid]
     ncols = len(rows[0])
-    if any(len(row) != ncols for row in rows):
-        raise ValueError(f"every row must have {ncols} images; got lengths {[len(r) for r in rows]}")
-    for labels, count, what in ((row_labels, len(rows), "row"), (col_labels, ncols, "column")):
-        if labels is not None and len(labels) != count:
-            raise ValueError(f"{len(labels)} {what} labels for {count} {what}s")
     fig, axes = plt.subplots(len(rows), ncols, figsize=(size * ncols + 1.2, size * len(rows) + 0.5), squeeze=False)
     for r, row in enumerate(rows):
         for c, image in enumerate(row):

@@ -142,7 +142,6 @@ def direction_features(pipe, directions: Directions, latents: torch.Tensor, time
     t = torch.tensor([timestep])
     noisy = pipe.scheduler.add_noise(latents, noise, t).to(pipe.device, pipe.unet.dtype)
     t = t.to(pipe.device)
-    directions.install(pipe)
     empty = empty_conditioning(pipe)
     empty_eps = pipe.unet(noisy, t.expand(len(noisy)), empty.expand(len(noisy), -1, -1)).sample
     return edit_features(pipe.unet, noisy, t, directions.conditioning(pipe), empty_eps).cpu()
