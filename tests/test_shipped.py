@@ -62,3 +62,15 @@ def test_every_domain_ships_named_directions_for_the_bundled_model(domain):
     reading = directions.metadata["oracle_reading"]
     assert [r["name"] for r in reading] == directions.names
     assert Path(directions.metadata["base_model"]).name == Path(BUNDLED_MODEL).name
+
+
+def test_a_direction_checkpoint_is_keyed_by_the_model_weights(tiny_pipe):
+    import torch
+
+    from noiseclr_lite.toyworld.shipped import _weights_key
+
+    before = _weights_key(tiny_pipe)
+    assert _weights_key(tiny_pipe) == before
+    with torch.no_grad():
+        tiny_pipe.unet.conv_in.weight.add_(1e-3)       # the model trained a little further
+    assert _weights_key(tiny_pipe) != before             # so an older checkpoint is not resumed

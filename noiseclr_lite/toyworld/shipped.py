@@ -82,6 +82,20 @@ def calibrated_scales(directions, default: float = 4.0) -> dict[str, float]:
     return {name: float(reading.get(name, default)) for name in directions.names}
 
 
+def _weights_key(pipe) -> str:
+    """A short fingerprint of the model's weights, so a checkpoint made against other weights is never resumed.
+
+    Hashes the text encoder's token embeddings and the UNet's first convolution: both change
+    whenever the model is trained further.
+    """
+    import hashlib
+
+    digest = hashlib.sha1()
+    for tensor in (pipe.text_encoder.get_input_embeddings().weight, pipe.unet.conv_in.weight):
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:10]
+
+
 def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = None, oracle_dir: str | None = None,
                       samples_dir: str | Path | None = None, num_directions: int = 6, steps: int = 200,
                       learning_rate: float = 1e-2, batch_size: int = 6, seed: int = 0, eval_images: int = 12,
@@ -109,7 +123,8 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
     began = time.time()
     directions = train_directions(pipe, images, num_directions=num_directions, steps=steps,
                                   learning_rate=learning_rate, batch_size=batch_size, seed=seed, prefix=domain,
-                                  output_dir=REPO_ROOT / "checkpoints" / "directions" / domain, resume=True)
+                                  output_dir=REPO_ROOT / "checkpoints" / "directions" / f"{domain}-{_weights_key(pipe)}",
+                                  resume=True)
     train_seconds = time.time() - began
 
     oracle = Oracle.load(oracle_dir or ORACLE_DIR)
