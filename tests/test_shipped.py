@@ -74,3 +74,35 @@ def test_a_direction_checkpoint_is_keyed_by_the_model_weights(tiny_pipe):
     with torch.no_grad():
         tiny_pipe.unet.conv_in.weight.add_(1e-3)       # the model trained a little further
     assert _weights_key(tiny_pipe) != before             # so an older checkpoint is not resumed
+
+
+def test_train_shipped_set_and_the_card_end_to_end(tiny_pipe_dir, tmp_path):
+    """The `directions` command's two steps on the tiny model: a named, described set, then its card."""
+    import torch
+
+    from noiseclr_lite.toyworld.oracle import Oracle
+    from noiseclr_lite.toyworld.samples import write_sample_folders
+    from noiseclr_lite.toyworld.shipped import train_shipped_set, write_directions_card
+
+    torch.manual_seed(0)
+    Oracle(width=8).save(tmp_path / "oracle")     # untrained: the names are arbitrary, the plumbing is not
+    write_sample_folders(tmp_path / "samples", per_domain=4, domains=["cat"])
+    path = train_shipped_set("cat", tmp_path / "out", model=str(tiny_pipe_dir), oracle_dir=str(tmp_path / "oracle"),
+                             samples_dir=tmp_path / "samples", num_directions=2, steps=2, batch_size=2, seed=3,
+                             eval_images=2, inference_steps=2, checkpoint_dir=tmp_path / "ckpt")
+
+    assert path == tmp_path / "out" / "cat.safetensors"
+    directions = Directions.load(path)
+    meta = directions.metadata
+    assert directions.num_directions == 2 and len(set(directions.names)) == 2
+    assert meta["domain"] == "cat" and meta["images"].startswith("data/samples/cat (4 images")
+    assert [r["name"] for r in meta["oracle_reading"]] == directions.names
+    # the recorded command remakes this file: every setting that changes it is on it
+    assert meta["command"] == ("python -m noiseclr_lite.toyworld directions --domains cat --steps 2 "
+                               "--num-directions 2 --lr 0.01 --batch-size 2 --seed 3 --eval-images 2")
+    assert any((tmp_path / "ckpt").iterdir())     # checkpoints went where asked, not into the repository
+
+    card = write_directions_card(tmp_path / "out").read_text()
+    assert "## cat (`cat.safetensors`)" in card and meta["command"] in card
+    for name in directions.names:
+        assert f"| {name} |" in card

@@ -99,13 +99,16 @@ def _weights_key(pipe) -> str:
 def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = None, oracle_dir: str | None = None,
                       samples_dir: str | Path | None = None, num_directions: int = 6, steps: int = 200,
                       learning_rate: float = 1e-2, batch_size: int = 6, seed: int = 0, eval_images: int = 12,
-                      inference_steps: int = 10, target_change: float = 0.06) -> Path:
+                      inference_steps: int = 10, target_change: float = 0.06,
+                      checkpoint_dir: str | Path | None = None) -> Path:
     """Train one domain's directions on its sample folder, name them by the oracle and save them.
 
     The same training as ``python -m noiseclr_lite train`` (``train.train_directions``) on
     ``data/samples/<domain>``; then every direction is scored on ``eval_images`` balanced
     held-out renders, at a scale calibrated to a mean pixel change of ``target_change``,
-    and named by :func:`name_by_oracle`.
+    and named by :func:`name_by_oracle`.  Training checkpoints go to
+    ``checkpoint_dir/<domain>-<weights key>`` (default ``checkpoints/directions``), so an
+    interrupted run resumes, and a model trained further starts afresh.
 
     Returns:
         The written ``out_dir/<domain>.safetensors``.
@@ -123,7 +126,8 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
     began = time.time()
     directions = train_directions(pipe, images, num_directions=num_directions, steps=steps,
                                   learning_rate=learning_rate, batch_size=batch_size, seed=seed, prefix=domain,
-                                  output_dir=REPO_ROOT / "checkpoints" / "directions" / f"{domain}-{_weights_key(pipe)}",
+                                  output_dir=Path(checkpoint_dir or REPO_ROOT / "checkpoints" / "directions")
+                                  / f"{domain}-{_weights_key(pipe)}",
                                   resume=True)
     train_seconds = time.time() - began
 
@@ -140,8 +144,10 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
         "images": f"data/samples/{domain} ({len(images)} images, unlabeled)",
         "train_seconds": round(train_seconds, 1),
         "oracle_reading": [{**asdict(s), "name": n} for s, n in zip(scores, directions.names)],
+        # every setting that changes the result, so that the command remakes this very file
         "command": f"python -m noiseclr_lite.toyworld directions --domains {domain} --steps {steps} "
-                   f"--num-directions {num_directions} --lr {learning_rate}",
+                   f"--num-directions {num_directions} --lr {learning_rate} --batch-size {batch_size} "
+                   f"--seed {seed} --eval-images {eval_images}",
     })
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{domain}.safetensors"
