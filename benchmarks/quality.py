@@ -117,11 +117,27 @@ class Settings:
                 "timestep_range": tuple(self.timestep_range), "batch_size": self.batch_size,
                 "negatives_per_step": self.negatives, "tau": self.tau, "loss": loss, "seed": seed}
 
-    def fingerprint(self) -> str:
-        """Hash of every setting that changes a (domain, method, seed) result (for ``--resume``)."""
+    def fingerprint(self, weights: str = "") -> str:
+        """Hash of every setting that changes a (domain, method, seed) result (for ``--resume``),
+        and of ``weights`` (:func:`weights_key`): paths alone would let a retrained model or
+        oracle in the same folder read back scores measured with the old one."""
         skip = {"domains", "seeds", "interference", "grid_images", "interference_images", "quick"}
         kept = {k: v for k, v in asdict(self).items() if k not in skip}
+        kept["weights"] = weights
         return hashlib.sha256(json.dumps(kept, sort_keys=True, default=list).encode()).hexdigest()[:12]
+
+
+def weights_key(pipe, oracle) -> str:
+    """A short key of the pipeline's and the oracle's weights (the cache is keyed by it)."""
+    from noiseclr_lite.toyworld.shipped import _weights_key
+
+    digest = hashlib.sha1(_weights_key(pipe).encode())
+    if isinstance(oracle, torch.nn.Module):
+        for name, tensor in sorted(oracle.state_dict().items()):
+            digest.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
+    else:  # a stand-in without weights (the tests'): its type is all there is
+        digest.update(type(oracle).__qualname__.encode())
+    return digest.hexdigest()[:10]
 
 
 #: defaults of a full run and of ``--quick`` (explicit flags override either)
@@ -636,7 +652,7 @@ def run_benchmark(pipe, oracle, settings: Settings, out_dir: str | os.PathLike =
     out_dir.mkdir(parents=True, exist_ok=True)
     stages = stages or Stages(log)
     stem = "quality" + (f"-{tag}" if tag else "")
-    cache = out_dir / "cache" / settings.fingerprint() if resume else None
+    cache = out_dir / "cache" / settings.fingerprint(weights_key(pipe, oracle)) if resume else None
     per_domain, starts = {}, {}
     for domain in settings.domains:
         starts[domain], per_domain[domain] = run_domain(pipe, oracle, domain, settings, stages, cache, progress)

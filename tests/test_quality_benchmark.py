@@ -179,3 +179,18 @@ def test_command_line_flags_and_quick_defaults():
     assert full.fingerprint() != settings.fingerprint()
     assert quality.text_directions("cat").prompts == ["orange fur", "striped", "pointy ears", "green eyes"]
     assert len(quality.text_directions("car", "both").prompts) == 8
+
+
+def test_the_cache_key_follows_the_weights_not_only_the_paths(tiny_pipe):
+    """A retrained oracle (or model) saved in the same folder must not read back old scores."""
+    from noiseclr_lite.toyworld.oracle import Oracle
+
+    torch.manual_seed(0)
+    oracle = Oracle(width=8)
+    settings = quality.Settings()
+    before = settings.fingerprint(quality.weights_key(tiny_pipe, oracle))
+    assert settings.fingerprint(quality.weights_key(tiny_pipe, oracle)) == before          # deterministic
+    with torch.no_grad():
+        oracle.head[-1].bias.add_(1e-3)                                                     # the oracle retrained
+    assert settings.fingerprint(quality.weights_key(tiny_pipe, oracle)) != before
+    assert quality.weights_key(tiny_pipe, StatsOracle()) == quality.weights_key(tiny_pipe, StatsOracle())

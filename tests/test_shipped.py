@@ -106,3 +106,12 @@ def test_train_shipped_set_and_the_card_end_to_end(tiny_pipe_dir, tmp_path):
     assert "## cat (`cat.safetensors`)" in card and meta["command"] in card
     for name in directions.names:
         assert f"| {name} |" in card
+
+
+def test_the_weights_key_ignores_learned_direction_tokens(tiny_pipe):
+    """Training directions appends token rows; the model itself is unchanged, so is its key."""
+    from noiseclr_lite.toyworld.shipped import _weights_key
+
+    before = _weights_key(tiny_pipe)
+    Directions.create(tiny_pipe, 3, prefix="k").install(tiny_pipe)
+    assert _weights_key(tiny_pipe) == before

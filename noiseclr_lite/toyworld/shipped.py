@@ -85,13 +85,16 @@ def calibrated_scales(directions, default: float = 4.0) -> dict[str, float]:
 def _weights_key(pipe) -> str:
     """A short fingerprint of the model's weights, so a checkpoint made against other weights is never resumed.
 
-    Hashes the text encoder's token embeddings and the UNet's first convolution: both change
-    whenever the model is trained further.
+    Hashes the text encoder's position embeddings and the UNet's first convolution: both change
+    whenever the model is trained further.  Not the token embeddings: learning directions
+    appends rows to them, and the same model must keep its key.
     """
     import hashlib
 
+    # found by name: transformers 4 nests it under `text_model.`, transformers 5 does not
+    position = next(p for n, p in pipe.text_encoder.named_parameters() if n.endswith("position_embedding.weight"))
     digest = hashlib.sha1()
-    for tensor in (pipe.text_encoder.get_input_embeddings().weight, pipe.unet.conv_in.weight):
+    for tensor in (position, pipe.unet.conv_in.weight):
         digest.update(tensor.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()[:10]
 
