@@ -119,7 +119,7 @@ class Settings:
 
     def fingerprint(self, weights: str = "") -> str:
         """Hash of every setting that changes a (domain, method, seed) result (for ``--resume``),
-        and of ``weights`` (:func:`weights_key`): paths alone would let a retrained model or
+        and of ``weights`` (:func:`cache_key`): paths alone would let a retrained model or
         oracle in the same folder read back scores measured with the old one."""
         skip = {"domains", "seeds", "interference", "grid_images", "interference_images", "quick"}
         kept = {k: v for k, v in asdict(self).items() if k not in skip}
@@ -127,17 +127,15 @@ class Settings:
         return hashlib.sha256(json.dumps(kept, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
 
-def weights_key(pipe, oracle) -> str:
-    """A short key of the pipeline's and the oracle's weights (the cache is keyed by it)."""
-    from noiseclr_lite.toyworld.shipped import _weights_key
+def cache_key(pipe, oracle) -> str:
+    """``models.weights_key`` of everything a score depends on: the text encoder, the UNet, the VAE
+    (edits are decoded by it, so a fine-tuned decoder changes every score) and the oracle."""
+    from noiseclr_lite.models import weights_key
 
-    digest = hashlib.sha1(_weights_key(pipe).encode())
     if isinstance(oracle, torch.nn.Module):
-        for name, tensor in sorted(oracle.state_dict().items()):
-            digest.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
-    else:  # a stand-in without weights (the tests'): its type is all there is
-        digest.update(type(oracle).__qualname__.encode())
-    return digest.hexdigest()[:10]
+        return weights_key(pipe.text_encoder, pipe.unet, pipe.vae, oracle)
+    # a stand-in without weights (the tests'): its type is all there is
+    return weights_key(pipe.text_encoder, pipe.unet, pipe.vae) + type(oracle).__qualname__
 
 
 #: defaults of a full run and of ``--quick`` (explicit flags override either)
@@ -652,7 +650,7 @@ def run_benchmark(pipe, oracle, settings: Settings, out_dir: str | os.PathLike =
     out_dir.mkdir(parents=True, exist_ok=True)
     stages = stages or Stages(log)
     stem = "quality" + (f"-{tag}" if tag else "")
-    cache = out_dir / "cache" / settings.fingerprint(weights_key(pipe, oracle)) if resume else None
+    cache = out_dir / "cache" / settings.fingerprint(cache_key(pipe, oracle)) if resume else None
     per_domain, starts = {}, {}
     for domain in settings.domains:
         starts[domain], per_domain[domain] = run_domain(pipe, oracle, domain, settings, stages, cache, progress)

@@ -115,6 +115,24 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
     return pipe
 
 
+def weights_key(*modules: torch.nn.Module) -> str:
+    """A short hash of every weight of ``modules`` (e.g. ``pipe.unet, pipe.vae, oracle``).
+
+    Keys caches and checkpoints by what the weights *are*, not where they were loaded from, so a
+    model retrained in the same folder never reads back results made with the old one.  Token
+    embedding matrices are skipped: learning directions appends rows to them, and the model
+    must keep its key.
+    """
+    import hashlib
+
+    digest = hashlib.sha1()
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            if not name.endswith("token_embedding.weight"):
+                digest.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:10]
+
+
 def image_size(pipe: StableDiffusionPipeline) -> int:
     """The pixel size the pipeline's UNet was trained at: 64 for the bundled model, 512 for SD 1.5."""
     return pipe.unet.config.sample_size * pipe.vae_scale_factor

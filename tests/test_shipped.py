@@ -64,16 +64,19 @@ def test_every_domain_ships_named_directions_for_the_bundled_model(domain):
     assert Path(directions.metadata["base_model"]).name == Path(BUNDLED_MODEL).name
 
 
-def test_a_direction_checkpoint_is_keyed_by_the_model_weights(tiny_pipe):
+def test_weights_key_follows_the_weights_and_ignores_learned_direction_tokens(tiny_pipe):
     import torch
 
-    from noiseclr_lite.toyworld.shipped import _weights_key
+    from noiseclr_lite.models import weights_key
 
-    before = _weights_key(tiny_pipe)
-    assert _weights_key(tiny_pipe) == before
+    modules = (tiny_pipe.text_encoder, tiny_pipe.unet, tiny_pipe.vae)
+    before = weights_key(*modules)
+    assert weights_key(*modules) == before
+    Directions.create(tiny_pipe, 3, prefix="k").install(tiny_pipe)   # appends token rows: same model
+    assert weights_key(*modules) == before
     with torch.no_grad():
-        tiny_pipe.unet.conv_in.weight.add_(1e-3)       # the model trained a little further
-    assert _weights_key(tiny_pipe) != before             # so an older checkpoint is not resumed
+        tiny_pipe.vae.decoder.conv_out.bias.add_(1e-3)               # a fine-tuned decoder: another model
+    assert weights_key(*modules) != before
 
 
 def test_train_shipped_set_and_the_card_end_to_end(tiny_pipe_dir, tmp_path):
@@ -107,11 +110,3 @@ def test_train_shipped_set_and_the_card_end_to_end(tiny_pipe_dir, tmp_path):
     for name in directions.names:
         assert f"| {name} |" in card
 
-
-def test_the_weights_key_ignores_learned_direction_tokens(tiny_pipe):
-    """Training directions appends token rows; the model itself is unchanged, so is its key."""
-    from noiseclr_lite.toyworld.shipped import _weights_key
-
-    before = _weights_key(tiny_pipe)
-    Directions.create(tiny_pipe, 3, prefix="k").install(tiny_pipe)
-    assert _weights_key(tiny_pipe) == before

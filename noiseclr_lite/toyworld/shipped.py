@@ -82,23 +82,6 @@ def calibrated_scales(directions, default: float = 4.0) -> dict[str, float]:
     return {name: float(reading.get(name, default)) for name in directions.names}
 
 
-def _weights_key(pipe) -> str:
-    """A short fingerprint of the model's weights, so a checkpoint made against other weights is never resumed.
-
-    Hashes the text encoder's position embeddings and the UNet's first convolution: both change
-    whenever the model is trained further.  Not the token embeddings: learning directions
-    appends rows to them, and the same model must keep its key.
-    """
-    import hashlib
-
-    # found by name: transformers 4 nests it under `text_model.`, transformers 5 does not
-    position = next(p for n, p in pipe.text_encoder.named_parameters() if n.endswith("position_embedding.weight"))
-    digest = hashlib.sha1()
-    for tensor in (position, pipe.unet.conv_in.weight):
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:10]
-
-
 def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = None, oracle_dir: str | None = None,
                       samples_dir: str | Path | None = None, num_directions: int = 6, steps: int = 200,
                       learning_rate: float = 1e-2, batch_size: int = 6, seed: int = 0, eval_images: int = 12,
@@ -118,7 +101,7 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
     """
     from ..data import load_images
     from ..metrics import balanced_start_images, prepare_start, score_directions
-    from ..models import ORACLE_DIR, REPO_ROOT, SAMPLES_DIR, image_size, load_pipeline
+    from ..models import ORACLE_DIR, REPO_ROOT, SAMPLES_DIR, image_size, load_pipeline, weights_key
     from ..train import train_directions
     from .oracle import Oracle
 
@@ -130,7 +113,8 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
     directions = train_directions(pipe, images, num_directions=num_directions, steps=steps,
                                   learning_rate=learning_rate, batch_size=batch_size, seed=seed, prefix=domain,
                                   output_dir=Path(checkpoint_dir or REPO_ROOT / "checkpoints" / "directions")
-                                  / f"{domain}-{_weights_key(pipe)}",
+                                  # the VAE too: training reads latents from its encoder
+                                  / f"{domain}-{weights_key(pipe.text_encoder, pipe.unet, pipe.vae)}",
                                   resume=True)
     train_seconds = time.time() - began
 
