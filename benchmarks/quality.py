@@ -66,6 +66,8 @@ DEFAULT_SAMPLES = str(REPO / "data" / "samples")
 DOMAINS = ["face", "cat", "car", "painting"]
 METHODS = ["NoiseCLR", "InfoNCE", "random", "text", "h-space"]
 SEEDED = {"NoiseCLR", "InfoNCE", "random", "h-space"}  # text prompts are deterministic: one run
+#: the report compares NoiseCLR with the floor and the ceiling, so a run always has these three
+REQUIRED_METHODS = ["NoiseCLR", "random", "text"]
 #: a margin over random is "clear" when it is at least this and larger than its seed spread
 CLEAR_MARGIN = 0.10
 #: the bars of issue 5, for NoiseCLR over all domains
@@ -81,6 +83,7 @@ class Settings:
 
     domains: list = field(default_factory=lambda: list(DOMAINS))
     seeds: list = field(default_factory=lambda: [0, 1, 2])
+    methods: list = field(default_factory=lambda: list(METHODS))
     interference: bool = True
     # training (NoiseCLR and InfoNCE)
     num_directions: int = 8
@@ -121,7 +124,7 @@ class Settings:
         """Hash of every setting that changes a (domain, method, seed) result (for ``--resume``),
         and of ``weights`` (:func:`cache_key`): paths alone would let a retrained model or
         oracle in the same folder read back scores measured with the old one."""
-        skip = {"domains", "seeds", "interference", "grid_images", "interference_images", "quick"}
+        skip = {"domains", "seeds", "methods", "interference", "grid_images", "interference_images", "quick"}
         kept = {k: v for k, v in asdict(self).items() if k not in skip}
         kept["weights"] = weights
         return hashlib.sha256(json.dumps(kept, sort_keys=True, default=list).encode()).hexdigest()[:12]
@@ -319,7 +322,7 @@ def run_domain(pipe, oracle, domain: str, settings: Settings, stages: Stages, ca
         start = prepare_start(pipe, images, num_inference_steps=settings.inference_steps, seed=settings.start_seed)
     latents = None
     text = text_directions(domain, settings.text_phrases)
-    runs: dict[str, list[MethodRun]] = {m: [] for m in METHODS}
+    runs: dict[str, list[MethodRun]] = {m: [] for m in settings.methods}
 
     def scored(method, seed, directions, train_seconds=None) -> MethodRun:
         k_total = directions.shape[0] if isinstance(directions, torch.Tensor) else directions.num_directions
@@ -345,6 +348,8 @@ def run_domain(pipe, oracle, domain: str, settings: Settings, stages: Stages, ca
 
     for seed in settings.seeds:
         for method, loss in (("NoiseCLR", "noiseclr"), ("InfoNCE", "infonce")):
+            if method not in runs:
+                continue
             run = _load_unit(cache, domain, method, seed, text)
             if run is None:
                 trained, train_seconds = _load_directions(cache, domain, method, seed), None
@@ -366,6 +371,8 @@ def run_domain(pipe, oracle, domain: str, settings: Settings, stages: Stages, ca
             reference = runs["NoiseCLR"][-1].directions
             run = scored("random", seed, matched_random(pipe, reference, seed, f"{domain}_random{seed}"))
         runs["random"].append(run)
+        if "h-space" not in runs:
+            continue
         run = _load_unit(cache, domain, "h-space", seed, text)
         if run is None:
             label = f"{domain}: h-space PCA seed {seed}"
@@ -393,7 +400,7 @@ def run_interference(pipe, oracle, face_runs, cat_runs, settings: Settings, stag
     names = get_domain("scene").attribute_names
     start = None
     out = {}
-    for method in METHODS:
+    for method in settings.methods:
         per_seed = []
         for face_run, cat_run in zip(face_runs[method], cat_runs[method]):
             saved = (cache / f"scene{settings.interference_images}_{method}_seed{face_run.seed}.json"
@@ -726,6 +733,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--domains", nargs="+", default=defaults.domains, choices=DOMAINS, help="default: all four")
     run.add_argument("--seeds", nargs="+", type=int, default=None, help=f"seeds of the seeded methods "
                      f"(default {FULL['seeds']}; --quick {QUICK['seeds']})")
+    run.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                     help="methods to run (default: all; NoiseCLR, random and text are required). "
+                          "A settings sweep can skip InfoNCE and h-space: --methods NoiseCLR random text")
     run.add_argument("--no-interference", action="store_true", help="skip the face+cat scene interference part")
     run.add_argument("--out", default=str(RESULTS), help="output folder (default: %(default)s)")
     run.add_argument("--tag", default="", help="name the outputs quality-TAG.* (for sweeps) instead of quality.*")
@@ -788,7 +798,8 @@ def settings_from_args(args: argparse.Namespace, model: str) -> Settings:
     base = QUICK if args.quick else FULL
     pick = lambda name: getattr(args, name) if getattr(args, name) is not None else base[name]  # noqa: E731
     return Settings(
-        domains=list(args.domains), seeds=list(pick("seeds")), interference=not args.no_interference,
+        domains=list(args.domains), seeds=list(pick("seeds")),
+        methods=[m for m in METHODS if m in args.methods], interference=not args.no_interference,
         num_directions=pick("num_directions"), steps=pick("steps"), learning_rate=args.lr,
         timestep_range=tuple(args.timestep_range), batch_size=args.batch_size, negatives=args.negatives,
         tau=args.tau, train_images=args.train_images, eval_images=pick("eval_images"), start_seed=args.start_seed,
@@ -805,6 +816,11 @@ def main(argv=None) -> dict:
     if args.sweep_table:
         print(sweep_table(args.out))
         return {}
+    missing = [m for m in REQUIRED_METHODS if m not in args.methods]
+    if missing:
+        raise SystemExit(f"benchmarks/quality.py: --methods {' '.join(args.methods)} lacks {', '.join(missing)}; "
+                         f"the report compares NoiseCLR with random and text, so add them "
+                         f"(e.g. --methods {' '.join(REQUIRED_METHODS)})")
     if args.threads:
         torch.set_num_threads(args.threads)
     from noiseclr_lite.models import BUNDLED_MODEL, load_pipeline

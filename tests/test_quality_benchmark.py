@@ -168,6 +168,16 @@ def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe
     cached = {m: runs[0]["cached"] for m, runs in resumed["domains"]["cat"]["runs"].items()}
     assert cached == {m: m != "InfoNCE" for m in quality.METHODS}
 
+    # a sweep-style run of fewer methods shares the cache (methods are not part of its key) and
+    # reports only what it ran, the scene part included
+    few = dataclasses.replace(settings, methods=quality.REQUIRED_METHODS)
+    assert few.fingerprint("w") == settings.fingerprint("w")
+    subset = quality.run_benchmark(tiny_pipe, StatsOracle(), few, tmp_path, tag="few", resume=True, progress=False,
+                                   log=lambda _: None)
+    assert set(subset["domains"]["face"]["runs"]) == set(quality.REQUIRED_METHODS) == set(subset["interference"])
+    assert [r["method"] for r in subset["overall"]] == quality.REQUIRED_METHODS
+    assert all(runs[0]["cached"] for runs in subset["domains"]["face"]["runs"].values())
+
 
 def test_command_line_flags_and_quick_defaults():
     args = quality.parse_args(["--quick", "--steps", "7", "--negatives", "all", "--domains", "face", "car"])
@@ -179,6 +189,10 @@ def test_command_line_flags_and_quick_defaults():
     assert full.fingerprint() != settings.fingerprint()
     assert quality.text_directions("cat").prompts == ["orange fur", "striped", "pointy ears", "green eyes"]
     assert len(quality.text_directions("car", "both").prompts) == 8
+    assert quality.settings_from_args(quality.parse_args(["--methods", "text", "random", "NoiseCLR"]),
+                                      "m").methods == ["NoiseCLR", "random", "text"]      # report order
+    with pytest.raises(SystemExit, match="lacks random, text"):
+        quality.main(["--methods", "NoiseCLR", "InfoNCE"])
 
 
 def test_the_cache_key_follows_the_weights_not_only_the_paths(tiny_pipe):
