@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -200,8 +201,9 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
             gradients are averaged, so every process ends with the same directions.
         callback: called as ``callback(step, loss)`` after every step (live loss curves).
     Returns:
-        The trained ``Directions`` (also installed in ``pipe``), with the settings and the
-        loss history in ``metadata``.
+        The trained ``Directions`` (also installed in ``pipe``), with the settings, the
+        loss history and ``train_seconds`` in ``metadata``: seconds spent in training steps,
+        summed over every resumed run (None if an older checkpoint did not record it).
     Raises:
         FloatingPointError: the loss became NaN/inf; the last checkpoint is left intact.
     """
@@ -229,6 +231,10 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
     # every process gets its own stream of images and timesteps; the init is shared (same seed)
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + accelerator.process_index)
     start_step, history = 0, []
+    # seconds spent in training steps, summed over every resumed run: what "how long did these
+    # directions take" means (a run that resumes a finished checkpoint takes no time at all).
+    # None when resuming a checkpoint written before this was recorded.
+    earlier_seconds: float | None = 0.0
 
     ckpt_path = Path(output_dir) / CHECKPOINT_NAME if output_dir is not None else None
     if resume and ckpt_path is not None and ckpt_path.exists():
@@ -242,11 +248,17 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"][accelerator.process_index])
         start_step, history = int(state["step"]), state["history"].tolist()
+        earlier_seconds = float(state["train_seconds"]) if "train_seconds" in state else None
 
     with torch.no_grad():
         empty_cond = empty_conditioning(pipe)
     num_train_timesteps = scheduler.config.num_train_timesteps
     bar = tqdm(total=cfg.steps, initial=start_step, desc="NoiseCLR", disable=not (progress and accelerator.is_main_process))
+    began = time.perf_counter()
+
+    def train_seconds() -> float | None:
+        return None if earlier_seconds is None else earlier_seconds + time.perf_counter() - began
+
     for step in range(start_step, cfg.steps):
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
@@ -285,14 +297,17 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
                 _atomic_save({"embeddings": accelerator.unwrap_model(params).weight.detach().cpu(),
                               "optimizer": optimizer.state_dict(), "generator": generators,
                               "step": torch.tensor(done), "history": torch.tensor(history, dtype=torch.float64),
-                              "config": json.dumps(asdict(cfg))}, ckpt_path)
+                              "config": json.dumps(asdict(cfg)),
+                              **({} if train_seconds() is None else {"train_seconds": train_seconds()})}, ckpt_path)
     bar.close()
     if cfg.gradient_checkpointing:   # the pipeline is the caller's: leave it as it came (fast inference)
         unet.disable_gradient_checkpointing()
 
     directions.embeddings = accelerator.unwrap_model(params).weight.detach().cpu().clone()
+    seconds = train_seconds()
     directions.metadata.update({"training": json.dumps(asdict(cfg)), "loss_history": json.dumps(history),
-                                "num_images": len(latents), "num_processes": accelerator.num_processes})
+                                "num_images": len(latents), "num_processes": accelerator.num_processes,
+                                "train_seconds": None if seconds is None else round(seconds, 1)})
     directions.install(pipe)
     return directions
 

@@ -151,6 +151,21 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     assert torch.equal(a.embeddings, b.embeddings)
 
 
+def test_train_seconds_sum_over_resumed_runs_and_an_old_checkpoint_says_none(tiny_pipe, tmp_path):
+    first = train_directions(tiny_pipe, _images(), output_dir=tmp_path, progress=False, checkpoint_every=1, **FAST)
+    spent = first.metadata["train_seconds"]
+    assert spent > 0
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert abs(saved["train_seconds"] - spent) < 0.1
+    # resuming a finished run trains nothing: the recorded time is the first run's, not ~0 s
+    again = train_directions(tiny_pipe, _images(), output_dir=tmp_path, resume=True, progress=False, **FAST)
+    assert spent <= again.metadata["train_seconds"] < spent + 1.0
+    del saved["train_seconds"]                       # a checkpoint written before the time was recorded
+    torch.save(saved, tmp_path / "checkpoint.pt")
+    legacy = train_directions(tiny_pipe, _images(), output_dir=tmp_path, resume=True, progress=False, **FAST)
+    assert legacy.metadata["train_seconds"] is None
+
+
 def test_resume_refuses_other_settings(tiny_pipe, tmp_path):
     train_directions(tiny_pipe, _images(), output_dir=tmp_path, progress=False, checkpoint_every=1, **FAST)
     with pytest.raises(ValueError, match="num_directions=4"):

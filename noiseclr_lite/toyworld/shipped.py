@@ -12,7 +12,6 @@ The oracle's reading is saved in the file's metadata and in ``data/directions/RE
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
@@ -109,14 +108,12 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
     pipe = load_pipeline(model)
     size = image_size(pipe)
     images = load_images(Path(samples_dir or SAMPLES_DIR) / domain, size=size)
-    began = time.time()
     directions = train_directions(pipe, images, num_directions=num_directions, steps=steps,
                                   learning_rate=learning_rate, batch_size=batch_size, seed=seed, prefix=domain,
                                   output_dir=Path(checkpoint_dir or REPO_ROOT / "checkpoints" / "directions")
                                   # the VAE too: training reads latents from its encoder
                                   / f"{domain}-{weights_key(pipe.text_encoder, pipe.unet, pipe.vae)}",
                                   resume=True)
-    train_seconds = time.time() - began
 
     oracle = Oracle.load(oracle_dir or ORACLE_DIR)
     start = prepare_start(pipe, balanced_start_images(domain, eval_images, seed=seed + 1, size=size)[0],
@@ -129,7 +126,9 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
         "base_model": "data/models/toyworld-sd" if model is None else str(model),
         "domain": domain,
         "images": f"data/samples/{domain} ({len(images)} images, unlabeled)",
-        "train_seconds": round(train_seconds, 1),
+        # summed over resumed runs by train_directions: wall time here would be ~0 s when this
+        # run only re-reads a finished checkpoint (e.g. to rename the directions with a new oracle)
+        "train_seconds": directions.metadata.get("train_seconds"),
         "oracle_reading": [{**asdict(s), "name": n} for s, n in zip(scores, directions.names)],
         # every setting that changes the result, so that the command remakes this very file
         "command": f"python -m noiseclr_lite.toyworld directions --domains {domain} --steps {steps} "
@@ -159,7 +158,8 @@ def write_directions_card(out_dir: str | Path) -> Path:
         reading = meta["oracle_reading"]
         lines += [f"## {meta['domain']} (`{path.name}`)", "",
                   f"{directions.num_directions} directions; `{meta['command']}`; "
-                  f"training took {meta['train_seconds']} s.", "",
+                  + (f"training took {meta['train_seconds']} s." if meta.get("train_seconds") is not None
+                     else "training time not recorded."), "",
                   "| direction | token | target | purity | strength | scale | effects |",
                   "|---|---|---|---|---|---|---|"]
         for r in reading:
