@@ -150,6 +150,7 @@ def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe
     for domain in ("face", "cat"):
         with Image.open(tmp_path / f"quality_{domain}.png") as figure:  # 2 images x 3 scales, >= 5 method rows
             assert figure.width > 6 * 80 and figure.height > 5 * 80
+            assert figure.mode == "P"                                       # a small palette PNG
     assert report["overall"][0]["method"] == "NoiseCLR" and logged
     sweep = quality.sweep_table(tmp_path)
     assert "| quality | face, cat | 1 | 2 | 2 | 0.01 |" in sweep and (tmp_path / "quality-sweep.md").exists()
