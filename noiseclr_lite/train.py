@@ -293,12 +293,13 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
         if ckpt_path is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
             generators = accelerator.gather(generator.get_state().unsqueeze(0).to(accelerator.device)).cpu()
             if accelerator.is_main_process:
+                spent = train_seconds()
                 ckpt_path.parent.mkdir(parents=True, exist_ok=True)
                 _atomic_save({"embeddings": accelerator.unwrap_model(params).weight.detach().cpu(),
                               "optimizer": optimizer.state_dict(), "generator": generators,
                               "step": torch.tensor(done), "history": torch.tensor(history, dtype=torch.float64),
                               "config": json.dumps(asdict(cfg)),
-                              **({} if train_seconds() is None else {"train_seconds": train_seconds()})}, ckpt_path)
+                              **({} if spent is None else {"train_seconds": spent})}, ckpt_path)
     bar.close()
     if cfg.gradient_checkpointing:   # the pipeline is the caller's: leave it as it came (fast inference)
         unet.disable_gradient_checkpointing()
