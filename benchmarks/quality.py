@@ -504,11 +504,15 @@ def overall_table(per_domain: dict[str, dict[str, list[MethodRun]]]) -> list[dic
         n_runs = min(len(per_domain[d][method]) for d in domains)
         per_seed = [{k: statistics.mean(per_domain[d][method][i].summary[k] for d in domains) for k in keys}
                     for i in range(n_runs)]
+        kept = [[per_domain[d][method][i].summary.get("mean_domain_kept") for d in domains] for i in range(n_runs)]
+        domain_kept = (None if any(v is None for seed in kept for v in seed)  # older cached scores lack it
+                       else _mean_std([statistics.mean(seed) for seed in kept]))
         covered = [f"{d}.{a}" for d in domains
                    for a in aggregate_summaries([r.summary for r in per_domain[d][method]])["covered"]]
         rows.append({"method": method, "domain": "all", "directions": sum(per_domain[d][method][0].summary["directions"]
                                                                          for d in domains),
-                     **{k: _mean_std([s[k] for s in per_seed]) for k in keys}, "covered": covered, "runs": n_runs})
+                     **{k: _mean_std([s[k] for s in per_seed]) for k in keys}, "mean_domain_kept": domain_kept,
+                     "covered": covered, "runs": n_runs})
     return rows
 
 
@@ -535,7 +539,8 @@ def bars(overall: list[dict], comparisons: dict[str, dict]) -> list[dict]:
 QUALITY_COLUMNS = [("method", "method"), ("domain", "domain"), ("directions", "K"), ("runs", "runs"),
                    ("coverage", "coverage"), ("mean_purity", "mean purity"), ("mean_strength", "mean strength"),
                    ("mean_off_target", "off-target"), ("mean_pixel_change", "pixel change"),
-                   ("saturated", "saturated"), ("miscalibrated", "miscalibrated"), ("covered", "covered attributes")]
+                   ("mean_domain_kept", "stays in domain"), ("saturated", "saturated"),
+                   ("miscalibrated", "miscalibrated"), ("covered", "covered attributes")]
 
 
 def _pm(value, digits: int = 2, sign: str = "+") -> str:
@@ -556,7 +561,9 @@ def markdown(report: dict) -> str:
              f"its target attribute when strength >= {STRENGTH_MIN} and purity >= {PURITY_MIN}. Mean ± standard "
              f"deviation over seeds {s['seeds']} (text prompts are deterministic: one run). \"saturated\" counts "
              "directions that did not reach the target change at the largest scale tried, \"miscalibrated\" those "
-             f"whose pixel change ended more than {MISCALIBRATION:.0%} away from the target.", "",
+             f"whose pixel change ended more than {MISCALIBRATION:.0%} away from the target. \"stays in domain\" is the "
+             "share of +s and -s edits that the oracle still reads as the starting domain: an edit that turns a face "
+             "into a car moves every attribute at once (\"-\": scores cached before it was measured).", "",
              "Methods: **NoiseCLR** (official loss), **InfoNCE** (the variant loss, same settings), **random** "
              "(NoiseCLR's own random init rows, rescaled to its trained norm: the floor), **text** (the attribute's "
              f"own phrase, {s['text_phrases']} phrases: the supervised ceiling), **h-space** (PCA of the UNet "

@@ -54,7 +54,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .toyworld.domains import get_domain, render
+from .toyworld.domains import DOMAIN_NAMES, get_domain, render
 from .toyworld.oracle import HEADS
 
 __all__ = [
@@ -399,8 +399,20 @@ def attribute_probabilities(oracle, images: torch.Tensor, domain: str) -> torch.
 
     ``oracle.predict(images [M, 3, H, W] in [-1, 1])["attributes"]`` must be [M, len(HEADS)].
     """
+    return oracle_read(oracle, images, domain)[0]
+
+
+def oracle_read(oracle, images: torch.Tensor, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One oracle pass: (P(value 1) [M, A] for ``domain``'s attributes, in-domain mask [M] bool).
+
+    An image is in its domain when the oracle's most likely domain is ``domain``.  An edit
+    that turns a face into a car changes every face attribute at once; the mask lets a
+    score say how often that happened instead of reading it as an attribute change.
+    """
+    predicted = oracle.predict(images)
     columns = [HEADS.index((domain, a)) for a in get_domain(domain).attributes]
-    return oracle.predict(images)["attributes"][:, columns].float().cpu()
+    in_domain = predicted["domain"].argmax(1).cpu() == DOMAIN_NAMES.index(domain)
+    return predicted["attributes"][:, columns].float().cpu(), in_domain
 
 
 @dataclass
@@ -480,6 +492,9 @@ class DirectionScore:
         off_target: summed effect on every attribute but the target.
         calibrated: the scale came from :func:`calibrate_scale`.
         saturated: calibration hit its upper bound before reaching the target change.
+        domain_kept: share of the +s and -s edits the oracle still puts in ``domain``
+            (None in scores saved before it was measured).  Low values mean the edit
+            leaves the domain (a face becomes a car), which moves every attribute at once.
     """
 
     name: str
@@ -497,6 +512,7 @@ class DirectionScore:
     off_target: float
     calibrated: bool = False
     saturated: bool = False
+    domain_kept: float | None = None
 
 
 def score_rendered(render_at: Callable[[float, StartSet], torch.Tensor], oracle, start: StartSet, domain: str,
@@ -526,7 +542,7 @@ def score_rendered(render_at: Callable[[float, StartSet], torch.Tensor], oracle,
     scale = float(scale)
     change, plus, minus = change_at(scale, start)
     names = get_domain(domain).attribute_names
-    p_plus, p_minus = attribute_probabilities(oracle, plus, domain), attribute_probabilities(oracle, minus, domain)
+    (p_plus, kept_plus), (p_minus, kept_minus) = oracle_read(oracle, plus, domain), oracle_read(oracle, minus, domain)
     p_zero = attribute_probabilities(oracle, start.images, domain)
     effects = two_sided_effects(p_plus, p_minus)
     kept = preservation(effects, change, names)
@@ -536,7 +552,8 @@ def score_rendered(render_at: Callable[[float, StartSet], torch.Tensor], oracle,
         signed_effects=as_dict(two_sided_effects(p_plus, p_minus, signed=True)),
         plus_effects=as_dict((p_plus - p_zero).mean(0)), minus_effects=as_dict((p_minus - p_zero).mean(0)),
         purity=purity(effects), strength=strength(effects), target=kept.target, pixel_change=change,
-        off_target=kept.off_target, calibrated=calibrated, saturated=saturated)
+        off_target=kept.off_target, calibrated=calibrated, saturated=saturated,
+        domain_kept=float(torch.cat([kept_plus, kept_minus]).float().mean()))
 
 
 def score_direction(pipe, oracle, directions, index: int | str, start, domain: str, scale: float | None = None,
@@ -600,7 +617,7 @@ def summary(scores: Sequence[DirectionScore], domain: str, strength_min: float =
 
     Returns {"domain", "directions" (D), "coverage" (share in [0, 1]), "covered" (names),
     "mean_purity", "mean_strength", "mean_off_target", "mean_pixel_change", "saturated"
-    (how many calibrations fell short)}.
+    (how many calibrations fell short), "mean_domain_kept" (None if a score lacks it)}.
     """
     if not scores:
         raise ValueError("no scores to summarise")
@@ -613,7 +630,9 @@ def summary(scores: Sequence[DirectionScore], domain: str, strength_min: float =
             "mean_strength": statistics.mean(s.strength for s in scores),
             "mean_off_target": statistics.mean(s.off_target for s in scores),
             "mean_pixel_change": statistics.mean(s.pixel_change for s in scores),
-            "saturated": sum(s.saturated for s in scores)}
+            "saturated": sum(s.saturated for s in scores),
+            "mean_domain_kept": (None if any(s.domain_kept is None for s in scores)
+                                 else statistics.mean(s.domain_kept for s in scores))}
 
 
 def aggregate_summaries(summaries: Sequence[dict]) -> dict:
@@ -626,7 +645,9 @@ def aggregate_summaries(summaries: Sequence[dict]) -> dict:
     for key, value in summaries[0].items():
         if key in ("directions", "saturated"):
             continue
-        if isinstance(value, (int, float)):
+        if any(s.get(key) is None for s in summaries):
+            first[key] = None  # unmeasured in some run (e.g. an older cached score)
+        elif isinstance(value, (int, float)):
             values = [float(s[key]) for s in summaries]
             first[key] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
     first["covered"] = [a for a in summaries[0]["covered"] if all(a in s["covered"] for s in summaries)]
@@ -641,6 +662,8 @@ TABLE_COLUMNS = [("method", "method"), ("domain", "domain"), ("directions", "K")
 
 
 def _cell(value) -> str:
+    if value is None:
+        return "-"
     if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
         return f"{value[0]:.2f} ± {value[1]:.2f}"
     if isinstance(value, float):

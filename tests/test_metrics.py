@@ -1,6 +1,7 @@
 """Scoring directions: the math on constructed cases with known answers, and one end-to-end run."""
 
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -8,10 +9,10 @@ import torch
 from noiseclr_lite.directions import Directions
 from noiseclr_lite.editing import DirectionEdit, edit
 from noiseclr_lite.inversion import encode_prompt
-from noiseclr_lite.metrics import (DirectionScore, PromptDirections, aggregate_summaries, balanced_start_images,
+from noiseclr_lite.metrics import (DirectionScore, PromptDirections, StartSet, aggregate_summaries, balanced_start_images,
                                    calibrate_scale, coverage, cross_domain_interference, format_table,
                                    images_to_tensor, pixel_change, prepare_start, preservation, purity,
-                                   score_direction, strength, summary, target_attribute, two_sided_effects)
+                                   score_direction, score_rendered, strength, summary, target_attribute, two_sided_effects)
 from noiseclr_lite.models import decode_latents, encode_images
 from noiseclr_lite.toyworld.domains import FACE, SCENE
 from noiseclr_lite.toyworld.oracle import HEADS
@@ -246,3 +247,35 @@ def test_calibrated_scores_match_the_target_change_and_text_prompts_work_as_dire
     assert torch.equal(prompts.conditioning(pipe)[1:], encode_prompt(pipe, "blond hair"))
     text = score_direction(pipe, oracle, prompts, "smile", start, "face", scale=3.0)
     assert text.name == "smile" and text.token == "smiling" and text.pixel_change > 0
+
+
+class BrightnessDomainOracle:
+    """Reads an image as a face while its mean brightness is below 0.5, as a car above."""
+
+    def predict(self, images):
+        b = images.shape[0]
+        bright = images.float().mean((1, 2, 3))
+        domain = torch.zeros(b, 5)
+        domain[:, 0] = (bright < 0.5).float()   # face
+        domain[:, 2] = (bright >= 0.5).float()  # car
+        probs = torch.full((b, len(HEADS)), 0.5)
+        probs[:, HEADS.index(("face", "skin"))] = torch.sigmoid(10 * bright)
+        return {"domain": domain, "attributes": probs}
+
+
+def test_domain_kept_counts_the_edits_that_leave_the_domain():
+    start = StartSet(inversion=None, images=torch.zeros(4, 3, 8, 8))
+    brighten = lambda s, images: (images.images + s).clamp(-1, 1)  # noqa: E731
+    # +0.8 makes every face a "car"; -0.8 keeps them faces: half of the edits left the domain
+    left = score_rendered(brighten, BrightnessDomainOracle(), start, "face", "b", "<b>", scale=0.8)
+    assert left.domain_kept == pytest.approx(0.5) and left.target == "skin"
+    stayed = score_rendered(brighten, BrightnessDomainOracle(), start, "face", "b", "<b>", scale=0.3)
+    assert stayed.domain_kept == 1.0
+    row = summary([left, stayed], "face")
+    assert row["mean_domain_kept"] == pytest.approx(0.75)
+    # a score saved before the field existed has None, and so has every summary it enters
+    old = DirectionScore(**{**asdict(left), "domain_kept": None})
+    assert summary([old, stayed], "face")["mean_domain_kept"] is None
+    both = aggregate_summaries([row, summary([old, stayed], "face")])
+    assert both["mean_domain_kept"] is None
+    assert "| - |" in format_table([{"method": "m", **both}], [("method", "method"), ("mean_domain_kept", "kept")])

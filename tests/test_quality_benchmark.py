@@ -136,6 +136,10 @@ def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe
             assert len(runs) == 1 and len(runs[0]["scores"]) == (4 if method == "text" else 2)
             assert all(s["calibrated"] for s in runs[0]["scores"])
     assert data["domains"]["face"]["runs"]["text"][0]["seed"] is None  # deterministic: one run
+    # the stand-in oracle always says "face" (uniform domain logits): face edits stay, cat edits leave
+    kept = {d: data["domains"][d]["table"][0]["mean_domain_kept"][0] for d in ("face", "cat")}
+    assert kept == {"face": 1.0, "cat": 0.0} and "stays in domain" in md
+    assert data["overall"][0]["mean_domain_kept"][0] == 0.5
     assert set(data["comparisons"]["cat"]) >= {"coverage_margin_over_random", "text_purity_share", "clear_margin"}
     assert [b["bar"] for b in data["bars"]][:3] == ["coverage of all attributes", "mean purity",
                                                     "purity as a share of the text ceiling's"]
