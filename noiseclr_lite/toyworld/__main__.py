@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     oracle.add_argument("--vae", default=None,
                         help="a diffusers model folder whose VAE reconstructions are mixed into training")
     oracle.add_argument("--threads", type=int, default=0, help="torch threads (default: all)")
+    oracle.add_argument("--init", default=None,
+                        help="an oracle folder to fine-tune instead of training from random weights")
     evaluate = sub.add_parser("evaluate", help="re-measure the bundled model card's numbers; exit 1 if a bar is missed")
     evaluate.add_argument("--model", default=None, help="model folder (default: the bundled model)")
     evaluate.add_argument("--oracle", default=None, help="oracle folder (default data/models/oracle)")
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             from diffusers import AutoencoderKL
 
             vae = AutoencoderKL.from_pretrained(args.vae, subfolder="vae", dtype=torch.float32).eval()
-        card = train_oracle(args.out, args.steps, args.batch, args.lr, args.seed, vae=vae)
+        card = train_oracle(args.out, args.steps, args.batch, args.lr, args.seed, vae=vae, init=args.init)
         print(json.dumps(card, indent=1))
     elif args.command == "evaluate":
         from ..models import BUNDLED_MODEL, REPO_ROOT

@@ -51,6 +51,7 @@ def render_card(model_dir: str | Path) -> str:
         f"{cfg['caption_dropout']})",
         f"- VAE: up to {cfg['vae_steps']} steps at batch {cfg['vae_batch']}, lr {cfg['vae_lr']} (L1 + MSE + "
         f"{cfg['vae_kl_weight']:g} KL), on an endless stream of fresh renders; then frozen",
+        *_decoder_lines(model_dir),
         f"- training images for the UNet: {cfg['num_images']} renders, encoded once",
         f"- wall time of the UNet stage so far: {state['wall_seconds'] / 3600:.2f} h on {state['hardware']}",
         "- command (resumes from the work folder, or from these shipped weights when it is empty):",
@@ -81,6 +82,21 @@ def render_card(model_dir: str | Path) -> str:
         attrs = "; ".join(f"{a}: {' / '.join(v)}" for a, v in domain.attributes.items())
         lines.append(f"- **{domain.name}** (\"{domain.noun}\"): {attrs}")
     return "\n".join(lines) + "\n"
+
+
+def _decoder_lines(model_dir: Path) -> list[str]:
+    """The card's lines on a decoder-only fine-tune (``decoder_finetune.json``), if there was one."""
+    path = model_dir / "decoder_finetune.json"
+    if not path.exists():
+        return []
+    d = json.loads(path.read_text())
+    timed = d["steps"] - d.get("untimed_steps", 0)
+    when = f"{d['wall_seconds'] / 60:.0f} min" + (f" for the last {timed} steps (the first {d['untimed_steps']} "
+                                                  "were not timed)" if d.get("untimed_steps") else "")
+    return [f"- then the VAE *decoder* alone (the encoder, and so the latent space, frozen): {d['steps']} steps at "
+            f"batch {d['batch']}, lr {d['lr']} (L1 + MSE), held-out PSNR {d['held_out_psnr']:.2f} dB, {when}; "
+            f"`python -m noiseclr_lite.toyworld finetune-decoder --steps {d['steps']} --batch {d['batch']} "
+            f"--lr {d['lr']}`"]
 
 
 def _words() -> list[str]:

@@ -109,9 +109,15 @@ def write_oracle_card(folder: str | os.PathLike) -> Path:
              "colour jitter, shifts and noise, and mixed with VAE reconstructions so that it also reads",
              "decoded and generated images.", "",
              f"- training: {card['steps']} steps, batch {card['batch']}, AdamW one-cycle lr {card['lr']}, "
-             f"seed {card['seed']}",
+             f"seed {card['seed']}" + (f", starting from the oracle in `{card['init']}`" if card.get("init") else ""),
              "- command: `python -m noiseclr_lite.toyworld train-oracle --vae data/models/toyworld-sd "
-             f"--steps {card['steps']} --batch {card['batch']} --lr {card['lr']}`", "",
+             f"--steps {card['steps']} --batch {card['batch']} --lr {card['lr']}"
+             + (f" --init {card['init']}" if card.get("init") else "") + "`"]
+    for i, earlier in enumerate(card.get("history", [])):
+        lines.append(f"- before that ({i + 1}): {earlier['steps']} steps, batch {earlier['batch']}, lr {earlier['lr']}, "
+                     f"seed {earlier['seed']}" + (f", from `{earlier['init']}`" if earlier.get("init") else
+                                                  ", from random weights"))
+    lines += ["",
              f"## Held-out accuracy (bars: renders >= {RENDER_BAR:.0%}, VAE reconstructions >= "
              f"{RECONSTRUCTION_BAR:.0%})", "",
              "| head | renders | VAE reconstructions |", "|---|---|---|"]
@@ -194,14 +200,18 @@ def accuracy(oracle: Oracle, images: torch.Tensor, labels) -> dict:
 
 
 def train_oracle(out: str | os.PathLike, steps: int = 3000, batch: int = 64, lr: float = 2e-3, seed: int = 0,
-                 vae=None, vae_fraction: float = 0.25, progress: bool = True, held_out: int = 2000) -> dict:
+                 vae=None, vae_fraction: float = 0.25, progress: bool = True, held_out: int = 2000,
+                 init: str | os.PathLike | None = None) -> dict:
     """Train the oracle on fresh renders (plus VAE reconstructions if ``vae`` is given).
 
+    ``init``: an oracle folder to start from instead of random weights, so that a change to
+    one attribute's drawing costs a short fine-tune rather than a full retraining.
     Returns and saves a card with held-out accuracies on renders (and reconstructions).
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    oracle = Oracle()
+    oracle = Oracle.load(init).train() if init is not None else Oracle()
+    init_card = json.loads((Path(init) / "config.json").read_text()).get("card") if init is not None else None
     opt = torch.optim.AdamW(oracle.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     bar = tqdm(range(steps), desc="oracle", disable=not progress)
@@ -228,6 +238,10 @@ def train_oracle(out: str | os.PathLike, steps: int = 3000, batch: int = 64, lr:
     held = _pixels(held_u8)
     card = {"steps": steps, "batch": batch, "lr": lr, "seed": seed,
             "held_out_renders": accuracy(oracle, held, held_labels)}
+    if init is not None:  # the chain of trainings this oracle went through, oldest first
+        earlier = (init_card or {}).get("history", []) + ([{k: init_card[k] for k in ("steps", "batch", "lr", "seed")}
+                                                           | {"init": init_card.get("init")}] if init_card else [])
+        card.update(init=str(init), history=earlier)
     if vae is not None:
         with torch.no_grad():
             recon = torch.cat([vae.decode(vae.encode(held[s:s + 250]).latent_dist.mode()).sample.clamp(-1, 1)

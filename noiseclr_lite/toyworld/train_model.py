@@ -155,6 +155,8 @@ def finetune_decoder(model_dir: str | Path, work_dir: str | Path, steps: int, ba
     raised after the UNet has started training (as Stable Diffusion's ft-MSE decoders do).
     Checkpoints to ``work_dir/decoder_ckpt.pt`` and resumes; writes the VAE (fp16) to ``out``
     (default ``model_dir/vae``), so it can run beside a UNet training that exports ``model_dir``.
+    Beside the VAE folder it writes ``decoder_finetune.json`` (steps, batch, lr, seed, held-out
+    PSNR, wall time), which the model card (``card.py``) reports.
     """
     if threads:
         torch.set_num_threads(threads)
@@ -166,12 +168,15 @@ def finetune_decoder(model_dir: str | Path, work_dir: str | Path, steps: int, ba
     vae.post_quant_conv.requires_grad_(True)
     params = [p for p in vae.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    ckpt_path, step = work / "decoder_ckpt.pt", 0
+    ckpt_path, step, wall, untimed = work / "decoder_ckpt.pt", 0, 0.0, 0
     if ckpt_path.exists():
         state = _load(ckpt_path)
         vae.load_state_dict(state["model"]), opt.load_state_dict(state["optimizer"])
         step = state["step"]
+        # checkpoints written before wall time was recorded: say how many steps were not timed
+        wall, untimed = state.get("wall", 0.0), state.get("untimed_steps", 0 if "wall" in state else step)
     held_out = _to_pixels(render_batch(256, seed=10**9)[0])
+    start = time.time() - wall
     for step in tqdm(range(step, steps), initial=step, total=steps, desc="decoder"):
         x = _to_pixels(render_batch(batch, seed=seed * 10**7 + 5_000_000 + step)[0])
         for group in opt.param_groups:
@@ -184,10 +189,15 @@ def finetune_decoder(model_dir: str | Path, work_dir: str | Path, steps: int, ba
         loss.backward()
         opt.step()
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
-            _atomic_save({"model": vae.state_dict(), "optimizer": opt.state_dict(), "step": step + 1}, ckpt_path)
+            _atomic_save({"model": vae.state_dict(), "optimizer": opt.state_dict(), "step": step + 1,
+                          "wall": time.time() - start, "untimed_steps": untimed}, ckpt_path)
     with torch.no_grad():
         value = psnr(held_out, vae.decode(vae.encode(held_out).latent_dist.mode()).sample)
-    vae.to(torch.float16).save_pretrained(Path(out) if out else model_dir / "vae", safe_serialization=True)
+    out = Path(out) if out else model_dir / "vae"
+    vae.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    record = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "held_out_psnr": round(value, 2),
+              "wall_seconds": round(time.time() - start), "untimed_steps": untimed}
+    (out.parent / "decoder_finetune.json").write_text(json.dumps(record, indent=1))
     return value
 
 
