@@ -25,6 +25,20 @@ def test_every_attribute_value_changes_the_picture(domain):
         assert moved > 0.008, f"{domain}.{attribute} changes only {moved:.3%} of the pixels"
 
 
+@pytest.mark.parametrize("skin", [0, 1])
+@pytest.mark.parametrize("domain,attribute", [("face", "expression"), ("scene", "face_expression")])
+def test_smiling_and_frowning_differ_in_brightness_not_only_in_shape(domain, attribute, skin):
+    # a VAE that downsamples 4x keeps a white blob against a dark one; it lost the
+    # direction in which a 3-px arc curved in one face out of five
+    base = {**sample_labels(domain, random.Random(0)), ("skin" if domain == "face" else "face_skin"): skin}
+    smile = np.asarray(render(domain, {**base, attribute: 1}, seed=11)).astype(int)
+    frown = np.asarray(render(domain, {**base, attribute: 0}, seed=11)).astype(int)
+    changed = np.abs(smile - frown).sum(-1) > 60
+    teeth = (smile.min(-1) > 200) & changed  # near-white pixels that only the smile has
+    assert teeth.sum() >= (12 if domain == "face" else 4)
+    assert not ((frown.min(-1) > 200) & changed).any()  # no white at all where the frown differs
+
+
 def test_rendering_is_seeded_and_nuisance_is_not_an_attribute():
     a, labels_a = render_batch(10, seed=5)
     b, labels_b = render_batch(10, seed=5)
@@ -83,9 +97,14 @@ def test_world_training_script_runs_resumes_and_loads(tmp_path):
     train_world_model(cfg)
     state = json.loads((tmp_path / "model" / "training_state.json").read_text())
     assert state["unet_step"] == 2 and state["config"]["unet_batch"] == 4
+    # a note on the run's history (e.g. a renderer change) survives later exports and reaches the card
+    state["notes"] = [{"unet_step": 2, "text": "mouths redrawn"}]
+    (tmp_path / "model" / "training_state.json").write_text(json.dumps(state))
     cfg.unet_steps = 3
     train_world_model(cfg)  # resumes from the work folder at step 2
-    assert json.loads((tmp_path / "model" / "training_state.json").read_text())["unet_step"] == 3
+    state = json.loads((tmp_path / "model" / "training_state.json").read_text())
+    assert state["unet_step"] == 3 and state["notes"] == [{"unet_step": 2, "text": "mouths redrawn"}]
+    assert "- at UNet step 2: mouths redrawn" in (tmp_path / "model" / "README.md").read_text()
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "model", local_files_only=True, dtype=torch.float32)
     image = pipe("a cat, striped", num_inference_steps=2, output_type="pt").images
     assert image.shape == (1, 3, 64, 64)
@@ -110,6 +129,23 @@ def test_oracle_trains_saves_and_loads(tmp_path):
     assert not torch.equal(augmented, x)
     with pytest.raises(FileNotFoundError, match="train-oracle"):
         Oracle.load(tmp_path / "missing")
+
+
+def test_oracle_fine_tunes_from_an_earlier_one_and_its_card_keeps_the_chain(tmp_path):
+    from noiseclr_lite.toyworld.oracle import Oracle, train_oracle
+
+    train_oracle(tmp_path / "first", steps=2, batch=8, progress=False, held_out=20)
+    first = Oracle.load(tmp_path / "first")
+    card = train_oracle(tmp_path / "second", steps=2, batch=8, lr=1e-4, progress=False, held_out=20,
+                        init=tmp_path / "first")
+    assert card["init"] == str(tmp_path / "first")
+    assert card["history"] == [{"steps": 2, "batch": 8, "lr": 2e-3, "seed": 0, "init": None}]
+    second = Oracle.load(tmp_path / "second")
+    # started from the first oracle's weights: close to them after two small steps, not random
+    w1, w2 = first.head[-1].weight, second.head[-1].weight
+    assert 0 < (w1 - w2).abs().max() < 0.05
+    text = (tmp_path / "second" / "README.md").read_text()
+    assert f"--init {tmp_path / 'first'}" in text and "from random weights" in text
 
 
 def test_sample_folders_have_images_and_labels(tmp_path):
@@ -175,6 +211,25 @@ def test_decoder_finetuning_keeps_the_latent_space(tmp_path):
         assert torch.allclose(before.encode(x).latent_dist.mean, after.encode(x).latent_dist.mean, atol=1e-2)
         assert not torch.allclose(before.decoder.conv_out.weight, after.decoder.conv_out.weight.float())
     assert (tmp_path / "work" / "decoder_ckpt.pt").exists()
+    record = json.loads((tmp_path / "model" / "decoder_finetune.json").read_text())
+    assert record["steps"] == 2 and record["untimed_steps"] == 0 and record["held_out_psnr"] > 0
+    finetune_decoder(tmp_path / "model", tmp_path / "work", steps=3, batch=2, checkpoint_every=1)  # resumes
+    assert json.loads((tmp_path / "model" / "decoder_finetune.json").read_text())["steps"] == 3
+    # a checkpoint from before wall time was recorded: its steps are reported as untimed
+    legacy = torch.load(tmp_path / "work" / "decoder_ckpt.pt", weights_only=False)
+    torch.save({k: v for k, v in legacy.items() if k not in ("wall", "untimed_steps")}, tmp_path / "work" / "decoder_ckpt.pt")
+    finetune_decoder(tmp_path / "model", tmp_path / "work", steps=4, batch=2, checkpoint_every=1)
+    assert json.loads((tmp_path / "model" / "decoder_finetune.json").read_text())["untimed_steps"] == 3
+
+    from dataclasses import asdict
+
+    from noiseclr_lite.toyworld.card import render_card
+    from noiseclr_lite.toyworld.train_model import WorldTrainingConfig
+
+    state = {"unet_step": 10, "wall_seconds": 60, "config": asdict(WorldTrainingConfig()), "hardware": "2 CPU cores"}
+    (tmp_path / "model" / "training_state.json").write_text(json.dumps(state))
+    card = render_card(tmp_path / "model")
+    assert "finetune-decoder --steps 4 --batch 2" in card and "the first 3 were not timed" in card
 
 
 def test_oracle_card_lists_every_head_against_its_bars(tmp_path):

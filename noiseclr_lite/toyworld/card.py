@@ -54,6 +54,7 @@ def render_card(model_dir: str | Path) -> str:
         *_decoder_lines(model_dir),
         f"- training images for the UNet: {cfg['num_images']} renders, encoded once",
         f"- wall time of the UNet stage so far: {state['wall_seconds'] / 3600:.2f} h on {state['hardware']}",
+        *[f"- at UNet step {n['unet_step']}: {n['text']}" for n in state.get("notes", [])],
         "- command (resumes from the work folder, or from these shipped weights when it is empty):",
         "",
         "```bash",

@@ -232,6 +232,9 @@ def _export(cfg, vae, tokenizer, text_encoder, unet, ema, step, wall, out: Path,
     pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
     state = {"unet_step": step, "wall_seconds": round(wall), "config": asdict(cfg),
              "hardware": f"{os.cpu_count()} CPU cores ({torch.get_num_threads()} torch threads), torch {torch.__version__}"}
+    previous = out / "training_state.json"
+    if previous.exists():  # events of the run's history (e.g. a renderer change) travel from export to export
+        state["notes"] = json.loads(previous.read_text()).get("notes", [])
     (tmp / "training_state.json").write_text(json.dumps(state, indent=1))
     from .card import write_card
 
