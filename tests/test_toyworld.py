@@ -247,3 +247,15 @@ def test_oracle_card_lists_every_head_against_its_bars(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"width": 8}))
     with pytest.raises(ValueError, match="no training card"):
         write_oracle_card(tmp_path)
+
+
+def test_offset_noise_moves_each_channel_mean_by_the_offset():
+    from noiseclr_lite.toyworld.train_model import training_noise
+
+    torch.manual_seed(0)
+    latents = torch.zeros(512, 4, 16, 16)
+    plain, offset = training_noise(latents, 0.0), training_noise(latents, 0.5)
+    # a channel mean of plain noise over 256 values has std 1/16; the offset adds 0.5 in quadrature
+    assert plain.mean((2, 3)).std() == pytest.approx(1 / 16, rel=0.1)
+    assert offset.mean((2, 3)).std() == pytest.approx((0.5 ** 2 + 1 / 256) ** 0.5, rel=0.1)
+    assert offset.shape == latents.shape and plain.std() == pytest.approx(1.0, rel=0.02)

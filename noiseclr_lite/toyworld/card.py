@@ -48,7 +48,8 @@ def render_card(model_dir: str | Path) -> str:
         f"- UNet + text encoder steps so far: **{state['unet_step']}** (batch {cfg['unet_batch']}, AdamW lr "
         f"{cfg['unet_lr']}, {cfg['warmup_steps']} warm-up steps, min-SNR-{cfg['min_snr_gamma']:g} weighting, "
         f"EMA up to {cfg['ema_max_decay']}, attribute dropout {cfg['attribute_dropout']}, caption dropout "
-        f"{cfg['caption_dropout']})",
+        f"{cfg['caption_dropout']}" + (f", offset noise {cfg['noise_offset']:g}" if cfg.get("noise_offset") else "")
+        + ")",
         f"- VAE: up to {cfg['vae_steps']} steps at batch {cfg['vae_batch']}, lr {cfg['vae_lr']} (L1 + MSE + "
         f"{cfg['vae_kl_weight']:g} KL), on an endless stream of fresh renders; then frozen",
         *_decoder_lines(model_dir),

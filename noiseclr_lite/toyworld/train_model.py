@@ -54,6 +54,12 @@ class WorldTrainingConfig:
     unet_lr: float = 4e-4
     warmup_steps: int = 500
     min_snr_gamma: float = 5.0
+    # std of a per-image, per-channel constant added to the training noise ("offset noise",
+    # as diffusers' --noise_offset).  SD's schedule leaves 7% of the signal at t=999, so a
+    # model trained on plain noise reads an image's overall brightness from the mean of its
+    # starting noise and ignores the caption (measured: "a car, day" and "a car, night" give
+    # the same sky for the same seed).  Offset noise makes that mean uninformative.
+    noise_offset: float = 0.0
     attribute_dropout: float = 0.3
     caption_dropout: float = 0.1
     ema_max_decay: float = 0.9999
@@ -246,6 +252,17 @@ def _export(cfg, vae, tokenizer, text_encoder, unet, ema, step, wall, out: Path,
     vae.to(torch.float32)
 
 
+def training_noise(latents: torch.Tensor, offset: float = 0.0) -> torch.Tensor:
+    """Gaussian noise like ``latents`` [B, C, h, w], plus a per-image, per-channel constant of std ``offset``.
+
+    ``offset=0`` is plain ``randn_like``; see ``WorldTrainingConfig.noise_offset`` for why not.
+    """
+    noise = torch.randn_like(latents)
+    if offset:
+        noise = noise + offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1)
+    return noise
+
+
 def train_unet(cfg: WorldTrainingConfig, work: Path, vae: AutoencoderKL, data: dict) -> None:
     """Train text encoder + UNet on the cached latents, with EMA, checkpoints and exports."""
     out = Path(cfg.out_dir)
@@ -290,7 +307,7 @@ def train_unet(cfg: WorldTrainingConfig, work: Path, vae: AutoencoderKL, data: d
                            caption_dropout=cfg.caption_dropout) for i in idx.tolist()]
         ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
                         truncation=True, return_tensors="pt").input_ids
-        noise = torch.randn_like(latents)
+        noise = training_noise(latents, cfg.noise_offset)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.unet_batch,))
         noisy = scheduler.add_noise(latents, noise, t)
         pred = unet(noisy, t, text_encoder(ids)[0]).sample
