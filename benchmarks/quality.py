@@ -494,25 +494,27 @@ def losses(domain: str, rows: list[dict]) -> list[str]:
 
 
 def overall_table(per_domain: dict[str, dict[str, list[MethodRun]]]) -> list[dict]:
-    """Per method: each seed's mean over the domains, then mean ± std over seeds."""
-    keys = ("coverage", "mean_purity", "mean_strength", "mean_off_target", "mean_pixel_change")
+    """Per method: each seed's mean over the domains, then mean ± std over seeds.
+
+    A number some cached score lacks (e.g. "stays in domain" before it was measured) is None.
+    """
+    keys = ("coverage", "mean_purity", "mean_strength", "mean_off_target", "mean_pixel_change", "mean_domain_kept")
     rows = []
     for method in METHODS:
         domains = [d for d in per_domain if per_domain[d].get(method)]
         if not domains:
             continue
         n_runs = min(len(per_domain[d][method]) for d in domains)
-        per_seed = [{k: statistics.mean(per_domain[d][method][i].summary[k] for d in domains) for k in keys}
-                    for i in range(n_runs)]
-        kept = [[per_domain[d][method][i].summary.get("mean_domain_kept") for d in domains] for i in range(n_runs)]
-        domain_kept = (None if any(v is None for seed in kept for v in seed)  # older cached scores lack it
-                       else _mean_std([statistics.mean(seed) for seed in kept]))
+        per_seed = []
+        for i in range(n_runs):
+            values = {k: [per_domain[d][method][i].summary.get(k) for d in domains] for k in keys}
+            per_seed.append({k: None if None in v else statistics.mean(v) for k, v in values.items()} | {"covered": []})
+        over_seeds = aggregate_summaries(per_seed)    # (mean, std) over seeds; None where a seed lacks a number
         covered = [f"{d}.{a}" for d in domains
                    for a in aggregate_summaries([r.summary for r in per_domain[d][method]])["covered"]]
         rows.append({"method": method, "domain": "all", "directions": sum(per_domain[d][method][0].summary["directions"]
                                                                          for d in domains),
-                     **{k: _mean_std([s[k] for s in per_seed]) for k in keys}, "mean_domain_kept": domain_kept,
-                     "covered": covered, "runs": n_runs})
+                     **{k: over_seeds[k] for k in keys}, "covered": covered, "runs": n_runs})
     return rows
 
 

@@ -255,9 +255,9 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
     num_train_timesteps = scheduler.config.num_train_timesteps
     bar = tqdm(total=cfg.steps, initial=start_step, desc="NoiseCLR", disable=not (progress and accelerator.is_main_process))
     began = time.perf_counter()
-
-    def train_seconds() -> float | None:
-        return None if earlier_seconds is None else earlier_seconds + time.perf_counter() - began
+    # Read the clock once per step, so the checkpoint and the metadata agree and a resumed, already
+    # finished run reports the first run's time rather than adding the time spent saving.
+    spent = earlier_seconds
 
     for step in range(start_step, cfg.steps):
         optimizer.zero_grad(set_to_none=True)
@@ -285,6 +285,8 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
         weights = accelerator.unwrap_model(params).weight
         _check_finite(float(weights.detach().abs().max()), "direction embeddings", step + 1, ckpt_path, cfg)
         history.append(round(step_loss, 6))
+        if earlier_seconds is not None:
+            spent = earlier_seconds + time.perf_counter() - began
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}")
         if callback is not None:
@@ -293,7 +295,6 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
         if ckpt_path is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
             generators = accelerator.gather(generator.get_state().unsqueeze(0).to(accelerator.device)).cpu()
             if accelerator.is_main_process:
-                spent = train_seconds()
                 ckpt_path.parent.mkdir(parents=True, exist_ok=True)
                 _atomic_save({"embeddings": accelerator.unwrap_model(params).weight.detach().cpu(),
                               "optimizer": optimizer.state_dict(), "generator": generators,
@@ -305,10 +306,9 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
         unet.disable_gradient_checkpointing()
 
     directions.embeddings = accelerator.unwrap_model(params).weight.detach().cpu().clone()
-    seconds = train_seconds()
     directions.metadata.update({"training": json.dumps(asdict(cfg)), "loss_history": json.dumps(history),
                                 "num_images": len(latents), "num_processes": accelerator.num_processes,
-                                "train_seconds": None if seconds is None else round(seconds, 1)})
+                                "train_seconds": None if spent is None else round(spent, 1)})
     directions.install(pipe)
     return directions
 

@@ -217,3 +217,20 @@ def test_the_cache_key_follows_the_weights_not_only_the_paths(tiny_pipe):
         tiny_pipe.vae.decoder.conv_out.bias.add_(1e-3)       # a fine-tuned decoder changes every decoded edit
     assert settings.fingerprint(quality.cache_key(tiny_pipe, oracle)) != after_oracle
     assert quality.cache_key(tiny_pipe, StatsOracle()) == quality.cache_key(tiny_pipe, StatsOracle())
+
+
+def test_overall_table_means_over_domains_then_seeds_and_keeps_unmeasured_numbers_none():
+    def run(domain, seed, purity, kept):
+        summary = {"domain": domain, "directions": 2, "coverage": 0.5, "covered": ["a"], "mean_purity": purity,
+                   "mean_strength": 0.3, "mean_off_target": 0.1, "mean_pixel_change": 0.05, "saturated": 0,
+                   "mean_domain_kept": kept}
+        return quality.MethodRun("NoiseCLR", domain, seed, None, [], summary)
+
+    per_domain = {"face": {"NoiseCLR": [run("face", 0, 0.4, 1.0), run("face", 1, 0.6, 0.8)]},
+                  "cat": {"NoiseCLR": [run("cat", 0, 0.8, 0.6), run("cat", 1, 1.0, None)]}}
+    (row,) = quality.overall_table(per_domain)
+    assert row["directions"] == 4 and row["runs"] == 2
+    assert row["mean_purity"][0] == pytest.approx(0.7)                 # seeds 0.6 and 0.8
+    assert row["mean_purity"][1] == pytest.approx(0.1414, abs=1e-4)
+    assert row["mean_domain_kept"] is None                              # seed 1's cat score predates it
+    assert row["covered"] == ["face.a", "cat.a"]

@@ -156,10 +156,10 @@ def test_train_seconds_sum_over_resumed_runs_and_an_old_checkpoint_says_none(tin
     spent = first.metadata["train_seconds"]
     assert spent > 0
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert abs(saved["train_seconds"] - spent) < 0.1
+    assert abs(saved["train_seconds"] - spent) <= 0.05        # the same clock reading, rounded
     # resuming a finished run trains nothing: the recorded time is the first run's, not ~0 s
     again = train_directions(tiny_pipe, _images(), output_dir=tmp_path, resume=True, progress=False, **FAST)
-    assert spent <= again.metadata["train_seconds"] < spent + 1.0
+    assert again.metadata["train_seconds"] == spent
     del saved["train_seconds"]                       # a checkpoint written before the time was recorded
     torch.save(saved, tmp_path / "checkpoint.pt")
     legacy = train_directions(tiny_pipe, _images(), output_dir=tmp_path, resume=True, progress=False, **FAST)

@@ -210,8 +210,13 @@ def train_oracle(out: str | os.PathLike, steps: int = 3000, batch: int = 64, lr:
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    oracle = Oracle.load(init).train() if init is not None else Oracle()
-    init_card = json.loads((Path(init) / "config.json").read_text()).get("card") if init is not None else None
+    oracle, history = Oracle(), None
+    if init is not None:
+        oracle = Oracle.load(init).train()
+        # the chain of trainings the starting oracle went through, oldest first, then that training itself
+        init_card = json.loads((Path(init) / "config.json").read_text()).get("card")
+        history = [] if init_card is None else init_card.get("history", []) + [
+            {key: init_card[key] for key in ("steps", "batch", "lr", "seed")} | {"init": init_card.get("init")}]
     opt = torch.optim.AdamW(oracle.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     bar = tqdm(range(steps), desc="oracle", disable=not progress)
@@ -238,10 +243,8 @@ def train_oracle(out: str | os.PathLike, steps: int = 3000, batch: int = 64, lr:
     held = _pixels(held_u8)
     card = {"steps": steps, "batch": batch, "lr": lr, "seed": seed,
             "held_out_renders": accuracy(oracle, held, held_labels)}
-    if init is not None:  # the chain of trainings this oracle went through, oldest first
-        earlier = (init_card or {}).get("history", []) + ([{k: init_card[k] for k in ("steps", "batch", "lr", "seed")}
-                                                           | {"init": init_card.get("init")}] if init_card else [])
-        card.update(init=str(init), history=earlier)
+    if init is not None:
+        card.update(init=str(init), history=history)
     if vae is not None:
         with torch.no_grad():
             recon = torch.cat([vae.decode(vae.encode(held[s:s + 250]).latent_dist.mode()).sample.clamp(-1, 1)
