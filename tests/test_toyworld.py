@@ -259,3 +259,4 @@ def test_offset_noise_moves_each_channel_mean_by_the_offset():
     assert plain.mean((2, 3)).std() == pytest.approx(1 / 16, rel=0.1)
     assert offset.mean((2, 3)).std() == pytest.approx((0.5 ** 2 + 1 / 256) ** 0.5, rel=0.1)
     assert offset.shape == latents.shape and plain.std() == pytest.approx(1.0, rel=0.02)
+    assert training_noise(latents.half(), 0.5).dtype == torch.float16   # not promoted by the offset

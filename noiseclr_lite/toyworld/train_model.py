@@ -259,7 +259,9 @@ def training_noise(latents: torch.Tensor, offset: float = 0.0) -> torch.Tensor:
     """
     noise = torch.randn_like(latents)
     if offset:
-        noise = noise + offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1)
+        # on the latents' device and dtype, so that training on a GPU or in half precision works
+        noise = noise + offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1,
+                                             device=latents.device, dtype=latents.dtype)
     return noise
 
 
