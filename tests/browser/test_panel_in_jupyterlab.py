@@ -35,6 +35,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -241,15 +242,27 @@ def _wait_until_ready(page, active: int, timeout_s: float) -> None:
 
 
 def _wait_for_kernel(base: str, token: str, timeout_s: float) -> None:
-    """Wait until the server has one idle kernel with a browser connected to it."""
-    deadline, kernels = time.monotonic() + timeout_s, []
+    """Wait until the server has one idle kernel with a browser connected to it.
+
+    ``GET /api/kernels`` answers 500 while a kernel is half-started: jupyter_client lists
+    it before jupyter_server has set its ``last_activity``, and building its model raises
+    AttributeError (jupyter_server 2.x, ``MappingKernelManager.kernel_model``).  A 5xx is
+    therefore "not ready yet"; the last one is reported if the deadline passes.
+    """
+    deadline, kernels, last_error = time.monotonic() + timeout_s, [], None
     while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"{base}/api/kernels?token={token}", timeout=10) as reply:
-            kernels = json.load(reply)
+        try:
+            with urllib.request.urlopen(f"{base}/api/kernels?token={token}", timeout=10) as reply:
+                kernels = json.load(reply)
+        except urllib.error.HTTPError as error:
+            if error.code < 500:
+                raise
+            last_error = f"HTTP {error.code}: {error.read()[:300]!r}"
+            kernels = []
         if any(k.get("connections", 0) >= 1 and k.get("execution_state") == "idle" for k in kernels):
             return
         time.sleep(0.5)
-    raise AssertionError(f"no idle, connected kernel within {timeout_s} s: {kernels}")
+    raise AssertionError(f"no idle, connected kernel within {timeout_s} s: {kernels} (last server error: {last_error})")
 
 
 def _run_all_cells(page) -> None:
@@ -335,3 +348,39 @@ def test_sliders_change_the_displayed_image(server, tmp_path):
             context.close()
     print(f"\nbrowser test ({artifacts.name}): {time.monotonic() - started:.1f} s from opening the page "
           f"to the second change")
+
+
+def test_wait_for_kernel_takes_a_server_error_as_not_ready_and_reports_it():
+    """A half-started kernel makes /api/kernels answer 500 (the CI failure of 2026-11-28): retry, don't fail."""
+    import http.server
+    import threading
+
+    replies = [(500, b"AttributeError: last_activity"), (500, b"AttributeError: last_activity"),
+               (200, json.dumps([{"id": "k", "execution_state": "idle", "connections": 1}]).encode())]
+    served = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the http.server API)
+            code, body = replies[min(len(served), len(replies) - 1)]
+            served.append(code)
+            self.send_response(code)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{httpd.server_address[1]}"
+        _wait_for_kernel(base, "t", timeout_s=10)
+        assert served == [500, 500, 200]
+        replies[:] = [(500, b"still starting")]  # never ready: the deadline's message names the last error
+        with pytest.raises(AssertionError, match="HTTP 500: b'still starting'"):
+            _wait_for_kernel(base, "t", timeout_s=1.2)
+        replies[:] = [(403, b"bad token")]  # a client error is a real failure, raised at once
+        with pytest.raises(urllib.error.HTTPError):
+            _wait_for_kernel(base, "t", timeout_s=10)
+    finally:
+        httpd.shutdown()
