@@ -554,7 +554,8 @@ def markdown(report: dict) -> str:
     """The Markdown report (``quality.md``)."""
     s = report["settings"]
     lines = [f"# Direction quality on {Path(s['model']).name or s['model']}", "",
-             f"Measured {report['date']} on {report['machine']}; total wall time {report['seconds_total'] / 60:.1f} min"
+             f"Measured {report['date']} on {report['machine']}, weights {report.get('weights', '?')} "
+             f"(hash of text encoder, UNet, VAE and oracle); total wall time {report['seconds_total'] / 60:.1f} min"
              + (" (**--quick smoke run: not a result**)" if s["quick"] else "") + ".", "",
              "Protocol (`noiseclr_lite.metrics`): the same held-out starting images per domain, balanced over every "
              f"attribute's values ({s['eval_images']} per domain, inverted once with {s['inference_steps']}-step "
@@ -674,7 +675,8 @@ def run_benchmark(pipe, oracle, settings: Settings, out_dir: str | os.PathLike =
     out_dir.mkdir(parents=True, exist_ok=True)
     stages = stages or Stages(log)
     stem = "quality" + (f"-{tag}" if tag else "")
-    cache = out_dir / "cache" / settings.fingerprint(cache_key(pipe, oracle)) if resume else None
+    weights = cache_key(pipe, oracle)  # which model + oracle the numbers describe (reports say it)
+    cache = out_dir / "cache" / settings.fingerprint(weights) if resume else None
     per_domain, starts = {}, {}
     for domain in settings.domains:
         starts[domain], per_domain[domain] = run_domain(pipe, oracle, domain, settings, stages, cache, progress)
@@ -682,7 +684,7 @@ def run_benchmark(pipe, oracle, settings: Settings, out_dir: str | os.PathLike =
     if settings.interference and {"face", "cat"} <= set(settings.domains):
         interference = run_interference(pipe, oracle, per_domain["face"], per_domain["cat"], settings, stages,
                                         cache, progress)
-    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
+    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "weights": weights,
               "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
               "domains": {}, "comparisons": {}, "losses": []}
     for domain, runs in per_domain.items():
@@ -708,24 +710,28 @@ def run_benchmark(pipe, oracle, settings: Settings, out_dir: str | os.PathLike =
 
 
 def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
-    """One row per ``quality*.json`` in ``out_dir``: its training settings and NoiseCLR's overall
-    numbers, to read how sensitive the result is to them (written to ``quality-sweep.md``)."""
+    """One row per ``quality*.json`` in ``out_dir``: the weights it measured (:func:`cache_key`;
+    "?" for reports older than that field), its training settings and NoiseCLR's overall numbers,
+    to read how sensitive the result is to them (written to ``quality-sweep.md``).  Only rows
+    with the same weights compare settings; a retrained model starts a new group."""
     out_dir = Path(out_dir)
-    lines = ["| report | domains | seeds | K | steps | lr | t range | batch | coverage | mean purity | "
-             "purity margin over random | purity / text |", "|" + "---|" * 12]
+    lines = ["| report | weights | domains | seeds | K | steps | lr | t range | batch | coverage | mean purity | "
+             "purity margin over random | purity / text |", "|" + "---|" * 13]
     for path in sorted(out_dir.glob("quality*.json")):
         report = json.loads(path.read_text())
         s, rows = report["settings"], {r["method"]: r for r in report["overall"]}
         nclr, text = rows["NoiseCLR"], rows["text"]
         margins = [c["mean_purity_margin_over_random"][0] for c in report["comparisons"].values()]
         share = nclr["mean_purity"][0] / text["mean_purity"][0] if text["mean_purity"][0] > 0 else float("nan")
-        lines.append(f"| {path.stem}{' (quick)' if s['quick'] else ''} | {', '.join(s['domains'])} | "
+        lines.append(f"| {path.stem}{' (quick)' if s['quick'] else ''} | {report.get('weights', '?')} | "
+                     f"{', '.join(s['domains'])} | "
                      f"{len(s['seeds'])} | "
                      f"{s['num_directions']} | {s['steps']} | {s['learning_rate']:g} | {s['timestep_range']} | "
                      f"{s['batch_size']} | {_pm(nclr['coverage'], sign='')} | {_pm(nclr['mean_purity'], sign='')} | "
                      f"{statistics.mean(margins):+.2f} | {share:.2f} |")
     table = "\n".join(["# NoiseCLR across settings", "", "Overall numbers of every quality report in this folder "
-                       "(mean ± std over seeds; margin = mean over domains).", ""] + lines) + "\n"
+                       "(mean ± std over seeds; margin = mean over domains). Compare settings only between rows with the "
+                       "same weights (a hash of the text encoder, UNet, VAE and oracle).", ""] + lines) + "\n"
     (out_dir / "quality-sweep.md").write_text(table)
     return table
 

@@ -157,7 +157,10 @@ def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe
             assert figure.mode == "P"                                       # a small palette PNG
     assert report["overall"][0]["method"] == "NoiseCLR" and logged
     sweep = quality.sweep_table(tmp_path)
-    assert "| quality | face, cat | 1 | 2 | 2 | 0.01 |" in sweep and (tmp_path / "quality-sweep.md").exists()
+    assert data["weights"] == quality.cache_key(tiny_pipe, StatsOracle())  # which weights the numbers describe
+    assert f"weights {data['weights']}" in md
+    assert f"| quality | {data['weights']} | face, cat | 1 | 2 | 2 | 0.01 |" in sweep
+    assert (tmp_path / "quality-sweep.md").exists()
 
     # --resume: every finished unit is read back, nothing is trained or scored again
     cache = next((tmp_path / "cache").iterdir())
