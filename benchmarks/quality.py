@@ -93,6 +93,7 @@ class Settings:
     batch_size: int = 6
     negatives: int | None = None          # None = contrast every direction each step
     tau: float = 0.5
+    anchors: str = "one"                  # "one" (official) or "all" (train.TrainConfig.anchors)
     train_images: int | None = None       # None = the whole sample folder
     # the protocol
     eval_images: int = 16
@@ -118,7 +119,8 @@ class Settings:
         """Keyword overrides for ``train_directions`` (everything but the prefix)."""
         return {"num_directions": self.num_directions, "steps": self.steps, "learning_rate": self.learning_rate,
                 "timestep_range": tuple(self.timestep_range), "batch_size": self.batch_size,
-                "negatives_per_step": self.negatives, "tau": self.tau, "loss": loss, "seed": seed}
+                "negatives_per_step": self.negatives, "tau": self.tau, "anchors": self.anchors, "loss": loss,
+                "seed": seed}
 
     def fingerprint(self, weights: str = "") -> str:
         """Hash of every setting that changes a (domain, method, seed) result (for ``--resume``),
@@ -127,6 +129,8 @@ class Settings:
         skip = {"domains", "seeds", "methods", "interference", "grid_images", "interference_images", "quick"}
         kept = {k: v for k, v in asdict(self).items() if k not in skip}
         kept["weights"] = weights
+        if kept["anchors"] == "one":  # the setting before the option existed: keep those caches valid
+            del kept["anchors"]
         return hashlib.sha256(json.dumps(kept, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
 
@@ -715,8 +719,8 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
     to read how sensitive the result is to them (written to ``quality-sweep.md``).  Only rows
     with the same weights compare settings; a retrained model starts a new group."""
     out_dir = Path(out_dir)
-    lines = ["| report | weights | domains | seeds | K | steps | lr | t range | batch | coverage | mean purity | "
-             "purity margin over random | purity / text |", "|" + "---|" * 13]
+    lines = ["| report | weights | domains | seeds | K | steps | lr | t range | batch | anchors | coverage | "
+             "mean purity | purity margin over random | purity / text |", "|" + "---|" * 14]
     for path in sorted(out_dir.glob("quality*.json")):
         report = json.loads(path.read_text())
         s, rows = report["settings"], {r["method"]: r for r in report["overall"]}
@@ -727,7 +731,7 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
                      f"{', '.join(s['domains'])} | "
                      f"{len(s['seeds'])} | "
                      f"{s['num_directions']} | {s['steps']} | {s['learning_rate']:g} | {s['timestep_range']} | "
-                     f"{s['batch_size']} | {_pm(nclr['coverage'], sign='')} | {_pm(nclr['mean_purity'], sign='')} | "
+                     f"{s['batch_size']} | {s.get('anchors', 'one')} | {_pm(nclr['coverage'], sign='')} | {_pm(nclr['mean_purity'], sign='')} | "
                      f"{statistics.mean(margins):+.2f} | {share:.2f} |")
     table = "\n".join(["# NoiseCLR across settings", "", "Overall numbers of every quality report in this folder "
                        "(mean ± std over seeds; margin = mean over domains). Compare settings only between rows with the "
@@ -785,6 +789,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--negatives", type=_negatives, default=defaults.negatives,
                        help="directions contrasted with the anchor per step, or 'all' (default: all)")
     train.add_argument("--tau", type=float, default=defaults.tau, help="loss temperature (default: %(default)s)")
+    train.add_argument("--anchors", choices=["one", "all"], default=defaults.anchors,
+                       help="anchor directions per step: the official 'one' or 'all' (default: %(default)s)")
     train.add_argument("--train-images", type=int, default=None, help="use the first N sample images (default: all)")
     proto = p.add_argument_group("the protocol")
     proto.add_argument("--eval-images", type=int, default=None, help=f"held-out starting images per domain "
@@ -825,7 +831,7 @@ def settings_from_args(args: argparse.Namespace, model: str) -> Settings:
         methods=[m for m in METHODS if m in args.methods], interference=not args.no_interference,
         num_directions=pick("num_directions"), steps=pick("steps"), learning_rate=args.lr,
         timestep_range=tuple(args.timestep_range), batch_size=args.batch_size, negatives=args.negatives,
-        tau=args.tau, train_images=args.train_images, eval_images=pick("eval_images"), start_seed=args.start_seed,
+        tau=args.tau, anchors=args.anchors, train_images=args.train_images, eval_images=pick("eval_images"), start_seed=args.start_seed,
         inference_steps=pick("inference_steps"), target_change=args.target_change, max_scale=args.max_scale,
         hspace_max_scale=args.hspace_max_scale, calibration_images=pick("calibration_images"),
         calibration_iters=pick("calibration_iters"), window=tuple(args.window),

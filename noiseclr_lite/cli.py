@@ -46,6 +46,9 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=6, help="images per step per process (default 6)")
     train.add_argument("--negatives", type=int, default=20,
                        help="directions contrasted with each step's anchor; 0 means all (default 20)")
+    train.add_argument("--anchors", choices=["one", "all"], default="one",
+                       help="anchor directions per step: 'one' (the official loss, default) or 'all' the "
+                            "contrasted ones (same UNet cost, every direction learns every step)")
     train.add_argument("--t-min", type=int, default=0, help="lowest training timestep (default 0)")
     train.add_argument("--t-max", type=int, default=1000, help="highest training timestep, exclusive (default 1000)")
     train.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default 1)")
@@ -143,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         config = TrainConfig(
             num_directions=args.num_directions, steps=args.steps, learning_rate=args.lr, tau=args.tau,
             loss=args.loss, batch_size=args.batch_size, negatives_per_step=args.negatives or None,
+            anchors=args.anchors,
             timestep_range=(args.t_min, args.t_max), grad_accum=args.grad_accum, chunk_size=args.chunk_size,
             mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
             seed=args.seed, prefix=args.prefix, checkpoint_every=args.checkpoint_every)

@@ -43,6 +43,8 @@ class TrainConfig:
     loss: str = "noiseclr"                   # "noiseclr" (official) or "infonce"
     batch_size: int = 6                      # images per step (per process)
     negatives_per_step: int | None = 20      # directions contrasted with the anchor; None = all K
+    anchors: str = "one"                     # "one" (official: the step's anchor only) or "all" (every
+                                             # direction in the step, at no extra UNet cost)
     timestep_range: tuple[int, int] = (0, 1000)  # t is drawn uniformly from [low, high)
     grad_accum: int = 1
     chunk_size: int | None = None            # max images x directions per UNet call; None = one call
@@ -178,6 +180,8 @@ def _check_config(cfg: TrainConfig, num_images: int) -> None:
     if num_images < 2 or cfg.batch_size < 2:
         raise ValueError(f"need >= 2 images per step (got {num_images} images, batch_size={cfg.batch_size}); "
                          "positives are the same direction on two different images")
+    if cfg.anchors not in ("one", "all"):
+        raise ValueError(f"anchors={cfg.anchors!r}; use 'one' (the official loss: one anchor per step) or 'all'")
     if cfg.mixed_precision not in ("no", "fp16", "bf16"):
         raise ValueError(f"mixed_precision={cfg.mixed_precision!r}; use 'no', 'fp16' or 'bf16'")
 
@@ -240,7 +244,8 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
     if resume and ckpt_path is not None and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         saved_cfg = json.loads(state["config"])
-        for key in ("num_directions", "seed", "prefix", "loss", "batch_size"):
+        saved_cfg.setdefault("anchors", "one")  # checkpoints from before the option trained one anchor
+        for key in ("num_directions", "seed", "prefix", "loss", "batch_size", "anchors"):
             if saved_cfg[key] != getattr(cfg, key):
                 raise ValueError(f"{ckpt_path} was written with {key}={saved_cfg[key]!r} but this run has "
                                  f"{key}={getattr(cfg, key)!r}; use the same settings or another output folder")
@@ -314,14 +319,21 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
 
 
 def _contrast(pipe, directions, embeddings, chosen, noisy, t, empty_eps, loss_fn, cfg, accelerator):
-    """Loss for one micro-batch, back-propagated into ``embeddings``; returns the loss value."""
+    """Loss for one micro-batch, back-propagated into ``embeddings``; returns the loss value.
+
+    ``chosen[0]`` is the step's anchor.  With ``cfg.anchors == "all"`` every chosen direction
+    is an anchor in turn (the mean of its ``L_k``): the features are the same, so it costs no
+    extra UNet call, and each direction gets a pull towards itself every step instead of once
+    in K steps.
+    """
+    anchor = 0 if cfg.anchors == "one" else None
     def features_for(emb):
         cond = directions.conditioning(pipe, embeddings=emb)[chosen]
         return edit_features(pipe.unet, noisy, t, cond, empty_eps, cfg.chunk_size)
 
     chunked = cfg.chunk_size is not None and cfg.chunk_size < len(noisy) * len(chosen)
     if not (chunked and cfg.grad_cache):
-        loss = loss_fn(features_for(embeddings), cfg.tau, anchor=0)
+        loss = loss_fn(features_for(embeddings), cfg.tau, anchor=anchor)
         accelerator.backward(loss / cfg.grad_accum)
         return loss.detach()
     # Gradient caching: a no-grad pass gives the features, the loss gives d(loss)/d(features),
@@ -330,7 +342,7 @@ def _contrast(pipe, directions, embeddings, chosen, noisy, t, empty_eps, loss_fn
     with torch.no_grad():
         features = features_for(embeddings.detach())
     features.requires_grad_(True)
-    loss = loss_fn(features, cfg.tau, anchor=0)
+    loss = loss_fn(features, cfg.tau, anchor=anchor)
     # fp16 training scales the loss so that small gradients survive; do the same by hand
     scale = accelerator.scaler.get_scale() if getattr(accelerator, "scaler", None) is not None else 1.0
     (feature_grad,) = torch.autograd.grad(loss * scale / cfg.grad_accum, features)

@@ -1,6 +1,7 @@
 """The quality benchmark end to end on the tiny pipeline, and the h-space peer's hook."""
 
 import dataclasses
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -195,6 +196,18 @@ def test_command_line_flags_and_quick_defaults():
     full = quality.settings_from_args(quality.parse_args([]), "m")
     assert full.seeds == [0, 1, 2] and full.steps == quality.FULL["steps"] and full.quick is False
     assert full.fingerprint() != settings.fingerprint()
+    # anchors: the official "one" leaves the key as it was before the option existed (old caches stay
+    # valid); "all" trains other directions, so it is another key, and it reaches train_directions
+    assert settings.anchors == "one"
+    every = quality.settings_from_args(quality.parse_args(["--quick", "--steps", "7", "--negatives", "all",
+                                                           "--domains", "face", "car", "--anchors", "all"]), "some/model")
+    assert every.fingerprint() != settings.fingerprint() and every.train_overrides("noiseclr", 0)["anchors"] == "all"
+    legacy = {k: v for k, v in dataclasses.asdict(settings).items() if k != "anchors"}
+    legacy_key = hashlib.sha256(json.dumps({**{k: v for k, v in legacy.items() if k not in
+                                               {"domains", "seeds", "methods", "interference", "grid_images",
+                                                "interference_images", "quick"}}, "weights": ""},
+                                           sort_keys=True, default=list).encode()).hexdigest()[:12]
+    assert settings.fingerprint() == legacy_key
     assert quality.text_directions("cat").prompts == ["orange fur", "striped", "pointy ears", "green eyes"]
     assert len(quality.text_directions("car", "both").prompts) == 8
     assert quality.settings_from_args(quality.parse_args(["--methods", "text", "random", "NoiseCLR"]),

@@ -221,3 +221,37 @@ def test_direction_features_are_what_one_training_step_contrasts(tiny_pipe):
     assert torch.allclose(features, expected, atol=1e-6)
     with pytest.raises(ValueError, match=r"timestep=1000 is outside \[0, 1000\)"):
         direction_features(tiny_pipe, directions, latents, timestep=1000)
+
+
+def test_all_anchors_contrast_every_direction_and_match_chunked(tmp_path, monkeypatch):
+    import noiseclr_lite.train as train_module
+    from noiseclr_lite.loss import noiseclr_loss
+    from noiseclr_lite.testing import tiny_pipeline
+
+    anchors_seen = []
+
+    def recording_loss(name):
+        def loss(features, tau, anchor):
+            anchors_seen.append(anchor)
+            return noiseclr_loss(features, tau, anchor=anchor)
+        return loss
+
+    monkeypatch.setattr(train_module, "get_loss", recording_loss)
+    one = train_directions(tiny_pipeline(0, tmp_path / "a"), _images(), progress=False, **FAST)
+    assert anchors_seen == [0, 0, 0]   # the official loss: the step's anchor only
+    anchors_seen.clear()
+    every = train_directions(tiny_pipeline(0, tmp_path / "b"), _images(), progress=False, anchors="all", **FAST)
+    assert anchors_seen == [None, None, None]   # the mean of L_k over every contrasted direction
+    assert not torch.allclose(one.embeddings, every.embeddings)
+    chunked = train_directions(tiny_pipeline(0, tmp_path / "c"), _images(), progress=False, anchors="all",
+                               chunk_size=3, **FAST)
+    assert torch.allclose(every.embeddings, chunked.embeddings, atol=1e-5)
+
+
+def test_anchors_setting_is_checked_and_kept_on_resume(tiny_pipe, tmp_path):
+    with pytest.raises(ValueError, match="anchors='some'"):
+        train_directions(tiny_pipe, _images(), progress=False, **{**FAST, "anchors": "some"})
+    train_directions(tiny_pipe, _images(), output_dir=tmp_path, progress=False, checkpoint_every=1, **FAST)
+    with pytest.raises(ValueError, match="anchors='one'"):
+        train_directions(tiny_pipe, _images(), output_dir=tmp_path, resume=True, progress=False,
+                         **{**FAST, "anchors": "all"})
