@@ -6,7 +6,6 @@ each direction's push, scaled by its slider ``s_k``::
 
     eps_hat(x, t) = eps(x, t, c) + sum_k s_k * (eps(x, t, c_k) - eps(x, t, c_empty))
 
-(or, per edit, measured from another prompt than the empty one: ``DirectionEdit.reference``),
 where ``eps(x, t, c)`` is the ordinary prediction (the unconditional one for the empty
 prompt, classifier-free guidance ``eps_u + g (eps_c - eps_u)`` for a prompt with g > 1),
 and a direction only acts while ``t / num_train_timesteps`` lies in its ``window``.
@@ -55,19 +54,12 @@ class DirectionEdit:
             0 = clean image; the direction acts while ``end <= t / num_train_timesteps <=
             start``.  ``(1.0, 0.0)`` = every step; ``(1.0, 0.5)`` = the early, layout-forming
             steps only (coarse edits); ``(0.5, 0.0)`` = late steps (fine detail, texture).
-        reference: the prompt the push is measured from: ``s_k (eps(x, t, c_k) - eps(x, t,
-            c_reference))``.  ``""`` (the default) is NoiseCLR's rule, the empty prompt.  A
-            direction learned on one domain also carries that domain's own pull ("be a face"),
-            which on a mixed image can cancel another domain's edit; measuring it from the
-            domain word (``reference="a face"``) keeps the attribute part and drops the shared
-            one.  Edits with the same reference share one UNet row.
     """
 
     directions: Directions
     direction: int | str
     scale: float = 1.0
     window: tuple[float, float] = (1.0, 0.0)
-    reference: str = ""
 
     def __post_init__(self):
         start, end = self.window
@@ -147,28 +139,20 @@ def denoise(pipe, edits=(), *, latents_T: torch.Tensor | None = None,
     cond_prompt = _expand(prompt_embeds, batch, pipe) if has_prompt else None
     edits = [e for e in edits if e.scale != 0]
     cond_edits = [_expand(c, batch, pipe) for c in _direction_conditionings(pipe, edits)]
-    # other references than the empty prompt, one row each however many edits share it
-    references = sorted({e.reference for e in edits} - {""})
-    cond_references = {r: _expand(encode_prompt(pipe, r), batch, pipe) for r in references}
 
     # 3. the loop
     for i, t in enumerate(tqdm(timesteps, desc="editing", disable=not progress)):
         t = int(t)
         live = [k for k, e in enumerate(edits) if e.active(t, num_train)]
-        live_references = sorted({edits[k].reference for k in live} - {""})
-        # 3a. one batched UNet call on the rows [empty?, prompt?, live directions..., their references...]
-        need_empty = not has_prompt or use_cfg or any(edits[k].reference == "" for k in live)
-        rows = (([empty] if need_empty else []) + ([cond_prompt] if has_prompt else [])
-                + [cond_edits[k] for k in live] + [cond_references[r] for r in live_references])
+        # 3a. one batched UNet call on the rows [empty?, prompt?, live directions...]
+        need_empty = not has_prompt or use_cfg or bool(live)
+        rows = ([empty] if need_empty else []) + ([cond_prompt] if has_prompt else []) + [cond_edits[k] for k in live]
         eps = predict_noise(pipe, x.repeat(len(rows), 1, 1, 1), t, torch.cat(rows)).split(batch)
         eps_empty = eps[0] if need_empty else None
         eps_prompt = eps[int(need_empty)] if has_prompt else None
-        first_direction = int(need_empty) + int(has_prompt)
-        eps_dirs = eps[first_direction:first_direction + len(live)]
-        eps_reference = {"": eps_empty, **dict(zip(live_references, eps[first_direction + len(live):]))}
+        eps_dirs = eps[int(need_empty) + int(has_prompt):]
 
-        # 3b. eps_hat = eps(x, t, c) + sum_k s_k (eps(x, t, c_k) - eps(x, t, c_reference_k)),
-        #     c_reference_k = c_empty unless the edit names another reference prompt
+        # 3b. eps_hat = eps(x, t, c) + sum_k s_k (eps(x, t, c_k) - eps(x, t, c_empty))
         if not has_prompt:
             noise_pred = eps_empty
         elif use_cfg:
@@ -176,7 +160,7 @@ def denoise(pipe, edits=(), *, latents_T: torch.Tensor | None = None,
         else:
             noise_pred = eps_prompt
         for k, eps_k in zip(live, eps_dirs):
-            noise_pred = noise_pred + edits[k].scale * (eps_k - eps_reference[edits[k].reference])
+            noise_pred = noise_pred + edits[k].scale * (eps_k - eps_empty)
 
         # 3c. the sampler step x_t -> x_{t-1}, in float32
         if noise_maps is not None:
