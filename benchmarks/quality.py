@@ -55,8 +55,8 @@ if str(REPO) not in sys.path:  # `python benchmarks/quality.py` from anywhere
 
 from noiseclr_lite.metrics import (STRENGTH_MIN, PURITY_MIN, DirectionScore, PromptDirections, StartSet,  # noqa: E402
                                    aggregate_summaries, balanced_start_images, cross_domain_interference,
-                                   format_table, images_to_tensor, prepare_start, score_direction, score_rendered,
-                                   summary)
+                                   format_table, images_to_tensor, prepare_start, reached_purity, score_direction,
+                                   score_rendered, summary)
 from noiseclr_lite.models import image_size  # noqa: E402
 from noiseclr_lite.toyworld.domains import get_domain  # noqa: E402
 
@@ -455,13 +455,15 @@ def miscalibrated(scores, target_change: float, tolerance: float = MISCALIBRATIO
 
 def domain_table(runs: dict[str, list[MethodRun]], target_change: float) -> list[dict]:
     """One row per method: ``metrics.aggregate_summaries`` over its seeds, plus counts over every
-    seed of saturated and miscalibrated directions."""
+    seed of saturated and miscalibrated directions, and the purity of the directions that reached
+    the target change (``metrics.reached_purity``, pooled over seeds)."""
     rows = []
     for method in METHODS:
         if runs.get(method):
             row = {"method": method, **aggregate_summaries([r.summary for r in runs[method]])}
             row["saturated"] = sum(r.summary["saturated"] for r in runs[method])  # over every seed
             row["miscalibrated"] = sum(miscalibrated(r.scores, target_change) for r in runs[method])
+            row["purity_reached"] = reached_purity([s for r in runs[method] for s in r.scores])[0]
             rows.append(row)
     return rows
 
@@ -498,7 +500,8 @@ def losses(domain: str, rows: list[dict]) -> list[str]:
 
 
 def overall_table(per_domain: dict[str, dict[str, list[MethodRun]]]) -> list[dict]:
-    """Per method: each seed's mean over the domains, then mean ± std over seeds.
+    """Per method: each seed's mean over the domains, then mean ± std over seeds; "saturated" and
+    "purity_reached" (``metrics.reached_purity``) pool every direction of every domain and seed.
 
     A number some cached score lacks (e.g. "stays in domain" before it was measured) is None.
     """
@@ -516,9 +519,11 @@ def overall_table(per_domain: dict[str, dict[str, list[MethodRun]]]) -> list[dic
         over_seeds = aggregate_summaries(per_seed)    # (mean, std) over seeds; None where a seed lacks a number
         covered = [f"{d}.{a}" for d in domains
                    for a in aggregate_summaries([r.summary for r in per_domain[d][method]])["covered"]]
+        pooled = [s for d in domains for r in per_domain[d][method] for s in r.scores]
         rows.append({"method": method, "domain": "all", "directions": sum(per_domain[d][method][0].summary["directions"]
                                                                          for d in domains),
-                     **{k: over_seeds[k] for k in keys}, "covered": covered, "runs": n_runs})
+                     **{k: over_seeds[k] for k in keys}, "covered": covered, "runs": n_runs,
+                     "saturated": sum(s.saturated for s in pooled), "purity_reached": reached_purity(pooled)[0]})
     return rows
 
 
@@ -546,6 +551,7 @@ QUALITY_COLUMNS = [("method", "method"), ("domain", "domain"), ("directions", "K
                    ("coverage", "coverage"), ("mean_purity", "mean purity"), ("mean_strength", "mean strength"),
                    ("mean_off_target", "off-target"), ("mean_pixel_change", "pixel change"),
                    ("mean_domain_kept", "stays in domain"), ("saturated", "saturated"),
+                   ("purity_reached", "purity of unsaturated"),
                    ("miscalibrated", "miscalibrated"), ("covered", "covered attributes")]
 
 
@@ -567,7 +573,9 @@ def markdown(report: dict) -> str:
              f"{s['target_change']} at +s and -s; effects two-sided, read by the attribute oracle. A direction covers "
              f"its target attribute when strength >= {STRENGTH_MIN} and purity >= {PURITY_MIN}. Mean ± standard "
              f"deviation over seeds {s['seeds']} (text prompts are deterministic: one run). \"saturated\" counts "
-             "directions that did not reach the target change at the largest scale tried, \"miscalibrated\" those "
+             "directions that did not reach the target change at the largest scale tried (over every seed), "
+             "\"purity of unsaturated\" is the mean purity of the others (a faint edit reads as pure), "
+             "\"miscalibrated\" those "
              f"whose pixel change ended more than {MISCALIBRATION:.0%} away from the target. \"stays in domain\" is the "
              "share of +s and -s edits that the oracle still reads as the starting domain: an edit that turns a face "
              "into a car moves every attribute at once (\"-\": scores cached before it was measured).", "",

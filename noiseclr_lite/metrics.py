@@ -61,7 +61,7 @@ __all__ = [
     "Calibration", "DirectionScore", "Interference", "Preservation", "PromptDirections", "StartSet",
     "aggregate_summaries", "attribute_probabilities", "balanced_start_images", "calibrate_scale", "coverage",
     "cross_domain_interference", "format_table", "images_to_tensor", "pixel_change", "prepare_start",
-    "preservation", "purity", "score_direction", "score_directions", "strength", "summary",
+    "preservation", "purity", "reached_purity", "score_direction", "score_directions", "strength", "summary",
     "target_attribute", "two_sided_effects",
 ]
 
@@ -633,6 +633,20 @@ def summary(scores: Sequence[DirectionScore], domain: str, strength_min: float =
             "saturated": sum(s.saturated for s in scores),
             "mean_domain_kept": (None if any(s.domain_kept is None for s in scores)
                                  else statistics.mean(s.domain_kept for s in scores))}
+
+
+def reached_purity(scores: Sequence[DirectionScore]) -> tuple[float | None, int]:
+    """Mean purity of the directions whose calibration reached the target pixel change.
+
+    A direction that saturates (its largest scale still changes the pixels less than the
+    target) is scored on a faint edit, where a tiny change of one attribute reads as "pure";
+    leaving those out compares methods on edits of the same visible size.
+
+    Returns:
+        (mean purity in [0, 1], or None when no direction reached the target; how many did).
+    """
+    reached = [s.purity for s in scores if not s.saturated]
+    return (statistics.mean(reached) if reached else None), len(reached)
 
 
 def aggregate_summaries(summaries: Sequence[dict]) -> dict:

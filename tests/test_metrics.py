@@ -1,5 +1,6 @@
 """Scoring directions: the math on constructed cases with known answers, and one end-to-end run."""
 
+import dataclasses
 import math
 from dataclasses import asdict
 
@@ -279,3 +280,14 @@ def test_domain_kept_counts_the_edits_that_leave_the_domain():
     both = aggregate_summaries([row, summary([old, stayed], "face")])
     assert both["mean_domain_kept"] is None
     assert "| - |" in format_table([{"method": "m", **both}], [("method", "method"), ("mean_domain_kept", "kept")])
+
+
+def test_reached_purity_leaves_out_saturated_directions():
+    from noiseclr_lite.metrics import reached_purity
+
+    faint = dataclasses.replace(fake_score("faint", [0.02, 0.0, 0.0, 0.0], change=0.01), saturated=True)
+    mixed = fake_score("mixed", [0.5, 0.5, 0.0, 0.0])
+    pure = fake_score("pure", [0.0, 0.0, 0.9, 0.1])
+    assert faint.purity == 1.0                        # a faint edit of one attribute reads as perfectly pure
+    assert reached_purity([faint, mixed, pure]) == (pytest.approx((0.5 + 0.9) / 2), 2)
+    assert reached_purity([faint]) == (None, 0)

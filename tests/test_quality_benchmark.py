@@ -141,6 +141,13 @@ def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe
     kept = {d: data["domains"][d]["table"][0]["mean_domain_kept"][0] for d in ("face", "cat")}
     assert kept == {"face": 1.0, "cat": 0.0} and "stays in domain" in md
     assert data["overall"][0]["mean_domain_kept"][0] == 0.5
+    # purity over the directions that reached the target: pooled over every domain and seed
+    for row in data["overall"]:
+        pooled = [s for d in ("face", "cat") for r in data["domains"][d]["runs"][row["method"]] for s in r["scores"]]
+        reached = [s["purity"] for s in pooled if not s["saturated"]]
+        assert row["saturated"] == len(pooled) - len(reached)
+        assert row["purity_reached"] == (pytest.approx(sum(reached) / len(reached)) if reached else None)
+    assert "purity of unsaturated" in md
     assert set(data["comparisons"]["cat"]) >= {"coverage_margin_over_random", "text_purity_share", "clear_margin"}
     assert [b["bar"] for b in data["bars"]][:3] == ["coverage of all attributes", "mean purity",
                                                     "purity as a share of the text ceiling's"]
@@ -161,6 +168,7 @@ def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe
     assert data["weights"] == quality.cache_key(tiny_pipe, StatsOracle())  # which weights the numbers describe
     assert f"weights {data['weights']}" in md
     assert f"| quality | {data['weights']} | face, cat | 1 | 2 | 2 | 0.01 |" in sweep
+    assert f"| {list(settings.timestep_range)} | {settings.batch_size} | one |" in sweep   # the anchors column
     assert (tmp_path / "quality-sweep.md").exists()
 
     # --resume: every finished unit is read back, nothing is trained or scored again
