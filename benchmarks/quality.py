@@ -723,16 +723,22 @@ def run_benchmark(pipe, oracle, settings: Settings, out_dir: str | os.PathLike =
 
 def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
     """One row per ``quality*.json`` in ``out_dir``: the weights it measured (:func:`cache_key`;
-    "?" for reports older than that field), its training settings and NoiseCLR's overall numbers,
+    "?" for reports older than that field), its training settings and NoiseCLR's overall numbers
+    (strength and saturation next to purity: a faint edit reads as pure; "-" where an older
+    report lacks a number),
     to read how sensitive the result is to them (written to ``quality-sweep.md``).  Only rows
     with the same weights compare settings; a retrained model starts a new group."""
     out_dir = Path(out_dir)
     lines = ["| report | weights | domains | seeds | K | steps | lr | t range | batch | anchors | coverage | "
-             "mean purity | purity margin over random | purity / text |", "|" + "---|" * 14]
+             "mean purity | purity margin over random | purity / text | mean strength | saturated | "
+             "purity of unsaturated |", "|" + "---|" * 17]
     for path in sorted(out_dir.glob("quality*.json")):
         report = json.loads(path.read_text())
         s, rows = report["settings"], {r["method"]: r for r in report["overall"]}
         nclr, text = rows["NoiseCLR"], rows["text"]
+        # older reports lack these two (None: printed "-")
+        saturated, reached = nclr.get("saturated"), nclr.get("purity_reached")
+        nclr_total = nclr["directions"] * len(s["seeds"])
         margins = [c["mean_purity_margin_over_random"][0] for c in report["comparisons"].values()]
         share = nclr["mean_purity"][0] / text["mean_purity"][0] if text["mean_purity"][0] > 0 else float("nan")
         lines.append(f"| {path.stem}{' (quick)' if s['quick'] else ''} | {report.get('weights', '?')} | "
@@ -740,7 +746,9 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
                      f"{len(s['seeds'])} | "
                      f"{s['num_directions']} | {s['steps']} | {s['learning_rate']:g} | {s['timestep_range']} | "
                      f"{s['batch_size']} | {s.get('anchors', 'one')} | {_pm(nclr['coverage'], sign='')} | {_pm(nclr['mean_purity'], sign='')} | "
-                     f"{statistics.mean(margins):+.2f} | {share:.2f} |")
+                     f"{statistics.mean(margins):+.2f} | {share:.2f} | {_pm(nclr['mean_strength'], sign='')} | "
+                     f"{'-' if saturated is None else f'{saturated} of {nclr_total}'} | "
+                     f"{'-' if reached is None else f'{reached:.2f}'} |")
     table = "\n".join(["# NoiseCLR across settings", "", "Overall numbers of every quality report in this folder "
                        "(mean ± std over seeds; margin = mean over domains). Compare settings only between rows with the "
                        "same weights (a hash of the text encoder, UNet, VAE and oracle).", ""] + lines) + "\n"

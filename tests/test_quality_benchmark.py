@@ -169,6 +169,8 @@ def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe
     assert f"weights {data['weights']}" in md
     assert f"| quality | {data['weights']} | face, cat | 1 | 2 | 2 | 0.01 |" in sweep
     assert f"| {list(settings.timestep_range)} | {settings.batch_size} | one |" in sweep   # the anchors column
+    nclr = data["overall"][0]
+    assert f"| {nclr['saturated']} of {nclr['directions']} | " in sweep                 # one seed
     assert (tmp_path / "quality-sweep.md").exists()
 
     # --resume: every finished unit is read back, nothing is trained or scored again
