@@ -639,8 +639,10 @@ def reached_purity(scores: Sequence[DirectionScore]) -> tuple[float | None, int]
     """Mean purity of the directions whose calibration reached the target pixel change.
 
     A direction that saturates (its largest scale still changes the pixels less than the
-    target) is scored on a faint edit, where a tiny change of one attribute reads as "pure";
-    leaving those out compares methods on edits of the same visible size.
+    target) is scored on a smaller edit than the others, and a small nudge of one attribute
+    reads as "pure"; leaving those out compares methods at the same pixel change.  It also
+    leaves out directions that flip a small-area attribute (eye colour) completely without
+    reaching the target: read it next to the plain mean purity, not instead of it.
 
     Returns:
         (mean purity in [0, 1], or None when no direction reached the target; how many did).
