@@ -746,7 +746,8 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
                      f"{', '.join(s['domains'])} | "
                      f"{len(s['seeds'])} | "
                      f"{s['num_directions']} | {s['steps']} | {s['learning_rate']:g} | {s['timestep_range']} | "
-                     f"{s['batch_size']} | {s.get('anchors', 'one')} | {_pm(nclr['coverage'], sign='')} | {_pm(nclr['mean_purity'], sign='')} | "
+                     f"{s['batch_size']} | {s.get('anchors', 'one')} | {_pm(nclr['coverage'], sign='')} | "
+                     f"{_pm(nclr['mean_purity'], sign='')} | "
                      f"{statistics.mean(margins):+.2f} | {share:.2f} | {_pm(nclr['mean_strength'], sign='')} | "
                      f"{'-' if saturated is None else f'{saturated} of {nclr_total}'} | "
                      f"{'-' if reached is None else f'{reached:.2f}'} |")
@@ -848,7 +849,8 @@ def settings_from_args(args: argparse.Namespace, model: str) -> Settings:
         methods=[m for m in METHODS if m in args.methods], interference=not args.no_interference,
         num_directions=pick("num_directions"), steps=pick("steps"), learning_rate=args.lr,
         timestep_range=tuple(args.timestep_range), batch_size=args.batch_size, negatives=args.negatives,
-        tau=args.tau, anchors=args.anchors, train_images=args.train_images, eval_images=pick("eval_images"), start_seed=args.start_seed,
+        tau=args.tau, anchors=args.anchors, train_images=args.train_images, eval_images=pick("eval_images"),
+        start_seed=args.start_seed,
         inference_steps=pick("inference_steps"), target_change=args.target_change, max_scale=args.max_scale,
         hspace_max_scale=args.hspace_max_scale, calibration_images=pick("calibration_images"),
         calibration_iters=pick("calibration_iters"), window=tuple(args.window),
