@@ -85,6 +85,45 @@ def test_every_caption_word_is_one_token(tmp_path):
     assert tokenizer.tokenize("zebra") == ["z", "e", "b", "r", "a</w>"]  # unknown words still tokenize
 
 
+def test_rendered_batches_do_not_depend_on_the_number_of_drawing_processes():
+    from noiseclr_lite.toyworld.train_model import rendered_batches
+
+    specs = [(5, 11), (3, 12), (5, 13), (2, 14)]
+    alone = list(rendered_batches(specs, workers=0))
+    pooled = list(rendered_batches(iter(specs), workers=2))  # a generator, as the VAE stage passes
+    assert len(pooled) == len(specs)
+    for (images_a, labels_a), (images_b, labels_b), (n, _) in zip(alone, pooled, specs):
+        assert images_a.shape == (n, 64, 64, 3) and np.array_equal(images_a, images_b) and labels_a == labels_b
+
+
+def test_resolve_device_names_the_fix_when_there_is_no_gpu():
+    from noiseclr_lite.toyworld.train_model import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cpu"):
+            resolve_device("cuda")
+
+
+def test_world_training_stops_after_its_time_limit_exported_and_resumable(tmp_path):
+    from noiseclr_lite.toyworld.train_model import WorldTrainingConfig, train_world_model
+
+    cfg = WorldTrainingConfig(out_dir=str(tmp_path / "model"), work_dir=str(tmp_path / "work"),
+                              vae_batch=4, num_images=12, unet_steps=50, unet_batch=2, checkpoint_every=1,
+                              export_every=50, vae_eval_images=4, unet_widths=(32, 64, 64),
+                              stop_after_minutes=1e-6,  # already over after the first UNet step
+                              vae_steps=5, vae_max_minutes=1e-6)  # and the VAE stage after its first step
+    train_world_model(cfg)
+    state = json.loads((tmp_path / "model" / "training_state.json").read_text())
+    assert state["unet_step"] == 1  # the limit stopped it long before step 50, and it exported anyway
+    assert state["vae"]["steps"] == 1 and state["vae"]["held_out_psnr"] is not None
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert f"held-out PSNR {state['vae']['held_out_psnr']} dB" in card
+    train_world_model(cfg)  # resumes from the checkpoint written at the stop
+    assert json.loads((tmp_path / "model" / "training_state.json").read_text())["unet_step"] == 2
+
+
 def test_world_training_script_runs_resumes_and_loads(tmp_path):
     from diffusers import StableDiffusionPipeline
 

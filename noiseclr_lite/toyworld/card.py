@@ -51,7 +51,10 @@ def render_card(model_dir: str | Path) -> str:
         f"{cfg['caption_dropout']}" + (f", offset noise {cfg['noise_offset']:g}" if cfg.get("noise_offset") else "")
         + ")",
         f"- VAE: up to {cfg['vae_steps']} steps at batch {cfg['vae_batch']}, lr {cfg['vae_lr']} (L1 + MSE + "
-        f"{cfg['vae_kl_weight']:g} KL), on an endless stream of fresh renders; then frozen",
+        f"{cfg['vae_kl_weight']:g} KL), on an endless stream of fresh renders; then frozen"
+        + (f" (it stopped at step {state['vae']['steps']} with held-out PSNR {state['vae']['held_out_psnr']} dB, "
+           f"after {state['vae']['wall_seconds'] / 60:.1f} min on {state['vae']['hardware']})"
+           if state.get("vae") else ""),
         *_decoder_lines(model_dir),
         f"- training images for the UNet: {cfg['num_images']} renders, encoded once",
         f"- wall time of the UNet stage so far: {state['wall_seconds'] / 3600:.2f} h on {state['hardware']}",

@@ -12,14 +12,22 @@ can be killed at any moment.  Every ``export_every`` steps the EMA weights are w
 as a complete diffusers folder (fp16 safetensors) into ``out_dir``, together with
 ``training_state.json`` (step, settings, wall time); a later run with an empty
 ``work_dir`` continues from that shipped folder instead of from scratch.
+
+Everything trains on ``device`` ("cpu", "cuda" or "auto"); on a GPU the images are drawn
+by ``render_workers`` processes so that the drawing keeps up with the GPU, and
+``stop_after_minutes`` ends a run (checkpointed and exported) inside a rented time slot.
+The training images do not depend on the device or the number of workers: every batch
+and every dataset chunk has its own seed.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import random
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,6 +56,8 @@ class WorldTrainingConfig:
     vae_target_psnr: float = 32.0
     vae_kl_weight: float = 1e-6
     vae_eval_images: int = 256
+    # end the VAE stage after so many minutes of this run (0: no limit), as if vae_steps were reached
+    vae_max_minutes: float = 0.0
     num_images: int = 40000
     unet_steps: int = 200000
     unet_batch: int = 64
@@ -69,7 +79,58 @@ class WorldTrainingConfig:
     unet_widths: tuple = (64, 128, 128)
     unet_layers_per_block: int = 1
     threads: int = 0
+    # "cpu", "cuda" or "auto" (cuda when torch sees a GPU)
+    device: str = "cpu"
+    # processes that draw training images ahead of the trainer (0 or 1: drawn in this process)
+    render_workers: int = 0
+    # end this run after so many minutes of wall time (0: no limit), checkpointed and exported;
+    # the next run resumes.  Only the UNet stage stops early: the VAE must finish first.
+    stop_after_minutes: float = 0.0
     extra: dict = field(default_factory=dict)
+
+#: images per seeded chunk of the UNet's training set (a multiple of the 5 domains, so
+#: every chunk cycles through the domains evenly)
+DATASET_CHUNK = 5000
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> cuda when available, else cpu; otherwise ``torch.device(name)``, checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: torch {torch.__version__} sees no GPU here; "
+                         f"use --device cpu (or auto)")
+    return device
+
+
+def rendered_batches(specs, workers: int = 0):
+    """Yield ``render_batch(n, seed)`` for each ``(n, seed)`` in ``specs``, in order.
+
+    With ``workers`` > 1 the batches are drawn ahead by that many processes (at most
+    2 x workers batches wait in memory); the output is the same for any ``workers``.
+    Spawned, not forked, processes: forking after CUDA has started is unsafe.
+    """
+    if workers <= 1:
+        for n, seed in specs:
+            yield render_batch(n, seed)
+        return
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        pending = deque()
+        for spec in specs:
+            pending.append(pool.apply_async(render_batch, spec))
+            if len(pending) > 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def hardware(device: torch.device) -> str:
+    """Where training ran, for the model card: the GPU's name, or the CPU cores and torch threads."""
+    cpu = f"{os.cpu_count()} CPU cores ({torch.get_num_threads()} torch threads), torch {torch.__version__}"
+    if device.type == "cuda":
+        return f"one {torch.cuda.get_device_name(device)} GPU, {cpu}"
+    return cpu
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -102,30 +163,37 @@ def _decay(step: int, total: int, start: float = 0.7, floor: float = 0.1) -> flo
         return 1.0
     return max(floor, 1.0 - (1.0 - floor) * (step - begin) / max(1.0, total - begin))
 
-def train_vae(cfg: WorldTrainingConfig, work: Path) -> AutoencoderKL:
-    """Train (or resume, or load the finished) VAE; returns it in eval mode."""
+def train_vae(cfg: WorldTrainingConfig, work: Path, device: torch.device = torch.device("cpu")) -> AutoencoderKL:
+    """Train (or resume, or load the finished) VAE on ``device``; returns it in eval mode there.
+
+    Beside the finished VAE, ``history.json`` holds the held-out PSNR at every checkpoint
+    and ``vae_training.json`` the steps run, the final PSNR and the wall time (for the card).
+    """
     final = work / "vae"
     if (final / "config.json").exists():
-        return AutoencoderKL.from_pretrained(final).eval()
+        return AutoencoderKL.from_pretrained(final).to(device).eval()
     shipped = Path(cfg.out_dir) / "vae"
     if (shipped / "config.json").exists():  # continue from the shipped model, do not retrain
         vae = AutoencoderKL.from_pretrained(shipped, dtype=torch.float32)
         vae.save_pretrained(final)
-        return vae.eval()
+        return vae.to(device).eval()
     torch.manual_seed(cfg.seed)
-    vae = build_vae(tuple(cfg.vae_widths))
+    vae = build_vae(tuple(cfg.vae_widths)).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    ckpt_path, step, history = work / "vae_ckpt.pt", 0, []
+    ckpt_path, step, history, wall = work / "vae_ckpt.pt", 0, [], 0.0
     if ckpt_path.exists():
         state = _load(ckpt_path)
         vae.load_state_dict(state["model"]), opt.load_state_dict(state["optimizer"])
-        step, history = state["step"], state["history"]
+        step, history, wall = state["step"], state["history"], state.get("wall", 0.0)
     held_out, _ = render_batch(cfg.vae_eval_images, seed=10**9)
-    held_out = _to_pixels(held_out)
+    held_out = _to_pixels(held_out).to(device)
+    run_start = time.time()
+    start = run_start - wall
     bar = tqdm(total=cfg.vae_steps, initial=step, desc="vae")
-    while step < cfg.vae_steps:
-        images, _ = render_batch(cfg.vae_batch, seed=cfg.seed * 10**7 + step)
-        x = _to_pixels(images)
+    batches = rendered_batches(((cfg.vae_batch, cfg.seed * 10**7 + s) for s in range(step, cfg.vae_steps)),
+                               cfg.render_workers)
+    for images, _ in batches:
+        x = _to_pixels(images).to(device)
         for group in opt.param_groups:  # constant, then a linear decay to 10% over the last 30%
             group["lr"] = cfg.vae_lr * _decay(step, cfg.vae_steps)
         posterior = vae.encode(x).latent_dist
@@ -136,19 +204,30 @@ def train_vae(cfg: WorldTrainingConfig, work: Path) -> AutoencoderKL:
         opt.step()
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % 25 == 0:  # .item() waits for the GPU: not every step
+            bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % cfg.checkpoint_every == 0 or step == cfg.vae_steps:
             with torch.no_grad():
                 value = psnr(held_out, vae.decode(vae.encode(held_out).latent_dist.mode()).sample)
             history.append((step, value))
             bar.write(f"vae step {step}: held-out PSNR {value:.2f} dB")
             _atomic_save({"model": vae.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                          "history": history}, ckpt_path)
+                          "history": history, "wall": time.time() - start}, ckpt_path)
             if value >= cfg.vae_target_psnr:
                 break
+        if cfg.vae_max_minutes and time.time() - run_start >= 60 * cfg.vae_max_minutes:
+            bar.write(f"vae: --vae-max-minutes {cfg.vae_max_minutes:g} reached at step {step}")
+            if not history or history[-1][0] != step:  # the final PSNR belongs to the final weights
+                with torch.no_grad():
+                    history.append((step, psnr(held_out, vae.decode(vae.encode(held_out).latent_dist.mode()).sample)))
+            break
+    batches.close()  # stops the drawing processes when the PSNR target ends the stage early
     bar.close()
     vae.save_pretrained(final)
     (final / "history.json").write_text(json.dumps(history))
+    (final / "vae_training.json").write_text(json.dumps(
+        {"steps": step, "held_out_psnr": round(history[-1][1], 2) if history else None,
+         "wall_seconds": round(time.time() - start), "hardware": hardware(device)}, indent=1))
     return vae.eval()
 
 
@@ -209,16 +288,25 @@ def finetune_decoder(model_dir: str | Path, work_dir: str | Path, steps: int, ba
 
 # ---------------------------------------------------------------------- stage 2: latents
 def encode_dataset(cfg: WorldTrainingConfig, work: Path, vae: AutoencoderKL) -> dict:
-    """Render ``num_images`` captionable images and cache their latent mean/std once."""
+    """Render ``num_images`` captionable images and cache their latent mean/std (on the CPU) once.
+
+    The images are drawn in chunks of ``DATASET_CHUNK``, chunk c with seed
+    ``(seed + 1) * 1000 + c``, so that several processes can draw them.
+    """
     path = work / "latents.pt"
     if path.exists():
         return _load(path)
-    images, labels = render_batch(cfg.num_images, seed=cfg.seed + 1)
-    means, stds = [], []
+    device = next(vae.parameters()).device
+    chunks = [(min(DATASET_CHUNK, cfg.num_images - first), (cfg.seed + 1) * 1000 + c)
+              for c, first in enumerate(range(0, cfg.num_images, DATASET_CHUNK))]
+    means, stds, labels = [], [], []
     with torch.no_grad():
-        for start in tqdm(range(0, len(images), 256), desc="encode"):
-            dist = vae.encode(_to_pixels(images[start:start + 256])).latent_dist
-            means.append(dist.mean), stds.append(dist.std)
+        for images, chunk_labels in tqdm(rendered_batches(chunks, cfg.render_workers), total=len(chunks),
+                                         desc="render + encode"):
+            labels += chunk_labels
+            for start in range(0, len(images), 256):
+                dist = vae.encode(_to_pixels(images[start:start + 256]).to(device)).latent_dist
+                means.append(dist.mean.cpu()), stds.append(dist.std.cpu())
     mean, std = torch.cat(means), torch.cat(stds)
     data = {"mean": mean.half(), "std": std.half(), "labels": labels,
             "scaling_factor": float(1.0 / mean.float().std())}
@@ -227,7 +315,7 @@ def encode_dataset(cfg: WorldTrainingConfig, work: Path, vae: AutoencoderKL) -> 
 
 
 # ------------------------------------------------------------------------- stage 3: UNet
-def _export(cfg, vae, tokenizer, text_encoder, unet, ema, step, wall, out: Path, scaling_factor):
+def _export(cfg, vae, tokenizer, text_encoder, unet, ema, step, wall, out: Path, scaling_factor, work: Path):
     """Write the EMA weights as a complete fp16 diffusers folder plus training_state.json."""
     import copy
     ema_text, ema_unet = copy.deepcopy(text_encoder), copy.deepcopy(unet)
@@ -237,7 +325,10 @@ def _export(cfg, vae, tokenizer, text_encoder, unet, ema, step, wall, out: Path,
     tmp = out.with_name(out.name + ".tmp")
     pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
     state = {"unet_step": step, "wall_seconds": round(wall), "config": asdict(cfg),
-             "hardware": f"{os.cpu_count()} CPU cores ({torch.get_num_threads()} torch threads), torch {torch.__version__}"}
+             "hardware": hardware(next(unet.parameters()).device)}
+    vae_record = work / "vae" / "vae_training.json"
+    if vae_record.exists():
+        state["vae"] = json.loads(vae_record.read_text())
     previous = out / "training_state.json"
     if previous.exists():  # events of the run's history (e.g. a renderer change) travel from export to export
         state["notes"] = json.loads(previous.read_text()).get("notes", [])
@@ -265,8 +356,12 @@ def training_noise(latents: torch.Tensor, offset: float = 0.0) -> torch.Tensor:
     return noise
 
 
-def train_unet(cfg: WorldTrainingConfig, work: Path, vae: AutoencoderKL, data: dict) -> None:
-    """Train text encoder + UNet on the cached latents, with EMA, checkpoints and exports."""
+def train_unet(cfg: WorldTrainingConfig, work: Path, vae: AutoencoderKL, data: dict,
+               device: torch.device = torch.device("cpu"), deadline: float | None = None) -> None:
+    """Train text encoder + UNet on the cached latents, with EMA, checkpoints and exports.
+
+    Runs on ``device``; at ``deadline`` (a ``time.time()`` value) it checkpoints, exports and returns.
+    """
     out = Path(cfg.out_dir)
     tokenizer = build_tokenizer(work / "tokenizer")
     scheduler = build_scheduler()
@@ -284,19 +379,22 @@ def train_unet(cfg: WorldTrainingConfig, work: Path, vae: AutoencoderKL, data: d
         params = list(text_encoder.parameters()) + list(unet.parameters())
         step, wall = shipped["unet_step"], shipped["wall_seconds"]
         print(f"resuming from the shipped EMA weights in {out} at step {step}")
+    text_encoder.to(device), unet.to(device)
     ema = EMAModel(params, decay=cfg.ema_max_decay, use_ema_warmup=True, power=2 / 3)
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
     if state is not None:
         text_encoder.load_state_dict(state["text_encoder"]), unet.load_state_dict(state["unet"])
         opt.load_state_dict(state["optimizer"]), ema.load_state_dict(state["ema"])
+        ema.to(device)  # the checkpoint was loaded onto the CPU
         step, wall = state["step"], state["wall"]
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"])  # the CPU generator; a GPU's noise is not replayed
     elif step:
         ema.optimization_step = step
     alphas = scheduler.alphas_cumprod
     snr = alphas / (1 - alphas)
-    loss_weight = torch.clamp(snr, max=cfg.min_snr_gamma) / snr  # min-SNR-gamma for epsilon
-    num = len(data["mean"])
+    loss_weight = (torch.clamp(snr, max=cfg.min_snr_gamma) / snr).to(device)  # min-SNR-gamma for epsilon
+    latent_mean, latent_std = data["mean"].to(device), data["std"].to(device)
+    num = len(latent_mean)
     scaling = data["scaling_factor"]
     rng = random.Random(cfg.seed * 7919 + step)
     bar = tqdm(total=cfg.unet_steps, initial=step, desc="unet")
@@ -304,13 +402,15 @@ def train_unet(cfg: WorldTrainingConfig, work: Path, vae: AutoencoderKL, data: d
     start = time.time() - wall
     while step < cfg.unet_steps:
         idx = torch.randint(0, num, (cfg.unet_batch,))
-        latents = (data["mean"][idx].float() + data["std"][idx].float() * torch.randn(cfg.unet_batch, 4, 16, 16)) * scaling
         prompts = [caption(*data["labels"][i], rng=rng, attribute_dropout=cfg.attribute_dropout,
                            caption_dropout=cfg.caption_dropout) for i in idx.tolist()]
+        idx = idx.to(device)
+        latents = (latent_mean[idx].float()
+                   + latent_std[idx].float() * torch.randn(cfg.unet_batch, 4, 16, 16, device=device)) * scaling
         ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids
+                        truncation=True, return_tensors="pt").input_ids.to(device)
         noise = training_noise(latents, cfg.noise_offset)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.unet_batch,))
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.unet_batch,), device=device)
         noisy = scheduler.add_noise(latents, noise, t)
         pred = unet(noisy, t, text_encoder(ids)[0]).sample
         per_sample = (pred - noise).pow(2).flatten(1).mean(1)
@@ -324,25 +424,36 @@ def train_unet(cfg: WorldTrainingConfig, work: Path, vae: AutoencoderKL, data: d
         ema.step(params)
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if step % cfg.checkpoint_every == 0:
+        if step % 25 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        out_of_time = deadline is not None and time.time() >= deadline
+        if step % cfg.checkpoint_every == 0 or out_of_time:
             _atomic_save({"text_encoder": text_encoder.state_dict(), "unet": unet.state_dict(),
                           "optimizer": opt.state_dict(), "ema": ema.state_dict(), "step": step,
                           "wall": time.time() - start, "torch_rng": torch.get_rng_state()}, ckpt_path)
-        if step % cfg.export_every == 0 or step == cfg.unet_steps:
-            _export(cfg, vae, tokenizer, text_encoder, unet, ema, step, time.time() - start, out, scaling)
+        if step % cfg.export_every == 0 or step == cfg.unet_steps or out_of_time:
+            _export(cfg, vae, tokenizer, text_encoder, unet, ema, step, time.time() - start, out, scaling, work)
             bar.write(f"exported EMA weights at step {step} to {out}")
+        if out_of_time:
+            bar.write(f"stopped at step {step}: --stop-after-minutes {cfg.stop_after_minutes:g} reached; "
+                      f"run the same command again to resume")
+            break
     bar.close()
 
 
 def train_world_model(cfg: WorldTrainingConfig) -> None:
     """Run all three stages, resuming each from ``cfg.work_dir`` where it stopped."""
+    deadline = time.time() + 60 * cfg.stop_after_minutes if cfg.stop_after_minutes else None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":  # TF32 matmuls and tuned convolutions: a small model, so speed not precision
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     work = Path(cfg.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    vae = train_vae(cfg, work)
+    vae = train_vae(cfg, work, device)
     vae.requires_grad_(False)
     data = encode_dataset(cfg, work, vae)
-    train_unet(cfg, work, vae, data)
+    train_unet(cfg, work, vae, data, device, deadline)
