@@ -621,6 +621,8 @@ def run_gpu_parts(args, record: Callable[[str, list, list], None]) -> None:
             record(part, [{**setting, **measure()}], [])
         except torch.cuda.OutOfMemoryError:  # a measured result, like in the grid
             record(part, [{**setting, "status": "OOM"}], [])
+        except FloatingPointError:  # as in the grid: fp16 random weights can overflow; keep going to gpu-edit
+            record(part, [{**setting, "status": "non-finite loss"}], [])
         gc.collect()
         torch.cuda.empty_cache()
     record("gpu-edit", inversion_and_slider(pipe, args.gpu_edit_steps, args.active, args.gpu_repeats), [])

@@ -67,7 +67,11 @@ class _RowOverride(torch.nn.Module):
 
     def __init__(self, base: torch.nn.Embedding, token_ids: list[int], rows: torch.Tensor):
         super().__init__()
-        self.base, self.rows = base, rows
+        self.base = base
+        # A plain attribute, not a registered parameter: a trainable float32 Parameter here would
+        # become the text encoder's first parameter, so ``text_encoder.dtype`` would read float32
+        # and ``_encode`` would hand fp32 conditioning to fp16 weights (a dtype error without autocast).
+        self.__dict__["rows"] = rows
         self.register_buffer("token_ids", torch.tensor(token_ids, device=base.weight.device), persistent=False)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -343,9 +343,12 @@ def _contrast(pipe, directions, embeddings, chosen, noisy, t, empty_eps, loss_fn
         features = features_for(embeddings.detach())
     features.requires_grad_(True)
     loss = loss_fn(features, cfg.tau, anchor=anchor)
-    # fp16 training scales the loss so that small gradients survive; do the same by hand
-    scale = accelerator.scaler.get_scale() if getattr(accelerator, "scaler", None) is not None else 1.0
-    (feature_grad,) = torch.autograd.grad(loss * scale / cfg.grad_accum, features)
+    # fp16 training scales the loss so that small gradients survive; do the same by hand.
+    # scaler.scale() (not loss * get_scale()) also initialises the scaler's scale tensor, without
+    # which the optimizer's scaler.step() raises "Attempted step but _scale is None".
+    scaler = getattr(accelerator, "scaler", None)
+    scaled = scaler.scale(loss) if scaler is not None else loss
+    (feature_grad,) = torch.autograd.grad(scaled / cfg.grad_accum, features)
     # the chunks back-propagate into a detached copy; one final backward goes through the
     # (possibly DDP-wrapped) parameters, so multi-process gradient averaging happens once
     leaf = embeddings.detach().requires_grad_(True)

@@ -106,6 +106,18 @@ def test_conditioning_is_what_the_pipeline_encodes(tiny_pipe):
     assert not torch.allclose(c[0], empty[0])
 
 
+def test_conditioning_from_float32_parameter_rows_keeps_fp16_weights_dtype(tiny_pipe):
+    """Training passes its rows as a float32 nn.Parameter; the text encoder must still read as
+    (and return) fp16, so the conditioning fits an fp16 UNet without autocast."""
+    tiny_pipe.to(dtype=torch.float16)
+    d = Directions.create(tiny_pipe, 3)
+    rows = torch.nn.Parameter(d.embeddings.clone())
+    out = d.conditioning(tiny_pipe, rows)
+    assert out.dtype == torch.float16 and out.requires_grad
+    out.float().sum().backward()
+    assert rows.grad.dtype == torch.float32 and rows.grad.abs().sum() > 0
+
+
 def test_conditioning_is_differentiable_in_the_given_rows_only(tiny_pipe):
     d = Directions.create(tiny_pipe, 3)
     d.install(tiny_pipe)

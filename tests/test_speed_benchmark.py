@@ -93,6 +93,38 @@ def test_gpu_setting_records_out_of_memory_as_a_result(tiny_pipe, monkeypatch):
     assert row["status"] == "OOM" and row["step_s"] is None
 
 
+def test_run_gpu_parts_runs_every_part_on_a_tiny_pipeline(monkeypatch):
+    """The whole GPU part's logic on the CPU: fp32 grid, fp16 weights (no autocast on a CPU, so a
+    float32 tensor reaching the fp16 UNet fails here), batched vs per direction, recipe, editing."""
+    from noiseclr_lite.testing import tiny_pipeline
+
+    monkeypatch.setattr(speed, "sd15_random_pipeline", lambda device, dtype: tiny_pipeline(0))
+    args = speed.parse_args(["--only", "gpu", "--gpu-n", "2", "--gpu-k", "2", "--gpu-precisions", "fp32", "fp16",
+                             "--gpu-repeats", "1", "--gpu-ratio-k", "2", "--gpu-ratio-n", "2",
+                             "--gpu-edit-steps", "2", "--active", "1", "--recipe-steps", "3"])
+    seen = {}
+    speed.run_gpu_parts(args, lambda part, rows, notes: seen.__setitem__(part, rows))
+    assert [(r["precision"], r["status"]) for r in seen["gpu-grid"]] == [("fp32", "ok")] * 2 + [("fp16", "ok")] * 2
+    assert seen["gpu-train-step"][0]["batched_s"] > 0 and seen["gpu-recipe"][0]["step_s"] > 0
+    assert seen["gpu-edit"][0]["slider_update_s"] > 0
+
+
+def test_run_gpu_parts_records_a_non_finite_loss_and_goes_on(monkeypatch):
+    def overflow(*args, **kwargs):
+        raise FloatingPointError("NoiseCLR loss became nan")
+
+    pipe = type("Pipe", (), {"to": lambda self, dtype=None: self})()
+    monkeypatch.setattr(speed, "sd15_random_pipeline", lambda device, dtype: pipe)
+    monkeypatch.setattr(speed, "gpu_train_grid", lambda *args, **kwargs: [])
+    monkeypatch.setattr(speed, "compare_train_step", overflow)
+    monkeypatch.setattr(speed, "recipe_time", overflow)
+    monkeypatch.setattr(speed, "inversion_and_slider", lambda *args: [{"steps": 2}])
+    seen = {}
+    speed.run_gpu_parts(speed.parse_args(["--only", "gpu"]), lambda part, rows, notes: seen.__setitem__(part, rows))
+    assert seen["gpu-train-step"][0]["status"] == seen["gpu-recipe"][0]["status"] == "non-finite loss"
+    assert seen["gpu-edit"] == [{"steps": 2}]
+
+
 def test_gpu_grid_skips_settings_larger_than_one_that_ran_out_and_converts_weights_once(monkeypatch):
     class Pipe:
         dtypes = []

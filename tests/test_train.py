@@ -77,6 +77,31 @@ def test_chunked_training_matches_one_call(tmp_path, chunk_size):
     assert torch.allclose(one_call.embeddings, plain_chunks.embeddings, atol=1e-5)
 
 
+def test_fp16_weights_train_without_autocast(tiny_pipe):
+    """load_pipeline gives fp16 weights on a GPU and mixed_precision defaults to "no": the
+    conditioning must reach the UNet in fp16 although the trained rows are a float32 Parameter."""
+    tiny_pipe.to(dtype=torch.float16)
+    directions = train_directions(tiny_pipe, _images(), progress=False, **FAST)
+    assert directions.embeddings.dtype == torch.float32 and torch.isfinite(directions.embeddings).all()
+    assert tiny_pipe.text_encoder.dtype == torch.float16
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_fp16_loss_scaling_with_and_without_gradient_caching(tmp_path, chunk_size):
+    """What Accelerate does on a GPU with mixed_precision="fp16" (a GradScaler), on the CPU: the
+    gradient-caching path must scale through the scaler, or its step() finds no scale."""
+    from noiseclr_lite.testing import tiny_pipeline
+    from noiseclr_lite.train import _make_accelerator
+
+    plain = train_directions(tiny_pipeline(0, tmp_path / "a"), _images(), progress=False, **FAST)
+    accelerator = _make_accelerator("no", cpu=True)
+    accelerator.scaler = torch.amp.GradScaler("cpu")
+    scaled = train_directions(tiny_pipeline(0, tmp_path / "b"), _images(), progress=False, accelerator=accelerator,
+                              chunk_size=chunk_size, **FAST)
+    assert accelerator.scaler.get_scale() > 1  # the loss really was scaled
+    assert torch.allclose(plain.embeddings, scaled.embeddings, atol=1e-5)
+
+
 def test_edit_features_layout(tiny_pipe):
     torch.manual_seed(0)
     noisy = torch.randn(3, 4, 16, 16)
