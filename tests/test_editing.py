@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from noiseclr_lite.directions import Directions, empty_conditioning
-from noiseclr_lite.editing import DirectionEdit, edit, edit_grid, generate
+from noiseclr_lite.editing import DirectionEdit, edit, edit_grid, generate, split_regions
 from noiseclr_lite.inversion import ddim_invert, ddpm_invert, encode_prompt, make_scheduler, reconstruct
 from noiseclr_lite.testing import tiny_pipeline
 
@@ -92,6 +92,33 @@ def test_two_direction_sets_and_a_prompt_follow_the_formula(world):
                    - 2.0 * (eps["k"] - eps["u"]))
         x = scheduler.step(eps_hat, t, x).prev_sample
     torch.testing.assert_close(latents, x, atol=1e-4, rtol=1e-4)
+
+
+def test_split_regions_gives_each_pixel_to_the_set_that_pushes_hardest_there_relative_to_itself():
+    left, right = torch.zeros(1, 4, 2, 4), torch.zeros(1, 4, 2, 4)
+    left[..., :2], right[..., 2:] = 1.0, 1.0
+    face = 100.0 * left + 1.0 * right       # a strong edit, mostly on the left; also some push on the right
+    face_2 = 0.5 * face                     # a second face edit: moves with the first
+    cat = 0.1 * right + 0.01 * left         # a faint edit, mostly on the right
+    kept_face, kept_face_2, kept_cat = split_regions([face, face_2, cat], owners=["face", "face", "cat"])
+    # relative strength decides, not size: the faint cat edit keeps the right half
+    torch.testing.assert_close(kept_face, 100.0 * left)
+    torch.testing.assert_close(kept_face_2, 50.0 * left)
+    torch.testing.assert_close(kept_cat, 0.1 * right)
+    assert split_regions([face, cat], owners=["face", "face"]) == [face, cat]  # one set: the plain sum
+
+
+def test_regions_composition_changes_only_cross_set_edits(world):
+    same_set = [DirectionEdit(world.faces, 0, 2.0), DirectionEdit(world.faces, 1, -1.5)]
+    plain = edit(world.pipe, same_set, inversion=world.inversion, return_latents=True)[1]
+    regions = edit(world.pipe, same_set, inversion=world.inversion, return_latents=True, composition="regions")[1]
+    assert torch.equal(plain, regions)  # one set: nothing to split
+    two_sets = [DirectionEdit(world.faces, 0, 2.0), DirectionEdit(world.cats, 1, 2.0)]
+    summed = edit(world.pipe, two_sets, inversion=world.inversion, return_latents=True)[1]
+    split = edit(world.pipe, two_sets, inversion=world.inversion, return_latents=True, composition="regions")[1]
+    assert (summed - split).abs().max().item() > 1e-3
+    with pytest.raises(ValueError, match="composition must be one of"):
+        edit(world.pipe, two_sets, inversion=world.inversion, composition="average")
 
 
 def test_generation_from_noise_is_seeded(world):
