@@ -45,7 +45,7 @@ from PIL import Image
 
 from .data import load_image, to_pil
 from .directions import Directions
-from .editing import DirectionEdit, edit
+from .editing import COMPOSITIONS, DirectionEdit, edit
 from .inversion import ddpm_invert, reconstruct
 from .models import SAMPLES_DIR, decode_latents, encode_images, image_size
 
@@ -115,11 +115,15 @@ class EditPanel:
         save_path: the initial content of the save path field.
         sync: render in the calling thread (deterministic; for tests and scripts).  The default
             renders on a background thread so that the notebook stays responsive.
+        composition: how sliders of different sets combine, ``"sum"`` (NoiseCLR's) or
+            ``"regions"`` (each set acts where it pushes hardest: a face and a cat slider on one
+            scene); see :func:`~noiseclr_lite.editing.edit`.  The panel's toggle changes it.
 
     Attributes:
         widget: the ``ipywidgets.VBox`` holding the panel (displaying the panel displays it).
         sliders: ``{(heading, direction name): FloatSlider}``, in display order.
         strength: the global multiplier of every slider (``FloatSlider``).
+        composition: ``ToggleButtons`` "sum" / "regions" (see ``composition`` above).
         window: the edit window (``FloatRangeSlider`` over [0, 1]): the fraction of the denoising
             trajectory in which edits act, 0 = the first (noisiest) step, 1 = the last.
         picker, upload, reset_button, save_button, path, directions_path, add_button: the
@@ -133,7 +137,7 @@ class EditPanel:
 
     def __init__(self, pipe, direction_sets=(), images=None, *, num_inference_steps: int = 10, seed: int = 0,
                  skip: int = 0, scale_range: tuple[float, float] = (-4.0, 4.0), display_size: int = 256,
-                 save_path: str = "edited.png", sync: bool = False):
+                 save_path: str = "edited.png", sync: bool = False, composition: str = "sum"):
         self.pipe = pipe
         self.num_inference_steps, self.seed, self.skip = num_inference_steps, seed, skip
         self.scale_range, self.display_size, self.sync = scale_range, display_size, sync
@@ -152,7 +156,7 @@ class EditPanel:
         self._lock = threading.Lock()
         self._busy = self._dirty = False
         self._quiet = False  # True while the panel itself moves widgets (no render per change)
-        self._build_widgets(save_path)
+        self._build_widgets(save_path, composition)
 
         for name, directions in self._named(direction_sets):
             self.add_directions(directions, name=name)
@@ -175,7 +179,7 @@ class EditPanel:
             return list(direction_sets.items())
         return [(None, d) for d in direction_sets]
 
-    def _build_widgets(self, save_path: str) -> None:
+    def _build_widgets(self, save_path: str, composition: str = "sum") -> None:
         size = f"{self.display_size}px"
         self.picker = widgets.Dropdown(options=[], description="image", layout=widgets.Layout(width="320px"))
         self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="upload image")
@@ -197,6 +201,12 @@ class EditPanel:
                                                layout=widgets.Layout(width="420px"),
                                                tooltip="part of the denoising where edits act: "
                                                        "0 = first (noisiest) step, 1 = last step")
+        if composition not in COMPOSITIONS:
+            raise ValueError(f"composition must be one of {COMPOSITIONS}, got {composition!r}")
+        self.composition = widgets.ToggleButtons(options=list(COMPOSITIONS), value=composition,
+                                                 description="compose sets", style={"description_width": "120px"},
+                                                 tooltips=["every slider's push everywhere (NoiseCLR)",
+                                                           "each set acts where it pushes hardest (scenes)"])
         self.reset_button = widgets.Button(description="reset sliders", icon="undo")
         self.path = widgets.Text(value=save_path, description="save to", layout=widgets.Layout(width="320px"))
         self.save_button = widgets.Button(description="save PNG", icon="save")
@@ -208,7 +218,7 @@ class EditPanel:
 
         self.picker.observe(self._on_pick, names="value")
         self.upload.observe(self._on_upload, names="value")
-        for control in (self.strength, self.window):
+        for control in (self.strength, self.window, self.composition):
             control.observe(self._on_slider, names="value")
         self.reset_button.on_click(lambda _: self.reset())
         self.save_button.on_click(lambda _: self._save_clicked())
@@ -223,7 +233,7 @@ class EditPanel:
             widgets.HBox([captioned("original", self.original), captioned("edited", self.current)]),
             widgets.HBox([self.status]),
             self.message,
-            self.strength, self.window,
+            self.strength, self.window, self.composition,
             self._groups,
             widgets.HBox([self.reset_button, self.path, self.save_button]),
             widgets.HBox([self.directions_path, self.add_button]),
@@ -477,7 +487,8 @@ class EditPanel:
             self.status.value = "rendering…"
             edits = self.edits()
             if edits:
-                image = edit(self.pipe, edits, inversion=self._inversions[key])[0]
+                image = edit(self.pipe, edits, inversion=self._inversions[key],
+                             composition=self.composition.value)[0]
             else:
                 if key not in self._reconstructions:
                     latents = reconstruct(self.pipe, self._inversions[key])

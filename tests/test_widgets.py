@@ -119,6 +119,19 @@ def test_moving_a_slider_changes_the_image_and_reset_gives_back_the_reconstructi
     assert Image.open(io.BytesIO(panel.original.value)).size == (256, 256)
 
 
+def test_the_composition_toggle_renders_face_and_cat_sliders_by_regions(panel, tiny_pipe):
+    assert panel.composition.value == "sum" and panel.composition in panel.widget.children
+    panel.sliders[("faces", "smile")].value = 3.0
+    panel.sliders[("cats", "<cat_0>")].value = -2.0
+    summed = panel.current_image.tobytes()
+    panel.composition.value = "regions"  # re-renders, like a slider
+    edits = [DirectionEdit(panel.sets["faces"], 0, 3.0), DirectionEdit(panel.sets["cats"], 0, -2.0)]
+    expected = edit(tiny_pipe, edits, inversion=panel.invert(), composition="regions")[0]
+    assert panel.current_image.tobytes() == expected.tobytes() != summed
+    with pytest.raises(ValueError, match="composition must be one of"):
+        EditPanel(tiny_pipe, [], images=[], composition="product")
+
+
 def test_render_returns_the_image_and_records_times(panel):
     # render(): sync mode returns the image; the median re-render time is what the README quotes
     times_before = len(panel.render_times)
