@@ -97,8 +97,8 @@ def _expand(cond: torch.Tensor, batch: int, pipe) -> torch.Tensor:
 
 
 @torch.no_grad()
-def split_regions(pushes: list[torch.Tensor], owners: list[int]) -> list[torch.Tensor]:
-    """Give each latent pixel to one owner's pushes: where that owner pushes hardest, relative to itself.
+def split_regions(pushes: list, owners: list) -> list[torch.Tensor]:
+    """Settle the latent pixels where two sets' pushes oppose: the set that pushes hardest there wins.
 
     Args:
         pushes: each edit's push ``s_k * (eps_k - eps_empty)``, float [B, C, h, w].
@@ -106,15 +106,17 @@ def split_regions(pushes: list[torch.Tensor], owners: list[int]) -> list[torch.T
             summed first and move together).
 
     Returns:
-        The pushes, each zeroed outside its group's region.  A group's strength at a pixel is
-        the channel norm of its summed push divided by that norm's mean over the image, so a
-        face set at scale 16 and a cat set at scale 6 are compared by *where* each pushes,
-        not by how hard; each pixel goes to the strongest group.  With one group nothing changes.
+        The pushes, each zeroed where its group loses a conflict.  A group's strength at a pixel
+        is the channel norm of its summed push divided by that norm's mean over the image, so a
+        face set at scale 16 and a cat set at scale 6 are compared by *where* each pushes, not by
+        how hard.  Each pixel's strongest group keeps its push; another group keeps its push there
+        only if it does not oppose the winner's (dot product over channels >= 0), so edits that
+        agree still add up.  With one group nothing changes.
 
     Why: two sets learned on different domains can push one scene in nearly opposite
     directions almost everywhere (measured on the bundled scenes: cosine -0.4 to -0.85), so
-    their plain sum cancels and the larger edit wins; split by region, each acts where it
-    pushes most (notebook 06 measures it).
+    their plain sum cancels and the larger edit wins; settled pixel by pixel, each acts where it
+    pushes most (``benchmarks/compose.py`` measures it: see ``benchmarks/results/compose.md``).
     """
     groups = sorted(set(owners))
     if len(groups) < 2:
@@ -123,7 +125,10 @@ def split_regions(pushes: list[torch.Tensor], owners: list[int]) -> list[torch.T
     strength = summed.norm(dim=2)                                                              # [G, B, h, w]
     strength = strength / strength.mean(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
     winner = strength.argmax(dim=0)                                                            # [B, h, w]
-    return [p * (winner == groups.index(o)).unsqueeze(1).to(p.dtype) for p, o in zip(pushes, owners)]
+    winning_push = torch.gather(summed, 0, winner[None, :, None].expand(1, *summed.shape[1:]))[0]  # [B, C, h, w]
+    # a group keeps its push where it wins, and where it does not oppose the winner's push
+    keep = [(winner == g) | ((summed[g] * winning_push).sum(dim=1) >= 0) for g in range(len(groups))]  # [B, h, w]
+    return [p * keep[groups.index(o)].unsqueeze(1).to(p.dtype) for p, o in zip(pushes, owners)]
 
 
 def denoise(pipe, edits=(), *, latents_T: torch.Tensor | None = None,
@@ -239,9 +244,9 @@ def edit(pipe, edits=(), *, latents_T: torch.Tensor | None = None,
             (0 = deterministic DDIM, 1 = DDPM).
         return_latents: also return the final latents.
         progress: show a tqdm bar.
-        composition: ``"sum"`` (NoiseCLR's: every push everywhere) or ``"regions"``: edits
-            from different ``Directions`` sets each act only where their set pushes hardest
-            (:func:`split_regions`), for a face edit and a cat edit on one scene.
+        composition: ``"sum"`` (NoiseCLR's: every push everywhere) or ``"regions"``: where
+            edits from different ``Directions`` sets push against each other, only the set that
+            pushes hardest there acts (:func:`split_regions`): a face edit and a cat edit on one scene.
 
     Returns:
         A list of B ``PIL.Image`` (RGB, height x width), or ``(images, latents)`` with

@@ -116,7 +116,7 @@ class EditPanel:
         sync: render in the calling thread (deterministic; for tests and scripts).  The default
             renders on a background thread so that the notebook stays responsive.
         composition: how sliders of different sets combine, ``"sum"`` (NoiseCLR's) or
-            ``"regions"`` (each set acts where it pushes hardest: a face and a cat slider on one
+            ``"regions"`` (where sets push against each other, the one pushing hardest there acts: a face and a cat slider on one
             scene); see :func:`~noiseclr_lite.editing.edit`.  The panel's toggle changes it.
 
     Attributes:
@@ -206,7 +206,7 @@ class EditPanel:
         self.composition = widgets.ToggleButtons(options=list(COMPOSITIONS), value=composition,
                                                  description="compose sets", style={"description_width": "120px"},
                                                  tooltips=["every slider's push everywhere (NoiseCLR)",
-                                                           "each set acts where it pushes hardest (scenes)"])
+                                                           "where two sets push against each other, the stronger one acts"])
         self.reset_button = widgets.Button(description="reset sliders", icon="undo")
         self.path = widgets.Text(value=save_path, description="save to", layout=widgets.Layout(width="320px"))
         self.save_button = widgets.Button(description="save PNG", icon="save")

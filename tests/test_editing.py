@@ -94,17 +94,18 @@ def test_two_direction_sets_and_a_prompt_follow_the_formula(world):
     torch.testing.assert_close(latents, x, atol=1e-4, rtol=1e-4)
 
 
-def test_split_regions_gives_each_pixel_to_the_set_that_pushes_hardest_there_relative_to_itself():
-    left, right = torch.zeros(1, 4, 2, 4), torch.zeros(1, 4, 2, 4)
-    left[..., :2], right[..., 2:] = 1.0, 1.0
-    face = 100.0 * left + 1.0 * right       # a strong edit, mostly on the left; also some push on the right
-    face_2 = 0.5 * face                     # a second face edit: moves with the first
-    cat = 0.1 * right + 0.01 * left         # a faint edit, mostly on the right
+def test_split_regions_settles_conflicts_by_relative_strength_and_keeps_agreeing_pushes():
+    left, middle, right = (torch.zeros(1, 4, 2, 6) for _ in range(3))
+    left[..., :2], middle[..., 2:4], right[..., 4:] = 1.0, 1.0, 1.0
+    face = 100.0 * left + 1.0 * right + 50.0 * middle   # strong, mostly left; also pushes right
+    face_2 = 0.5 * face                                  # a second face edit: moves with the first
+    cat = -0.1 * right - 0.01 * left + 0.05 * middle     # faint, mostly right, *against* the face there;
     kept_face, kept_face_2, kept_cat = split_regions([face, face_2, cat], owners=["face", "face", "cat"])
-    # relative strength decides, not size: the faint cat edit keeps the right half
-    torch.testing.assert_close(kept_face, 100.0 * left)
-    torch.testing.assert_close(kept_face_2, 50.0 * left)
-    torch.testing.assert_close(kept_cat, 0.1 * right)
+    # left: the face wins and the opposing cat push goes; right: relative strength decides, not size,
+    # so the faint cat wins and the opposing face push goes; middle: both push the same way, both stay
+    torch.testing.assert_close(kept_face, 100.0 * left + 50.0 * middle)
+    torch.testing.assert_close(kept_face_2, 50.0 * left + 25.0 * middle)
+    torch.testing.assert_close(kept_cat, -0.1 * right + 0.05 * middle)
     assert split_regions([face, cat], owners=["face", "face"]) == [face, cat]  # one set: the plain sum
 
 
