@@ -116,8 +116,9 @@ class EditPanel:
         sync: render in the calling thread (deterministic; for tests and scripts).  The default
             renders on a background thread so that the notebook stays responsive.
         composition: how sliders of different sets combine, ``"sum"`` (NoiseCLR's) or
-            ``"regions"`` (where sets push against each other, the one pushing hardest there acts: a face and a cat slider on one
-            scene); see :func:`~noiseclr_lite.editing.edit`.  The panel's toggle changes it.
+            ``"regions"`` (where two sets push against each other, the one pushing hardest there
+            acts: a face and a cat slider on one scene); see :func:`~noiseclr_lite.editing.edit`.
+            The panel's toggle changes it.
 
     Attributes:
         widget: the ``ipywidgets.VBox`` holding the panel (displaying the panel displays it).
