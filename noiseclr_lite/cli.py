@@ -72,6 +72,9 @@ def _build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
     edit.add_argument("--prompt", default="", help="optional text prompt (default: none)")
     edit.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1)")
+    edit.add_argument("--composition", choices=["sum", "regions"], default="sum",
+                      help="how directions from different files combine: sum (NoiseCLR's, default) or regions "
+                           "(where two sets push against each other, the stronger one there acts)")
     edit.add_argument("--out", required=True, help="output PNG")
 
     grid = sub.add_parser("grid", help="save a labelled grid: each direction (rows) at several scales (columns)")
@@ -178,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             edits.append(DirectionEdit(directions, index, float(value), (high, low)))
         inversion = _start(pipe, args.image, args.inversion, args.steps, args.seed)
         images = edit(pipe, edits, inversion=inversion, prompt=args.prompt, guidance_scale=args.guidance,
-                      num_inference_steps=args.steps, seed=args.seed)
+                      num_inference_steps=args.steps, seed=args.seed, composition=args.composition)
         images[0].save(args.out)
         print(f"saved {args.out}")
         return 0

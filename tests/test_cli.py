@@ -72,6 +72,21 @@ def test_edit_by_name_token_and_index(trained, tiny_pipe_dir, image_folder, tmp_
         main(base + ["--scale", "two", "--out", str(tmp_path / "x.png")])
 
 
+def test_edit_passes_the_composition_on(trained, tiny_pipe_dir, image_folder, tmp_path, monkeypatch):
+    import noiseclr_lite.editing
+
+    seen, real_edit = [], noiseclr_lite.editing.edit
+    monkeypatch.setattr(noiseclr_lite.editing, "edit",
+                        lambda *a, **kw: (seen.append(kw["composition"]), real_edit(*a, **kw))[1])
+    base = ["edit", "--model", str(tiny_pipe_dir), "--device", "cpu", "--directions", str(trained),
+            "--image", str(image_folder / "0.png"), "--steps", "3", "--scale", "two=3"]
+    assert main(base + ["--out", str(tmp_path / "a.png")]) == 0
+    assert main(base + ["--composition", "regions", "--out", str(tmp_path / "b.png")]) == 0
+    assert seen == ["sum", "regions"]
+    with pytest.raises(SystemExit):
+        main(base + ["--composition", "mean", "--out", str(tmp_path / "c.png")])
+
+
 def test_grid_has_a_row_per_direction_and_a_column_per_scale(trained, tiny_pipe_dir, tmp_path):
     out = tmp_path / "grid.png"
     assert main(["grid", "--model", str(tiny_pipe_dir), "--device", "cpu", "--directions", str(trained),
