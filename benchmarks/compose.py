@@ -11,8 +11,10 @@ alone, and both together, composed by NoiseCLR's plain sum and by ``composition=
 (``noiseclr_lite.editing.split_regions``).  The oracle reads the eight scene attributes.
 
 Reported per pair and composition: the share of scenes whose face attribute flipped, whose cat
-attribute flipped, and where both flipped; and the largest change of the six other attributes
-(mean over scenes) against the unedited reconstruction.  Each direction runs at the scale the
+attribute flipped, and where both flipped (each read against the scene's label); and the largest
+change of the six other attributes (mean over scenes) against the unedited reconstruction.  A
+face edit can flip the pair's cat attribute by itself: the "face alone" row shows how often, and
+"both" counts such a flip too.  Each direction runs at the scale the
 oracle calibrated it at (``calibrated_scales``); the cat's is halved, as in notebook 06, since a
 scene's cat is a quarter of the picture.  Writes ``<out>/compose.md`` and ``compose.json``.
 """
@@ -34,6 +36,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/compose.py` from anywhere
 
 from noiseclr_lite import (DIRECTIONS_DIR, SAMPLES_DIR, DirectionEdit, Directions, ddpm_invert, edit,  # noqa: E402
                            encode_images, load_images, load_pipeline)
+from noiseclr_lite.editing import COMPOSITIONS  # noqa: E402
 from noiseclr_lite.metrics import attribute_probabilities, images_to_tensor  # noqa: E402
 from noiseclr_lite.models import ORACLE_DIR  # noqa: E402
 from noiseclr_lite.toyworld.domains import get_domain  # noqa: E402
@@ -41,7 +44,6 @@ from noiseclr_lite.toyworld.oracle import Oracle  # noqa: E402
 from noiseclr_lite.toyworld.shipped import calibrated_scales  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
-COMPOSITIONS = ("sum", "regions")
 
 
 def visible_moves(directions: Directions, min_strength: float) -> list[dict]:

@@ -96,14 +96,13 @@ def _expand(cond: torch.Tensor, batch: int, pipe) -> torch.Tensor:
     return cond.expand(batch, -1, -1).to(pipe.unet.device, pipe.unet.dtype)
 
 
-@torch.no_grad()
 def split_regions(pushes: list, owners: list) -> list[torch.Tensor]:
     """Settle the latent pixels where two sets' pushes oppose: the set that pushes hardest there wins.
 
     Args:
         pushes: each edit's push ``s_k * (eps_k - eps_empty)``, float [B, C, h, w].
-        owners: for each push, its group (e.g. its direction set: pushes of one group are
-            summed first and move together).
+        owners: for each push, its group, any hashable value (e.g. its ``Directions`` object):
+            pushes of one group are summed first and move together.
 
     Returns:
         The pushes, each zeroed where its group loses a conflict.  A group's strength at a pixel
@@ -118,7 +117,7 @@ def split_regions(pushes: list, owners: list) -> list[torch.Tensor]:
     their plain sum cancels and the larger edit wins; settled pixel by pixel, each acts where it
     pushes most (``benchmarks/compose.py`` measures it: see ``benchmarks/results/compose.md``).
     """
-    groups = sorted(set(owners))
+    groups = list(dict.fromkeys(owners))  # first-seen order; owners need not be orderable
     if len(groups) < 2:
         return pushes
     summed = torch.stack([sum(p for p, o in zip(pushes, owners) if o == g) for g in groups])  # [G, B, C, h, w]
@@ -131,6 +130,7 @@ def split_regions(pushes: list, owners: list) -> list[torch.Tensor]:
     return [p * keep[groups.index(o)].unsqueeze(1).to(p.dtype) for p, o in zip(pushes, owners)]
 
 
+@torch.no_grad()
 def denoise(pipe, edits=(), *, latents_T: torch.Tensor | None = None,
             inversion: DDIMInversion | DDPMInversion | None = None, prompt: str = "",
             prompt_embeds: torch.Tensor | None = None, guidance_scale: float = 1.0,

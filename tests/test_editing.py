@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from noiseclr_lite.directions import Directions, empty_conditioning
-from noiseclr_lite.editing import DirectionEdit, edit, edit_grid, generate, split_regions
+from noiseclr_lite.editing import DirectionEdit, denoise, edit, edit_grid, generate, split_regions
 from noiseclr_lite.inversion import ddim_invert, ddpm_invert, encode_prompt, make_scheduler, reconstruct
 from noiseclr_lite.testing import tiny_pipeline
 
@@ -107,6 +107,16 @@ def test_split_regions_settles_conflicts_by_relative_strength_and_keeps_agreeing
     torch.testing.assert_close(kept_face_2, 50.0 * left + 25.0 * middle)
     torch.testing.assert_close(kept_cat, -0.1 * right + 0.05 * middle)
     assert split_regions([face, cat], owners=["face", "face"]) == [face, cat]  # one set: the plain sum
+    sets = [object(), object()]  # owners only need to be hashable (the Directions objects themselves)
+    assert all(torch.equal(a, b) for a, b in zip(split_regions([face, cat], sets),
+                                                   split_regions([face, cat], ["face", "cat"])))
+
+
+def test_denoise_records_no_autograd_graph(world):
+    latents_T = torch.randn(1, 4, 16, 16, requires_grad=True)
+    out = denoise(world.pipe, [DirectionEdit(world.faces, 0, 2.0), DirectionEdit(world.cats, 1, 2.0)],
+                  latents_T=latents_T, num_inference_steps=2, composition="regions")
+    assert not out.requires_grad
 
 
 def test_regions_composition_changes_only_cross_set_edits(world):

@@ -107,7 +107,7 @@ def test_resolve_device_names_the_fix_when_there_is_no_gpu():
 
 
 def test_world_training_stops_after_its_time_limit_exported_and_resumable(tmp_path):
-    from noiseclr_lite.toyworld.train_model import WorldTrainingConfig, train_world_model
+    from noiseclr_lite.toyworld.train_model import WorldTrainingConfig, hardware, train_world_model
 
     cfg = WorldTrainingConfig(out_dir=str(tmp_path / "model"), work_dir=str(tmp_path / "work"),
                               vae_batch=4, num_images=12, unet_steps=50, unet_batch=2, checkpoint_every=1,
@@ -122,6 +122,17 @@ def test_world_training_stops_after_its_time_limit_exported_and_resumable(tmp_pa
     assert f"held-out PSNR {state['vae']['held_out_psnr']} dB" in card
     train_world_model(cfg)  # resumes from the checkpoint written at the stop
     assert json.loads((tmp_path / "model" / "training_state.json").read_text())["unet_step"] == 2
+    # the hand-over: an empty work folder continues from the exported folder, which keeps its VAE
+    # record, and a change of hardware becomes a note (the card's wall time adds up every segment)
+    state = json.loads((tmp_path / "model" / "training_state.json").read_text())
+    state["hardware"] = "one NVIDIA H200 GPU"
+    (tmp_path / "model" / "training_state.json").write_text(json.dumps(state))
+    cfg.work_dir = str(tmp_path / "fresh-work")
+    train_world_model(cfg)
+    state = json.loads((tmp_path / "model" / "training_state.json").read_text())
+    assert state["unet_step"] == 3 and state["vae"]["steps"] == 1
+    assert state["hardware"] == hardware(torch.device("cpu")) and "CPU cores" in state["hardware"]
+    assert state["notes"] == [{"unet_step": 2, "text": f"training moved from one NVIDIA H200 GPU to {state['hardware']}"}]
 
 
 def test_world_training_script_runs_resumes_and_loads(tmp_path):

@@ -54,7 +54,7 @@ def render_card(model_dir: str | Path) -> str:
         f"{cfg['vae_kl_weight']:g} KL), on an endless stream of fresh renders; then frozen"
         + (f" (it stopped at step {state['vae']['steps']} with held-out PSNR {state['vae']['held_out_psnr']} dB, "
            f"after {state['vae']['wall_seconds'] / 60:.1f} min on {state['vae']['hardware']})"
-           if state.get("vae") else ""),
+           if state.get("vae") and state["vae"].get("held_out_psnr") is not None else ""),
         *_decoder_lines(model_dir),
         f"- training images for the UNet: {cfg['num_images']} renders, encoded once",
         f"- wall time of the UNet stage so far: {state['wall_seconds'] / 3600:.2f} h on {state['hardware']}",

@@ -109,7 +109,8 @@ def rendered_batches(specs, workers: int = 0):
 
     With ``workers`` > 1 the batches are drawn ahead by that many processes (at most
     2 x workers batches wait in memory); the output is the same for any ``workers``.
-    Spawned, not forked, processes: forking after CUDA has started is unsafe.
+    Spawned, not forked, processes: forking after CUDA has started is unsafe (so a script
+    that calls this with workers > 1 needs an ``if __name__ == "__main__":`` guard).
     """
     if workers <= 1:
         for n, seed in specs:
@@ -326,12 +327,21 @@ def _export(cfg, vae, tokenizer, text_encoder, unet, ema, step, wall, out: Path,
     pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
     state = {"unet_step": step, "wall_seconds": round(wall), "config": asdict(cfg),
              "hardware": hardware(next(unet.parameters()).device)}
+    previous_path = out / "training_state.json"
+    previous = json.loads(previous_path.read_text()) if previous_path.exists() else {}
     vae_record = work / "vae" / "vae_training.json"
     if vae_record.exists():
         state["vae"] = json.loads(vae_record.read_text())
-    previous = out / "training_state.json"
-    if previous.exists():  # events of the run's history (e.g. a renderer change) travel from export to export
-        state["notes"] = json.loads(previous.read_text()).get("notes", [])
+    elif "vae" in previous:  # resumed from a shipped folder: its VAE record still describes the VAE
+        state["vae"] = previous["vae"]
+    # events of the run's history (e.g. a renderer change) travel from export to export
+    state["notes"] = list(previous.get("notes", []))
+    if previous.get("hardware") and previous["hardware"] != state["hardware"]:
+        # the card's wall time adds up every segment: say where each part ran
+        state["notes"].append({"unet_step": previous["unet_step"],
+                               "text": f"training moved from {previous['hardware']} to {state['hardware']}"})
+    if not state["notes"]:
+        del state["notes"]
     (tmp / "training_state.json").write_text(json.dumps(state, indent=1))
     from .card import write_card
 
