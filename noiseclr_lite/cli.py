@@ -15,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .editing import COMPOSITIONS
+
 
 def _model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None,
@@ -72,7 +74,7 @@ def _build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
     edit.add_argument("--prompt", default="", help="optional text prompt (default: none)")
     edit.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1)")
-    edit.add_argument("--composition", choices=["sum", "regions"], default="sum",
+    edit.add_argument("--composition", choices=COMPOSITIONS, default="sum",
                       help="how directions from different files combine: sum (NoiseCLR's, default) or regions "
                            "(where two sets push against each other, the stronger one there acts)")
     edit.add_argument("--out", required=True, help="output PNG")

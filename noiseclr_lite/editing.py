@@ -125,8 +125,8 @@ def split_regions(pushes: list, owners: list) -> list[torch.Tensor]:
     strength = strength / strength.mean(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
     winner = strength.argmax(dim=0)                                                            # [B, h, w]
     winning_push = torch.gather(summed, 0, winner[None, :, None].expand(1, *summed.shape[1:]))[0]  # [B, C, h, w]
-    # a group keeps its push where it wins, and where it does not oppose the winner's push
-    keep = [(winner == g) | ((summed[g] * winning_push).sum(dim=1) >= 0) for g in range(len(groups))]  # [B, h, w]
+    # a group keeps its push where it does not oppose the winner's (the winner itself: dot = |push|^2 >= 0)
+    keep = [(summed[g] * winning_push).sum(dim=1) >= 0 for g in range(len(groups))]             # [B, h, w]
     return [p * keep[groups.index(o)].unsqueeze(1).to(p.dtype) for p, o in zip(pushes, owners)]
 
 

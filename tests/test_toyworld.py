@@ -96,6 +96,19 @@ def test_rendered_batches_do_not_depend_on_the_number_of_drawing_processes():
         assert images_a.shape == (n, 64, 64, 3) and np.array_equal(images_a, images_b) and labels_a == labels_b
 
 
+def test_reconstruction_psnr_reads_the_vae_through_its_latent_mode():
+    from noiseclr_lite.toyworld.model import build_vae
+    from noiseclr_lite.toyworld.train_model import psnr, reconstruction_psnr
+
+    torch.manual_seed(0)
+    vae = build_vae((16, 32, 64)).eval()
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        expected = psnr(images, vae.decode(vae.encode(images).latent_dist.mode()).sample)
+    assert reconstruction_psnr(vae, images) == pytest.approx(expected) and 0 < expected < 30
+    assert psnr(images, images) == pytest.approx(10 * np.log10(4.0 / 1e-10))  # identical: the MSE floor
+
+
 def test_resolve_device_names_the_fix_when_there_is_no_gpu():
     from noiseclr_lite.toyworld.train_model import resolve_device
 

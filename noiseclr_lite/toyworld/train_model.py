@@ -156,6 +156,12 @@ def psnr(reference: torch.Tensor, estimate: torch.Tensor) -> float:
     return float((10 * torch.log10(4.0 / mse.clamp_min(1e-10))).mean())
 
 
+@torch.no_grad()
+def reconstruction_psnr(vae: AutoencoderKL, images: torch.Tensor) -> float:
+    """PSNR (dB) of ``vae``'s reconstructions of ``images`` [B, 3, H, W] in [-1, 1], through the latent mode."""
+    return psnr(images, vae.decode(vae.encode(images).latent_dist.mode()).sample)
+
+
 # --------------------------------------------------------------------------- stage 1: VAE
 def _decay(step: int, total: int, start: float = 0.7, floor: float = 0.1) -> float:
     """Learning-rate factor: 1 until ``start * total``, then linear down to ``floor`` at ``total``."""
@@ -208,8 +214,7 @@ def train_vae(cfg: WorldTrainingConfig, work: Path, device: torch.device = torch
         if step % 25 == 0:  # .item() waits for the GPU: not every step
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % cfg.checkpoint_every == 0 or step == cfg.vae_steps:
-            with torch.no_grad():
-                value = psnr(held_out, vae.decode(vae.encode(held_out).latent_dist.mode()).sample)
+            value = reconstruction_psnr(vae, held_out)
             history.append((step, value))
             bar.write(f"vae step {step}: held-out PSNR {value:.2f} dB")
             _atomic_save({"model": vae.state_dict(), "optimizer": opt.state_dict(), "step": step,
@@ -219,8 +224,7 @@ def train_vae(cfg: WorldTrainingConfig, work: Path, device: torch.device = torch
         if cfg.vae_max_minutes and time.time() - run_start >= 60 * cfg.vae_max_minutes:
             bar.write(f"vae: --vae-max-minutes {cfg.vae_max_minutes:g} reached at step {step}")
             if not history or history[-1][0] != step:  # the final PSNR belongs to the final weights
-                with torch.no_grad():
-                    history.append((step, psnr(held_out, vae.decode(vae.encode(held_out).latent_dist.mode()).sample)))
+                history.append((step, reconstruction_psnr(vae, held_out)))
             break
     batches.close()  # stops the drawing processes when the PSNR target ends the stage early
     bar.close()
@@ -277,8 +281,7 @@ def finetune_decoder(model_dir: str | Path, work_dir: str | Path, steps: int, ba
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
             _atomic_save({"model": vae.state_dict(), "optimizer": opt.state_dict(), "step": step + 1,
                           "wall": time.time() - start, "untimed_steps": untimed}, ckpt_path)
-    with torch.no_grad():
-        value = psnr(held_out, vae.decode(vae.encode(held_out).latent_dist.mode()).sample)
+    value = reconstruction_psnr(vae, held_out)
     out = Path(out) if out else model_dir / "vae"
     vae.to(torch.float16).save_pretrained(out, safe_serialization=True)
     record = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "held_out_psnr": round(value, 2),
