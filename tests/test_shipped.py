@@ -110,3 +110,50 @@ def test_train_shipped_set_and_the_card_end_to_end(tiny_pipe_dir, tmp_path):
     for name in directions.names:
         assert f"| {name} |" in card
 
+
+
+@pytest.mark.parametrize("folder", [BUNDLED_MODEL, Path(BUNDLED_MODEL).parent / "oracle"])
+def test_each_shipped_model_stays_within_20_megabytes(folder):
+    # the repository stays light: a shipped model is at most 20 MB (fp16 weights and their cards)
+    size = sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+    assert 0 < size <= 20 * 1024 * 1024, f"{folder} holds {size / 2**20:.1f} MB; the limit is 20 MB"
+
+
+def test_reread_shipped_set_reads_a_saved_set_again_without_training(tiny_pipe_dir, tmp_path):
+    import torch
+
+    from noiseclr_lite.models import load_pipeline, weights_key
+    from noiseclr_lite.toyworld.oracle import Oracle
+    from noiseclr_lite.toyworld.shipped import _reading_settings, reread_shipped_set
+
+    torch.manual_seed(0)
+    Oracle(width=8).save(tmp_path / "oracle")
+    pipe = load_pipeline(str(tiny_pipe_dir))
+    directions = Directions.create(pipe, 2, prefix="cat", seed=0)
+    directions.metadata.update({"domain": "cat", "command": "python -m noiseclr_lite.toyworld directions "
+                                "--domains cat --steps 2 --seed 3 --eval-images 2"})
+    path = directions.save(tmp_path / "cat.safetensors")
+    assert _reading_settings(directions.metadata) == {"seed": 3, "eval_images": 2}   # an older file: from its command
+    renamed = reread_shipped_set(path, model=str(tiny_pipe_dir), oracle_dir=str(tmp_path / "oracle"))
+    again = Directions.load(path)
+    assert list(renamed) == directions.names and list(renamed.values()) == again.names
+    assert torch.equal(again.embeddings, directions.embeddings)          # read, not trained
+    assert [r["name"] for r in again.metadata["oracle_reading"]] == again.names
+    assert again.metadata["reading"] == {"seed": 3, "eval_images": 2, "inference_steps": 10, "target_change": 0.06}
+    oracle = Oracle.load(tmp_path / "oracle")
+    assert again.metadata["reading_weights"] == weights_key(pipe.text_encoder, pipe.unet, pipe.vae, oracle)
+    from noiseclr_lite.toyworld.shipped import write_directions_card
+
+    assert f"weights `{again.metadata['reading_weights']}`" in write_directions_card(tmp_path).read_text()
+
+
+def test_shipped_readings_were_made_with_the_shipped_model_and_oracle():
+    # after a new decoder or oracle, `toyworld directions --reread` must follow, or the card is stale
+    from noiseclr_lite.models import ORACLE_DIR, load_pipeline, weights_key
+    from noiseclr_lite.toyworld.oracle import Oracle
+
+    pipe = load_pipeline(None)
+    shipped = weights_key(pipe.text_encoder, pipe.unet, pipe.vae, Oracle.load(ORACLE_DIR))
+    for domain in ["face", "cat", "car", "painting"]:
+        meta = Directions.load(DIRECTIONS_DIR / f"{domain}.safetensors").metadata
+        assert meta.get("reading_weights") == shipped, f"{domain}: reread with `toyworld directions --reread`"

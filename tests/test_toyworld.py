@@ -323,3 +323,55 @@ def test_offset_noise_moves_each_channel_mean_by_the_offset():
     assert offset.mean((2, 3)).std() == pytest.approx((0.5 ** 2 + 1 / 256) ** 0.5, rel=0.1)
     assert offset.shape == latents.shape and plain.std() == pytest.approx(1.0, rel=0.02)
     assert training_noise(latents.half(), 0.5).dtype == torch.float16   # not promoted by the offset
+
+
+def test_widen_vae_keeps_its_latents_and_images_exactly():
+    from noiseclr_lite.toyworld.model import build_vae
+    from noiseclr_lite.toyworld.widen import copy_index, widen_vae
+
+    torch.manual_seed(0)
+    vae = build_vae((16, 32, 32)).eval()
+    wide = widen_vae(vae, (32, 64, 64)).eval()
+    assert tuple(wide.config.block_out_channels) == (32, 64, 64)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        latents = vae.encode(x).latent_dist.mean
+        assert torch.allclose(wide.encode(x).latent_dist.mean, latents, atol=1e-4)
+        assert torch.allclose(wide.decode(latents).sample, vae.decode(latents).sample, atol=1e-4)
+    # copies stay inside their old channel's GroupNorm group (16 groups: old group g -> new 2g, 2g+1)
+    assert copy_index(32, 64, 16).tolist()[:8] == [0, 0, 1, 1, 2, 2, 3, 3]
+    # the two copies of an input channel get unequal shares (so they can learn apart) that sum to the old weight
+    old, new = vae.decoder.conv_out.weight, wide.decoder.conv_out.weight
+    assert not torch.allclose(new[:, 0], new[:, 1])
+    assert torch.allclose(new[:, 0] + new[:, 1], old[:, 0], atol=1e-6)
+    with pytest.raises(ValueError, match="multiple"):
+        widen_vae(vae, (24, 64, 64))
+    with pytest.raises(ValueError, match="levels"):
+        widen_vae(vae, (32, 64))
+
+
+def test_widened_decoder_finetune_is_recorded_after_the_one_it_continues(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from noiseclr_lite.toyworld.card import _decoder_lines, _vae_widths
+    from noiseclr_lite.toyworld.model import build_vae
+    from noiseclr_lite.toyworld.train_model import finetune_decoder
+
+    torch.manual_seed(0)
+    build_vae((16, 32, 32)).save_pretrained(tmp_path / "model" / "vae")
+    finetune_decoder(tmp_path / "model", tmp_path / "narrow", steps=1, batch=2, checkpoint_every=1)
+    before = AutoencoderKL.from_pretrained(tmp_path / "model" / "vae", dtype=torch.float32)
+    finetune_decoder(tmp_path / "model", tmp_path / "wide", steps=2, batch=2, checkpoint_every=1, widths=(32, 64, 64))
+    after = AutoencoderKL.from_pretrained(tmp_path / "model" / "vae", dtype=torch.float32)
+    assert tuple(after.config.block_out_channels) == (32, 64, 64)
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():  # fp16 storage is the only difference in the latents
+        assert torch.allclose(before.encode(x).latent_dist.mean, after.encode(x).latent_dist.mean, atol=1e-2)
+    record = json.loads((tmp_path / "model" / "decoder_finetune.json").read_text())
+    assert record["widened_from"] == [16, 32, 32] and record["widths"] == [32, 64, 64]
+    assert record["previous"]["steps"] == 1 and record["previous"]["widened_from"] is None
+    assert [step for step, _ in record["history"]] == [0, 1, 2]
+    lines = _decoder_lines(tmp_path / "model")
+    assert len(lines) == 2 and "--widths" not in lines[0]
+    assert "widened from (16, 32, 32) to (32, 64, 64)" in lines[1] and "--widths 32 64 64" in lines[1]
+    assert _vae_widths(tmp_path / "model", {"vae_widths": [16, 32, 32]}) == (32, 64, 64)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 from .train_model import WorldTrainingConfig, train_world_model
 
@@ -54,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     decoder.add_argument("--batch", type=int, default=16, help="(default 16)")
     decoder.add_argument("--lr", type=float, default=2e-4, help="(default 2e-4)")
     decoder.add_argument("--threads", type=int, default=0, help="torch threads (default: all)")
+    decoder.add_argument("--checkpoint-every", type=int, default=100,
+                         help="steps between checkpoints and held-out PSNR (default 100)")
     decoder.add_argument("--out", default=None, help="where to write the VAE (default: MODEL/vae)")
+    decoder.add_argument("--widths", type=int, nargs="+", default=None,
+                         help="first widen the VAE to these widths (multiples of its own, e.g. 32 64 128), "
+                              "keeping its latents exactly (default: keep its widths)")
     card = sub.add_parser("card", help="rewrite the model card (README.md) from training_state.json + evaluation.json")
     card.add_argument("--model", default=None, help="model folder (default: the bundled model)")
     shipped = sub.add_parser("directions", help="train the shipped direction sets (data/directions) and name them "
@@ -71,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     shipped.add_argument("--seed", type=int, default=0, help="(default 0)")
     shipped.add_argument("--eval-images", type=int, default=12, help="held-out renders for naming (default 12)")
     shipped.add_argument("--threads", type=int, default=0, help="torch threads (default: all)")
+    shipped.add_argument("--reread", action="store_true",
+                         help="do not train: read the saved sets in --out again with the current model and oracle "
+                              "(after a decoder fine-tune or a new oracle); renames directions whose reading changed")
     args = parser.parse_args(argv)
     if args.command == "samples":
         from .samples import write_sample_folders
@@ -116,18 +125,25 @@ def main(argv: list[str] | None = None) -> int:
         from .train_model import finetune_decoder
 
         value = finetune_decoder(args.model or BUNDLED_MODEL, args.work_dir, args.steps, args.batch, args.lr,
-                                 threads=args.threads, out=args.out)
+                                 checkpoint_every=args.checkpoint_every, threads=args.threads, out=args.out,
+                                 widths=args.widths)
         print(f"held-out PSNR after decoder fine-tuning: {value:.2f} dB")
     elif args.command == "directions":
         import torch
 
         from ..models import DIRECTIONS_DIR
-        from .shipped import train_shipped_set, write_directions_card
+        from .shipped import reread_shipped_set, train_shipped_set, write_directions_card
 
         if args.threads:
             torch.set_num_threads(args.threads)
         out = args.out or DIRECTIONS_DIR
         for domain in args.domains:
+            if args.reread:
+                renamed = reread_shipped_set(Path(out) / f"{domain}.safetensors", model=args.model,
+                                             oracle_dir=args.oracle)
+                changes = [f"{a} -> {b}" for a, b in renamed.items() if a != b]
+                print(f"{domain}: read again; " + (f"renamed {', '.join(changes)}" if changes else "same names"))
+                continue
             path = train_shipped_set(domain, out, model=args.model, oracle_dir=args.oracle,
                                      num_directions=args.num_directions, steps=args.steps, learning_rate=args.lr,
                                      batch_size=args.batch_size, seed=args.seed, eval_images=args.eval_images)

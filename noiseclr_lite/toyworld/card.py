@@ -37,7 +37,7 @@ def render_card(model_dir: str | Path) -> str:
         "",
         "| part | what |",
         "|---|---|",
-        f"| VAE | `AutoencoderKL`, widths {tuple(cfg['vae_widths'])}, 4x downsampling: 3x64x64 -> 4x16x16 |",
+        f"| VAE | `AutoencoderKL`, widths {_vae_widths(model_dir, cfg)}, 4x downsampling: 3x64x64 -> 4x16x16 |",
         f"| text encoder | `CLIPTextModel`, 128 wide, 3 layers, word-level CLIP tokenizer ({len(_words())} words) |",
         f"| UNet | `UNet2DConditionModel`, widths {tuple(cfg['unet_widths'])}, {cfg['unet_layers_per_block']} layer(s) per block, cross-attention at 16 and 8 px |",
         "| scheduler | Stable Diffusion 1.5's scaled-linear schedule, 1000 steps, epsilon prediction (DDIM for sampling) |",
@@ -89,19 +89,37 @@ def render_card(model_dir: str | Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _vae_widths(model_dir: Path, cfg: dict) -> tuple[int, ...]:
+    """The shipped VAE's widths (a widened decoder fine-tune changes them from the training config's)."""
+    config = model_dir / "vae" / "config.json"
+    if config.exists():
+        return tuple(json.loads(config.read_text())["block_out_channels"])
+    return tuple(cfg["vae_widths"])
+
+
 def _decoder_lines(model_dir: Path) -> list[str]:
-    """The card's lines on a decoder-only fine-tune (``decoder_finetune.json``), if there was one."""
+    """The card's lines on the decoder-only fine-tunes (``decoder_finetune.json``), oldest first."""
     path = model_dir / "decoder_finetune.json"
     if not path.exists():
         return []
-    d = json.loads(path.read_text())
-    timed = d["steps"] - d.get("untimed_steps", 0)
-    when = f"{d['wall_seconds'] / 60:.0f} min" + (f" for the last {timed} steps (the first {d['untimed_steps']} "
-                                                  "were not timed)" if d.get("untimed_steps") else "")
-    return [f"- then the VAE *decoder* alone (the encoder, and so the latent space, frozen): {d['steps']} steps at "
-            f"batch {d['batch']}, lr {d['lr']} (L1 + MSE), held-out PSNR {d['held_out_psnr']:.2f} dB, {when}; "
-            f"`python -m noiseclr_lite.toyworld finetune-decoder --steps {d['steps']} --batch {d['batch']} "
-            f"--lr {d['lr']}`"]
+    stages, record = [], json.loads(path.read_text())
+    while record:  # each record keeps the one it continued from under "previous"
+        stages.insert(0, record)
+        record = record.get("previous")
+    lines = []
+    for d in stages:
+        timed = d["steps"] - d.get("untimed_steps", 0)
+        when = f"{d['wall_seconds'] / 60:.0f} min" + (f" for the last {timed} steps (the first {d['untimed_steps']} "
+                                                      "were not timed)" if d.get("untimed_steps") else "")
+        what = (f"the VAE widened from {tuple(d['widened_from'])} to {tuple(d['widths'])} by channel copies that "
+                "keep its latents exactly (`noiseclr_lite/toyworld/widen.py`), and its *decoder* alone"
+                if d.get("widened_from") else "the VAE *decoder* alone")
+        flag = f" --widths {' '.join(map(str, d['widths']))}" if d.get("widened_from") else ""
+        lines.append(f"- then {what} (the encoder, and so the latent space, frozen): "
+                     f"{d['steps']} steps at batch {d['batch']}, lr {d['lr']} (L1 + MSE), held-out PSNR "
+                     f"{d['held_out_psnr']:.2f} dB, {when}; `python -m noiseclr_lite.toyworld finetune-decoder "
+                     f"--steps {d['steps']} --batch {d['batch']} --lr {d['lr']}{flag}`")
+    return lines
 
 
 def _words() -> list[str]:

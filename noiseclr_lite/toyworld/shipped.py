@@ -12,6 +12,7 @@ The oracle's reading is saved in the file's metadata and in ``data/directions/RE
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
@@ -81,6 +82,33 @@ def calibrated_scales(directions, default: float = 4.0) -> dict[str, float]:
     return {name: float(reading.get(name, default)) for name in directions.names}
 
 
+def read_by_oracle(pipe, oracle, directions, domain: str, seed: int = 0, eval_images: int = 12,
+                   inference_steps: int = 10, target_change: float = 0.06) -> None:
+    """Score every direction of a set with the oracle, then name it and record the reading, in place.
+
+    Each direction is scored two-sided on ``eval_images`` balanced held-out renders (drawn
+    with seed ``seed + 1``, inverted with ``inference_steps`` steps) at a scale calibrated
+    to a mean pixel change of ``target_change``, and named by :func:`name_by_oracle`.
+    ``directions.metadata`` gets ``oracle_reading`` (one row per direction), ``reading``
+    (these settings) and ``reading_weights``: ``models.weights_key`` of the text encoder,
+    UNet, VAE and oracle that made the reading, so a stale reading can be told apart.
+    """
+    from ..metrics import balanced_start_images, prepare_start, score_directions
+    from ..models import image_size, weights_key
+
+    start = prepare_start(pipe, balanced_start_images(domain, eval_images, seed=seed + 1, size=image_size(pipe))[0],
+                          num_inference_steps=inference_steps, seed=seed)
+    scores = score_directions(pipe, oracle, directions, start, domain, target_change=target_change,
+                              calibration_images=4, calibration_iters=5)
+    directions.names = name_by_oracle(scores, domain)
+    directions.metadata.update({
+        "oracle_reading": [{**asdict(s), "name": n} for s, n in zip(scores, directions.names)],
+        "reading": {"seed": seed, "eval_images": eval_images, "inference_steps": inference_steps,
+                    "target_change": target_change},
+        "reading_weights": weights_key(pipe.text_encoder, pipe.unet, pipe.vae, oracle),
+    })
+
+
 def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = None, oracle_dir: str | None = None,
                       samples_dir: str | Path | None = None, num_directions: int = 6, steps: int = 200,
                       learning_rate: float = 1e-2, batch_size: int = 6, seed: int = 0, eval_images: int = 12,
@@ -89,47 +117,38 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
     """Train one domain's directions on its sample folder, name them by the oracle and save them.
 
     The same training as ``python -m noiseclr_lite train`` (``train.train_directions``) on
-    ``data/samples/<domain>``; then every direction is scored on ``eval_images`` balanced
-    held-out renders, at a scale calibrated to a mean pixel change of ``target_change``,
-    and named by :func:`name_by_oracle`.  Training checkpoints go to
-    ``checkpoint_dir/<domain>-<weights key>`` (default ``checkpoints/directions``), so an
-    interrupted run resumes, and a model trained further starts afresh.
+    ``data/samples/<domain>``; then :func:`read_by_oracle` scores and names every direction.
+    Training checkpoints go to ``checkpoint_dir/<domain>-<weights key>`` (default
+    ``checkpoints/directions``), so an interrupted run resumes, and a model trained further
+    starts afresh.
 
     Returns:
         The written ``out_dir/<domain>.safetensors``.
     """
     from ..data import load_images
-    from ..metrics import balanced_start_images, prepare_start, score_directions
     from ..models import ORACLE_DIR, REPO_ROOT, SAMPLES_DIR, image_size, load_pipeline, weights_key
     from ..train import train_directions
     from .oracle import Oracle
 
     out_dir = Path(out_dir)
     pipe = load_pipeline(model)
-    size = image_size(pipe)
-    images = load_images(Path(samples_dir or SAMPLES_DIR) / domain, size=size)
+    images = load_images(Path(samples_dir or SAMPLES_DIR) / domain, size=image_size(pipe))
     directions = train_directions(pipe, images, num_directions=num_directions, steps=steps,
                                   learning_rate=learning_rate, batch_size=batch_size, seed=seed, prefix=domain,
                                   output_dir=Path(checkpoint_dir or REPO_ROOT / "checkpoints" / "directions")
                                   # the VAE too: training reads latents from its encoder
                                   / f"{domain}-{weights_key(pipe.text_encoder, pipe.unet, pipe.vae)}",
                                   resume=True)
-
-    oracle = Oracle.load(oracle_dir or ORACLE_DIR)
-    start = prepare_start(pipe, balanced_start_images(domain, eval_images, seed=seed + 1, size=size)[0],
-                          num_inference_steps=inference_steps, seed=seed)
-    scores = score_directions(pipe, oracle, directions, start, domain, target_change=target_change,
-                              calibration_images=4, calibration_iters=5)
-    directions.names = name_by_oracle(scores, domain)
+    read_by_oracle(pipe, Oracle.load(oracle_dir or ORACLE_DIR), directions, domain, seed=seed,
+                   eval_images=eval_images, inference_steps=inference_steps, target_change=target_change)
     directions.metadata.update({
         # a path relative to the repository, not this machine's absolute path
         "base_model": "data/models/toyworld-sd" if model is None else str(model),
         "domain": domain,
         "images": f"data/samples/{domain} ({len(images)} images, unlabeled)",
         # summed over resumed runs by train_directions: wall time here would be ~0 s when this
-        # run only re-reads a finished checkpoint (e.g. to rename the directions with a new oracle)
+        # run only re-reads a finished checkpoint
         "train_seconds": directions.metadata.get("train_seconds"),
-        "oracle_reading": [{**asdict(s), "name": n} for s, n in zip(scores, directions.names)],
         # every setting that changes the result, so that the command remakes this very file
         "command": f"python -m noiseclr_lite.toyworld directions --domains {domain} --steps {steps} "
                    f"--num-directions {num_directions} --lr {learning_rate} --batch-size {batch_size} "
@@ -139,6 +158,37 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
     path = out_dir / f"{domain}.safetensors"
     directions.save(path)
     return path
+
+
+def _reading_settings(meta: dict) -> dict:
+    """The settings a saved set was read with: its ``reading``, or those on its ``command``."""
+    if "reading" in meta:
+        return meta["reading"]
+    found = dict(re.findall(r"--(seed|eval-images) (\d+)", meta.get("command", "")))
+    return {"seed": int(found.get("seed", 0)), "eval_images": int(found.get("eval-images", 12))}
+
+
+def reread_shipped_set(path: str | Path, *, model: str | None = None, oracle_dir: str | None = None) -> dict:
+    """Read a saved set again with the oracle (no training): after a new decoder or a new oracle.
+
+    The embeddings stay as they are; the scores, the names and the card's numbers follow the
+    current model and oracle.  The reading's settings come from the file (its ``reading``
+    metadata, or for older files the ``--seed``/``--eval-images`` of its ``command``).
+
+    Returns:
+        ``{old name: new name}`` (the names can change, e.g. a direction that got stronger).
+    """
+    from ..directions import Directions
+    from ..models import ORACLE_DIR, load_pipeline
+    from .oracle import Oracle
+
+    directions = Directions.load(path)
+    meta = directions.metadata
+    old_names = list(directions.names)
+    read_by_oracle(load_pipeline(model), Oracle.load(oracle_dir or ORACLE_DIR), directions, meta["domain"],
+                   **_reading_settings(meta))
+    directions.save(path)
+    return dict(zip(old_names, directions.names))
 
 
 def write_directions_card(out_dir: str | Path) -> Path:
@@ -159,7 +209,9 @@ def write_directions_card(out_dir: str | Path) -> Path:
         lines += [f"## {meta['domain']} (`{path.name}`)", "",
                   f"{directions.num_directions} directions; `{meta['command']}`; "
                   + (f"training took {meta['train_seconds']} s." if meta.get("train_seconds") is not None
-                     else "training time not recorded."), "",
+                     else "training time not recorded.")
+                  + (f" Read by the oracle with weights `{meta['reading_weights']}` (`models.weights_key` of the "
+                     "text encoder, UNet, VAE and oracle)." if meta.get("reading_weights") else ""), "",
                   "| direction | token | target | purity | strength | scale | effects |",
                   "|---|---|---|---|---|---|---|"]
         for r in reading:

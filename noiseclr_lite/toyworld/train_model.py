@@ -41,6 +41,7 @@ from transformers import CLIPTextModel
 
 from .domains import caption, render_batch
 from .model import assemble_pipeline, build_scheduler, build_text_encoder, build_tokenizer, build_unet, build_vae
+from .widen import widen_vae
 
 
 @dataclass
@@ -237,7 +238,8 @@ def train_vae(cfg: WorldTrainingConfig, work: Path, device: torch.device = torch
 
 
 def finetune_decoder(model_dir: str | Path, work_dir: str | Path, steps: int, batch: int = 16, lr: float = 2e-4,
-                     seed: int = 0, checkpoint_every: int = 100, threads: int = 0, out: str | Path | None = None) -> float:
+                     seed: int = 0, checkpoint_every: int = 100, threads: int = 0, out: str | Path | None = None,
+                     widths: tuple[int, ...] | None = None) -> float:
     """Train only the VAE *decoder* of a shipped model, on fresh renders; returns held-out PSNR.
 
     The encoder stays frozen, so the latent space (and with it the UNet, the text encoder
@@ -247,27 +249,40 @@ def finetune_decoder(model_dir: str | Path, work_dir: str | Path, steps: int, ba
     (default ``model_dir/vae``), so it can run beside a UNet training that exports ``model_dir``.
     Beside the VAE folder it writes ``decoder_finetune.json`` (steps, batch, lr, seed, held-out
     PSNR, wall time), which the model card (``card.py``) reports.
+
+    ``widths`` (each a multiple of the VAE's own) first widens the VAE with ``widen.widen_vae``,
+    which keeps the encoder's latents exactly, so that the decoder has more room to learn.
     """
     if threads:
         torch.set_num_threads(threads)
     model_dir, work = Path(model_dir), Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     vae = AutoencoderKL.from_pretrained(model_dir / "vae", dtype=torch.float32)
+    old_widths = tuple(vae.config.block_out_channels)
+    if widths and tuple(widths) != old_widths:
+        vae = widen_vae(vae, tuple(widths), seed=seed)
     vae.requires_grad_(False)
     vae.decoder.requires_grad_(True)
     vae.post_quant_conv.requires_grad_(True)
     params = [p for p in vae.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    ckpt_path, step, wall, untimed = work / "decoder_ckpt.pt", 0, 0.0, 0
+    out = Path(out) if out else model_dir / "vae"
+    # the record of the fine-tune this one continues from (if any) stays in the new record
+    earlier = out.parent / "decoder_finetune.json"
+    previous = json.loads(earlier.read_text()) if earlier.exists() else None
+    ckpt_path, step, wall, untimed, history = work / "decoder_ckpt.pt", 0, 0.0, 0, []
     if ckpt_path.exists():
         state = _load(ckpt_path)
         vae.load_state_dict(state["model"]), opt.load_state_dict(state["optimizer"])
-        step = state["step"]
+        step, history, previous = state["step"], state.get("history", []), state.get("previous")
         # checkpoints written before wall time was recorded: say how many steps were not timed
         wall, untimed = state.get("wall", 0.0), state.get("untimed_steps", 0 if "wall" in state else step)
     held_out = _to_pixels(render_batch(256, seed=10**9)[0])
     start = time.time() - wall
-    for step in tqdm(range(step, steps), initial=step, total=steps, desc="decoder"):
+    if not history:
+        history.append((step, round(reconstruction_psnr(vae, held_out), 2)))
+    bar = tqdm(range(step, steps), initial=step, total=steps, desc="decoder")
+    for step in bar:
         x = _to_pixels(render_batch(batch, seed=seed * 10**7 + 5_000_000 + step)[0])
         for group in opt.param_groups:
             group["lr"] = lr * _decay(step, steps)
@@ -279,13 +294,17 @@ def finetune_decoder(model_dir: str | Path, work_dir: str | Path, steps: int, ba
         loss.backward()
         opt.step()
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+            history.append((step + 1, round(reconstruction_psnr(vae, held_out), 2)))
+            bar.write(f"decoder step {step + 1}: held-out PSNR {history[-1][1]:.2f} dB")
             _atomic_save({"model": vae.state_dict(), "optimizer": opt.state_dict(), "step": step + 1,
-                          "wall": time.time() - start, "untimed_steps": untimed}, ckpt_path)
+                          "wall": time.time() - start, "untimed_steps": untimed, "history": history,
+                          "previous": previous}, ckpt_path)
     value = reconstruction_psnr(vae, held_out)
-    out = Path(out) if out else model_dir / "vae"
     vae.to(torch.float16).save_pretrained(out, safe_serialization=True)
     record = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "held_out_psnr": round(value, 2),
-              "wall_seconds": round(time.time() - start), "untimed_steps": untimed}
+              "wall_seconds": round(time.time() - start), "untimed_steps": untimed,
+              "widened_from": list(old_widths) if widths and tuple(widths) != old_widths else None,
+              "widths": list(vae.config.block_out_channels), "history": history, "previous": previous}
     (out.parent / "decoder_finetune.json").write_text(json.dumps(record, indent=1))
     return value
 
