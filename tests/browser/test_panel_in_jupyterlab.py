@@ -1,7 +1,7 @@
 """The edit panel as a person uses it: JupyterLab 4 and Notebook 7 in headless Chromium, via Playwright.
 
-Starts the server on 127.0.0.1 (a free port, a random token, autosave off so the notebook
-file is never rewritten), opens ``NOTEBOOK``, runs all cells from the Run menu, waits for
+Starts the server on 127.0.0.1 (a free port, a random token, autosave off), opens a copy of
+``NOTEBOOK`` beside it (so the committed file is never rewritten, whatever the frontend saves), runs all cells from the Run menu, waits for
 the panel's edited image, moves a slider with the keyboard and checks that the displayed
 image's pixels change, then moves a slider of the other direction set and checks that they
 change again.  Screenshots, the browser console and the server log go to
@@ -156,6 +156,10 @@ def server(request, tmp_path):
                     "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     log_path = tmp_path / "server.log"
     notebook_before = (REPO / NOTEBOOK).read_bytes()
+    # the browser works on a copy beside it (same folder, so relative paths hold): autosave is off,
+    # but on a loaded machine the frontend has saved before it read that setting
+    served = (REPO / NOTEBOOK).with_name(f"browser_test_{Path(NOTEBOOK).name}")
+    shutil.copy(REPO / NOTEBOOK, served)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -174,9 +178,10 @@ def server(request, tmp_path):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{module} did not answer in {SERVER_START_S} s:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.5)
-        yield f"{base}/{path}/{NOTEBOOK}?token={token}", base, token, artifacts
+        yield f"{base}/{path}/{served.relative_to(REPO).as_posix()}?token={token}", base, token, artifacts
     finally:
         _stop(proc)
+        served.unlink(missing_ok=True)
         shutil.copy(log_path, artifacts / "server.log")
     assert (REPO / NOTEBOOK).read_bytes() == notebook_before, f"{NOTEBOOK} was modified by the test"
 
