@@ -299,7 +299,8 @@ def finetune_decoder(model_dir: str | Path, work_dir: str | Path, steps: int, ba
             _atomic_save({"model": vae.state_dict(), "optimizer": opt.state_dict(), "step": step + 1,
                           "wall": time.time() - start, "untimed_steps": untimed, "history": history,
                           "previous": previous}, ckpt_path)
-    value = reconstruction_psnr(vae, held_out)
+    # the last checkpoint measured the final weights already
+    value = history[-1][1] if history[-1][0] == steps else reconstruction_psnr(vae, held_out)
     vae.to(torch.float16).save_pretrained(out, safe_serialization=True)
     record = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "held_out_psnr": round(value, 2),
               "wall_seconds": round(time.time() - start), "untimed_steps": untimed,
