@@ -325,6 +325,31 @@ def test_offset_noise_moves_each_channel_mean_by_the_offset():
     assert training_noise(latents.half(), 0.5).dtype == torch.float16   # not promoted by the offset
 
 
+def test_a_fresh_optimizer_on_shipped_weights_warms_up_again():
+    from noiseclr_lite.toyworld.train_model import warmup_lr
+
+    assert warmup_lr(4e-4, 0, warmup_steps=500) == pytest.approx(4e-4 / 500)
+    assert warmup_lr(4e-4, 6000, warm_from=0, warmup_steps=500) == 4e-4
+    # taking over step-6000 weights with a new AdamW: its first step is a warm-up step again
+    assert warmup_lr(4e-4, 6000, warm_from=6000, warmup_steps=50) == pytest.approx(4e-4 / 50)
+    assert warmup_lr(4e-4, 6049, warm_from=6000, warmup_steps=50) == 4e-4
+
+
+def test_training_timesteps_give_the_high_noise_levels_their_share():
+    from noiseclr_lite.toyworld.train_model import training_timesteps
+
+    torch.manual_seed(0)
+    uniform = torch.cat([training_timesteps(32) for _ in range(200)])
+    assert uniform.min() >= 0 and uniform.max() <= 999
+    assert (uniform >= 700).float().mean() == pytest.approx(0.3, abs=0.03)
+    biased = torch.stack([training_timesteps(32, high_noise_share=0.5, high_noise_from=700) for _ in range(200)])
+    assert biased[:, :16].min() >= 700  # the first half of every batch is from the high range
+    assert (biased[:, 16:] >= 700).float().mean() == pytest.approx(0.3, abs=0.03)  # the rest stays uniform
+    assert biased.dtype == torch.int64
+    with pytest.raises(ValueError, match="--high-noise-share"):
+        training_timesteps(4, high_noise_share=1.5)
+
+
 def test_widen_vae_keeps_its_latents_and_images_exactly():
     from noiseclr_lite.toyworld.model import build_vae
     from noiseclr_lite.toyworld.widen import copy_index, widen_vae

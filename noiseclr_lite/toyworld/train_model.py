@@ -71,6 +71,12 @@ class WorldTrainingConfig:
     # starting noise and ignores the caption (measured: "a car, day" and "a car, night" give
     # the same sky for the same seed).  Offset noise makes that mean uninformative.
     noise_offset: float = 0.0
+    # share of every batch whose timesteps are drawn from [high_noise_from, 1000) instead of
+    # [0, 1000) (as diffusers' --timestep_bias_strategy later).  At those noise levels the
+    # whole loss is about the image's layout and overall colours, which the caption must
+    # decide because the starting noise cannot (see noise_offset): a day sky or a night sky.
+    high_noise_share: float = 0.0
+    high_noise_from: int = 700
     attribute_dropout: float = 0.3
     caption_dropout: float = 0.1
     ema_max_decay: float = 0.9999
@@ -389,6 +395,29 @@ def training_noise(latents: torch.Tensor, offset: float = 0.0) -> torch.Tensor:
     return noise
 
 
+def warmup_lr(base_lr: float, step: int, warm_from: int = 0, warmup_steps: int = 500) -> float:
+    """Learning rate of ``step`` (0-based): linear warm-up over ``warmup_steps`` counted from
+    ``warm_from`` (the step at which the optimizer began), then ``base_lr``."""
+    return base_lr * min(1.0, (step + 1 - warm_from) / max(1, warmup_steps))
+
+
+def training_timesteps(batch: int, num_train_timesteps: int = 1000, high_noise_share: float = 0.0,
+                       high_noise_from: int = 700, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Timesteps [batch] (int64) for one training batch: uniform over [0, num_train_timesteps),
+    except the first ``round(high_noise_share * batch)``, drawn from [high_noise_from, num_train_timesteps).
+
+    See ``WorldTrainingConfig.high_noise_share`` for why a share of high noise levels helps.
+    """
+    if not 0.0 <= high_noise_share <= 1.0 or not 0 <= high_noise_from < num_train_timesteps:
+        raise ValueError(f"high_noise_share={high_noise_share} must be in [0, 1] and high_noise_from="
+                         f"{high_noise_from} in [0, {num_train_timesteps}): fix --high-noise-share/--high-noise-from")
+    t = torch.randint(0, num_train_timesteps, (batch,), device=device)
+    num_high = round(high_noise_share * batch)
+    if num_high:
+        t[:num_high] = torch.randint(high_noise_from, num_train_timesteps, (num_high,), device=device)
+    return t
+
+
 def train_unet(cfg: WorldTrainingConfig, work: Path, vae: AutoencoderKL, data: dict,
                device: torch.device = torch.device("cpu"), deadline: float | None = None) -> None:
     """Train text encoder + UNet on the cached latents, with EMA, checkpoints and exports.
@@ -402,7 +431,9 @@ def train_unet(cfg: WorldTrainingConfig, work: Path, vae: AutoencoderKL, data: d
     text_encoder = build_text_encoder(len(tokenizer))
     unet = build_unet(tuple(cfg.unet_widths), cfg.unet_layers_per_block)
     params = list(text_encoder.parameters()) + list(unet.parameters())
-    ckpt_path, step, wall = work / "unet_ckpt.pt", 0, 0.0
+    # warm_from: the step at which this optimizer started, so that a fresh AdamW that takes
+    # over shipped weights warms its learning rate up again instead of starting at full rate
+    ckpt_path, step, wall, warm_from = work / "unet_ckpt.pt", 0, 0.0, 0
     state = _load(ckpt_path) if ckpt_path.exists() else None
     if state is None and (out / "unet" / "config.json").exists():
         # continue from the shipped EMA weights (the committed hand-over between sessions)
@@ -411,6 +442,7 @@ def train_unet(cfg: WorldTrainingConfig, work: Path, vae: AutoencoderKL, data: d
         unet = UNet2DConditionModel.from_pretrained(out / "unet", dtype=torch.float32)
         params = list(text_encoder.parameters()) + list(unet.parameters())
         step, wall = shipped["unet_step"], shipped["wall_seconds"]
+        warm_from = step
         print(f"resuming from the shipped EMA weights in {out} at step {step}")
     text_encoder.to(device), unet.to(device)
     ema = EMAModel(params, decay=cfg.ema_max_decay, use_ema_warmup=True, power=2 / 3)
@@ -420,6 +452,7 @@ def train_unet(cfg: WorldTrainingConfig, work: Path, vae: AutoencoderKL, data: d
         opt.load_state_dict(state["optimizer"]), ema.load_state_dict(state["ema"])
         ema.to(device)  # the checkpoint was loaded onto the CPU
         step, wall = state["step"], state["wall"]
+        warm_from = state.get("warm_from", 0)
         torch.set_rng_state(state["torch_rng"])  # the CPU generator; a GPU's noise is not replayed
     elif step:
         ema.optimization_step = step
@@ -443,13 +476,14 @@ def train_unet(cfg: WorldTrainingConfig, work: Path, vae: AutoencoderKL, data: d
         ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
                         truncation=True, return_tensors="pt").input_ids.to(device)
         noise = training_noise(latents, cfg.noise_offset)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.unet_batch,), device=device)
+        t = training_timesteps(cfg.unet_batch, scheduler.config.num_train_timesteps, cfg.high_noise_share,
+                               cfg.high_noise_from, device)
         noisy = scheduler.add_noise(latents, noise, t)
         pred = unet(noisy, t, text_encoder(ids)[0]).sample
         per_sample = (pred - noise).pow(2).flatten(1).mean(1)
         loss = (per_sample * loss_weight[t]).mean()
         for group in opt.param_groups:
-            group["lr"] = cfg.unet_lr * min(1.0, (step + 1) / cfg.warmup_steps)
+            group["lr"] = warmup_lr(cfg.unet_lr, step, warm_from, cfg.warmup_steps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -463,7 +497,8 @@ def train_unet(cfg: WorldTrainingConfig, work: Path, vae: AutoencoderKL, data: d
         if step % cfg.checkpoint_every == 0 or out_of_time:
             _atomic_save({"text_encoder": text_encoder.state_dict(), "unet": unet.state_dict(),
                           "optimizer": opt.state_dict(), "ema": ema.state_dict(), "step": step,
-                          "wall": time.time() - start, "torch_rng": torch.get_rng_state()}, ckpt_path)
+                          "wall": time.time() - start, "torch_rng": torch.get_rng_state(), "warm_from": warm_from},
+                         ckpt_path)
         if step % cfg.export_every == 0 or step == cfg.unet_steps or out_of_time:
             _export(cfg, vae, tokenizer, text_encoder, unet, ema, step, time.time() - start, out, scaling, work)
             bar.write(f"exported EMA weights at step {step} to {out}")
