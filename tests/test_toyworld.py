@@ -140,10 +140,16 @@ def test_world_training_stops_after_its_time_limit_exported_and_resumable(tmp_pa
     state = json.loads((tmp_path / "model" / "training_state.json").read_text())
     state["hardware"] = "one NVIDIA H200 GPU"
     (tmp_path / "model" / "training_state.json").write_text(json.dumps(state))
+    decoder = {"steps": 7, "batch": 4, "lr": 1e-4, "held_out_psnr": 31.5, "wall_seconds": 60}
+    (tmp_path / "model" / "decoder_finetune.json").write_text(json.dumps(decoder))
     cfg.work_dir = str(tmp_path / "fresh-work")
+    cfg.vae_lr = 1.0  # ignored: the VAE is loaded from the folder, and the record keeps the settings that made it
     train_world_model(cfg)
     state = json.loads((tmp_path / "model" / "training_state.json").read_text())
     assert state["unet_step"] == 3 and state["vae"]["steps"] == 1
+    assert state["config"]["vae_lr"] == WorldTrainingConfig().vae_lr
+    assert json.loads((tmp_path / "model" / "decoder_finetune.json").read_text()) == decoder
+    assert "7 steps at batch 4, lr 0.0001 (L1 + MSE), held-out PSNR 31.50 dB" in (tmp_path / "model" / "README.md").read_text()
     assert state["hardware"] == hardware(torch.device("cpu")) and "CPU cores" in state["hardware"]
     assert state["notes"] == [{"unet_step": 2, "text": f"training moved from one NVIDIA H200 GPU to {state['hardware']}"}]
 
@@ -252,6 +258,11 @@ def test_model_card_is_written_from_the_training_state_and_evaluation(tmp_path):
     card = write_card(tmp_path).read_text()
     assert "**1234**" in card and "2.00 h" in card and "Not measured yet" in card
     assert "python -m noiseclr_lite.toyworld train" in card and "--unet-batch 64" in card
+    assert "of every batch at timesteps" not in card  # the default: uniform timesteps
+    state["config"].update(high_noise_share=0.5, high_noise_from=800)
+    (tmp_path / "training_state.json").write_text(json.dumps(state))
+    card = write_card(tmp_path).read_text()
+    assert "0.5 of every batch at timesteps >= 800" in card and "--high-noise-share 0.5" in card
     save_evaluation(str(tmp_path), [Bar("VAE reconstruction PSNR (dB)", 28.5, 30.0)], {"face.hair=blond hair": 0.9})
     card = write_card(tmp_path).read_text()
     assert "| VAE reconstruction PSNR (dB) | 28.5 | >= 30 | **FAIL** |" in card

@@ -361,8 +361,12 @@ def _export(cfg, vae, tokenizer, text_encoder, unet, ema, step, wall, out: Path,
     vae_record = work / "vae" / "vae_training.json"
     if vae_record.exists():
         state["vae"] = json.loads(vae_record.read_text())
-    elif "vae" in previous:  # resumed from a shipped folder: its VAE record still describes the VAE
-        state["vae"] = previous["vae"]
+    elif previous:
+        # resumed from a shipped folder: its VAE was loaded, not trained by this run, so the
+        # VAE's record and settings are still those of the run that made it
+        if "vae" in previous:
+            state["vae"] = previous["vae"]
+        state["config"].update({k: v for k, v in previous.get("config", {}).items() if k.startswith("vae_")})
     # events of the run's history (e.g. a renderer change) travel from export to export
     state["notes"] = list(previous.get("notes", []))
     if previous.get("hardware") and previous["hardware"] != state["hardware"]:
@@ -372,6 +376,8 @@ def _export(cfg, vae, tokenizer, text_encoder, unet, ema, step, wall, out: Path,
     if not state["notes"]:
         del state["notes"]
     (tmp / "training_state.json").write_text(json.dumps(state, indent=1))
+    if (out / "decoder_finetune.json").exists():  # the decoder-only fine-tunes of the VAE kept here
+        (tmp / "decoder_finetune.json").write_text((out / "decoder_finetune.json").read_text())
     from .card import write_card
 
     write_card(tmp)  # "not measured yet": evaluation.json belongs to the weights it measured
