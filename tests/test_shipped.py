@@ -139,7 +139,13 @@ def test_reread_shipped_set_reads_a_saved_set_again_without_training(tiny_pipe_d
     assert list(renamed) == directions.names and list(renamed.values()) == again.names
     assert torch.equal(again.embeddings, directions.embeddings)          # read, not trained
     assert [r["name"] for r in again.metadata["oracle_reading"]] == again.names
-    assert again.metadata["reading"] == {"seed": 3, "eval_images": 2, "inference_steps": 10, "target_change": 0.06}
+    assert again.metadata["reading"] == {"seed": 3, "eval_images": 2, "inference_steps": 10, "target_change": 0.06,
+                                         "max_scale": 16.0}
+    # a narrower calibration bracket: every scale stays inside it, and the file records it
+    reread_shipped_set(path, model=str(tiny_pipe_dir), oracle_dir=str(tmp_path / "oracle"), max_scale=0.5)
+    narrow = Directions.load(path).metadata
+    assert narrow["reading"]["max_scale"] == 0.5 and all(r["scale"] <= 0.5 for r in narrow["oracle_reading"])
+    assert _reading_settings(narrow)["max_scale"] == 0.5   # the next --reread keeps it
     oracle = Oracle.load(tmp_path / "oracle")
     assert again.metadata["reading_weights"] == weights_key(pipe.text_encoder, pipe.unet, pipe.vae, oracle)
     from noiseclr_lite.toyworld.shipped import write_directions_card

@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     shipped.add_argument("--batch-size", type=int, default=6, help="images per step (default 6)")
     shipped.add_argument("--seed", type=int, default=0, help="(default 0)")
     shipped.add_argument("--eval-images", type=int, default=12, help="held-out renders for naming (default 12)")
+    shipped.add_argument("--max-scale", type=float, default=None,
+                         help="largest scale the reading's calibration tries (default 16; --reread: the file's)")
     shipped.add_argument("--threads", type=int, default=0, help="torch threads (default: all)")
     shipped.add_argument("--reread", action="store_true",
                          help="do not train: read the saved sets in --out again with the current model and oracle "
@@ -140,13 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         for domain in args.domains:
             if args.reread:
                 renamed = reread_shipped_set(Path(out) / f"{domain}.safetensors", model=args.model,
-                                             oracle_dir=args.oracle)
+                                             oracle_dir=args.oracle, max_scale=args.max_scale)
                 changes = [f"{a} -> {b}" for a, b in renamed.items() if a != b]
                 print(f"{domain}: read again; " + (f"renamed {', '.join(changes)}" if changes else "same names"))
                 continue
             path = train_shipped_set(domain, out, model=args.model, oracle_dir=args.oracle,
                                      num_directions=args.num_directions, steps=args.steps, learning_rate=args.lr,
-                                     batch_size=args.batch_size, seed=args.seed, eval_images=args.eval_images)
+                                     batch_size=args.batch_size, seed=args.seed, eval_images=args.eval_images,
+                                     **({"max_scale": args.max_scale} if args.max_scale else {}))
             print(f"wrote {path}")
         print(f"wrote {write_directions_card(out)}")
     elif args.command == "card":

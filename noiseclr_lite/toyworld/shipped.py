@@ -22,6 +22,9 @@ from .domains import get_domain
 #: A direction is named after one attribute when it is at least this pure and this strong.
 NAME_PURITY_MIN = 0.5
 NAME_STRENGTH_MIN = 0.2
+#: the largest scale the reading's calibration tries; a direction that changes fewer pixels than
+#: the target even there is read (and shown in the notebooks) at this scale, "saturated"
+READING_MAX_SCALE = 16.0
 
 
 def _slug(text: str) -> str:
@@ -83,12 +86,14 @@ def calibrated_scales(directions, default: float = 4.0) -> dict[str, float]:
 
 
 def read_by_oracle(pipe, oracle, directions, domain: str, seed: int = 0, eval_images: int = 12,
-                   inference_steps: int = 10, target_change: float = 0.06) -> None:
+                   inference_steps: int = 10, target_change: float = 0.06,
+                   max_scale: float = READING_MAX_SCALE) -> None:
     """Score every direction of a set with the oracle, then name it and record the reading, in place.
 
     Each direction is scored two-sided on ``eval_images`` balanced held-out renders (drawn
     with seed ``seed + 1``, inverted with ``inference_steps`` steps) at a scale calibrated
-    to a mean pixel change of ``target_change``, and named by :func:`name_by_oracle`.
+    to a mean pixel change of ``target_change`` (searched in [0, ``max_scale``]), and named by
+    :func:`name_by_oracle`.
     ``directions.metadata`` gets ``oracle_reading`` (one row per direction), ``reading``
     (these settings) and ``reading_weights``: ``models.weights_key`` of the text encoder,
     UNet, VAE and oracle that made the reading, so a stale reading can be told apart.
@@ -99,12 +104,12 @@ def read_by_oracle(pipe, oracle, directions, domain: str, seed: int = 0, eval_im
     start = prepare_start(pipe, balanced_start_images(domain, eval_images, seed=seed + 1, size=image_size(pipe))[0],
                           num_inference_steps=inference_steps, seed=seed)
     scores = score_directions(pipe, oracle, directions, start, domain, target_change=target_change,
-                              calibration_images=4, calibration_iters=5)
+                              calibration_images=4, calibration_iters=5, max_scale=max_scale)
     directions.names = name_by_oracle(scores, domain)
     directions.metadata.update({
         "oracle_reading": [{**asdict(s), "name": n} for s, n in zip(scores, directions.names)],
         "reading": {"seed": seed, "eval_images": eval_images, "inference_steps": inference_steps,
-                    "target_change": target_change},
+                    "target_change": target_change, "max_scale": max_scale},
         "reading_weights": weights_key(pipe.text_encoder, pipe.unet, pipe.vae, oracle),
     })
 
@@ -113,7 +118,7 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
                       samples_dir: str | Path | None = None, num_directions: int = 6, steps: int = 200,
                       learning_rate: float = 1e-2, batch_size: int = 6, seed: int = 0, eval_images: int = 12,
                       inference_steps: int = 10, target_change: float = 0.06,
-                      checkpoint_dir: str | Path | None = None) -> Path:
+                      max_scale: float = READING_MAX_SCALE, checkpoint_dir: str | Path | None = None) -> Path:
     """Train one domain's directions on its sample folder, name them by the oracle and save them.
 
     The same training as ``python -m noiseclr_lite train`` (``train.train_directions``) on
@@ -140,7 +145,8 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
                                   / f"{domain}-{weights_key(pipe.text_encoder, pipe.unet, pipe.vae)}",
                                   resume=True)
     read_by_oracle(pipe, Oracle.load(oracle_dir or ORACLE_DIR), directions, domain, seed=seed,
-                   eval_images=eval_images, inference_steps=inference_steps, target_change=target_change)
+                   eval_images=eval_images, inference_steps=inference_steps, target_change=target_change,
+                   max_scale=max_scale)
     directions.metadata.update({
         # a path relative to the repository, not this machine's absolute path
         "base_model": "data/models/toyworld-sd" if model is None else str(model),
@@ -152,7 +158,8 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
         # every setting that changes the result, so that the command remakes this very file
         "command": f"python -m noiseclr_lite.toyworld directions --domains {domain} --steps {steps} "
                    f"--num-directions {num_directions} --lr {learning_rate} --batch-size {batch_size} "
-                   f"--seed {seed} --eval-images {eval_images}",
+                   f"--seed {seed} --eval-images {eval_images}"
+                   + (f" --max-scale {max_scale:g}" if max_scale != READING_MAX_SCALE else ""),
     })
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{domain}.safetensors"
@@ -168,12 +175,14 @@ def _reading_settings(meta: dict) -> dict:
     return {"seed": int(found.get("seed", 0)), "eval_images": int(found.get("eval-images", 12))}
 
 
-def reread_shipped_set(path: str | Path, *, model: str | None = None, oracle_dir: str | None = None) -> dict:
+def reread_shipped_set(path: str | Path, *, model: str | None = None, oracle_dir: str | None = None,
+                       max_scale: float | None = None) -> dict:
     """Read a saved set again with the oracle (no training): after a new decoder or a new oracle.
 
     The embeddings stay as they are; the scores, the names and the card's numbers follow the
     current model and oracle.  The reading's settings come from the file (its ``reading``
-    metadata, or for older files the ``--seed``/``--eval-images`` of its ``command``).
+    metadata, or for older files the ``--seed``/``--eval-images`` of its ``command``);
+    ``max_scale`` replaces the file's calibration bracket when given.
 
     Returns:
         ``{old name: new name}`` (the names can change, e.g. a direction that got stronger).
@@ -185,8 +194,9 @@ def reread_shipped_set(path: str | Path, *, model: str | None = None, oracle_dir
     directions = Directions.load(path)
     meta = directions.metadata
     old_names = list(directions.names)
+    settings = {**_reading_settings(meta), **({"max_scale": max_scale} if max_scale else {})}
     read_by_oracle(load_pipeline(model), Oracle.load(oracle_dir or ORACLE_DIR), directions, meta["domain"],
-                   **_reading_settings(meta))
+                   **settings)
     directions.save(path)
     return dict(zip(old_names, directions.names))
 
