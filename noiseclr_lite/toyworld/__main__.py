@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         from ..models import DIRECTIONS_DIR
-        from .shipped import reread_shipped_set, train_shipped_set, write_directions_card
+        from .shipped import READING_MAX_SCALE, reread_shipped_set, train_shipped_set, write_directions_card
 
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             path = train_shipped_set(domain, out, model=args.model, oracle_dir=args.oracle,
                                      num_directions=args.num_directions, steps=args.steps, learning_rate=args.lr,
                                      batch_size=args.batch_size, seed=args.seed, eval_images=args.eval_images,
-                                     **({"max_scale": args.max_scale} if args.max_scale else {}))
+                                     max_scale=args.max_scale or READING_MAX_SCALE)
             print(f"wrote {path}")
         print(f"wrote {write_directions_card(out)}")
     elif args.command == "card":

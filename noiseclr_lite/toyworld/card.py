@@ -51,7 +51,7 @@ def render_card(model_dir: str | Path) -> str:
         f"{cfg['caption_dropout']}" + (f", offset noise {cfg['noise_offset']:g}" if cfg.get("noise_offset") else "")
         + (f", {cfg['high_noise_share']:g} of every batch at timesteps >= {cfg['high_noise_from']}"
            if cfg.get("high_noise_share") else "")
-        + "; the settings of the latest segment, see the notes below for earlier ones)",
+        + ("; the latest segment's settings, see the notes below for earlier ones)" if state.get("notes") else ")"),
         f"- VAE: up to {cfg['vae_steps']} steps at batch {cfg['vae_batch']}, lr {cfg['vae_lr']} (L1 + MSE + "
         f"{cfg['vae_kl_weight']:g} KL), on an endless stream of fresh renders; then frozen"
         + (f" (it stopped at step {state['vae']['steps']} with held-out PSNR {state['vae']['held_out_psnr']} dB, "
