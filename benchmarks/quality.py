@@ -94,6 +94,8 @@ class Settings:
     negatives: int | None = None          # None = contrast every direction each step
     tau: float = 0.5
     anchors: str = "one"                  # "one" (official) or "all" (train.TrainConfig.anchors)
+    init: str = "random"                  # "random" or "vocab" (directions.Directions.create)
+    strength_weight: float = 0.0          # > 0: the push-strength term (train.TrainConfig.strength_weight)
     train_images: int | None = None       # None = the whole sample folder
     # the protocol
     eval_images: int = 16
@@ -120,7 +122,7 @@ class Settings:
         return {"num_directions": self.num_directions, "steps": self.steps, "learning_rate": self.learning_rate,
                 "timestep_range": tuple(self.timestep_range), "batch_size": self.batch_size,
                 "negatives_per_step": self.negatives, "tau": self.tau, "anchors": self.anchors, "loss": loss,
-                "seed": seed}
+                "init": self.init, "strength_weight": self.strength_weight, "seed": seed}
 
     def fingerprint(self, weights: str = "") -> str:
         """Hash of every setting that changes a (domain, method, seed) result (for ``--resume``),
@@ -129,8 +131,9 @@ class Settings:
         skip = {"domains", "seeds", "methods", "interference", "grid_images", "interference_images", "quick"}
         kept = {k: v for k, v in asdict(self).items() if k not in skip}
         kept["weights"] = weights
-        if kept["anchors"] == "one":  # the setting before the option existed: keep those caches valid
-            del kept["anchors"]
+        for key, before in (("anchors", "one"), ("init", "random"), ("strength_weight", 0.0)):
+            if kept[key] == before:  # the setting before the option existed: keep those caches valid
+                del kept[key]
         return hashlib.sha256(json.dumps(kept, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
 
@@ -224,12 +227,12 @@ def text_directions(domain: str, phrases: str = "positive") -> PromptDirections:
     return PromptDirections(chosen)
 
 
-def matched_random(pipe, reference, seed: int, prefix: str):
-    """Random token rows (the init ``train_directions`` starts from with ``seed``), each
-    rescaled to the mean row norm of ``reference`` (the trained directions)."""
+def matched_random(pipe, reference, seed: int, prefix: str, init: str = "random"):
+    """Random token rows (the init ``train_directions`` starts from with ``seed`` and ``init``),
+    each rescaled to the mean row norm of ``reference`` (the trained directions)."""
     from noiseclr_lite.directions import Directions
 
-    rows = Directions.create(pipe, reference.num_directions, prefix=prefix, init="random", seed=seed)
+    rows = Directions.create(pipe, reference.num_directions, prefix=prefix, init=init, seed=seed)
     target = reference.embeddings.norm(dim=1).mean()
     rows.embeddings = rows.embeddings / rows.embeddings.norm(dim=1, keepdim=True) * target
     rows.metadata["matched_norm"] = float(target)
@@ -373,7 +376,7 @@ def run_domain(pipe, oracle, domain: str, settings: Settings, stages: Stages, ca
         run = _load_unit(cache, domain, "random", seed, text)
         if run is None:
             reference = runs["NoiseCLR"][-1].directions
-            run = scored("random", seed, matched_random(pipe, reference, seed, f"{domain}_random{seed}"))
+            run = scored("random", seed, matched_random(pipe, reference, seed, f"{domain}_random{seed}", settings.init))
         runs["random"].append(run)
         if "h-space" not in runs:
             continue
@@ -730,9 +733,10 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
     to read how sensitive the result is to them (written to ``quality-sweep.md``).  Only rows
     with the same weights compare settings; a retrained model starts a new group."""
     out_dir = Path(out_dir)
-    lines = ["| report | weights | domains | seeds | K | steps | lr | t range | batch | anchors | coverage | "
+    lines = ["| report | weights | domains | seeds | K | steps | lr | t range | batch | anchors | init | "
+             "strength weight | coverage | "
              "mean purity | purity margin over random | purity / text | mean strength | saturated | "
-             "purity of unsaturated |", "|" + "---|" * 17]
+             "purity of unsaturated |", "|" + "---|" * 19]
     for path in sorted(out_dir.glob("quality*.json")):
         report = json.loads(path.read_text())
         s, rows = report["settings"], {r["method"]: r for r in report["overall"]}
@@ -746,7 +750,8 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
                      f"{', '.join(s['domains'])} | "
                      f"{len(s['seeds'])} | "
                      f"{s['num_directions']} | {s['steps']} | {s['learning_rate']:g} | {s['timestep_range']} | "
-                     f"{s['batch_size']} | {s.get('anchors', 'one')} | {_pm(nclr['coverage'], sign='')} | "
+                     f"{s['batch_size']} | {s.get('anchors', 'one')} | {s.get('init', 'random')} | "
+                     f"{s.get('strength_weight', 0.0):g} | {_pm(nclr['coverage'], sign='')} | "
                      f"{_pm(nclr['mean_purity'], sign='')} | "
                      f"{statistics.mean(margins):+.2f} | {share:.2f} | {_pm(nclr['mean_strength'], sign='')} | "
                      f"{'-' if saturated is None else f'{saturated} of {nclr_total}'} | "
@@ -809,6 +814,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--tau", type=float, default=defaults.tau, help="loss temperature (default: %(default)s)")
     train.add_argument("--anchors", choices=["one", "all"], default=defaults.anchors,
                        help="anchor directions per step: the official 'one' or 'all' (default: %(default)s)")
+    train.add_argument("--init", choices=["random", "vocab"], default=defaults.init,
+                       help="how directions start, and the random floor's rows (default: %(default)s)")
+    train.add_argument("--strength-weight", type=float, default=defaults.strength_weight,
+                       help="weight of the push-strength term, 0 = the official loss (default: %(default)s)")
     train.add_argument("--train-images", type=int, default=None, help="use the first N sample images (default: all)")
     proto = p.add_argument_group("the protocol")
     proto.add_argument("--eval-images", type=int, default=None, help=f"held-out starting images per domain "
@@ -849,7 +858,8 @@ def settings_from_args(args: argparse.Namespace, model: str) -> Settings:
         methods=[m for m in METHODS if m in args.methods], interference=not args.no_interference,
         num_directions=pick("num_directions"), steps=pick("steps"), learning_rate=args.lr,
         timestep_range=tuple(args.timestep_range), batch_size=args.batch_size, negatives=args.negatives,
-        tau=args.tau, anchors=args.anchors, train_images=args.train_images, eval_images=pick("eval_images"),
+        tau=args.tau, anchors=args.anchors, init=args.init, strength_weight=args.strength_weight,
+        train_images=args.train_images, eval_images=pick("eval_images"),
         start_seed=args.start_seed,
         inference_steps=pick("inference_steps"), target_change=args.target_change, max_scale=args.max_scale,
         hspace_max_scale=args.hspace_max_scale, calibration_images=pick("calibration_images"),

@@ -112,6 +112,10 @@ class Directions:
 
         Args:
             init: ``"random"``: normal rows scaled to the mean norm of the existing rows;
+                ``"vocab"``: rows drawn from a Gaussian with the mean and covariance of the
+                existing rows (no word is picked: the draw only lies in the subspace the text
+                encoder was trained on, where it responds more strongly, about 2x the push of
+                ``"random"`` at the same norm on the bundled model);
                 or a word that is one token in ``pipe.tokenizer``: its row plus noise of 10%
                 of that scale (so the K directions start apart).
             seed: seeds the ``torch.Generator`` that draws the rows.
@@ -120,11 +124,20 @@ class Directions:
         if num_directions < 1:
             raise ValueError(f"num_directions must be at least 1; got {num_directions}")
         weight = pipe.text_encoder.get_input_embeddings().weight.detach().float().cpu()
+        # the tokenizer's own vocabulary only: rows of direction tokens installed earlier in this
+        # session (trained, often several times longer) would make the draw depend on what ran before
+        weight = weight[:pipe.tokenizer.vocab_size]
         hidden = weight.shape[1]
         scale = weight.norm(dim=1).mean().item() / hidden ** 0.5  # per-coordinate std of a typical row
         noise = torch.randn(num_directions, hidden, generator=torch.Generator().manual_seed(seed))
         if init == "random":
             embeddings = noise * scale
+        elif init == "vocab":
+            covariance = torch.cov(weight.T.double())
+            # a small ridge: a vocabulary smaller than H (or with tied rows) has a singular covariance
+            ridge = 1e-6 * covariance.diagonal().mean() * torch.eye(hidden, dtype=torch.float64)
+            cholesky = torch.linalg.cholesky(covariance + ridge)
+            embeddings = (weight.double().mean(0) + noise.double() @ cholesky.T).float()
         else:
             ids = pipe.tokenizer(init, add_special_tokens=False).input_ids
             if len(ids) != 1:

@@ -85,6 +85,29 @@ def infonce_loss(features: torch.Tensor, tau: float = 0.5, anchor: int | None = 
     return torch.stack(losses).mean()
 
 
+def push_strength_loss(features: torch.Tensor) -> torch.Tensor:
+    r"""Minus the mean log-norm of the edit features: lower when the directions push harder.
+
+    Both contrastive losses compare *cosines*, so they are blind to how hard a direction
+    pushes: a direction whose push is tiny but consistent satisfies them as well as a
+    strong one.  On the bundled model half of the trained directions end that way (they
+    change fewer pixels at scale 16 than a clear edit needs), so an optional term
+    ``strength_weight * push_strength_loss(D)`` (``TrainConfig.strength_weight``; 0, the
+    official loss, by default) rewards pushing harder.  The log makes it scale-free: it
+    asks every push to grow by the same factor, whatever its size::
+
+        L_push = -mean_{i, k} log ||D_ik||
+
+    Args:
+        features: [N, K, ...] edit features (any trailing shape; flattened).
+    Returns:
+        A scalar tensor (no lower bound: weigh it well below the contrastive loss).
+    """
+    if features.dim() < 3:
+        raise ValueError(f"edit features must be [N images, K directions, ...]; got shape {tuple(features.shape)}")
+    return -features.flatten(2).float().norm(dim=-1).clamp_min(1e-12).log().mean()
+
+
 LOSSES = {"noiseclr": noiseclr_loss, "infonce": infonce_loss}
 
 

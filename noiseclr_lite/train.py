@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .directions import Directions, empty_conditioning
-from .loss import get_loss
+from .loss import get_loss, push_strength_loss
 from .models import encode_images
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -46,6 +46,7 @@ class TrainConfig:
     anchors: str = "one"                     # "one" (official: the step's anchor only) or "all" (every
                                              # direction in the step, at no extra UNet cost)
     timestep_range: tuple[int, int] = (0, 1000)  # t is drawn uniformly from [low, high)
+    strength_weight: float = 0.0             # > 0 adds strength_weight * loss.push_strength_loss (0: official)
     grad_accum: int = 1
     chunk_size: int | None = None            # max images x directions per UNet call; None = one call
     grad_cache: bool = True                  # with chunks: recompute them for a bounded-memory backward
@@ -182,6 +183,9 @@ def _check_config(cfg: TrainConfig, num_images: int) -> None:
                          "positives are the same direction on two different images")
     if cfg.anchors not in ("one", "all"):
         raise ValueError(f"anchors={cfg.anchors!r}; use 'one' (the official loss: one anchor per step) or 'all'")
+    if not (cfg.strength_weight >= 0 and math.isfinite(cfg.strength_weight)):
+        raise ValueError(f"strength_weight={cfg.strength_weight}; use 0 (the official loss) or a small positive "
+                         "weight such as 0.25")
     if cfg.mixed_precision not in ("no", "fp16", "bf16"):
         raise ValueError(f"mixed_precision={cfg.mixed_precision!r}; use 'no', 'fp16' or 'bf16'")
 
@@ -245,7 +249,9 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         saved_cfg = json.loads(state["config"])
         saved_cfg.setdefault("anchors", "one")  # checkpoints from before the option trained one anchor
-        for key in ("num_directions", "seed", "prefix", "loss", "batch_size", "anchors"):
+        saved_cfg.setdefault("init", "random")
+        saved_cfg.setdefault("strength_weight", 0.0)
+        for key in ("num_directions", "seed", "prefix", "loss", "batch_size", "anchors", "init", "strength_weight"):
             if saved_cfg[key] != getattr(cfg, key):
                 raise ValueError(f"{ckpt_path} was written with {key}={saved_cfg[key]!r} but this run has "
                                  f"{key}={getattr(cfg, key)!r}; use the same settings or another output folder")
@@ -331,9 +337,13 @@ def _contrast(pipe, directions, embeddings, chosen, noisy, t, empty_eps, loss_fn
         cond = directions.conditioning(pipe, embeddings=emb)[chosen]
         return edit_features(pipe.unet, noisy, t, cond, empty_eps, cfg.chunk_size)
 
+    def objective(features):
+        loss = loss_fn(features, cfg.tau, anchor=anchor)
+        return loss + cfg.strength_weight * push_strength_loss(features) if cfg.strength_weight else loss
+
     chunked = cfg.chunk_size is not None and cfg.chunk_size < len(noisy) * len(chosen)
     if not (chunked and cfg.grad_cache):
-        loss = loss_fn(features_for(embeddings), cfg.tau, anchor=anchor)
+        loss = objective(features_for(embeddings))
         accelerator.backward(loss / cfg.grad_accum)
         return loss.detach()
     # Gradient caching: a no-grad pass gives the features, the loss gives d(loss)/d(features),
@@ -342,7 +352,7 @@ def _contrast(pipe, directions, embeddings, chosen, noisy, t, empty_eps, loss_fn
     with torch.no_grad():
         features = features_for(embeddings.detach())
     features.requires_grad_(True)
-    loss = loss_fn(features, cfg.tau, anchor=anchor)
+    loss = objective(features)
     # fp16 training scales the loss so that small gradients survive; do the same by hand.
     # scaler.scale() (not loss * get_scale()) also initialises the scaler's scale tensor, without
     # which the optimizer's scaler.step() raises "Attempted step but _scale is None".

@@ -48,6 +48,31 @@ def test_create_from_word_starts_near_that_word(tiny_pipe):
         Directions.create(tiny_pipe, 3, init="smilingcat")
 
 
+def test_create_vocab_draws_from_the_vocabulary_statistics(tiny_pipe):
+    rows = embedding_matrix(tiny_pipe).double()
+    d = Directions.create(tiny_pipe, 4000, init="vocab", seed=0)
+    drawn = d.embeddings.double()
+    # the draws have the rows' mean and covariance (up to sampling error), not an isotropic spread
+    assert (drawn.mean(0) - rows.mean(0)).norm() < 0.1 * rows.norm(dim=1).mean()
+    covariance, drawn_covariance = torch.cov(rows.T), torch.cov(drawn.T)
+    assert (drawn_covariance - covariance).norm() < 0.15 * covariance.norm()
+    isotropic = Directions.create(tiny_pipe, 4000, seed=0).embeddings.double()
+    assert (torch.cov(isotropic.T) - covariance).norm() > 3 * (drawn_covariance - covariance).norm()
+    # seeded, and recorded
+    assert torch.equal(d.embeddings[:3], Directions.create(tiny_pipe, 3, init="vocab", seed=0).embeddings)
+    assert d.metadata["init"] == "vocab"
+
+
+def test_create_ignores_direction_tokens_installed_earlier(tiny_pipe):
+    # a notebook that installs a trained set and then trains another must start it as a fresh process would
+    fresh = {init: Directions.create(tiny_pipe, 3, init=init, seed=1).embeddings for init in ("random", "vocab")}
+    installed = Directions.create(tiny_pipe, 4, prefix="old", seed=2)
+    installed.embeddings = installed.embeddings * 10
+    installed.install(tiny_pipe)
+    for init, embeddings in fresh.items():
+        assert torch.equal(Directions.create(tiny_pipe, 3, init=init, seed=1).embeddings, embeddings)
+
+
 def test_index_accepts_int_token_and_name(tiny_pipe):
     d = Directions.create(tiny_pipe, 3, prefix="cat")
     d.names[2] = "ears"

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from noiseclr_lite.loss import get_loss, infonce_loss, noiseclr_loss
+from noiseclr_lite.loss import get_loss, infonce_loss, noiseclr_loss, push_strength_loss
 
 
 def _cos(a, b):
@@ -96,3 +96,25 @@ def test_similarity_matrix_is_direction_major_cosine():
     assert torch.allclose(sim.diagonal(), torch.ones(6), atol=1e-6)
     with pytest.raises(ValueError, match="N images, K directions"):
         similarity_matrix(torch.randn(3, 4))
+
+
+def test_push_strength_loss_is_minus_the_mean_log_norm_and_blind_to_direction():
+    # 2 images x 2 directions, features [2, 2, 2, 2]: norms 1, 2, 4, 8
+    features = torch.zeros(2, 2, 2, 2)
+    for (i, k), norm in zip([(0, 0), (0, 1), (1, 0), (1, 1)], [1.0, 2.0, 4.0, 8.0]):
+        features[i, k, 0, 0] = norm
+    expected = -(math.log(1) + math.log(2) + math.log(4) + math.log(8)) / 4
+    assert push_strength_loss(features).item() == pytest.approx(expected)
+    # scale-free: every push twice as strong lowers it by log 2, whatever the sizes
+    assert push_strength_loss(2 * features).item() == pytest.approx(expected - math.log(2))
+    # it does not care where a push points, only how hard (the contrastive losses see the opposite)
+    rotated = features.flip(-1)
+    assert push_strength_loss(rotated).item() == pytest.approx(expected)
+    assert noiseclr_loss(features).item() == pytest.approx(noiseclr_loss(3 * features).item(), abs=1e-6)
+    # its gradient makes every feature longer
+    grown = features.clone().requires_grad_(True)
+    push_strength_loss(grown).backward()
+    assert ((grown.grad * features).flatten(2).sum(-1) < 0).all()
+    assert math.isfinite(push_strength_loss(torch.zeros(2, 2, 3)).item())   # zero features: finite
+    with pytest.raises(ValueError, match="N images, K directions"):
+        push_strength_loss(torch.zeros(4, 3))

@@ -168,7 +168,8 @@ def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe
     assert data["weights"] == quality.cache_key(tiny_pipe, StatsOracle())  # which weights the numbers describe
     assert f"weights {data['weights']}" in md
     assert f"| quality | {data['weights']} | face, cat | 1 | 2 | 2 | 0.01 |" in sweep
-    assert f"| {list(settings.timestep_range)} | {settings.batch_size} | one |" in sweep   # the anchors column
+    # the anchors, init and strength-weight columns
+    assert f"| {list(settings.timestep_range)} | {settings.batch_size} | one | random | 0 |" in sweep
     nclr = data["overall"][0]
     assert f"| {nclr['saturated']} of {nclr['directions']} | " in sweep                 # one seed
     assert (tmp_path / "quality-sweep.md").exists()
@@ -212,7 +213,17 @@ def test_command_line_flags_and_quick_defaults():
     every = quality.settings_from_args(quality.parse_args(["--quick", "--steps", "7", "--negatives", "all",
                                                            "--domains", "face", "car", "--anchors", "all"]), "some/model")
     assert every.fingerprint() != settings.fingerprint() and every.train_overrides("noiseclr", 0)["anchors"] == "all"
-    legacy = {k: v for k, v in dataclasses.asdict(settings).items() if k != "anchors"}
+    # init likewise: "random" keeps the old key; "vocab" is another key and reaches train_directions
+    assert settings.init == "random"
+    vocab = dataclasses.replace(settings, init="vocab")
+    assert vocab.fingerprint() != settings.fingerprint() and vocab.train_overrides("noiseclr", 0)["init"] == "vocab"
+    assert quality.settings_from_args(quality.parse_args(["--init", "vocab"]), "m").init == "vocab"
+    # and the strength term: 0 (the official loss) keeps the key
+    assert settings.strength_weight == 0.0
+    pushed = quality.settings_from_args(quality.parse_args(["--strength-weight", "0.25"]), "m")
+    assert pushed.strength_weight == 0.25 and pushed.train_overrides("infonce", 1)["strength_weight"] == 0.25
+    assert pushed.fingerprint() != dataclasses.replace(pushed, strength_weight=0.0).fingerprint()
+    legacy = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("anchors", "init", "strength_weight")}
     legacy_key = hashlib.sha256(json.dumps({**{k: v for k, v in legacy.items() if k not in
                                                {"domains", "seeds", "methods", "interference", "grid_images",
                                                 "interference_images", "quick"}}, "weights": ""},
@@ -260,3 +271,15 @@ def test_overall_table_means_over_domains_then_seeds_and_keeps_unmeasured_number
     assert row["mean_purity"][1] == pytest.approx(0.1414, abs=1e-4)
     assert row["mean_domain_kept"] is None                              # seed 1's cat score predates it
     assert row["covered"] == ["face.a", "cat.a"]
+
+
+def test_matched_random_draws_the_training_init_at_the_trained_norm(tiny_pipe):
+    trained = Directions.create(tiny_pipe, 3, prefix="face", seed=5)
+    trained.embeddings = trained.embeddings * torch.tensor([[2.0], [3.0], [4.0]])
+    for init in ("random", "vocab"):
+        floor = quality.matched_random(tiny_pipe, trained, seed=1, prefix="face_random1", init=init)
+        start = Directions.create(tiny_pipe, 3, prefix="x", init=init, seed=1).embeddings
+        # the rows of the init the trained set started from (same seed and init), only rescaled
+        assert torch.allclose(torch.nn.functional.cosine_similarity(floor.embeddings, start, dim=1), torch.ones(3))
+        assert torch.allclose(floor.embeddings.norm(dim=1), trained.embeddings.norm(dim=1).mean().expand(3))
+        assert floor.tokens == ["<face_random1_0>", "<face_random1_1>", "<face_random1_2>"]

@@ -103,7 +103,15 @@ def test_train_shipped_set_and_the_card_end_to_end(tiny_pipe_dir, tmp_path):
     # the recorded command remakes this file: every setting that changes it is on it
     assert meta["command"] == ("python -m noiseclr_lite.toyworld directions --domains cat --steps 2 "
                                "--num-directions 2 --lr 0.01 --batch-size 2 --seed 3 --eval-images 2")
-    assert any((tmp_path / "ckpt").iterdir())     # checkpoints went where asked, not into the repository
+    # checkpoints went where asked, not into the repository, in a folder named after K and the init
+    # (another K or init starts afresh instead of failing on a mismatched checkpoint)
+    assert [p.name.rsplit("-", 1)[0] for p in (tmp_path / "ckpt").iterdir()] == ["cat-k2-random"]
+    vocab = train_shipped_set("cat", tmp_path / "vocab", model=str(tiny_pipe_dir), oracle_dir=str(tmp_path / "oracle"),
+                              samples_dir=tmp_path / "samples", num_directions=2, steps=2, batch_size=2, seed=3,
+                              init="vocab", eval_images=2, inference_steps=2, checkpoint_dir=tmp_path / "ckpt")
+    vocab_meta = Directions.load(vocab).metadata
+    assert vocab_meta["command"] == meta["command"] + " --init vocab" and vocab_meta["init"] == "vocab"
+    assert sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "ckpt").iterdir()) == ["cat-k2-random", "cat-k2-vocab"]
 
     card = write_directions_card(tmp_path / "out").read_text()
     assert "## cat (`cat.safetensors`)" in card and meta["command"] in card

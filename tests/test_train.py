@@ -1,5 +1,6 @@
 """Training directions: only K rows move, determinism, chunking, checkpoints, resume after SIGKILL, NaN."""
 
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,8 @@ import torch.nn.functional as F
 
 from noiseclr_lite.directions import Directions
 from noiseclr_lite.toyworld.domains import render_batch
-from noiseclr_lite.train import edit_features, train_directions
+from noiseclr_lite.models import encode_images
+from noiseclr_lite.train import direction_features, edit_features, train_directions
 
 TOKEN_KEY = "embeddings.token_embedding.weight"  # CLIPTextModel state_dict key (transformers 5)
 FAST = dict(num_directions=4, steps=3, batch_size=3, negatives_per_step=None, learning_rate=5e-2, seed=0)
@@ -196,6 +198,12 @@ def test_resume_refuses_other_settings(tiny_pipe, tmp_path):
     with pytest.raises(ValueError, match="num_directions=4"):
         train_directions(tiny_pipe, _images(), output_dir=tmp_path, resume=True, progress=False,
                          **{**FAST, "num_directions": 5})
+    with pytest.raises(ValueError, match="init='random' but this run has init='vocab'"):
+        train_directions(tiny_pipe, _images(), output_dir=tmp_path, resume=True, progress=False,
+                         **{**FAST, "init": "vocab"})
+    with pytest.raises(ValueError, match="strength_weight=0.0 but this run has strength_weight=0.5"):
+        train_directions(tiny_pipe, _images(), output_dir=tmp_path, resume=True, progress=False,
+                         **{**FAST, "strength_weight": 0.5})
 
 
 def test_out_of_memory_suggests_the_memory_flags(tiny_pipe, monkeypatch):
@@ -280,3 +288,20 @@ def test_anchors_setting_is_checked_and_kept_on_resume(tiny_pipe, tmp_path):
     with pytest.raises(ValueError, match="anchors='one'"):
         train_directions(tiny_pipe, _images(), output_dir=tmp_path, resume=True, progress=False,
                          **{**FAST, "anchors": "all"})
+
+
+def test_strength_weight_makes_pushes_stronger_and_zero_is_the_official_loss(tiny_pipe):
+    from noiseclr_lite.loss import push_strength_loss
+
+    official = train_directions(tiny_pipe, _images(), progress=False, **FAST)
+    zero = train_directions(tiny_pipe, _images(), progress=False, strength_weight=0.0, **FAST)
+    assert torch.equal(official.embeddings, zero.embeddings)          # 0 adds nothing, not even noise
+    strong = train_directions(tiny_pipe, _images(), progress=False, strength_weight=5.0, **FAST)
+    assert not torch.allclose(strong.embeddings, official.embeddings)
+    latents = encode_images(tiny_pipe, _images())
+    push = {name: push_strength_loss(direction_features(tiny_pipe, d, latents, timestep=500, seed=0)).item()
+            for name, d in [("official", official), ("strong", strong)]}
+    assert push["strong"] < push["official"]                          # lower = longer edit features
+    assert json.loads(strong.metadata["training"])["strength_weight"] == 5.0
+    with pytest.raises(ValueError, match="strength_weight=-1"):
+        train_directions(tiny_pipe, _images(), progress=False, strength_weight=-1.0, **FAST)

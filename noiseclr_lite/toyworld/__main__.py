@@ -75,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     shipped.add_argument("--lr", type=float, default=1e-2, help="learning rate (default 1e-2)")
     shipped.add_argument("--batch-size", type=int, default=6, help="images per step (default 6)")
     shipped.add_argument("--seed", type=int, default=0, help="(default 0)")
+    shipped.add_argument("--init", default="random",
+                         help="how the directions start: random, vocab or a one-token word (default random)")
+    shipped.add_argument("--strength-weight", type=float, default=0.0,
+                         help="weight of the push-strength term added to the loss (default 0: the official loss)")
     shipped.add_argument("--eval-images", type=int, default=12, help="held-out renders for naming (default 12)")
     shipped.add_argument("--max-scale", type=float, default=None,
                          help="largest scale the reading's calibration tries (default 16; --reread: the file's)")
@@ -148,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             path = train_shipped_set(domain, out, model=args.model, oracle_dir=args.oracle,
                                      num_directions=args.num_directions, steps=args.steps, learning_rate=args.lr,
-                                     batch_size=args.batch_size, seed=args.seed, eval_images=args.eval_images,
-                                     max_scale=args.max_scale or READING_MAX_SCALE)
+                                     batch_size=args.batch_size, seed=args.seed, init=args.init,
+                                     strength_weight=args.strength_weight,
+                                     eval_images=args.eval_images, max_scale=args.max_scale or READING_MAX_SCALE)
             print(f"wrote {path}")
         print(f"wrote {write_directions_card(out)}")
     elif args.command == "card":

@@ -116,16 +116,17 @@ def read_by_oracle(pipe, oracle, directions, domain: str, seed: int = 0, eval_im
 
 def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = None, oracle_dir: str | None = None,
                       samples_dir: str | Path | None = None, num_directions: int = 6, steps: int = 200,
-                      learning_rate: float = 1e-2, batch_size: int = 6, seed: int = 0, eval_images: int = 12,
+                      learning_rate: float = 1e-2, batch_size: int = 6, seed: int = 0, init: str = "random",
+                      strength_weight: float = 0.0, eval_images: int = 12,
                       inference_steps: int = 10, target_change: float = 0.06,
                       max_scale: float = READING_MAX_SCALE, checkpoint_dir: str | Path | None = None) -> Path:
     """Train one domain's directions on its sample folder, name them by the oracle and save them.
 
     The same training as ``python -m noiseclr_lite train`` (``train.train_directions``) on
     ``data/samples/<domain>``; then :func:`read_by_oracle` scores and names every direction.
-    Training checkpoints go to ``checkpoint_dir/<domain>-<weights key>`` (default
-    ``checkpoints/directions``), so an interrupted run resumes, and a model trained further
-    starts afresh.
+    Training checkpoints go to ``checkpoint_dir/<domain>-k<K>-<init>[-w<strength weight>]-<weights key>`` (default
+    ``checkpoints/directions``), so an interrupted run resumes (a run with more ``steps``
+    continues it), and another K, init, strength weight or model starts afresh.
 
     Returns:
         The written ``out_dir/<domain>.safetensors``.
@@ -138,11 +139,14 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
     out_dir = Path(out_dir)
     pipe = load_pipeline(model)
     images = load_images(Path(samples_dir or SAMPLES_DIR) / domain, size=image_size(pipe))
-    directions = train_directions(pipe, images, num_directions=num_directions, steps=steps,
+    # one checkpoint folder per setting that changes the run from its first step
+    run_name = f"{domain}-k{num_directions}-{init}" + (f"-w{strength_weight:g}" if strength_weight else "")
+    directions = train_directions(pipe, images, num_directions=num_directions, steps=steps, init=init,
+                                  strength_weight=strength_weight,
                                   learning_rate=learning_rate, batch_size=batch_size, seed=seed, prefix=domain,
                                   output_dir=Path(checkpoint_dir or REPO_ROOT / "checkpoints" / "directions")
                                   # the VAE too: training reads latents from its encoder
-                                  / f"{domain}-{weights_key(pipe.text_encoder, pipe.unet, pipe.vae)}",
+                                  / f"{run_name}-{weights_key(pipe.text_encoder, pipe.unet, pipe.vae)}",
                                   resume=True)
     read_by_oracle(pipe, Oracle.load(oracle_dir or ORACLE_DIR), directions, domain, seed=seed,
                    eval_images=eval_images, inference_steps=inference_steps, target_change=target_change,
@@ -159,6 +163,8 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
         "command": f"python -m noiseclr_lite.toyworld directions --domains {domain} --steps {steps} "
                    f"--num-directions {num_directions} --lr {learning_rate} --batch-size {batch_size} "
                    f"--seed {seed} --eval-images {eval_images}"
+                   + (f" --init {init}" if init != "random" else "")
+                   + (f" --strength-weight {strength_weight:g}" if strength_weight else "")
                    + (f" --max-scale {max_scale:g}" if max_scale != READING_MAX_SCALE else ""),
     })
     out_dir.mkdir(parents=True, exist_ok=True)
