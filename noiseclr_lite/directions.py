@@ -111,9 +111,9 @@ class Directions:
         """New directions for ``pipe``'s text encoder, tokens ``<{prefix}_0>`` .. ``<{prefix}_{K-1}>``.
 
         Args:
-            init: ``"random"``: normal rows scaled to the mean norm of the existing rows;
+            init: ``"random"``: normal rows scaled to the mean norm of the vocabulary's rows;
                 ``"vocab"``: rows drawn from a Gaussian with the mean and covariance of the
-                existing rows (no word is picked: the draw only lies in the subspace the text
+                vocabulary's rows (no word is picked: the draw only lies in the subspace the text
                 encoder was trained on, where it responds more strongly, about 2x the push of
                 ``"random"`` at the same norm on the bundled model);
                 or a word that is one token in ``pipe.tokenizer``: its row plus noise of 10%

@@ -46,7 +46,8 @@ class TrainConfig:
     anchors: str = "one"                     # "one" (official: the step's anchor only) or "all" (every
                                              # direction in the step, at no extra UNet cost)
     timestep_range: tuple[int, int] = (0, 1000)  # t is drawn uniformly from [low, high)
-    strength_weight: float = 0.0             # > 0 adds strength_weight * loss.push_strength_loss (0: official)
+    strength_weight: float = 0.0             # > 0 adds strength_weight * loss.push_strength_loss (0: official);
+                                             # the logged loss then includes that term
     grad_accum: int = 1
     chunk_size: int | None = None            # max images x directions per UNet call; None = one call
     grad_cache: bool = True                  # with chunks: recompute them for a bounded-memory backward
