@@ -124,9 +124,9 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
 
     The same training as ``python -m noiseclr_lite train`` (``train.train_directions``) on
     ``data/samples/<domain>``; then :func:`read_by_oracle` scores and names every direction.
-    Training checkpoints go to ``checkpoint_dir/<domain>-k<K>-<init>[-w<strength weight>]-<weights key>`` (default
-    ``checkpoints/directions``), so an interrupted run resumes (a run with more ``steps``
-    continues it), and another K, init, strength weight or model starts afresh.
+    Training checkpoints go to ``checkpoint_dir/<domain>-k<K>-<init>[-w<strength weight>]-<weights
+    key>`` (default ``checkpoints/directions``), so an interrupted run resumes (a run with more
+    ``steps`` continues it), and another K, init, strength weight or model starts afresh.
 
     Returns:
         The written ``out_dir/<domain>.safetensors``.
@@ -139,7 +139,8 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
     out_dir = Path(out_dir)
     pipe = load_pipeline(model)
     images = load_images(Path(samples_dir or SAMPLES_DIR) / domain, size=image_size(pipe))
-    # one checkpoint folder per setting that changes the run from its first step
+    # the settings one varies between shipped recipes name the folder, so another of them starts afresh;
+    # another seed or batch size in the same folder is refused by train_directions' resume check
     run_name = f"{domain}-k{num_directions}-{init}" + (f"-w{strength_weight:g}" if strength_weight else "")
     directions = train_directions(pipe, images, num_directions=num_directions, steps=steps, init=init,
                                   strength_weight=strength_weight,
