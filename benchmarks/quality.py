@@ -29,7 +29,10 @@ leaks onto the other subject.  Outputs, under ``--out`` (default ``benchmarks/re
 ``quality.md`` (tables, bars, settings, date, wall time per stage), ``quality.json`` (every
 score) and ``quality_<domain>.png`` (each method's best and worst direction at -s, 0, +s).
 With ``--resume`` every finished (domain, method, seed) unit is read back from
-``<out>/cache/`` instead of being recomputed.
+``<out>/cache/`` instead of being recomputed.  Trained directions are kept apart from their
+scores, under a key of the training settings only (``Settings.training_fingerprint``), so a
+run that changes only the protocol (calibration, images, window) scores the same trained
+directions again instead of retraining them.
 """
 
 from __future__ import annotations
@@ -104,6 +107,8 @@ class Settings:
     target_change: float = 0.05
     max_scale: float = 16.0
     hspace_max_scale: float = 4.0
+    min_scale: float = 0.0                # > 0: calibration bisects [min_scale, max_scale] log-spaced
+    hspace_min_scale: float = 0.0         # the same for h-space directions
     calibration_images: int = 4
     calibration_iters: int = 7
     window: tuple = (1.0, 0.0)
@@ -131,10 +136,34 @@ class Settings:
         skip = {"domains", "seeds", "methods", "interference", "grid_images", "interference_images", "quick"}
         kept = {k: v for k, v in asdict(self).items() if k not in skip}
         kept["weights"] = weights
-        for key, before in (("anchors", "one"), ("init", "random"), ("strength_weight", 0.0)):
+        for key, before in (("anchors", "one"), ("init", "random"), ("strength_weight", 0.0), ("min_scale", 0.0),
+                            ("hspace_min_scale", 0.0)):
             if kept[key] == before:  # the setting before the option existed: keep those caches valid
                 del kept[key]
         return hashlib.sha256(json.dumps(kept, sort_keys=True, default=list).encode()).hexdigest()[:12]
+
+    def training_fingerprint(self, weights: str = "") -> str:
+        """Hash of the settings that change the *trained* directions (NoiseCLR, InfoNCE, h-space;
+        random ones are drawn from the NoiseCLR set), not how they are scored: the key of the
+        trained-directions cache, shared by every protocol."""
+        kept = {k: v for k, v in self.train_overrides("noiseclr", 0).items() if k not in ("loss", "seed")}
+        kept.update(train_images=self.train_images, hspace_timesteps=self.hspace_timesteps, model=self.model,
+                    samples=self.samples, weights=weights)
+        return hashlib.sha256(json.dumps(kept, sort_keys=True, default=list).encode()).hexdigest()[:12]
+
+
+@dataclass
+class Cache:
+    """Where ``--resume`` keeps things: ``scores`` (one folder per :meth:`Settings.fingerprint`)
+    and ``trained`` directions with their training checkpoints (one folder per
+    :meth:`Settings.training_fingerprint`, named ``trained-<key>``)."""
+
+    scores: Path
+    trained: Path
+
+    @classmethod
+    def for_settings(cls, root: Path, settings: Settings, weights: str) -> "Cache":
+        return cls(root / settings.fingerprint(weights), root / f"trained-{settings.training_fingerprint(weights)}")
 
 
 def cache_key(pipe, oracle) -> str:
@@ -206,10 +235,11 @@ def score_one(pipe, oracle, directions, index: int, start: StartSet, domain: str
         return score_rendered(lambda s, st: render(pipe, directions, index, s, st, settings.window), oracle, start,
                               domain, f"pc{index}", f"h-space pc{index}",
                               calibration_images=settings.calibration_images, max_scale=settings.hspace_max_scale,
-                              calibration_iters=settings.calibration_iters, **amount)
+                              min_scale=settings.hspace_min_scale, calibration_iters=settings.calibration_iters,
+                              **amount)
     return score_direction(pipe, oracle, directions, index, start, domain, window=tuple(settings.window),
                            calibration_images=settings.calibration_images, max_scale=settings.max_scale,
-                           calibration_iters=settings.calibration_iters, **amount)
+                           min_scale=settings.min_scale, calibration_iters=settings.calibration_iters, **amount)
 
 
 # ===================================================================================== the methods
@@ -257,18 +287,18 @@ class MethodRun:
                 "seconds": self.seconds, "cached": self.cached, "scores": [asdict(s) for s in self.scores]}
 
 
-def _cache_paths(cache: Path | None, domain: str, method: str, seed):
+def _cache_paths(cache: Cache | None, domain: str, method: str, seed):
     if cache is None:
         return None, None
     stem = f"{domain}_{method}_seed{seed}"
-    return cache / f"{stem}.json", (cache / f"{stem}.safetensors" if method != "text" else None)
+    return cache.scores / f"{stem}.json", (cache.trained / f"{stem}.safetensors" if method != "text" else None)
 
 
-def _save_directions(directions, cache: Path | None, domain: str, method: str, seed) -> None:
+def _save_directions(directions, cache: Cache | None, domain: str, method: str, seed) -> None:
     _, directions_file = _cache_paths(cache, domain, method, seed)
     if directions_file is None:
         return
-    cache.mkdir(parents=True, exist_ok=True)
+    directions_file.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(directions, torch.Tensor):
         from safetensors.torch import save_file
 
@@ -279,9 +309,12 @@ def _save_directions(directions, cache: Path | None, domain: str, method: str, s
         directions.save(directions_file)  # atomic
 
 
-def _load_directions(cache: Path | None, domain: str, method: str, seed):
+def _load_directions(cache: Cache | None, domain: str, method: str, seed):
     """Saved directions of a unit (trained but maybe not yet scored), or None."""
     _, directions_file = _cache_paths(cache, domain, method, seed)
+    if directions_file is not None and not directions_file.exists():
+        # caches written before trained directions had their own folder kept them with the scores
+        directions_file = cache.scores / directions_file.name
     if directions_file is None or not directions_file.exists():
         return None
     if method == "h-space":
@@ -293,17 +326,18 @@ def _load_directions(cache: Path | None, domain: str, method: str, seed):
     return Directions.load(directions_file)
 
 
-def _save_unit(run: MethodRun, cache: Path | None) -> None:
+def _save_unit(run: MethodRun, cache: Cache | None) -> None:
     scores_file, _ = _cache_paths(cache, run.domain, run.method, run.seed)
     if scores_file is None:
         return
     _save_directions(run.directions, cache, run.domain, run.method, run.seed)
+    scores_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = scores_file.with_name(scores_file.name + ".tmp")
     tmp.write_text(json.dumps(run.to_json(), indent=1))
     os.replace(tmp, scores_file)  # written last: a unit counts as done only once its scores are saved
 
 
-def _load_unit(cache: Path | None, domain: str, method: str, seed, text: PromptDirections | None) -> MethodRun | None:
+def _load_unit(cache: Cache | None, domain: str, method: str, seed, text: PromptDirections | None) -> MethodRun | None:
     scores_file, directions_file = _cache_paths(cache, domain, method, seed)
     if scores_file is None or not scores_file.exists():
         return None
@@ -313,7 +347,7 @@ def _load_unit(cache: Path | None, domain: str, method: str, seed, text: PromptD
     return MethodRun(method, domain, seed, directions, scores, saved["summary"], saved["seconds"], cached=True)
 
 
-def run_domain(pipe, oracle, domain: str, settings: Settings, stages: Stages, cache: Path | None = None,
+def run_domain(pipe, oracle, domain: str, settings: Settings, stages: Stages, cache: Cache | None = None,
                progress: bool = True) -> tuple[StartSet, dict[str, list[MethodRun]]]:
     """Every method on one domain: {method: [MethodRun per seed]} and the shared start set."""
     from tqdm.auto import tqdm
@@ -363,7 +397,7 @@ def run_domain(pipe, oracle, domain: str, settings: Settings, stages: Stages, ca
                 if trained is None:  # train (checkpointed into the cache with --resume), save, then score
                     sample_latents()
                     label = f"{domain}: train {method} seed {seed}"
-                    checkpoints = cache / f"{domain}_{method}_seed{seed}.ckpt" if cache is not None else None
+                    checkpoints = cache.trained / f"{domain}_{method}_seed{seed}.ckpt" if cache is not None else None
                     with stages(label):
                         trained = train_directions(pipe, latents=sample_latents(), progress=progress,
                                                    prefix=f"{domain}_{method.lower()}{seed}", output_dir=checkpoints,
@@ -382,11 +416,14 @@ def run_domain(pipe, oracle, domain: str, settings: Settings, stages: Stages, ca
             continue
         run = _load_unit(cache, domain, "h-space", seed, text)
         if run is None:
-            label = f"{domain}: h-space PCA seed {seed}"
-            with stages(label):
-                components = hspace_directions(pipe, sample_latents(), settings.num_directions,
-                                               settings.hspace_timesteps, seed=seed)
-            run = scored("h-space", seed, components, stages.seconds[label])
+            components, pca_seconds = _load_directions(cache, domain, "h-space", seed), None
+            if components is None:
+                label = f"{domain}: h-space PCA seed {seed}"
+                with stages(label):
+                    components = hspace_directions(pipe, sample_latents(), settings.num_directions,
+                                                   settings.hspace_timesteps, seed=seed)
+                pca_seconds = stages.seconds[label]
+            run = scored("h-space", seed, components, pca_seconds)
         runs["h-space"].append(run)
     runs["text"].append(_load_unit(cache, domain, "text", None, text) or scored("text", None, text))
     return start, runs
@@ -394,7 +431,7 @@ def run_domain(pipe, oracle, domain: str, settings: Settings, stages: Stages, ca
 
 # ===================================================================================== interference
 def run_interference(pipe, oracle, face_runs, cat_runs, settings: Settings, stages: Stages,
-                     cache: Path | None = None, progress: bool = True) -> dict:
+                     cache: Cache | None = None, progress: bool = True) -> dict:
     """Face and cat directions applied to face+cat scenes at their own calibrated scales.
 
     Returns {method: {"runs": [{seed, face_leak, cat_leak, leak}], "face_leak"|"cat_leak"|"leak":
@@ -410,7 +447,7 @@ def run_interference(pipe, oracle, face_runs, cat_runs, settings: Settings, stag
     for method in settings.methods:
         per_seed = []
         for face_run, cat_run in zip(face_runs[method], cat_runs[method]):
-            saved = (cache / f"scene{settings.interference_images}_{method}_seed{face_run.seed}.json"
+            saved = (cache.scores / f"scene{settings.interference_images}_{method}_seed{face_run.seed}.json"
                      if cache is not None else None)
             if saved is not None and saved.exists():
                 per_seed.append(json.loads(saved.read_text()))
@@ -433,7 +470,7 @@ def run_interference(pipe, oracle, face_runs, cat_runs, settings: Settings, stag
             row["leak"] = (row["face_leak"] + row["cat_leak"]) / 2
             per_seed.append(row)
             if saved is not None:
-                cache.mkdir(parents=True, exist_ok=True)
+                saved.parent.mkdir(parents=True, exist_ok=True)
                 saved.write_text(json.dumps(row))
         out[method] = {"runs": per_seed, **{key: _mean_std([r[key] for r in per_seed])
                                             for key in ("face_leak", "cat_leak", "leak")}}
@@ -563,6 +600,16 @@ def _pm(value, digits: int = 2, sign: str = "+") -> str:
     return f"{mean:{sign}.{digits}f} ± {std:.{digits}f}"
 
 
+def _bracket(s: dict) -> str:
+    """How the calibration searched the scale, in words (reports from before ``min_scale`` lack it)."""
+    def one(low, high, what):
+        how = "bisected log-spaced" if low else "halved"
+        return f"{what} scales searched in [{low:g}, {high:g}], {how}"
+    return (f"{one(s.get('min_scale', 0.0), s['max_scale'], 'token and text')}, "
+            f"{one(s.get('hspace_min_scale', 0.0), s['hspace_max_scale'], 'h-space')}, "
+            f"{s['calibration_iters']} steps on {s['calibration_images']} images")
+
+
 def markdown(report: dict) -> str:
     """The Markdown report (``quality.md``)."""
     s = report["settings"]
@@ -573,7 +620,8 @@ def markdown(report: dict) -> str:
              "Protocol (`noiseclr_lite.metrics`): the same held-out starting images per domain, balanced over every "
              f"attribute's values ({s['eval_images']} per domain, inverted once with {s['inference_steps']}-step "
              "edit-friendly DDPM inversion); each direction's scale calibrated to a mean pixel change of "
-             f"{s['target_change']} at +s and -s; effects two-sided, read by the attribute oracle. A direction covers "
+             f"{s['target_change']} at +s and -s ({_bracket(s)}); effects two-sided, read by the attribute oracle. "
+             "A direction covers "
              f"its target attribute when strength >= {STRENGTH_MIN} and purity >= {PURITY_MIN}. Mean ± standard "
              f"deviation over seeds {s['seeds']} (text prompts are deterministic: one run). \"saturated\" counts "
              "directions that did not reach the target change at the largest scale tried (over every seed), "
@@ -692,7 +740,7 @@ def run_benchmark(pipe, oracle, settings: Settings, out_dir: str | os.PathLike =
     stages = stages or Stages(log)
     stem = "quality" + (f"-{tag}" if tag else "")
     weights = cache_key(pipe, oracle)  # which model + oracle the numbers describe (reports say it)
-    cache = out_dir / "cache" / settings.fingerprint(weights) if resume else None
+    cache = Cache.for_settings(out_dir / "cache", settings, weights) if resume else None
     per_domain, starts = {}, {}
     for domain in settings.domains:
         starts[domain], per_domain[domain] = run_domain(pipe, oracle, domain, settings, stages, cache, progress)
@@ -725,18 +773,25 @@ def run_benchmark(pipe, oracle, settings: Settings, out_dir: str | os.PathLike =
     return report
 
 
+def _scale_bracket(s: dict) -> str:
+    """The token directions' calibration bracket in a few characters: "[0, 16]" halved, "[0.125, 256] log"."""
+    low = s.get("min_scale", 0.0)
+    return f"[{low:g}, {s['max_scale']:g}]" + (" log" if low else "")
+
+
 def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
     """One row per ``quality*.json`` in ``out_dir``: the weights it measured (:func:`cache_key`;
     "?" for reports older than that field), its training settings and NoiseCLR's overall numbers
     (strength and saturation next to purity: a faint edit reads as pure; "-" where an older
-    report lacks a number),
+    report lacks a number; the calibration bracket, since rows measured at another one compare
+    methods at another edit strength),
     to read how sensitive the result is to them (written to ``quality-sweep.md``).  Only rows
     with the same weights compare settings; a retrained model starts a new group."""
     out_dir = Path(out_dir)
     lines = ["| report | weights | domains | seeds | K | steps | lr | t range | batch | anchors | init | "
-             "strength weight | coverage | "
+             "strength weight | scale bracket | coverage | "
              "mean purity | purity margin over random | purity / text | mean strength | saturated | "
-             "purity of unsaturated |", "|" + "---|" * 19]
+             "purity of unsaturated |", "|" + "---|" * 20]
     for path in sorted(out_dir.glob("quality*.json")):
         report = json.loads(path.read_text())
         s, rows = report["settings"], {r["method"]: r for r in report["overall"]}
@@ -751,7 +806,7 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
                      f"{len(s['seeds'])} | "
                      f"{s['num_directions']} | {s['steps']} | {s['learning_rate']:g} | {s['timestep_range']} | "
                      f"{s['batch_size']} | {s.get('anchors', 'one')} | {s.get('init', 'random')} | "
-                     f"{s.get('strength_weight', 0.0):g} | {_pm(nclr['coverage'], sign='')} | "
+                     f"{s.get('strength_weight', 0.0):g} | {_scale_bracket(s)} | {_pm(nclr['coverage'], sign='')} | "
                      f"{_pm(nclr['mean_purity'], sign='')} | "
                      f"{statistics.mean(margins):+.2f} | {share:.2f} | {_pm(nclr['mean_strength'], sign='')} | "
                      f"{'-' if saturated is None else f'{saturated} of {nclr_total}'} | "
@@ -828,10 +883,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     proto.add_argument("--target-change", type=float, default=defaults.target_change,
                        help="calibrated mean pixel change at +-s, in [0, 1] pixel units (default: %(default)s)")
     proto.add_argument("--max-scale", type=float, default=defaults.max_scale,
-                       help="calibration bracket [0, MAX] of token and text directions (default: %(default)s)")
+                       help="calibration bracket [MIN, MAX] of token and text directions (default: %(default)s)")
+    proto.add_argument("--min-scale", type=float, default=defaults.min_scale,
+                       help="lower end of that bracket; > 0 bisects it log-spaced, which finds small and large "
+                            "scales equally well (default: %(default)s, plain halving from [0, MAX])")
     proto.add_argument("--hspace-max-scale", type=float, default=defaults.hspace_max_scale,
                        help="calibration bracket of h-space directions, in units of a typical h difference "
                             "(default: %(default)s)")
+    proto.add_argument("--hspace-min-scale", type=float, default=defaults.hspace_min_scale,
+                       help="lower end of the h-space bracket; > 0 bisects it log-spaced (default: %(default)s)")
     proto.add_argument("--calibration-images", type=int, default=None, help=f"images used to calibrate a scale "
                        f"(default {FULL['calibration_images']}; --quick {QUICK['calibration_images']})")
     proto.add_argument("--calibration-iters", type=int, default=None, help=f"bisection steps (default "
@@ -862,7 +922,7 @@ def settings_from_args(args: argparse.Namespace, model: str) -> Settings:
         train_images=args.train_images, eval_images=pick("eval_images"),
         start_seed=args.start_seed,
         inference_steps=pick("inference_steps"), target_change=args.target_change, max_scale=args.max_scale,
-        hspace_max_scale=args.hspace_max_scale, calibration_images=pick("calibration_images"),
+        min_scale=args.min_scale, hspace_max_scale=args.hspace_max_scale, hspace_min_scale=args.hspace_min_scale, calibration_images=pick("calibration_images"),
         calibration_iters=pick("calibration_iters"), window=tuple(args.window),
         hspace_timesteps=tuple(args.hspace_timesteps), text_phrases=args.text_phrases,
         interference_images=pick("interference_images"), grid_images=pick("grid_images"), model=model,

@@ -46,6 +46,7 @@ The module has two halves:
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 from dataclasses import dataclass, field
@@ -271,12 +272,19 @@ def calibrate_scale(render_fn: Callable[[float], float], target_change: float, l
     equal raw scale.  Assumes the change grows with the scale between ``low`` and ``high``
     (true of every edit we measured up to saturation).
 
+    With ``low == 0`` the bracket is halved in plain numbers (midpoint ``(low + high) / 2``):
+    fine near ``high``, coarse near 0 (4 steps from 16 never try a scale below 1).  With
+    ``low > 0`` it is halved in log-scale (midpoint ``sqrt(low * high)``): the same *relative*
+    precision at every scale, so a direction that needs 0.3 is found as well as one that
+    needs 100.  Use that when the scales the directions need span orders of magnitude, as
+    trained tokens (strong) and random ones (faint) do.
+
     Args:
         render_fn: scale -> change, e.g. the mean :func:`pixel_change` of the edits at +-scale
             (expensive: each call renders; bisection calls it at most ``iters + 1`` times).
         target_change: the change wanted (> 0), in ``render_fn``'s units.
-        low, high: the bracket, 0 <= low < high.
-        iters: bisection steps (the bracket shrinks 2x per step).
+        low, high: the bracket, 0 <= low < high; ``low > 0`` bisects log-spaced.
+        iters: bisection steps (the bracket shrinks 2x per step, or by a square root in log-scale).
         rtol: stop early once ``|change - target| <= rtol * target``.
 
     Returns:
@@ -287,6 +295,7 @@ def calibrate_scale(render_fn: Callable[[float], float], target_change: float, l
         raise ValueError(f"target_change must be > 0; got {target_change}")
     if not 0 <= low < high:
         raise ValueError(f"need 0 <= low < high; got low={low}, high={high}")
+    log_spaced = low > 0
     evaluations = []
 
     def measure(scale):
@@ -300,7 +309,7 @@ def calibrate_scale(render_fn: Callable[[float], float], target_change: float, l
     if top <= target_change * (1 + rtol):
         return Calibration(high, top, True, evaluations)
     for _ in range(iters):
-        mid = (low + high) / 2
+        mid = math.sqrt(low * high) if log_spaced else (low + high) / 2
         change = measure(mid)
         if abs(change - target_change) <= rtol * target_change:
             break
@@ -518,7 +527,7 @@ class DirectionScore:
 def score_rendered(render_at: Callable[[float, StartSet], torch.Tensor], oracle, start: StartSet, domain: str,
                    name: str, token: str, scale: float | None = None, target_change: float | None = None,
                    calibration_images: int = 4, max_scale: float = 16.0,
-                   calibration_iters: int = 8) -> DirectionScore:
+                   calibration_iters: int = 8, min_scale: float = 0.0) -> DirectionScore:
     """:func:`score_direction` for any edit given as ``render_at(scale, start_set) -> images``.
 
     The adapter for edits that are not a text conditioning (h-space offsets): the same
@@ -537,7 +546,8 @@ def score_rendered(render_at: Callable[[float, StartSet], torch.Tensor], oracle,
     calibrated = saturated = False
     if target_change is not None:
         few = start.subset(min(calibration_images, len(start)))
-        result = calibrate_scale(lambda s: change_at(s, few)[0], target_change, 0.0, max_scale, calibration_iters)
+        result = calibrate_scale(lambda s: change_at(s, few)[0], target_change, min_scale, max_scale,
+                                 calibration_iters)
         scale, calibrated, saturated = result.scale, True, not result.reached
     scale = float(scale)
     change, plus, minus = change_at(scale, start)
@@ -559,7 +569,7 @@ def score_rendered(render_at: Callable[[float, StartSet], torch.Tensor], oracle,
 def score_direction(pipe, oracle, directions, index: int | str, start, domain: str, scale: float | None = None,
                     target_change: float | None = None, num_inference_steps: int = 25, seed: int = 0,
                     window: tuple[float, float] = (1.0, 0.0), calibration_images: int = 4,
-                    max_scale: float = 16.0, calibration_iters: int = 8) -> DirectionScore:
+                    max_scale: float = 16.0, calibration_iters: int = 8, min_scale: float = 0.0) -> DirectionScore:
     """Edit the starting images at +s and -s with one direction and score what changed.
 
     Args:
@@ -575,7 +585,8 @@ def score_direction(pipe, oracle, directions, index: int | str, start, domain: s
         target_change: calibrate s first, on the first ``calibration_images`` images, so that
             the mean pixel change of the +s and -s edits is this (in [0, 1] pixel units).
         window: the direction's step window (see ``DirectionEdit``).
-        max_scale, calibration_iters: the calibration bracket [0, max_scale] and its steps.
+        min_scale, max_scale, calibration_iters: the calibration bracket [min_scale, max_scale]
+            (log-spaced when ``min_scale > 0``, see :func:`calibrate_scale`) and its steps.
 
     Returns:
         A :class:`DirectionScore`.
@@ -592,7 +603,7 @@ def score_direction(pipe, oracle, directions, index: int | str, start, domain: s
     return score_rendered(lambda s, images: _edited(pipe, directions, k, s, images, window), oracle, start, domain,
                           name=str(directions.names[k]), token=str(tokens[k]), scale=scale,
                           target_change=target_change, calibration_images=calibration_images,
-                          max_scale=max_scale, calibration_iters=calibration_iters)
+                          max_scale=max_scale, calibration_iters=calibration_iters, min_scale=min_scale)
 
 
 def score_directions(pipe, oracle, directions, start, domain: str, progress: bool = True,

@@ -122,6 +122,22 @@ def test_calibrate_scale_on_a_linear_render():
     assert [s for s, _ in result.evaluations] == calls
 
 
+def test_calibrate_scale_log_spaced_finds_small_and_large_scales_alike():
+    # a direction that needs 0.3 and one that needs 100, each linear in its scale
+    for needed in (0.3, 100.0):
+        calls = []
+        result = calibrate_scale(lambda s: calls.append(s) or 0.05 * s / needed, 0.05, low=0.125, high=256.0,
+                                 iters=8)
+        assert result.reached and result.scale == pytest.approx(needed, rel=0.15), needed
+        assert calls[0] == 256.0 and all(0.125 < s < 256.0 for s in calls[1:])
+        assert calls[1] == pytest.approx(math.sqrt(0.125 * 256.0))                 # the log-midpoint first
+    # plain halving from [0, 16] with 4 steps cannot go below 1: the small scale is missed 3x over
+    coarse = calibrate_scale(lambda s: 0.05 * s / 0.3, 0.05, high=16.0, iters=4)
+    assert coarse.scale == 1.0 and coarse.change > 3 * 0.05
+    with pytest.raises(ValueError, match="low < high"):
+        calibrate_scale(lambda s: s, 0.05, low=4.0, high=2.0)
+
+
 def test_calibrate_scale_on_a_saturating_render():
     reachable = calibrate_scale(lambda s: 0.1 * math.tanh(s / 4), 0.05, high=20.0)
     assert reachable.reached and reachable.scale == pytest.approx(4 * math.atanh(0.5), rel=0.08)

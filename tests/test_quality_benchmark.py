@@ -170,14 +170,18 @@ def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe
     assert f"| quality | {data['weights']} | face, cat | 1 | 2 | 2 | 0.01 |" in sweep
     # the anchors, init and strength-weight columns
     assert f"| {list(settings.timestep_range)} | {settings.batch_size} | one | random | 0 |" in sweep
+    assert f"| one | random | 0 | [0, {settings.max_scale:g}] | " in sweep           # the calibration bracket
     nclr = data["overall"][0]
     assert f"| {nclr['saturated']} of {nclr['directions']} | " in sweep                 # one seed
     assert (tmp_path / "quality-sweep.md").exists()
 
     # --resume: every finished unit is read back, nothing is trained or scored again
-    cache = next((tmp_path / "cache").iterdir())
-    assert (cache / "face_NoiseCLR_seed0.safetensors").exists() and (cache / "cat_h-space_seed0.safetensors").exists()
-    assert (cache / "scene2_NoiseCLR_seed0.json").exists()
+    folders = sorted((tmp_path / "cache").iterdir())  # scores, then trained-<training key>
+    assert [f.name for f in folders] == [settings.fingerprint(data["weights"]),
+                                         f"trained-{settings.training_fingerprint(data['weights'])}"]
+    cache, trained = folders
+    assert (trained / "face_NoiseCLR_seed0.safetensors").exists() and (trained / "cat_h-space_seed0.safetensors").exists()
+    assert (cache / "scene2_NoiseCLR_seed0.json").exists() and (cache / "face_NoiseCLR_seed0.json").exists()
     # an interrupted unit: trained directions saved, scores not yet -> scored, not retrained
     (cache / "cat_InfoNCE_seed0.json").unlink()
     resumed = quality.run_benchmark(tiny_pipe, StatsOracle(), dataclasses.replace(settings, domains=["cat"]),
@@ -197,6 +201,15 @@ def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe
     assert set(subset["domains"]["face"]["runs"]) == set(quality.REQUIRED_METHODS) == set(subset["interference"])
     assert [r["method"] for r in subset["overall"]] == quality.REQUIRED_METHODS
     assert all(runs[0]["cached"] for runs in subset["domains"]["face"]["runs"].values())
+
+    # a new protocol (a log-spaced calibration bracket) scores the same trained directions again: nothing retrains
+    logged = dataclasses.replace(settings, domains=["cat"], interference=False, min_scale=0.25)
+    rescored = quality.run_benchmark(tiny_pipe, StatsOracle(), logged, tmp_path, tag="logged", resume=True,
+                                     progress=False, log=lambda _: None)
+    assert not any("train" in stage or "PCA" in stage for stage in rescored["seconds"])
+    assert sum("score" in stage for stage in rescored["seconds"]) == len(quality.METHODS)
+    assert not any(runs[0]["cached"] for runs in rescored["domains"]["cat"]["runs"].values())
+    assert len(list((tmp_path / "cache").iterdir())) == 3                         # two scores keys, one trained key
 
 
 def test_command_line_flags_and_quick_defaults():
@@ -223,7 +236,16 @@ def test_command_line_flags_and_quick_defaults():
     pushed = quality.settings_from_args(quality.parse_args(["--strength-weight", "0.25"]), "m")
     assert pushed.strength_weight == 0.25 and pushed.train_overrides("infonce", 1)["strength_weight"] == 0.25
     assert pushed.fingerprint() != dataclasses.replace(pushed, strength_weight=0.0).fingerprint()
-    legacy = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("anchors", "init", "strength_weight")}
+    # the log-spaced calibration bracket: a protocol setting, so a new scores key but the same trained directions
+    assert settings.min_scale == 0.0 and settings.hspace_min_scale == 0.0
+    logged = quality.settings_from_args(quality.parse_args(["--quick", "--steps", "7", "--negatives", "all",
+                                                            "--domains", "face", "car", "--min-scale", "0.25",
+                                                            "--hspace-min-scale", "0.1"]), "some/model")
+    assert (logged.min_scale, logged.hspace_min_scale) == (0.25, 0.1)
+    assert logged.fingerprint() != settings.fingerprint()
+    assert logged.training_fingerprint() == settings.training_fingerprint() != vocab.training_fingerprint()
+    legacy = {k: v for k, v in dataclasses.asdict(settings).items()
+              if k not in ("anchors", "init", "strength_weight", "min_scale", "hspace_min_scale")}
     legacy_key = hashlib.sha256(json.dumps({**{k: v for k, v in legacy.items() if k not in
                                                {"domains", "seeds", "methods", "interference", "grid_images",
                                                 "interference_images", "quick"}}, "weights": ""},
