@@ -31,6 +31,28 @@ def test_name_by_oracle_names_the_value_the_plus_side_moves_towards():
                                               "blond_hair", "blond_hair_2"]
 
 
+def test_select_cleanest_keeps_visible_directions_first_and_at_most_two_per_attribute_value():
+    from dataclasses import asdict
+
+    from noiseclr_lite.toyworld.shipped import select_cleanest
+
+    rows = [asdict(s) for s in [
+        _score({"expression": 0.9, "hair": 0.0, "glasses": 0.0, "skin": 0.0}),     # 0 smiling, clean
+        _score({"expression": 0.8, "hair": 0.0, "glasses": 0.0, "skin": 0.05}),    # 1 smiling again
+        _score({"expression": 0.95, "hair": 0.0, "glasses": 0.0, "skin": 0.02}),   # 2 a third smile: over the cap
+        _score({"expression": 0.0, "hair": 0.55, "glasses": 0.0, "skin": 0.3}),    # 3 visible, less pure
+        _score({"expression": 0.0, "hair": 0.0, "glasses": -0.45, "skin": 0.0}),   # 4 pure but weak: not visible
+        _score({"expression": -0.6, "hair": 0.0, "glasses": 0.0, "skin": 0.0}),    # 5 frowning: another value
+        _score({"expression": 0.0, "hair": 0.3, "glasses": 0.3, "skin": 0.3}),     # 6 mixed
+    ]]
+    # visible ones first (by purity x strength), two smiles at most, then the invisible by purity x strength
+    assert select_cleanest(rows, 5) == [2, 0, 5, 3, 4]
+    # when the capped value is all that is left, it fills the set rather than leaving it short
+    assert select_cleanest(rows, 7) == [2, 0, 5, 3, 4, 6, 1]
+    with pytest.raises(ValueError, match="keep must be in 1..7"):
+        select_cleanest(rows, 8)
+
+
 def test_ranked_names_puts_the_cleanest_direction_first(tiny_pipe):
     from noiseclr_lite.toyworld.shipped import ranked_names
 
@@ -103,20 +125,38 @@ def test_train_shipped_set_and_the_card_end_to_end(tiny_pipe_dir, tmp_path):
     # the recorded command remakes this file: every setting that changes it is on it
     assert meta["command"] == ("python -m noiseclr_lite.toyworld directions --domains cat --steps 2 "
                                "--num-directions 2 --lr 0.01 --batch-size 2 --seed 3 --eval-images 2")
-    # checkpoints went where asked, not into the repository, in a folder named after K and the init
-    # (another K or init starts afresh instead of failing on a mismatched checkpoint)
-    assert [p.name.rsplit("-", 1)[0] for p in (tmp_path / "ckpt").iterdir()] == ["cat-k2-random"]
+    # checkpoints went where asked, not into the repository, in a folder named after K, the init and the
+    # seed (another of them starts afresh instead of failing on a mismatched checkpoint)
+    assert [p.name.rsplit("-", 1)[0] for p in (tmp_path / "ckpt").iterdir()] == ["cat-k2-random-s3"]
     vocab = train_shipped_set("cat", tmp_path / "vocab", model=str(tiny_pipe_dir), oracle_dir=str(tmp_path / "oracle"),
                               samples_dir=tmp_path / "samples", num_directions=2, steps=2, batch_size=2, seed=3,
                               init="vocab", eval_images=2, inference_steps=2, checkpoint_dir=tmp_path / "ckpt")
     vocab_meta = Directions.load(vocab).metadata
     assert vocab_meta["command"] == meta["command"] + " --init vocab" and vocab_meta["init"] == "vocab"
-    assert sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "ckpt").iterdir()) == ["cat-k2-random", "cat-k2-vocab"]
+    assert sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "ckpt").iterdir()) == ["cat-k2-random-s3", "cat-k2-vocab-s3"]
 
     card = write_directions_card(tmp_path / "out").read_text()
     assert "## cat (`cat.safetensors`)" in card and meta["command"] in card
     for name in directions.names:
         assert f"| {name} |" in card
+
+    # --pool 2: two sets of K trained (the first resumed from its checkpoint), K kept, read again elsewhere
+    pooled = Directions.load(train_shipped_set(
+        "cat", tmp_path / "pooled", model=str(tiny_pipe_dir), oracle_dir=str(tmp_path / "oracle"),
+        samples_dir=tmp_path / "samples", num_directions=2, steps=2, batch_size=2, seed=3, pool=2, eval_images=2,
+        inference_steps=2, checkpoint_dir=tmp_path / "ckpt"))
+    pool = pooled.metadata["pool"]
+    assert pooled.num_directions == 2 and pooled.tokens == ["<cat_0>", "<cat_1>"]
+    assert pool["seeds"] == [3, 4] and len(pool["selection_reading"]) == 4 and len(pool["kept"]) == 2
+    candidates = {3: directions}
+    for (seed, index), row in zip(pool["kept"], pooled.embeddings):
+        if seed == 3:  # a kept candidate of the first set is that set's very row
+            assert torch.equal(row, candidates[3].embeddings[index])
+    assert pooled.metadata["reading"]["seed"] == 3 + 100                    # named on other renders
+    assert pooled.metadata["command"] == meta["command"] + " --pool 2"
+    assert sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "ckpt").iterdir()) == [
+        "cat-k2-random-s3", "cat-k2-random-s4", "cat-k2-vocab-s3"]
+    assert "Kept 2 of 4 candidates" in write_directions_card(tmp_path / "pooled").read_text()
 
 
 
@@ -148,7 +188,7 @@ def test_reread_shipped_set_reads_a_saved_set_again_without_training(tiny_pipe_d
     assert torch.equal(again.embeddings, directions.embeddings)          # read, not trained
     assert [r["name"] for r in again.metadata["oracle_reading"]] == again.names
     assert again.metadata["reading"] == {"seed": 3, "eval_images": 2, "inference_steps": 10, "target_change": 0.06,
-                                         "max_scale": 16.0}
+                                         "max_scale": 16.0, "min_scale": 0.125}
     # a narrower calibration bracket: every scale stays inside it, and the file records it
     reread_shipped_set(path, model=str(tiny_pipe_dir), oracle_dir=str(tmp_path / "oracle"), max_scale=0.5)
     narrow = Directions.load(path).metadata

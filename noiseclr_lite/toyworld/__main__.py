@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
                          help="how the directions start: random, vocab or a one-token word (default random)")
     shipped.add_argument("--strength-weight", type=float, default=0.0,
                          help="weight of the push-strength term added to the loss (default 0: the official loss)")
+    shipped.add_argument("--pool", type=int, default=1,
+                         help="train this many sets of K (seeds --seed, --seed + 1, ...) and keep the K the oracle "
+                              "reads cleanest (default 1: no choosing)")
     shipped.add_argument("--eval-images", type=int, default=12, help="held-out renders for naming (default 12)")
     shipped.add_argument("--max-scale", type=float, default=None,
                          help="largest scale the reading's calibration tries (default 16; --reread: the file's)")
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             path = train_shipped_set(domain, out, model=args.model, oracle_dir=args.oracle,
                                      num_directions=args.num_directions, steps=args.steps, learning_rate=args.lr,
                                      batch_size=args.batch_size, seed=args.seed, init=args.init,
-                                     strength_weight=args.strength_weight,
+                                     strength_weight=args.strength_weight, pool=args.pool,
                                      eval_images=args.eval_images, max_scale=args.max_scale or READING_MAX_SCALE)
             print(f"wrote {path}")
         print(f"wrote {write_directions_card(out)}")

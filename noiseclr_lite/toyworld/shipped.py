@@ -6,8 +6,10 @@ reproducible: each direction is scored two-sided on balanced held-out images
 (``metrics.score_directions``) and named after the attribute value its ``+`` side moves
 towards ("smiling", "blond_hair"), or ``mixed_<a>+<b>`` when no single attribute dominates.
 The oracle's reading is saved in the file's metadata and in ``data/directions/README.md``.
+With ``--pool N`` it also chooses: N sets are trained and the oracle keeps the cleanest K
+(:func:`select_cleanest`), as the paper's authors keep the directions they can name.
 
-    python -m noiseclr_lite.toyworld directions --domains face cat car painting
+    python -m noiseclr_lite.toyworld directions --domains face cat car painting --pool 3
 """
 
 from __future__ import annotations
@@ -17,14 +19,24 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
 from .domains import get_domain
 
 #: A direction is named after one attribute when it is at least this pure and this strong.
 NAME_PURITY_MIN = 0.5
 NAME_STRENGTH_MIN = 0.2
-#: the largest scale the reading's calibration tries; a direction that changes fewer pixels than
-#: the target even there is read (and shown in the notebooks) at this scale, "saturated"
+#: the reading's calibration bracket, bisected log-spaced (``metrics.calibrate_scale``) so that a
+#: direction needing 0.3 is found as well as one needing 12.  A direction that changes fewer pixels
+#: than the target even at the top is read (and shown) there, "saturated".  The top stays 16: pushed
+#: to 64 to reach the target, the clean cat directions also change the fur (README, "Direction quality").
+READING_MIN_SCALE = 0.125
 READING_MAX_SCALE = 16.0
+#: a pooled set (``pool > 1``) is read again for its card on renders drawn with this seed offset,
+#: so the numbers a kept direction is named by are not those it was selected on
+CONFIRMATION_SEED_OFFSET = 100
+#: at most this many kept directions per attribute value (e.g. two "red" car directions)
+POOL_SAME_VALUE_MAX = 2
 
 
 def _slug(text: str) -> str:
@@ -74,6 +86,44 @@ def ranked_names(directions) -> list[str]:
     return sorted(directions.names, key=lambda name: -quality.get(name, 0.0))
 
 
+def select_cleanest(rows: Sequence[dict], keep: int, same_value_max: int = POOL_SAME_VALUE_MAX) -> list[int]:
+    """Which ``keep`` of a pool of oracle-read candidates to ship, cleanest first.
+
+    The oracle stands in for the person who, in the paper, looks at the K discovered
+    directions and keeps the interpretable ones.  Candidates are ranked by visible first
+    (strength >= ``metrics.STRENGTH_MIN`` and purity >= ``metrics.PURITY_MIN``, the benchmark's
+    coverage test), then by purity x strength; at most ``same_value_max`` are kept per
+    attribute value (target and the sign of its effect: two "red" are fine, six are not),
+    unless too few others are left to fill the set.
+
+    Args:
+        rows: one reading per candidate (``oracle_reading`` rows / ``asdict(DirectionScore)``:
+            "strength", "purity", "target", "signed_effects").
+        keep: how many to keep (<= len(rows)).
+
+    Returns:
+        The kept candidates' indices into ``rows``, best first.
+    """
+    from ..metrics import PURITY_MIN, STRENGTH_MIN
+
+    if not 0 < keep <= len(rows):
+        raise ValueError(f"keep must be in 1..{len(rows)} (the pool's size); got {keep}")
+
+    def rank(i):
+        row = rows[i]
+        return (row["strength"] >= STRENGTH_MIN and row["purity"] >= PURITY_MIN, row["purity"] * row["strength"])
+
+    order = sorted(range(len(rows)), key=rank, reverse=True)
+    kept, per_value = [], {}
+    for i in order:
+        value = (rows[i]["target"], rows[i]["signed_effects"][rows[i]["target"]] > 0)
+        if per_value.get(value, 0) < same_value_max:
+            kept.append(i)
+            per_value[value] = per_value.get(value, 0) + 1
+    kept += [i for i in order if i not in kept]  # too few distinct values: fill with the best of the rest
+    return kept[:keep]
+
+
 def calibrated_scales(directions, default: float = 4.0) -> dict[str, float]:
     """``{name: scale}``: for each direction of a shipped set, the scale at which the oracle scored it.
 
@@ -87,13 +137,14 @@ def calibrated_scales(directions, default: float = 4.0) -> dict[str, float]:
 
 def read_by_oracle(pipe, oracle, directions, domain: str, seed: int = 0, eval_images: int = 12,
                    inference_steps: int = 10, target_change: float = 0.06,
-                   max_scale: float = READING_MAX_SCALE) -> None:
+                   max_scale: float = READING_MAX_SCALE, min_scale: float = READING_MIN_SCALE) -> None:
     """Score every direction of a set with the oracle, then name it and record the reading, in place.
 
     Each direction is scored two-sided on ``eval_images`` balanced held-out renders (drawn
     with seed ``seed + 1``, inverted with ``inference_steps`` steps) at a scale calibrated
-    to a mean pixel change of ``target_change`` (searched in [0, ``max_scale``]), and named by
-    :func:`name_by_oracle`.
+    to a mean pixel change of ``target_change`` (searched log-spaced in [``min_scale``,
+    ``max_scale``]; ``min_scale=0``: halving [0, ``max_scale``], as sets read before
+    2026-11-30 were), and named by :func:`name_by_oracle`.
     ``directions.metadata`` gets ``oracle_reading`` (one row per direction), ``reading``
     (these settings) and ``reading_weights``: ``models.weights_key`` of the text encoder,
     UNet, VAE and oracle that made the reading, so a stale reading can be told apart.
@@ -104,12 +155,12 @@ def read_by_oracle(pipe, oracle, directions, domain: str, seed: int = 0, eval_im
     start = prepare_start(pipe, balanced_start_images(domain, eval_images, seed=seed + 1, size=image_size(pipe))[0],
                           num_inference_steps=inference_steps, seed=seed)
     scores = score_directions(pipe, oracle, directions, start, domain, target_change=target_change,
-                              calibration_images=4, calibration_iters=5, max_scale=max_scale)
+                              calibration_images=4, calibration_iters=5, max_scale=max_scale, min_scale=min_scale)
     directions.names = name_by_oracle(scores, domain)
     directions.metadata.update({
         "oracle_reading": [{**asdict(s), "name": n} for s, n in zip(scores, directions.names)],
         "reading": {"seed": seed, "eval_images": eval_images, "inference_steps": inference_steps,
-                    "target_change": target_change, "max_scale": max_scale},
+                    "target_change": target_change, "max_scale": max_scale, "min_scale": min_scale},
         "reading_weights": weights_key(pipe.text_encoder, pipe.unet, pipe.vae, oracle),
     })
 
@@ -117,53 +168,85 @@ def read_by_oracle(pipe, oracle, directions, domain: str, seed: int = 0, eval_im
 def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = None, oracle_dir: str | None = None,
                       samples_dir: str | Path | None = None, num_directions: int = 6, steps: int = 200,
                       learning_rate: float = 1e-2, batch_size: int = 6, seed: int = 0, init: str = "random",
-                      strength_weight: float = 0.0, eval_images: int = 12,
+                      strength_weight: float = 0.0, pool: int = 1, eval_images: int = 12,
                       inference_steps: int = 10, target_change: float = 0.06,
-                      max_scale: float = READING_MAX_SCALE, checkpoint_dir: str | Path | None = None) -> Path:
+                      max_scale: float = READING_MAX_SCALE, min_scale: float = READING_MIN_SCALE,
+                      checkpoint_dir: str | Path | None = None) -> Path:
     """Train one domain's directions on its sample folder, name them by the oracle and save them.
 
     The same training as ``python -m noiseclr_lite train`` (``train.train_directions``) on
     ``data/samples/<domain>``; then :func:`read_by_oracle` scores and names every direction.
-    Training checkpoints go to ``checkpoint_dir/<domain>-k<K>-<init>[-w<strength weight>]-<weights
-    key>`` (default ``checkpoints/directions``), so an interrupted run resumes (a run with more
-    ``steps`` continues it), and another K, init, strength weight or model starts afresh.
+    Training checkpoints go to ``checkpoint_dir/<domain>-k<K>-<init>[-w<strength weight>][-s<seed>]
+    -<weights key>`` (default ``checkpoints/directions``), so an interrupted run resumes (a run
+    with more ``steps`` continues it), and another K, init, strength weight, seed or model starts
+    afresh.
+
+    With ``pool > 1`` it trains ``pool`` sets of K (seeds ``seed``, ``seed + 1``, ...), reads
+    every candidate on the same held-out renders, keeps the K that :func:`select_cleanest`
+    picks (the oracle doing what the paper's authors do by eye) and reads those again on other
+    renders (seed + :data:`CONFIRMATION_SEED_OFFSET`) for their names and card, so the shipped
+    numbers are not the ones the selection saw.  The metadata's ``pool`` records every candidate's
+    selection reading.
 
     Returns:
         The written ``out_dir/<domain>.safetensors``.
     """
     from ..data import load_images
+    from ..directions import Directions
     from ..models import ORACLE_DIR, REPO_ROOT, SAMPLES_DIR, image_size, load_pipeline, weights_key
     from ..train import train_directions
     from .oracle import Oracle
 
+    if pool < 1:
+        raise ValueError(f"pool must be >= 1 (how many sets of K to train and choose from); got {pool}")
     out_dir = Path(out_dir)
     pipe = load_pipeline(model)
+    oracle = Oracle.load(oracle_dir or ORACLE_DIR)
     images = load_images(Path(samples_dir or SAMPLES_DIR) / domain, size=image_size(pipe))
+    reading = {"eval_images": eval_images, "inference_steps": inference_steps, "target_change": target_change,
+               "max_scale": max_scale, "min_scale": min_scale}
     # the settings one varies between shipped recipes name the folder, so another of them starts afresh;
-    # another seed or batch size in the same folder is refused by train_directions' resume check
+    # another batch size in the same folder is refused by train_directions' resume check
     run_name = f"{domain}-k{num_directions}-{init}" + (f"-w{strength_weight:g}" if strength_weight else "")
-    directions = train_directions(pipe, images, num_directions=num_directions, steps=steps, init=init,
-                                  strength_weight=strength_weight,
-                                  learning_rate=learning_rate, batch_size=batch_size, seed=seed, prefix=domain,
-                                  output_dir=Path(checkpoint_dir or REPO_ROOT / "checkpoints" / "directions")
-                                  # the VAE too: training reads latents from its encoder
-                                  / f"{run_name}-{weights_key(pipe.text_encoder, pipe.unet, pipe.vae)}",
-                                  resume=True)
-    read_by_oracle(pipe, Oracle.load(oracle_dir or ORACLE_DIR), directions, domain, seed=seed,
-                   eval_images=eval_images, inference_steps=inference_steps, target_change=target_change,
-                   max_scale=max_scale)
+    candidates, train_seconds = [], 0.0
+    for set_seed in range(seed, seed + pool):
+        trained = train_directions(pipe, images, num_directions=num_directions, steps=steps, init=init,
+                                   strength_weight=strength_weight,
+                                   learning_rate=learning_rate, batch_size=batch_size, seed=set_seed, prefix=domain,
+                                   output_dir=Path(checkpoint_dir or REPO_ROOT / "checkpoints" / "directions")
+                                   # the VAE too: training reads latents from its encoder
+                                   / (f"{run_name}{f'-s{set_seed}' if set_seed else ''}-"
+                                      f"{weights_key(pipe.text_encoder, pipe.unet, pipe.vae)}"),
+                                   resume=True)
+        # every candidate is read on the same renders (the first seed's), so they are ranked alike
+        read_by_oracle(pipe, oracle, trained, domain, seed=seed, **reading)
+        candidates.append(trained)
+        train_seconds += trained.metadata.get("train_seconds") or 0.0
+    directions = candidates[0]
+    if pool > 1:
+        rows = [dict(row, seed=c.metadata["seed"], index=k) for c in candidates
+                for k, row in enumerate(c.metadata["oracle_reading"])]
+        kept = select_cleanest(rows, num_directions)
+        embeddings = torch.stack([candidates[rows[i]["seed"] - seed].embeddings[rows[i]["index"]] for i in kept])
+        directions = Directions(embeddings, [f"<{domain}_{k}>" for k in range(num_directions)],
+                                metadata={**candidates[0].metadata, "seed": seed,
+                                          "pool": {"seeds": list(range(seed, seed + pool)),
+                                                   "kept": [[rows[i]["seed"], rows[i]["index"]] for i in kept],
+                                                   "selection_reading": rows}})
+        read_by_oracle(pipe, oracle, directions, domain, seed=seed + CONFIRMATION_SEED_OFFSET, **reading)
     directions.metadata.update({
         # a path relative to the repository, not this machine's absolute path
         "base_model": "data/models/toyworld-sd" if model is None else str(model),
         "domain": domain,
         "images": f"data/samples/{domain} ({len(images)} images, unlabeled)",
-        # summed over resumed runs by train_directions: wall time here would be ~0 s when this
-        # run only re-reads a finished checkpoint
-        "train_seconds": directions.metadata.get("train_seconds"),
+        # summed over resumed runs (and over the pool) by train_directions: wall time here would be
+        # ~0 s when this run only re-reads finished checkpoints
+        "train_seconds": round(train_seconds, 1) if train_seconds else None,
         # every setting that changes the result, so that the command remakes this very file
         "command": f"python -m noiseclr_lite.toyworld directions --domains {domain} --steps {steps} "
                    f"--num-directions {num_directions} --lr {learning_rate} --batch-size {batch_size} "
                    f"--seed {seed} --eval-images {eval_images}"
+                   + (f" --pool {pool}" if pool > 1 else "")
                    + (f" --init {init}" if init != "random" else "")
                    + (f" --strength-weight {strength_weight:g}" if strength_weight else "")
                    + (f" --max-scale {max_scale:g}" if max_scale != READING_MAX_SCALE else ""),
@@ -217,8 +300,10 @@ def write_directions_card(out_dir: str | Path) -> Path:
              "One NoiseCLR direction set per domain, discovered without labels in `data/samples/<domain>` and",
              "named after what the attribute oracle reads each direction changes (two-sided, on 12 balanced",
              "held-out renders, at a scale calibrated to the same pixel change).  `mixed_a+b`: no single",
-             "attribute dominates (purity < 0.5); `weak_a`: nothing moves much.  Remade by:", "",
-             "```bash", "python -m noiseclr_lite.toyworld directions --domains face cat car painting", "```", ""]
+             "attribute dominates (purity < 0.5); `weak_a`: nothing moves much.  A set made with `--pool N` is the",
+             "K directions the oracle read cleanest out of N sets of K trained with seeds seed .. seed+N-1 (the",
+             "selection a person makes by eye in the paper); its table is a second reading on other renders,",
+             "not the one it was selected on.  Each set is remade by the command under its heading.", ""]
     for path in sorted(out_dir.glob("*.safetensors")):
         directions = Directions.load(path)
         meta = directions.metadata
@@ -228,7 +313,10 @@ def write_directions_card(out_dir: str | Path) -> Path:
                   + (f"training took {meta['train_seconds']} s." if meta.get("train_seconds") is not None
                      else "training time not recorded.")
                   + (f" Read by the oracle with weights `{meta['reading_weights']}` (`models.weights_key` of the "
-                     "text encoder, UNet, VAE and oracle)." if meta.get("reading_weights") else ""), "",
+                     "text encoder, UNet, VAE and oracle)." if meta.get("reading_weights") else "")
+                  + (f" Kept {directions.num_directions} of {len(meta['pool']['selection_reading'])} candidates "
+                     f"(seed, index: {', '.join(f'{a}/{b}' for a, b in meta['pool']['kept'])}); read again on "
+                     f"renders of seed {meta['reading']['seed'] + 1}." if meta.get("pool") else ""), "",
                   "| direction | token | target | purity | strength | scale | effects |",
                   "|---|---|---|---|---|---|---|"]
         for r in reading:
