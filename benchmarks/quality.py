@@ -600,14 +600,17 @@ def _pm(value, digits: int = 2, sign: str = "+") -> str:
     return f"{mean:{sign}.{digits}f} ± {std:.{digits}f}"
 
 
-def _bracket(s: dict) -> str:
-    """How the calibration searched the scale, in words (reports from before ``min_scale`` lack it)."""
-    def one(low, high, what):
-        how = "bisected log-spaced" if low else "halved"
-        return f"{what} scales searched in [{low:g}, {high:g}], {how}"
-    return (f"{one(s.get('min_scale', 0.0), s['max_scale'], 'token and text')}, "
-            f"{one(s.get('hspace_min_scale', 0.0), s['hspace_max_scale'], 'h-space')}, "
-            f"{s['calibration_iters']} steps on {s['calibration_images']} images")
+def _scale_bracket(low: float, high: float) -> str:
+    """A calibration bracket in a few characters: "[0, 16]" (halved) or "[0.125, 256] log" (log-spaced)."""
+    return f"[{low:g}, {high:g}]" + (" log" if low else "")
+
+
+def _protocol_bracket(s: dict) -> str:
+    """How the calibration searched the scale, in words (reports from before ``min_scale`` lack it: 0)."""
+    return (f"token and text scales searched in {_scale_bracket(s.get('min_scale', 0.0), s['max_scale'])}, "
+            f"h-space in {_scale_bracket(s.get('hspace_min_scale', 0.0), s['hspace_max_scale'])} "
+            f"(\"log\": bisected log-spaced, else halved), {s['calibration_iters']} steps on "
+            f"{s['calibration_images']} images")
 
 
 def markdown(report: dict) -> str:
@@ -620,8 +623,8 @@ def markdown(report: dict) -> str:
              "Protocol (`noiseclr_lite.metrics`): the same held-out starting images per domain, balanced over every "
              f"attribute's values ({s['eval_images']} per domain, inverted once with {s['inference_steps']}-step "
              "edit-friendly DDPM inversion); each direction's scale calibrated to a mean pixel change of "
-             f"{s['target_change']} at +s and -s ({_bracket(s)}); effects two-sided, read by the attribute oracle. "
-             "A direction covers "
+             f"{s['target_change']} at +s and -s ({_protocol_bracket(s)}); effects two-sided, read by the "
+             "attribute oracle. A direction covers "
              f"its target attribute when strength >= {STRENGTH_MIN} and purity >= {PURITY_MIN}. Mean ± standard "
              f"deviation over seeds {s['seeds']} (text prompts are deterministic: one run). \"saturated\" counts "
              "directions that did not reach the target change at the largest scale tried (over every seed), "
@@ -773,12 +776,6 @@ def run_benchmark(pipe, oracle, settings: Settings, out_dir: str | os.PathLike =
     return report
 
 
-def _scale_bracket(s: dict) -> str:
-    """The token directions' calibration bracket in a few characters: "[0, 16]" halved, "[0.125, 256] log"."""
-    low = s.get("min_scale", 0.0)
-    return f"[{low:g}, {s['max_scale']:g}]" + (" log" if low else "")
-
-
 def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
     """One row per ``quality*.json`` in ``out_dir``: the weights it measured (:func:`cache_key`;
     "?" for reports older than that field), its training settings and NoiseCLR's overall numbers
@@ -806,7 +803,8 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
                      f"{len(s['seeds'])} | "
                      f"{s['num_directions']} | {s['steps']} | {s['learning_rate']:g} | {s['timestep_range']} | "
                      f"{s['batch_size']} | {s.get('anchors', 'one')} | {s.get('init', 'random')} | "
-                     f"{s.get('strength_weight', 0.0):g} | {_scale_bracket(s)} | {_pm(nclr['coverage'], sign='')} | "
+                     f"{s.get('strength_weight', 0.0):g} | {_scale_bracket(s.get('min_scale', 0.0), s['max_scale'])} | "
+                     f"{_pm(nclr['coverage'], sign='')} | "
                      f"{_pm(nclr['mean_purity'], sign='')} | "
                      f"{statistics.mean(margins):+.2f} | {share:.2f} | {_pm(nclr['mean_strength'], sign='')} | "
                      f"{'-' if saturated is None else f'{saturated} of {nclr_total}'} | "

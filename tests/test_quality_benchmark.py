@@ -130,6 +130,9 @@ def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe
     report = quality.run_benchmark(tiny_pipe, StatsOracle(), settings, tmp_path, resume=True, progress=False,
                                    log=logged.append)
     md, data = (tmp_path / "quality.md").read_text(), json.loads((tmp_path / "quality.json").read_text())
+    # the protocol line says how the scale was searched (plain halving here: min_scale 0)
+    assert (f"token and text scales searched in [0, {settings.max_scale:g}], "
+            f"h-space in [0, {settings.hspace_max_scale:g}]") in md
     for method in quality.METHODS:
         assert f"| {method} | face |" in md and f"| {method} | cat |" in md and f"| {method} | all |" in md
         for domain in ("face", "cat"):
@@ -180,7 +183,8 @@ def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe
     assert [f.name for f in folders] == [settings.fingerprint(data["weights"]),
                                          f"trained-{settings.training_fingerprint(data['weights'])}"]
     cache, trained = folders
-    assert (trained / "face_NoiseCLR_seed0.safetensors").exists() and (trained / "cat_h-space_seed0.safetensors").exists()
+    assert (trained / "face_NoiseCLR_seed0.safetensors").exists()
+    assert (trained / "cat_h-space_seed0.safetensors").exists()
     assert (cache / "scene2_NoiseCLR_seed0.json").exists() and (cache / "face_NoiseCLR_seed0.json").exists()
     # an interrupted unit: trained directions saved, scores not yet -> scored, not retrained
     (cache / "cat_InfoNCE_seed0.json").unlink()

@@ -101,7 +101,7 @@ def test_weights_key_follows_the_weights_and_ignores_learned_direction_tokens(ti
     assert weights_key(*modules) != before
 
 
-def test_train_shipped_set_and_the_card_end_to_end(tiny_pipe_dir, tmp_path):
+def test_train_shipped_set_and_the_card_end_to_end(tiny_pipe_dir, tmp_path, monkeypatch):
     """The `directions` command's two steps on the tiny model: a named, described set, then its card."""
     import torch
 
@@ -141,6 +141,11 @@ def test_train_shipped_set_and_the_card_end_to_end(tiny_pipe_dir, tmp_path):
         assert f"| {name} |" in card
 
     # --pool 2: two sets of K trained (the first resumed from its checkpoint), K kept, read again elsewhere
+    from noiseclr_lite.toyworld import shipped
+
+    inverted = []
+    real_start = shipped.reading_start
+    monkeypatch.setattr(shipped, "reading_start", lambda *a, **k: inverted.append(a[2]) or real_start(*a, **k))
     pooled = Directions.load(train_shipped_set(
         "cat", tmp_path / "pooled", model=str(tiny_pipe_dir), oracle_dir=str(tmp_path / "oracle"),
         samples_dir=tmp_path / "samples", num_directions=2, steps=2, batch_size=2, seed=3, pool=2, eval_images=2,
@@ -153,6 +158,7 @@ def test_train_shipped_set_and_the_card_end_to_end(tiny_pipe_dir, tmp_path):
         if seed == 3:  # a kept candidate of the first set is that set's very row
             assert torch.equal(row, candidates[3].embeddings[index])
     assert pooled.metadata["reading"]["seed"] == 3 + 100                    # named on other renders
+    assert inverted == [3, 3 + 100]          # one inversion for both candidate sets, one for the confirmation
     assert pooled.metadata["command"] == meta["command"] + " --pool 2"
     assert sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "ckpt").iterdir()) == [
         "cat-k2-random-s3", "cat-k2-random-s4", "cat-k2-vocab-s3"]

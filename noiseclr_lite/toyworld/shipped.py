@@ -135,9 +135,20 @@ def calibrated_scales(directions, default: float = 4.0) -> dict[str, float]:
     return {name: float(reading.get(name, default)) for name in directions.names}
 
 
+def reading_start(pipe, domain: str, seed: int = 0, eval_images: int = 12, inference_steps: int = 10):
+    """The held-out renders a reading scores on: ``eval_images`` balanced renders of ``domain``
+    drawn with seed ``seed + 1``, inverted once (``metrics.StartSet``) with ``inference_steps`` steps."""
+    from ..metrics import balanced_start_images, prepare_start
+    from ..models import image_size
+
+    return prepare_start(pipe, balanced_start_images(domain, eval_images, seed=seed + 1, size=image_size(pipe))[0],
+                         num_inference_steps=inference_steps, seed=seed)
+
+
 def read_by_oracle(pipe, oracle, directions, domain: str, seed: int = 0, eval_images: int = 12,
                    inference_steps: int = 10, target_change: float = 0.06,
-                   max_scale: float = READING_MAX_SCALE, min_scale: float = READING_MIN_SCALE) -> None:
+                   max_scale: float = READING_MAX_SCALE, min_scale: float = READING_MIN_SCALE,
+                   start=None) -> None:
     """Score every direction of a set with the oracle, then name it and record the reading, in place.
 
     Each direction is scored two-sided on ``eval_images`` balanced held-out renders (drawn
@@ -148,12 +159,13 @@ def read_by_oracle(pipe, oracle, directions, domain: str, seed: int = 0, eval_im
     ``directions.metadata`` gets ``oracle_reading`` (one row per direction), ``reading``
     (these settings) and ``reading_weights``: ``models.weights_key`` of the text encoder,
     UNet, VAE and oracle that made the reading, so a stale reading can be told apart.
+    ``start``: :func:`reading_start` of the same settings, to share one inversion between sets.
     """
-    from ..metrics import balanced_start_images, prepare_start, score_directions
-    from ..models import image_size, weights_key
+    from ..metrics import score_directions
+    from ..models import weights_key
 
-    start = prepare_start(pipe, balanced_start_images(domain, eval_images, seed=seed + 1, size=image_size(pipe))[0],
-                          num_inference_steps=inference_steps, seed=seed)
+    if start is None:
+        start = reading_start(pipe, domain, seed, eval_images, inference_steps)
     scores = score_directions(pipe, oracle, directions, start, domain, target_change=target_change,
                               calibration_images=4, calibration_iters=5, max_scale=max_scale, min_scale=min_scale)
     directions.names = name_by_oracle(scores, domain)
@@ -209,6 +221,8 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
     # another batch size in the same folder is refused by train_directions' resume check
     run_name = f"{domain}-k{num_directions}-{init}" + (f"-w{strength_weight:g}" if strength_weight else "")
     candidates, train_seconds = [], 0.0
+    # every candidate is read on the same renders (the first seed's), inverted once, so they are ranked alike
+    selection_start = reading_start(pipe, domain, seed, eval_images, inference_steps)
     for set_seed in range(seed, seed + pool):
         trained = train_directions(pipe, images, num_directions=num_directions, steps=steps, init=init,
                                    strength_weight=strength_weight,
@@ -218,8 +232,7 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
                                    / (f"{run_name}{f'-s{set_seed}' if set_seed else ''}-"
                                       f"{weights_key(pipe.text_encoder, pipe.unet, pipe.vae)}"),
                                    resume=True)
-        # every candidate is read on the same renders (the first seed's), so they are ranked alike
-        read_by_oracle(pipe, oracle, trained, domain, seed=seed, **reading)
+        read_by_oracle(pipe, oracle, trained, domain, seed=seed, start=selection_start, **reading)
         candidates.append(trained)
         train_seconds += trained.metadata.get("train_seconds") or 0.0
     directions = candidates[0]
