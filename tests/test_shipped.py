@@ -53,6 +53,47 @@ def test_select_cleanest_keeps_visible_directions_first_and_at_most_two_per_attr
         select_cleanest(rows, 8)
 
 
+def test_is_visible_needs_strength_purity_and_edits_that_stay_in_the_domain():
+    from dataclasses import asdict
+
+    from noiseclr_lite.toyworld.shipped import DOMAIN_KEPT_MIN, is_visible
+
+    row = asdict(_score({"expression": 0.8, "hair": 0.1, "glasses": 0.0, "skin": 0.0}))
+    assert is_visible(row)                                     # not measured (older readings): counts as kept
+    assert is_visible({**row, "domain_kept": DOMAIN_KEPT_MIN})
+    assert not is_visible({**row, "domain_kept": 0.5})         # half the faces became something else
+    assert not is_visible({**row, "strength": 0.45})
+    assert not is_visible({**row, "purity": 0.55})
+
+
+def test_read_on_ladder_keeps_each_directions_cleanest_scale(tiny_pipe, monkeypatch):
+    from dataclasses import replace
+
+    from noiseclr_lite import metrics
+    from noiseclr_lite.toyworld.shipped import read_on_ladder
+
+    # a constructed reading per (direction, scale): direction 0 is visible only at 4 (at 8 it leaves
+    # the domain), direction 1 is never visible and is cleanest (purity x strength) at 2
+    table = {(0, 1.0): ({"expression": 0.2}, 1.0), (0, 2.0): ({"expression": 0.4}, 1.0),
+             (0, 4.0): ({"expression": 0.7, "skin": 0.2}, 0.95), (0, 8.0): ({"expression": 0.9}, 0.6),
+             (1, 1.0): ({"hair": 0.1}, 1.0), (1, 2.0): ({"hair": 0.3}, 1.0),
+             (1, 4.0): ({"hair": 0.3, "skin": 0.3}, 1.0), (1, 8.0): ({"hair": 0.4, "skin": 0.4}, 0.8)}
+
+    def fake_score(pipe, oracle, directions, k, start, domain, scale):
+        effects, kept = table[k, scale]
+        signed = {"expression": 0.0, "hair": 0.0, "glasses": 0.0, "skin": 0.0, **effects}
+        return replace(_score(signed), scale=scale, domain_kept=kept)
+
+    monkeypatch.setattr(metrics, "score_direction", fake_score)
+    rows = read_on_ladder(tiny_pipe, None, Directions.create(tiny_pipe, 2, seed=0), "face", None, [1, 2, 4, 8])
+    assert [row["scale"] for row in rows] == [4.0, 2.0]
+    assert rows[0]["strength"] == 0.7 and rows[0]["target"] == "expression"
+    assert [rung[0] for rung in rows[0]["ladder"]] == [1.0, 2.0, 4.0, 8.0]
+    assert rows[0]["ladder"][3] == [8.0, 1.0, 0.9, 0.6]       # scale, purity, strength, share kept in the domain
+    with pytest.raises(ValueError, match="slider scales must be positive"):
+        read_on_ladder(tiny_pipe, None, Directions.create(tiny_pipe, 2, seed=0), "face", None, [0, 1])
+
+
 def test_ranked_names_puts_the_cleanest_direction_first(tiny_pipe):
     from noiseclr_lite.toyworld.shipped import ranked_names
 
@@ -164,6 +205,42 @@ def test_train_shipped_set_and_the_card_end_to_end(tiny_pipe_dir, tmp_path, monk
         "cat-k2-random-s3", "cat-k2-random-s4", "cat-k2-vocab-s3"]
     assert "Kept 2 of 4 candidates" in write_directions_card(tmp_path / "pooled").read_text()
 
+
+
+def test_slider_scales_are_chosen_on_selection_renders_and_read_again_elsewhere(tiny_pipe_dir, tmp_path):
+    """``--slider-scales`` end to end on the tiny model: each kept direction is read again at its chosen scale."""
+    import torch
+
+    from noiseclr_lite.toyworld.oracle import Oracle
+    from noiseclr_lite.toyworld.samples import write_sample_folders
+    from noiseclr_lite.toyworld.shipped import calibrated_scales, reread_shipped_set, train_shipped_set, write_directions_card
+
+    torch.manual_seed(0)
+    Oracle(width=8).save(tmp_path / "oracle")
+    write_sample_folders(tmp_path / "samples", per_domain=4, domains=["cat"])
+    common = dict(model=str(tiny_pipe_dir), oracle_dir=str(tmp_path / "oracle"), samples_dir=tmp_path / "samples",
+                  num_directions=2, steps=2, batch_size=2, seed=3, eval_images=2, inference_steps=2,
+                  checkpoint_dir=tmp_path / "ckpt")
+    path = train_shipped_set("cat", tmp_path / "out", slider_scales=[0.5, 2.0], **common)
+    meta = Directions.load(path).metadata
+    chosen = meta["pool"]["selection_reading"]
+    assert meta["pool"]["slider_scales"] == [0.5, 2.0] and meta["pool"]["seeds"] == [3]
+    assert all(row["scale"] in (0.5, 2.0) and len(row["ladder"]) == 2 for row in chosen)
+    # read again on other renders, each at the scale its selection reading chose, and not calibrated
+    kept_scales = [chosen[i]["scale"] for i in (index for _, index in meta["pool"]["kept"])]
+    assert meta["reading"] == {"seed": 103, "eval_images": 2, "inference_steps": 2, "scales": kept_scales}
+    assert [row["scale"] for row in meta["oracle_reading"]] == kept_scales
+    assert not any(row["calibrated"] for row in meta["oracle_reading"])
+    assert list(calibrated_scales(Directions.load(path)).values()) == kept_scales
+    assert meta["command"].endswith("--eval-images 2 --slider-scales 0.5 2")
+    card = write_directions_card(tmp_path / "out").read_text()
+    assert "at the slider scales they read cleanest at among 0.5, 2; read again on renders of seed 104" in card
+    assert "| pixels | in domain |" in card
+    # a reread keeps the slider scales; a calibration bracket does not apply to them
+    reread_shipped_set(path, model=str(tiny_pipe_dir), oracle_dir=str(tmp_path / "oracle"))
+    assert Directions.load(path).metadata["reading"]["scales"] == kept_scales
+    with pytest.raises(ValueError, match="own slider scale"):
+        reread_shipped_set(path, model=str(tiny_pipe_dir), oracle_dir=str(tmp_path / "oracle"), max_scale=8)
 
 
 @pytest.mark.parametrize("folder", [BUNDLED_MODEL, Path(BUNDLED_MODEL).parent / "oracle"])

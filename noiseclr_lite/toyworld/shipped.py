@@ -7,9 +7,13 @@ reproducible: each direction is scored two-sided on balanced held-out images
 towards ("smiling", "blond_hair"), or ``mixed_<a>+<b>`` when no single attribute dominates.
 The oracle's reading is saved in the file's metadata and in ``data/directions/README.md``.
 With ``--pool N`` it also chooses: N sets are trained and the oracle keeps the cleanest K
-(:func:`select_cleanest`), as the paper's authors keep the directions they can name.
+(:func:`select_cleanest`), as the paper's authors keep the directions they can name.  With
+``--slider-scales`` it also chooses each direction's slider scale: the one of a ladder
+(1, 2, 4, ..., 64) at which it reads cleanest (:func:`read_on_ladder`), as a person sets a
+slider's range by moving it; the kept set is then read again at those scales on other renders.
 
-    python -m noiseclr_lite.toyworld directions --domains face cat car painting --pool 3
+    python -m noiseclr_lite.toyworld directions --domains face cat car painting --pool 3 \
+        --slider-scales 1 2 4 8 16 32 64
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ READING_MAX_SCALE = 16.0
 CONFIRMATION_SEED_OFFSET = 100
 #: at most this many kept directions per attribute value (e.g. two "red" car directions)
 POOL_SAME_VALUE_MAX = 2
+#: an edit that leaves its domain (a face becomes a cat) moves every attribute at once and is no
+#: slider anyone wants: a visible direction keeps at least this share of its edits in the domain
+DOMAIN_KEPT_MIN = 0.9
 
 
 def _slug(text: str) -> str:
@@ -86,13 +93,32 @@ def ranked_names(directions) -> list[str]:
     return sorted(directions.names, key=lambda name: -quality.get(name, 0.0))
 
 
+def is_visible(row: dict) -> bool:
+    """Whether one reading (an ``oracle_reading`` row, ``asdict(DirectionScore)``) is a visible edit.
+
+    The benchmark's coverage test (strength >= ``metrics.STRENGTH_MIN``, purity >=
+    ``metrics.PURITY_MIN``), and the edits stay in their domain (``domain_kept`` >=
+    :data:`DOMAIN_KEPT_MIN`; a reading that did not measure it counts as kept).
+    """
+    from ..metrics import PURITY_MIN, STRENGTH_MIN
+
+    kept = row.get("domain_kept")
+    return (row["strength"] >= STRENGTH_MIN and row["purity"] >= PURITY_MIN
+            and (kept is None or kept >= DOMAIN_KEPT_MIN))
+
+
+def _cleanliness(row: dict) -> tuple[bool, float]:
+    """How the oracle ranks readings, of candidates or of one candidate's scales: visible first, then purity x strength."""
+    return is_visible(row), row["purity"] * row["strength"]
+
+
 def select_cleanest(rows: Sequence[dict], keep: int, same_value_max: int = POOL_SAME_VALUE_MAX) -> list[int]:
     """Which ``keep`` of a pool of oracle-read candidates to ship, cleanest first.
 
     The oracle stands in for the person who, in the paper, looks at the K discovered
     directions and keeps the interpretable ones.  Candidates are ranked by visible first
-    (strength >= ``metrics.STRENGTH_MIN`` and purity >= ``metrics.PURITY_MIN``, the benchmark's
-    coverage test), then by purity x strength; at most ``same_value_max`` are kept per
+    (:func:`is_visible`: the benchmark's coverage test, in the domain), then by purity x
+    strength; at most ``same_value_max`` are kept per
     attribute value (target and the sign of its effect: two "red" are fine, six are not),
     unless too few others are left to fill the set.
 
@@ -104,16 +130,9 @@ def select_cleanest(rows: Sequence[dict], keep: int, same_value_max: int = POOL_
     Returns:
         The kept candidates' indices into ``rows``, best first.
     """
-    from ..metrics import PURITY_MIN, STRENGTH_MIN
-
     if not 0 < keep <= len(rows):
         raise ValueError(f"keep must be in 1..{len(rows)} (the pool's size); got {keep}")
-
-    def rank(i):
-        row = rows[i]
-        return (row["strength"] >= STRENGTH_MIN and row["purity"] >= PURITY_MIN, row["purity"] * row["strength"])
-
-    order = sorted(range(len(rows)), key=rank, reverse=True)
+    order = sorted(range(len(rows)), key=lambda i: _cleanliness(rows[i]), reverse=True)
     kept, per_value = [], {}
     for i in order:
         value = (rows[i]["target"], rows[i]["signed_effects"][rows[i]["target"]] > 0)
@@ -127,8 +146,10 @@ def select_cleanest(rows: Sequence[dict], keep: int, same_value_max: int = POOL_
 def calibrated_scales(directions, default: float = 4.0) -> dict[str, float]:
     """``{name: scale}``: for each direction of a shipped set, the scale at which the oracle scored it.
 
-    That scale was calibrated so that every direction changes the same share of pixels
-    (``target_change``), which makes a grid at ``-scale, 0, +scale`` compare like with like.
+    That scale is the direction's slider scale, chosen by measurement: the rung of the ladder
+    it read cleanest at on the selection renders (a set made with ``--slider-scales``), or
+    else the scale calibrated so that every direction changes the same share of pixels
+    (``target_change``).  A grid at ``-scale, 0, +scale`` shows each direction at its best.
     Directions without an ``oracle_reading`` (a set trained elsewhere) get ``default``.
     """
     reading = {row["name"]: row["scale"] for row in directions.metadata.get("oracle_reading") or []}
@@ -148,33 +169,70 @@ def reading_start(pipe, domain: str, seed: int = 0, eval_images: int = 12, infer
 def read_by_oracle(pipe, oracle, directions, domain: str, seed: int = 0, eval_images: int = 12,
                    inference_steps: int = 10, target_change: float = 0.06,
                    max_scale: float = READING_MAX_SCALE, min_scale: float = READING_MIN_SCALE,
-                   start=None) -> None:
+                   start=None, scales: Sequence[float] | None = None) -> None:
     """Score every direction of a set with the oracle, then name it and record the reading, in place.
 
     Each direction is scored two-sided on ``eval_images`` balanced held-out renders (drawn
     with seed ``seed + 1``, inverted with ``inference_steps`` steps) at a scale calibrated
     to a mean pixel change of ``target_change`` (searched log-spaced in [``min_scale``,
     ``max_scale``]; ``min_scale=0``: halving [0, ``max_scale``], as sets read before
-    2026-11-30 were), and named by :func:`name_by_oracle`.
+    2026-11-30 were), or at its own fixed scale ``scales[k]`` (slider scales chosen by
+    :func:`read_on_ladder`), and named by :func:`name_by_oracle`.
     ``directions.metadata`` gets ``oracle_reading`` (one row per direction), ``reading``
     (these settings) and ``reading_weights``: ``models.weights_key`` of the text encoder,
     UNet, VAE and oracle that made the reading, so a stale reading can be told apart.
     ``start``: :func:`reading_start` of the same settings, to share one inversion between sets.
     """
-    from ..metrics import score_directions
+    from ..metrics import score_direction, score_directions
     from ..models import weights_key
 
+    if scales is not None and len(scales) != directions.num_directions:
+        raise ValueError(f"scales gives {len(scales)} slider scales for {directions.num_directions} directions; "
+                         "give one per direction, in order")
     if start is None:
         start = reading_start(pipe, domain, seed, eval_images, inference_steps)
-    scores = score_directions(pipe, oracle, directions, start, domain, target_change=target_change,
-                              calibration_images=4, calibration_iters=5, max_scale=max_scale, min_scale=min_scale)
+    if scales is None:
+        scores = score_directions(pipe, oracle, directions, start, domain, target_change=target_change,
+                                  calibration_images=4, calibration_iters=5, max_scale=max_scale, min_scale=min_scale)
+        how = {"target_change": target_change, "max_scale": max_scale, "min_scale": min_scale}
+    else:
+        scores = [score_direction(pipe, oracle, directions, k, start, domain, scale=float(scale))
+                  for k, scale in enumerate(scales)]
+        how = {"scales": [float(scale) for scale in scales]}
     directions.names = name_by_oracle(scores, domain)
     directions.metadata.update({
         "oracle_reading": [{**asdict(s), "name": n} for s, n in zip(scores, directions.names)],
-        "reading": {"seed": seed, "eval_images": eval_images, "inference_steps": inference_steps,
-                    "target_change": target_change, "max_scale": max_scale, "min_scale": min_scale},
+        "reading": {"seed": seed, "eval_images": eval_images, "inference_steps": inference_steps, **how},
         "reading_weights": weights_key(pipe.text_encoder, pipe.unet, pipe.vae, oracle),
     })
+
+
+def read_on_ladder(pipe, oracle, directions, domain: str, start, scales: Sequence[float]) -> list[dict]:
+    """Each direction's slider scale: the one of ``scales`` at which the oracle reads it cleanest.
+
+    Every direction is scored two-sided at every scale (fixed, not calibrated) on ``start``
+    (:func:`reading_start`), and the cleanest reading is kept by the ranking
+    :func:`select_cleanest` uses (visible and in the domain first, then purity x strength).
+    Pixel change is not equalised here: a slider is as long as its direction needs, and a
+    scale that pushes the images out of their domain is not visible.
+
+    Returns:
+        One row per direction, in order: its cleanest reading (``asdict(DirectionScore)``;
+        ``scale`` is the chosen slider scale) with ``ladder``: ``[scale, purity, strength,
+        domain_kept]`` at every scale tried.
+    """
+    from ..metrics import score_direction
+
+    if not scales or min(scales) <= 0:
+        raise ValueError(f"slider scales must be positive (e.g. 1 2 4 8 16 32 64); got {list(scales)}")
+    rows = []
+    for k in range(directions.num_directions):
+        readings = [asdict(score_direction(pipe, oracle, directions, k, start, domain, scale=float(scale)))
+                    for scale in scales]
+        rows.append({**max(readings, key=_cleanliness),
+                     "ladder": [[r["scale"], round(r["purity"], 3), round(r["strength"], 3),
+                                 None if r["domain_kept"] is None else round(r["domain_kept"], 3)] for r in readings]})
+    return rows
 
 
 def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = None, oracle_dir: str | None = None,
@@ -183,6 +241,7 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
                       strength_weight: float = 0.0, pool: int = 1, eval_images: int = 12,
                       inference_steps: int = 10, target_change: float = 0.06,
                       max_scale: float = READING_MAX_SCALE, min_scale: float = READING_MIN_SCALE,
+                      slider_scales: Sequence[float] | None = None,
                       checkpoint_dir: str | Path | None = None) -> Path:
     """Train one domain's directions on its sample folder, name them by the oracle and save them.
 
@@ -199,6 +258,11 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
     renders (seed + :data:`CONFIRMATION_SEED_OFFSET`) for their names and card, so the shipped
     numbers are not the ones the selection saw.  The metadata's ``pool`` records every candidate's
     selection reading.
+
+    With ``slider_scales`` (e.g. ``(1, 2, 4, ..., 64)``) every candidate is read at each of those
+    scales instead of at one calibrated scale (:func:`read_on_ladder`, on the selection renders),
+    ranked by its cleanest, and the kept K are read again at their chosen scales on the other
+    renders; this holds for ``pool=1`` too (the set is then only re-ordered, cleanest first).
 
     Returns:
         The written ``out_dir/<domain>.safetensors``.
@@ -232,11 +296,15 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
                                    / (f"{run_name}{f'-s{set_seed}' if set_seed else ''}-"
                                       f"{weights_key(pipe.text_encoder, pipe.unet, pipe.vae)}"),
                                    resume=True)
-        read_by_oracle(pipe, oracle, trained, domain, seed=seed, start=selection_start, **reading)
+        if slider_scales:
+            trained.metadata["oracle_reading"] = read_on_ladder(pipe, oracle, trained, domain, selection_start,
+                                                                slider_scales)
+        else:
+            read_by_oracle(pipe, oracle, trained, domain, seed=seed, start=selection_start, **reading)
         candidates.append(trained)
         train_seconds += trained.metadata.get("train_seconds") or 0.0
     directions = candidates[0]
-    if pool > 1:
+    if pool > 1 or slider_scales:
         rows = [dict(row, seed=c.metadata["seed"], index=k) for c in candidates
                 for k, row in enumerate(c.metadata["oracle_reading"])]
         kept = select_cleanest(rows, num_directions)
@@ -245,8 +313,11 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
                                 metadata={**candidates[0].metadata, "seed": seed,
                                           "pool": {"seeds": list(range(seed, seed + pool)),
                                                    "kept": [[rows[i]["seed"], rows[i]["index"]] for i in kept],
-                                                   "selection_reading": rows}})
-        read_by_oracle(pipe, oracle, directions, domain, seed=seed + CONFIRMATION_SEED_OFFSET, **reading)
+                                                   "selection_reading": rows,
+                                          **({"slider_scales": [float(x) for x in slider_scales]}
+                                             if slider_scales else {})}})
+        read_by_oracle(pipe, oracle, directions, domain, seed=seed + CONFIRMATION_SEED_OFFSET, **reading,
+                       scales=[rows[i]["scale"] for i in kept] if slider_scales else None)
     directions.metadata.update({
         # a path relative to the repository, not this machine's absolute path
         "base_model": "data/models/toyworld-sd" if model is None else str(model),
@@ -262,7 +333,8 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
                    + (f" --pool {pool}" if pool > 1 else "")
                    + (f" --init {init}" if init != "random" else "")
                    + (f" --strength-weight {strength_weight:g}" if strength_weight else "")
-                   + (f" --max-scale {max_scale:g}" if max_scale != READING_MAX_SCALE else ""),
+                   + (f" --max-scale {max_scale:g}" if max_scale != READING_MAX_SCALE else "")
+                   + (f" --slider-scales {' '.join(f'{x:g}' for x in slider_scales)}" if slider_scales else ""),
     })
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{domain}.safetensors"
@@ -284,8 +356,9 @@ def reread_shipped_set(path: str | Path, *, model: str | None = None, oracle_dir
 
     The embeddings stay as they are; the scores, the names and the card's numbers follow the
     current model and oracle.  The reading's settings come from the file (its ``reading``
-    metadata, or for older files the ``--seed``/``--eval-images`` of its ``command``);
-    ``max_scale`` replaces the file's calibration bracket when given.
+    metadata, or for older files the ``--seed``/``--eval-images`` of its ``command``): a set
+    read at slider scales is read at the same scales again; ``max_scale`` replaces a
+    calibrated reading's bracket when given.
 
     Returns:
         ``{old name: new name}`` (the names can change, e.g. a direction that got stronger).
@@ -297,7 +370,11 @@ def reread_shipped_set(path: str | Path, *, model: str | None = None, oracle_dir
     directions = Directions.load(path)
     meta = directions.metadata
     old_names = list(directions.names)
-    settings = {**_reading_settings(meta), **({"max_scale": max_scale} if max_scale else {})}
+    settings = _reading_settings(meta)
+    if max_scale and "scales" in settings:
+        raise ValueError(f"{path} was read at each direction's own slider scale (`--slider-scales`); max_scale "
+                         f"({max_scale:g}) bounds a calibrated reading. Reread without it, or remake the set.")
+    settings.update({"max_scale": max_scale} if max_scale else {})
     read_by_oracle(load_pipeline(model), Oracle.load(oracle_dir or ORACLE_DIR), directions, meta["domain"],
                    **settings)
     directions.save(path)
@@ -312,11 +389,14 @@ def write_directions_card(out_dir: str | Path) -> Path:
     lines = ["# Shipped directions for the bundled model", "",
              "One NoiseCLR direction set per domain, discovered without labels in `data/samples/<domain>` and",
              "named after what the attribute oracle reads each direction changes (two-sided, on 12 balanced",
-             "held-out renders, at a scale calibrated to the same pixel change).  `mixed_a+b`: no single",
-             "attribute dominates (purity < 0.5); `weak_a`: nothing moves much.  A set made with `--pool N` is the",
-             "K directions the oracle read cleanest out of N sets of K trained with seeds seed .. seed+N-1 (the",
-             "selection a person makes by eye in the paper); its table is a second reading on other renders,",
-             "not the one it was selected on.  Each set is remade by the command under its heading.", ""]
+             "held-out renders).  `mixed_a+b`: no single attribute dominates (purity < 0.5); `weak_a`: nothing",
+             "moves much.  A set made with `--pool N` is the K directions the oracle read cleanest out of N sets",
+             "of K trained with seeds seed .. seed+N-1 (the selection a person makes by eye in the paper).  With",
+             "`--slider-scales` each direction is read at every scale of that ladder and keeps the one it reads",
+             "cleanest at as its slider scale (`scale`); without, at a scale calibrated to the same pixel change.",
+             "A chosen set's table is a second reading on other renders, not the one it was selected on.",
+             "`pixels`: mean pixel change of the edits (0-1); `in domain`: share of edits the oracle still puts",
+             "in the domain.  Each set is remade by the command under its heading.", ""]
     for path in sorted(out_dir.glob("*.safetensors")):
         directions = Directions.load(path)
         meta = directions.metadata
@@ -328,14 +408,18 @@ def write_directions_card(out_dir: str | Path) -> Path:
                   + (f" Read by the oracle with weights `{meta['reading_weights']}` (`models.weights_key` of the "
                      "text encoder, UNet, VAE and oracle)." if meta.get("reading_weights") else "")
                   + (f" Kept {directions.num_directions} of {len(meta['pool']['selection_reading'])} candidates "
-                     f"(seed, index: {', '.join(f'{a}/{b}' for a, b in meta['pool']['kept'])}); read again on "
-                     f"renders of seed {meta['reading']['seed'] + 1}." if meta.get("pool") else ""), "",
-                  "| direction | token | target | purity | strength | scale | effects |",
-                  "|---|---|---|---|---|---|---|"]
+                     f"(seed, index: {', '.join(f'{a}/{b}' for a, b in meta['pool']['kept'])})"
+                     + (f" at the slider scales they read cleanest at among "
+                        f"{', '.join(f'{x:g}' for x in meta['pool']['slider_scales'])}"
+                        if meta["pool"].get("slider_scales") else "")
+                     + f"; read again on renders of seed {meta['reading']['seed'] + 1}." if meta.get("pool") else ""),
+                  "", "| direction | token | target | purity | strength | scale | pixels | in domain | effects |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in reading:
             effects = ", ".join(f"{a} {v:+.2f}" for a, v in r["signed_effects"].items())
+            kept = "" if r.get("domain_kept") is None else f"{r['domain_kept']:.2f}"
             lines.append(f"| {r['name']} | `{r['token']}` | {r['target']} | {r['purity']:.2f} | "
-                         f"{r['strength']:.2f} | {r['scale']:.2f} | {effects} |")
+                         f"{r['strength']:.2f} | {r['scale']:.3g} | {r['pixel_change']:.3f} | {kept} | {effects} |")
         lines.append("")
     card = out_dir / "README.md"
     card.write_text("\n".join(lines))
