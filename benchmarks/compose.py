@@ -15,7 +15,7 @@ attribute flipped, and where both flipped (each read against the scene's label);
 change of the six other attributes (mean over scenes) against the unedited reconstruction.  A
 face edit can flip the pair's cat attribute by itself: the "face alone" row shows how often, and
 "both" counts such a flip too.  Each direction runs at the scale the
-oracle calibrated it at (``calibrated_scales``); the cat's is halved, as in notebook 06, since a
+oracle calibrated it at (``slider_scales``); the cat's is halved, as in notebook 06, since a
 scene's cat is a quarter of the picture.  Writes ``<out>/compose.md`` and ``compose.json``.
 """
 
@@ -41,7 +41,7 @@ from noiseclr_lite.metrics import attribute_probabilities, images_to_tensor  # n
 from noiseclr_lite.models import ORACLE_DIR  # noqa: E402
 from noiseclr_lite.toyworld.domains import get_domain  # noqa: E402
 from noiseclr_lite.toyworld.oracle import Oracle  # noqa: E402
-from noiseclr_lite.toyworld.shipped import calibrated_scales  # noqa: E402
+from noiseclr_lite.toyworld.shipped import slider_scales  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -148,7 +148,7 @@ def main(argv=None) -> dict:
     oracle = Oracle.load(ORACLE_DIR)
     face_set = Directions.load(DIRECTIONS_DIR / "face.safetensors")
     cat_set = Directions.load(DIRECTIONS_DIR / "cat.safetensors")
-    scales = {**calibrated_scales(face_set), **calibrated_scales(cat_set)}
+    scales = {**slider_scales(face_set), **slider_scales(cat_set)}
     with open(SAMPLES_DIR / "scene" / "labels.csv") as f:
         labels = list(csv.DictReader(f))
     pairs = [(fm, cm) for fm in visible_moves(face_set, args.min_strength)

@@ -106,14 +106,14 @@ def test_ranked_names_puts_the_cleanest_direction_first(tiny_pipe):
     assert ranked_names(directions) == ["b", "c", "a"]
 
 
-def test_calibrated_scales_come_from_the_oracle_reading_or_the_default(tiny_pipe):
-    from noiseclr_lite.toyworld.shipped import calibrated_scales
+def test_slider_scales_come_from_the_oracle_reading_or_the_default(tiny_pipe):
+    from noiseclr_lite.toyworld.shipped import slider_scales
 
     directions = Directions.create(tiny_pipe, 2, seed=0)
     directions.names = ["a", "b"]
-    assert calibrated_scales(directions, default=3.0) == {"a": 3.0, "b": 3.0}
+    assert slider_scales(directions, default=3.0) == {"a": 3.0, "b": 3.0}
     directions.metadata["oracle_reading"] = [{"name": "a", "scale": 7.5}]
-    assert calibrated_scales(directions) == {"a": 7.5, "b": 4.0}
+    assert slider_scales(directions) == {"a": 7.5, "b": 4.0}
 
 
 @pytest.mark.parametrize("domain", ["face", "cat", "car", "painting"])
@@ -208,12 +208,13 @@ def test_train_shipped_set_and_the_card_end_to_end(tiny_pipe_dir, tmp_path, monk
 
 
 def test_slider_scales_are_chosen_on_selection_renders_and_read_again_elsewhere(tiny_pipe_dir, tmp_path):
-    """``--slider-scales`` end to end on the tiny model: each kept direction is read again at its chosen scale."""
+    """``--scale-ladder`` end to end on the tiny model: each kept direction is read again at its chosen scale."""
     import torch
 
     from noiseclr_lite.toyworld.oracle import Oracle
     from noiseclr_lite.toyworld.samples import write_sample_folders
-    from noiseclr_lite.toyworld.shipped import calibrated_scales, reread_shipped_set, train_shipped_set, write_directions_card
+    from noiseclr_lite.toyworld.shipped import (reread_shipped_set, slider_scales, train_shipped_set,
+                                                write_directions_card)
 
     torch.manual_seed(0)
     Oracle(width=8).save(tmp_path / "oracle")
@@ -221,18 +222,18 @@ def test_slider_scales_are_chosen_on_selection_renders_and_read_again_elsewhere(
     common = dict(model=str(tiny_pipe_dir), oracle_dir=str(tmp_path / "oracle"), samples_dir=tmp_path / "samples",
                   num_directions=2, steps=2, batch_size=2, seed=3, eval_images=2, inference_steps=2,
                   checkpoint_dir=tmp_path / "ckpt")
-    path = train_shipped_set("cat", tmp_path / "out", slider_scales=[0.5, 2.0], **common)
+    path = train_shipped_set("cat", tmp_path / "out", scale_ladder=[0.5, 2.0], **common)
     meta = Directions.load(path).metadata
     chosen = meta["pool"]["selection_reading"]
-    assert meta["pool"]["slider_scales"] == [0.5, 2.0] and meta["pool"]["seeds"] == [3]
+    assert meta["pool"]["scale_ladder"] == [0.5, 2.0] and meta["pool"]["seeds"] == [3]
     assert all(row["scale"] in (0.5, 2.0) and len(row["ladder"]) == 2 for row in chosen)
     # read again on other renders, each at the scale its selection reading chose, and not calibrated
     kept_scales = [chosen[i]["scale"] for i in (index for _, index in meta["pool"]["kept"])]
     assert meta["reading"] == {"seed": 103, "eval_images": 2, "inference_steps": 2, "scales": kept_scales}
     assert [row["scale"] for row in meta["oracle_reading"]] == kept_scales
     assert not any(row["calibrated"] for row in meta["oracle_reading"])
-    assert list(calibrated_scales(Directions.load(path)).values()) == kept_scales
-    assert meta["command"].endswith("--eval-images 2 --slider-scales 0.5 2")
+    assert list(slider_scales(Directions.load(path)).values()) == kept_scales
+    assert meta["command"].endswith("--eval-images 2 --scale-ladder 0.5 2")
     card = write_directions_card(tmp_path / "out").read_text()
     assert "at the slider scales they read cleanest at among 0.5, 2; read again on renders of seed 104" in card
     assert "| pixels | in domain |" in card

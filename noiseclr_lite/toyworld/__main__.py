@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     shipped.add_argument("--eval-images", type=int, default=12, help="held-out renders for naming (default 12)")
     shipped.add_argument("--max-scale", type=float, default=None,
                          help="largest scale the reading's calibration tries (default 16; --reread: the file's)")
-    shipped.add_argument("--slider-scales", type=float, nargs="+", default=None, metavar="S",
+    shipped.add_argument("--scale-ladder", type=float, nargs="+", default=None, metavar="S",
                          help="read every candidate at each of these scales and ship it at the one it reads "
                               "cleanest at, e.g. 1 2 4 8 16 32 64 (default: one scale calibrated to a common "
                               "pixel change)")
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                                      batch_size=args.batch_size, seed=args.seed, init=args.init,
                                      strength_weight=args.strength_weight, pool=args.pool,
                                      eval_images=args.eval_images, max_scale=args.max_scale or READING_MAX_SCALE,
-                                     slider_scales=args.slider_scales)
+                                     scale_ladder=args.scale_ladder)
             print(f"wrote {path}")
         print(f"wrote {write_directions_card(out)}")
     elif args.command == "card":

@@ -8,12 +8,12 @@ towards ("smiling", "blond_hair"), or ``mixed_<a>+<b>`` when no single attribute
 The oracle's reading is saved in the file's metadata and in ``data/directions/README.md``.
 With ``--pool N`` it also chooses: N sets are trained and the oracle keeps the cleanest K
 (:func:`select_cleanest`), as the paper's authors keep the directions they can name.  With
-``--slider-scales`` it also chooses each direction's slider scale: the one of a ladder
+``--scale-ladder`` it also chooses each direction's slider scale: the one of a ladder
 (1, 2, 4, ..., 64) at which it reads cleanest (:func:`read_on_ladder`), as a person sets a
 slider's range by moving it; the kept set is then read again at those scales on other renders.
 
     python -m noiseclr_lite.toyworld directions --domains face cat car painting --pool 3 \
-        --slider-scales 1 2 4 8 16 32 64
+        --scale-ladder 1 2 4 8 16 32 64
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def is_visible(row: dict) -> bool:
 
 
 def _cleanliness(row: dict) -> tuple[bool, float]:
-    """How the oracle ranks readings, of candidates or of one candidate's scales: visible first, then purity x strength."""
+    """How the oracle ranks readings (of candidates, or of one candidate's scales): visible, then purity x strength."""
     return is_visible(row), row["purity"] * row["strength"]
 
 
@@ -143,11 +143,11 @@ def select_cleanest(rows: Sequence[dict], keep: int, same_value_max: int = POOL_
     return kept[:keep]
 
 
-def calibrated_scales(directions, default: float = 4.0) -> dict[str, float]:
+def slider_scales(directions, default: float = 4.0) -> dict[str, float]:
     """``{name: scale}``: for each direction of a shipped set, the scale at which the oracle scored it.
 
     That scale is the direction's slider scale, chosen by measurement: the rung of the ladder
-    it read cleanest at on the selection renders (a set made with ``--slider-scales``), or
+    it read cleanest at on the selection renders (a set made with ``--scale-ladder``), or
     else the scale calibrated so that every direction changes the same share of pixels
     (``target_change``).  A grid at ``-scale, 0, +scale`` shows each direction at its best.
     Directions without an ``oracle_reading`` (a set trained elsewhere) get ``default``.
@@ -241,7 +241,7 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
                       strength_weight: float = 0.0, pool: int = 1, eval_images: int = 12,
                       inference_steps: int = 10, target_change: float = 0.06,
                       max_scale: float = READING_MAX_SCALE, min_scale: float = READING_MIN_SCALE,
-                      slider_scales: Sequence[float] | None = None,
+                      scale_ladder: Sequence[float] | None = None,
                       checkpoint_dir: str | Path | None = None) -> Path:
     """Train one domain's directions on its sample folder, name them by the oracle and save them.
 
@@ -259,7 +259,7 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
     numbers are not the ones the selection saw.  The metadata's ``pool`` records every candidate's
     selection reading.
 
-    With ``slider_scales`` (e.g. ``(1, 2, 4, ..., 64)``) every candidate is read at each of those
+    With ``scale_ladder`` (e.g. ``(1, 2, 4, ..., 64)``) every candidate is read at each of those
     scales instead of at one calibrated scale (:func:`read_on_ladder`, on the selection renders),
     ranked by its cleanest, and the kept K are read again at their chosen scales on the other
     renders; this holds for ``pool=1`` too (the set is then only re-ordered, cleanest first).
@@ -296,15 +296,15 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
                                    / (f"{run_name}{f'-s{set_seed}' if set_seed else ''}-"
                                       f"{weights_key(pipe.text_encoder, pipe.unet, pipe.vae)}"),
                                    resume=True)
-        if slider_scales:
+        if scale_ladder:
             trained.metadata["oracle_reading"] = read_on_ladder(pipe, oracle, trained, domain, selection_start,
-                                                                slider_scales)
+                                                                scale_ladder)
         else:
             read_by_oracle(pipe, oracle, trained, domain, seed=seed, start=selection_start, **reading)
         candidates.append(trained)
         train_seconds += trained.metadata.get("train_seconds") or 0.0
     directions = candidates[0]
-    if pool > 1 or slider_scales:
+    if pool > 1 or scale_ladder:
         rows = [dict(row, seed=c.metadata["seed"], index=k) for c in candidates
                 for k, row in enumerate(c.metadata["oracle_reading"])]
         kept = select_cleanest(rows, num_directions)
@@ -314,10 +314,10 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
                                           "pool": {"seeds": list(range(seed, seed + pool)),
                                                    "kept": [[rows[i]["seed"], rows[i]["index"]] for i in kept],
                                                    "selection_reading": rows,
-                                          **({"slider_scales": [float(x) for x in slider_scales]}
-                                             if slider_scales else {})}})
+                                          **({"scale_ladder": [float(x) for x in scale_ladder]}
+                                             if scale_ladder else {})}})
         read_by_oracle(pipe, oracle, directions, domain, seed=seed + CONFIRMATION_SEED_OFFSET, **reading,
-                       scales=[rows[i]["scale"] for i in kept] if slider_scales else None)
+                       scales=[rows[i]["scale"] for i in kept] if scale_ladder else None)
     directions.metadata.update({
         # a path relative to the repository, not this machine's absolute path
         "base_model": "data/models/toyworld-sd" if model is None else str(model),
@@ -334,7 +334,7 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
                    + (f" --init {init}" if init != "random" else "")
                    + (f" --strength-weight {strength_weight:g}" if strength_weight else "")
                    + (f" --max-scale {max_scale:g}" if max_scale != READING_MAX_SCALE else "")
-                   + (f" --slider-scales {' '.join(f'{x:g}' for x in slider_scales)}" if slider_scales else ""),
+                   + (f" --scale-ladder {' '.join(f'{x:g}' for x in scale_ladder)}" if scale_ladder else ""),
     })
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{domain}.safetensors"
@@ -372,7 +372,7 @@ def reread_shipped_set(path: str | Path, *, model: str | None = None, oracle_dir
     old_names = list(directions.names)
     settings = _reading_settings(meta)
     if max_scale and "scales" in settings:
-        raise ValueError(f"{path} was read at each direction's own slider scale (`--slider-scales`); max_scale "
+        raise ValueError(f"{path} was read at each direction's own slider scale (`--scale-ladder`); max_scale "
                          f"({max_scale:g}) bounds a calibrated reading. Reread without it, or remake the set.")
     settings.update({"max_scale": max_scale} if max_scale else {})
     read_by_oracle(load_pipeline(model), Oracle.load(oracle_dir or ORACLE_DIR), directions, meta["domain"],
@@ -392,7 +392,7 @@ def write_directions_card(out_dir: str | Path) -> Path:
              "held-out renders).  `mixed_a+b`: no single attribute dominates (purity < 0.5); `weak_a`: nothing",
              "moves much.  A set made with `--pool N` is the K directions the oracle read cleanest out of N sets",
              "of K trained with seeds seed .. seed+N-1 (the selection a person makes by eye in the paper).  With",
-             "`--slider-scales` each direction is read at every scale of that ladder and keeps the one it reads",
+             "`--scale-ladder` each direction is read at every scale of that ladder and keeps the one it reads",
              "cleanest at as its slider scale (`scale`); without, at a scale calibrated to the same pixel change.",
              "A chosen set's table is a second reading on other renders, not the one it was selected on.",
              "`pixels`: mean pixel change of the edits (0-1); `in domain`: share of edits the oracle still puts",
@@ -410,8 +410,8 @@ def write_directions_card(out_dir: str | Path) -> Path:
                   + (f" Kept {directions.num_directions} of {len(meta['pool']['selection_reading'])} candidates "
                      f"(seed, index: {', '.join(f'{a}/{b}' for a, b in meta['pool']['kept'])})"
                      + (f" at the slider scales they read cleanest at among "
-                        f"{', '.join(f'{x:g}' for x in meta['pool']['slider_scales'])}"
-                        if meta["pool"].get("slider_scales") else "")
+                        f"{', '.join(f'{x:g}' for x in meta['pool']['scale_ladder'])}"
+                        if meta["pool"].get("scale_ladder") else "")
                      + f"; read again on renders of seed {meta['reading']['seed'] + 1}." if meta.get("pool") else ""),
                   "", "| direction | token | target | purity | strength | scale | pixels | in domain | effects |",
                   "|---|---|---|---|---|---|---|---|---|"]
