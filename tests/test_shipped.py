@@ -222,26 +222,28 @@ def test_slider_scales_are_chosen_on_selection_renders_and_read_again_elsewhere(
     common = dict(model=str(tiny_pipe_dir), oracle_dir=str(tmp_path / "oracle"), samples_dir=tmp_path / "samples",
                   num_directions=2, steps=2, batch_size=2, seed=3, eval_images=2, inference_steps=2,
                   checkpoint_dir=tmp_path / "ckpt")
-    path = train_shipped_set("cat", tmp_path / "out", scale_ladder=[0.5, 2.0], **common)
+    path = train_shipped_set("cat", tmp_path / "out", scale_ladder=[0.5, 2.0], confirmation_images=3, **common)
     meta = Directions.load(path).metadata
     chosen = meta["pool"]["selection_reading"]
     assert meta["pool"]["scale_ladder"] == [0.5, 2.0] and meta["pool"]["seeds"] == [3]
     assert all(row["scale"] in (0.5, 2.0) and len(row["ladder"]) == 2 for row in chosen)
     # read again on other renders, each at the scale its selection reading chose, and not calibrated
     kept_scales = [chosen[i]["scale"] for i in (index for _, index in meta["pool"]["kept"])]
-    assert meta["reading"] == {"seed": 103, "eval_images": 2, "inference_steps": 2, "scales": kept_scales}
+    assert meta["reading"] == {"seed": 103, "eval_images": 3, "inference_steps": 2, "scales": kept_scales}
     assert [row["scale"] for row in meta["oracle_reading"]] == kept_scales
     assert not any(row["calibrated"] for row in meta["oracle_reading"])
     assert list(slider_scales(Directions.load(path)).values()) == kept_scales
-    assert meta["command"].endswith("--eval-images 2 --scale-ladder 0.5 2")
+    assert meta["command"].endswith("--eval-images 2 --confirmation-images 3 --scale-ladder 0.5 2")
     card = write_directions_card(tmp_path / "out").read_text()
-    assert "at the slider scales they read cleanest at among 0.5, 2; read again on renders of seed 104" in card
+    assert "at the slider scales they read cleanest at among 0.5, 2; read again on 3 renders of seed 104" in card
     assert "| pixels | in domain |" in card
     # a reread keeps the slider scales; a calibration bracket does not apply to them
     reread_shipped_set(path, model=str(tiny_pipe_dir), oracle_dir=str(tmp_path / "oracle"))
     assert Directions.load(path).metadata["reading"]["scales"] == kept_scales
     with pytest.raises(ValueError, match="own slider scale"):
         reread_shipped_set(path, model=str(tiny_pipe_dir), oracle_dir=str(tmp_path / "oracle"), max_scale=8)
+    with pytest.raises(ValueError, match="needs a chosen set"):   # only a chosen set has a second reading
+        train_shipped_set("cat", tmp_path / "plain", confirmation_images=3, **common)
 
 
 @pytest.mark.parametrize("folder", [BUNDLED_MODEL, Path(BUNDLED_MODEL).parent / "oracle"])

@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
                          help="train this many sets of K (seeds --seed, --seed + 1, ...) and keep the K the oracle "
                               "reads cleanest (default 1: no choosing)")
     shipped.add_argument("--eval-images", type=int, default=12, help="held-out renders for naming (default 12)")
+    shipped.add_argument("--confirmation-images", type=int, default=None,
+                         help="held-out renders for the second reading of a chosen set (--pool or --scale-ladder), "
+                              "whose numbers go on the card (default: --eval-images)")
     shipped.add_argument("--max-scale", type=float, default=None,
                          help="largest scale the reading's calibration tries (default 16; --reread: the file's)")
     shipped.add_argument("--scale-ladder", type=float, nargs="+", default=None, metavar="S",
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                                      batch_size=args.batch_size, seed=args.seed, init=args.init,
                                      strength_weight=args.strength_weight, pool=args.pool,
                                      eval_images=args.eval_images, max_scale=args.max_scale or READING_MAX_SCALE,
-                                     scale_ladder=args.scale_ladder)
+                                     scale_ladder=args.scale_ladder, confirmation_images=args.confirmation_images)
             print(f"wrote {path}")
         print(f"wrote {write_directions_card(out)}")
     elif args.command == "card":
