@@ -15,7 +15,7 @@ attribute flipped, and where both flipped (each read against the scene's label);
 change of the six other attributes (mean over scenes) against the unedited reconstruction.  A
 face edit can flip the pair's cat attribute by itself: the "face alone" row shows how often, and
 "both" counts such a flip too.  Each direction runs at the scale the
-oracle calibrated it at (``slider_scales``); the cat's is halved, as in notebook 06, since a
+shipped set chose for it (its slider scale, ``slider_scales``); the cat's is halved, as in notebook 06, since a
 scene's cat is a quarter of the picture.  Writes ``<out>/compose.md`` and ``compose.json``.
 """
 
@@ -41,20 +41,22 @@ from noiseclr_lite.metrics import attribute_probabilities, images_to_tensor  # n
 from noiseclr_lite.models import ORACLE_DIR  # noqa: E402
 from noiseclr_lite.toyworld.domains import get_domain  # noqa: E402
 from noiseclr_lite.toyworld.oracle import Oracle  # noqa: E402
-from noiseclr_lite.toyworld.shipped import slider_scales  # noqa: E402
+from noiseclr_lite.toyworld.shipped import is_visible, slider_scales  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 
 
 def visible_moves(directions: Directions, min_strength: float) -> list[dict]:
-    """The set's directions the oracle saw move one attribute: name, scene attribute, from-value.
+    """The set's visible directions: name, scene attribute, from-value.
 
-    ``from_value`` is the value the direction moves away from at a positive scale (1 when its
-    signed effect on P(value 1) is negative), so a scene at that value has room to change.
+    Visible as the shipped card counts it (``shipped.is_visible``: strong, pure, and in its
+    domain), with strength at least ``min_strength``.  ``from_value`` is the value the direction
+    moves away from at a positive scale (1 when its signed effect on P(value 1) is negative), so
+    a scene at that value has room to change.
     """
     moves = []
     for row in directions.metadata.get("oracle_reading") or []:
-        if row["strength"] >= min_strength:
+        if row["strength"] >= min_strength and is_visible(row):
             sign = row["signed_effects"][row["target"]]
             moves.append({"name": row["name"], "attribute": f"{row['domain']}_{row['target']}",
                           "from_value": int(sign < 0), "strength": row["strength"]})
@@ -113,7 +115,7 @@ def markdown(report: dict) -> str:
              f"Measured {report['date']} ({report['machine']}), {report['wall_minutes']:.1f} min; "
              f"`{report['command']}`.", "",
              f"Window {tuple(report['window'])}, {report['inversion_steps']}-step DDPM inversion, each direction "
-             "at its calibrated scale (the cat's halved). Flipped = the oracle reads the attribute at its other "
+             "at its slider scale (the cat's halved). Flipped = the oracle reads the attribute at its other "
              "value; others = the largest change among the six other scene attributes (mean over scenes).", "",
              "| face edit | cat edit | scenes | run | face flipped | cat flipped | both flipped | others |",
              "|---|---|---|---|---|---|---|---|"]
@@ -133,7 +135,7 @@ def markdown(report: dict) -> str:
 def main(argv=None) -> dict:
     """Measure every visible (face, cat) pair; write compose.md/.json; return the report."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--min-strength", type=float, default=0.5, help="which directions count as visible")
+    parser.add_argument("--min-strength", type=float, default=0.5, help="the least strength a visible direction (shipped.is_visible) needs here")
     parser.add_argument("--max-scenes", type=int, default=16, help="scenes per pair, at most")
     parser.add_argument("--window", nargs=2, type=float, default=[0.9, 0.0], metavar=("START", "END"))
     parser.add_argument("--inversion-steps", type=int, default=20)

@@ -15,14 +15,16 @@ class _Set:
         self.metadata = {"oracle_reading": reading}
 
 
-def _row(name, domain, target, signed, strength):
+def _row(name, domain, target, signed, strength, purity=0.9, domain_kept=1.0):
     return {"name": name, "domain": domain, "target": target, "signed_effects": {target: signed},
-            "strength": strength}
+            "strength": strength, "purity": purity, "domain_kept": domain_kept}
 
 
-def test_visible_moves_keep_strong_directions_and_the_value_they_move_away_from():
+def test_visible_moves_keep_visible_directions_and_the_value_they_move_away_from():
     directions = _Set([_row("no_glasses", "face", "glasses", -0.7, 0.7), _row("smiling", "face", "expression", 0.5, 0.5),
-                       _row("weak", "face", "skin", 0.1, 0.1)])
+                       _row("weak", "face", "skin", 0.1, 0.1),
+                       _row("mixed", "face", "hair", 0.8, 0.8, purity=0.45),          # strong, not pure
+                       _row("to_a_cat", "face", "hair", 0.8, 0.8, domain_kept=0.6)])  # leaves the domain
     moves = compose.visible_moves(directions, min_strength=0.5)
     assert [(m["name"], m["attribute"], m["from_value"]) for m in moves] == [
         ("no_glasses", "face_glasses", 1), ("smiling", "face_expression", 0)]

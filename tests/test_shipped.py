@@ -104,6 +104,12 @@ def test_ranked_names_puts_the_cleanest_direction_first(tiny_pipe):
                                              {"name": "b", "purity": 0.9, "strength": 0.8},
                                              {"name": "c", "purity": 1.0, "strength": 0.3}]
     assert ranked_names(directions) == ["b", "c", "a"]
+    # visible first: a strong, pure direction that sends 40% of its edits out of the domain ranks
+    # after a visible one, although its purity x strength is larger
+    directions.metadata["oracle_reading"] = [{"name": "a", "purity": 0.95, "strength": 0.95, "domain_kept": 0.6},
+                                             {"name": "b", "purity": 0.7, "strength": 0.6, "domain_kept": 1.0},
+                                             {"name": "c", "purity": 1.0, "strength": 0.3, "domain_kept": 1.0}]
+    assert ranked_names(directions) == ["b", "a", "c"]
 
 
 def test_slider_scales_come_from_the_oracle_reading_or_the_default(tiny_pipe):

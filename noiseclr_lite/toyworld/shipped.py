@@ -81,16 +81,17 @@ def name_by_oracle(scores: Sequence, domain: str, purity_min: float = NAME_PURIT
 
 
 def ranked_names(directions) -> list[str]:
-    """A shipped set's direction names, cleanest first (by the oracle: purity x strength).
+    """A shipped set's direction names, cleanest first by the oracle's reading.
 
-    Reads the ``oracle_reading`` that :func:`train_shipped_set` saved in the metadata; a set
-    without one (trained elsewhere) keeps its own order.
+    The ranking :func:`select_cleanest` uses: visible directions first (:func:`is_visible`),
+    then purity x strength.  Reads the ``oracle_reading`` that :func:`train_shipped_set` saved
+    in the metadata; a set without one (trained elsewhere) keeps its own order.
     """
     reading = directions.metadata.get("oracle_reading")
     if not reading:
         return list(directions.names)
-    quality = {row["name"]: row["purity"] * row["strength"] for row in reading}
-    return sorted(directions.names, key=lambda name: -quality.get(name, 0.0))
+    rank = {row["name"]: _cleanliness(row) for row in reading}
+    return sorted(directions.names, key=lambda name: rank.get(name, (False, 0.0)), reverse=True)
 
 
 def is_visible(row: dict) -> bool:
