@@ -3,8 +3,8 @@
     python benchmarks/compose.py                       # shipped face and cat sets, every visible pair
     python benchmarks/compose.py --quick --out /tmp/c  # 2 pairs, 4 scenes each (a smoke run)
 
-For each pair (face direction, cat direction) of the shipped sets whose oracle strength is at
-least ``--min-strength``, the scenes of ``data/samples/scene`` where both edits have room to act
+For each pair (face direction, cat direction) of the shipped sets that their card counts
+visible (``shipped.is_visible``), the scenes of ``data/samples/scene`` where both edits have room to act
 (the face attribute at the value the face direction moves *away* from, and the same for the cat)
 are inverted once (edit-friendly DDPM) and edited four ways: the face edit alone, the cat edit
 alone, and both together, composed by NoiseCLR's plain sum and by ``composition="regions"``
@@ -46,17 +46,17 @@ from noiseclr_lite.toyworld.shipped import is_visible, slider_scales  # noqa: E4
 RESULTS = REPO / "benchmarks" / "results"
 
 
-def visible_moves(directions: Directions, min_strength: float) -> list[dict]:
+def visible_moves(directions: Directions) -> list[dict]:
     """The set's visible directions: name, scene attribute, from-value.
 
     Visible as the shipped card counts it (``shipped.is_visible``: strong, pure, and in its
-    domain), with strength at least ``min_strength``.  ``from_value`` is the value the direction
+    domain), so the pairs measured are the ones the card and notebook 06 offer.  ``from_value`` is the value the direction
     moves away from at a positive scale (1 when its signed effect on P(value 1) is negative), so
     a scene at that value has room to change.
     """
     moves = []
     for row in directions.metadata.get("oracle_reading") or []:
-        if row["strength"] >= min_strength and is_visible(row):
+        if is_visible(row):
             sign = row["signed_effects"][row["target"]]
             moves.append({"name": row["name"], "attribute": f"{row['domain']}_{row['target']}",
                           "from_value": int(sign < 0), "strength": row["strength"]})
@@ -135,7 +135,6 @@ def markdown(report: dict) -> str:
 def main(argv=None) -> dict:
     """Measure every visible (face, cat) pair; write compose.md/.json; return the report."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--min-strength", type=float, default=0.5, help="the least strength a visible direction (shipped.is_visible) needs here")
     parser.add_argument("--max-scenes", type=int, default=16, help="scenes per pair, at most")
     parser.add_argument("--window", nargs=2, type=float, default=[0.9, 0.0], metavar=("START", "END"))
     parser.add_argument("--inversion-steps", type=int, default=20)
@@ -153,8 +152,7 @@ def main(argv=None) -> dict:
     scales = {**slider_scales(face_set), **slider_scales(cat_set)}
     with open(SAMPLES_DIR / "scene" / "labels.csv") as f:
         labels = list(csv.DictReader(f))
-    pairs = [(fm, cm) for fm in visible_moves(face_set, args.min_strength)
-             for cm in visible_moves(cat_set, args.min_strength)]
+    pairs = [(fm, cm) for fm in visible_moves(face_set) for cm in visible_moves(cat_set)]
     if args.quick:
         pairs, args.max_scenes = pairs[:2], 4
     results = []
@@ -166,8 +164,8 @@ def main(argv=None) -> dict:
             print(f"[compose] {face['name']} + {cat['name']}: "
                   + "; ".join(f"{k} both {v['both flipped']:.2f}" for k, v in result["runs"].items()), flush=True)
     if not results:
-        raise SystemExit(f"no (face, cat) pair with strength >= {args.min_strength} has scenes to act on in "
-                         f"{SAMPLES_DIR / 'scene'}; lower --min-strength")
+        raise SystemExit(f"no pair of visible face and cat directions (their cards' oracle readings) has scenes "
+                         f"to act on in {SAMPLES_DIR / 'scene'}; retrain the sets (data/directions/README.md)")
     labels_run = list(results[0]["runs"])
     mean = {label: {key: sum(r["runs"][label][key] for r in results) / len(results)
                     for key in results[0]["runs"][label]} for label in labels_run}

@@ -1,7 +1,9 @@
 #!/bin/bash
 # What one rented GPU does in about 10 minutes, in one call:
 #   1. retrains the bundled world model from scratch (a wider VAE, then text encoder + UNet at
-#      batch 256), time-boxed by --stop-after-minutes and exported to $WORLD_OUT;
+#      batch 256), time-boxed by --stop-after-minutes and exported to $WORLD_OUT; with the shipped
+#      model's last recipe from the first step (offset noise 0.2, half of every batch at t >= 800),
+#      which made "a car, day" follow its caption (README, "The bundled world model");
 #   2. measures Stable Diffusion 1.5's architecture (random weights, 512x512) with
 #      benchmarks/speed.py --only gpu, on a copy of benchmarks/results/speed.json in $OUT/speed.
 # Usage:   OUT=/some/folder bash benchmarks/gpu_session.sh      (RESUME=1: continue $WORLD_WORK)
@@ -39,7 +41,7 @@ timeout $WORLD_T python3 -m noiseclr_lite.toyworld train --device $DEVICE --rend
   --vae-steps $VAE_STEPS --vae-batch $VAE_BATCH --vae-lr 0.001 --vae-target-psnr 32.0 --vae-kl-weight 1e-06 \
   --vae-eval-images 256 --vae-max-minutes $VAE_MIN --vae-widths 32 64 128 \
   --num-images $NUM --unet-steps 200000 --unet-batch $UNET_BATCH --unet-lr 0.0006 --warmup-steps 500 \
-  --min-snr-gamma 5.0 --noise-offset 0.1 --attribute-dropout 0.3 --caption-dropout 0.1 --ema-max-decay 0.9999 \
+  --min-snr-gamma 5.0 --noise-offset 0.2 --high-noise-share 0.5 --high-noise-from 800 --attribute-dropout 0.3 --caption-dropout 0.1 --ema-max-decay 0.9999 \
   --checkpoint-every $CKPT --export-every $EXPORT --unet-widths 64 128 128 --unet-layers-per-block 1 \
   --stop-after-minutes $MINUTES > "$OUT/world.log" 2>&1
 echo "world rc=$? after $(( $(date +%s) - START )) s"

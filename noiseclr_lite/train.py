@@ -252,7 +252,9 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
         saved_cfg.setdefault("anchors", "one")  # checkpoints from before the option trained one anchor
         saved_cfg.setdefault("init", "random")
         saved_cfg.setdefault("strength_weight", 0.0)
-        for key in ("num_directions", "seed", "prefix", "loss", "batch_size", "anchors", "init", "strength_weight"):
+        # the learning rate too: the optimizer state loaded below would silently bring back the saved one
+        for key in ("num_directions", "seed", "prefix", "loss", "batch_size", "anchors", "init", "strength_weight",
+                    "learning_rate"):
             if saved_cfg[key] != getattr(cfg, key):
                 raise ValueError(f"{ckpt_path} was written with {key}={saved_cfg[key]!r} but this run has "
                                  f"{key}={getattr(cfg, key)!r}; use the same settings or another output folder")

@@ -25,10 +25,10 @@ def test_visible_moves_keep_visible_directions_and_the_value_they_move_away_from
                        _row("weak", "face", "skin", 0.1, 0.1),
                        _row("mixed", "face", "hair", 0.8, 0.8, purity=0.45),          # strong, not pure
                        _row("to_a_cat", "face", "hair", 0.8, 0.8, domain_kept=0.6)])  # leaves the domain
-    moves = compose.visible_moves(directions, min_strength=0.5)
+    moves = compose.visible_moves(directions)
     assert [(m["name"], m["attribute"], m["from_value"]) for m in moves] == [
         ("no_glasses", "face_glasses", 1), ("smiling", "face_expression", 0)]
-    assert compose.visible_moves(_Set(None), 0.5) == []
+    assert compose.visible_moves(_Set(None)) == []
 
 
 def test_scenes_with_and_flip_share():

@@ -181,6 +181,13 @@ def test_train_shipped_set_and_the_card_end_to_end(tiny_pipe_dir, tmp_path, monk
     vocab_meta = Directions.load(vocab).metadata
     assert vocab_meta["command"] == meta["command"] + " --init vocab" and vocab_meta["init"] == "vocab"
     assert sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "ckpt").iterdir()) == ["cat-k2-random-s3", "cat-k2-vocab-s3"]
+    # another learning rate starts afresh too, rather than resuming (and keeping) the saved one
+    faster = train_shipped_set("cat", tmp_path / "faster", model=str(tiny_pipe_dir), oracle_dir=str(tmp_path / "oracle"),
+                               samples_dir=tmp_path / "samples", num_directions=2, steps=2, batch_size=2, seed=3,
+                               learning_rate=0.05, eval_images=2, inference_steps=2, checkpoint_dir=tmp_path / "ckpt")
+    assert "--lr 0.05 " in Directions.load(faster).metadata["command"]
+    assert sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "ckpt").iterdir()) == [
+        "cat-k2-random-lr0.05-s3", "cat-k2-random-s3", "cat-k2-vocab-s3"]
 
     card = write_directions_card(tmp_path / "out").read_text()
     assert "## cat (`cat.safetensors`)" in card and meta["command"] in card
@@ -208,12 +215,12 @@ def test_train_shipped_set_and_the_card_end_to_end(tiny_pipe_dir, tmp_path, monk
     assert inverted == [3, 3 + 100]          # one inversion for both candidate sets, one for the confirmation
     assert pooled.metadata["command"] == meta["command"] + " --pool 2"
     assert sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "ckpt").iterdir()) == [
-        "cat-k2-random-s3", "cat-k2-random-s4", "cat-k2-vocab-s3"]
+        "cat-k2-random-lr0.05-s3", "cat-k2-random-s3", "cat-k2-random-s4", "cat-k2-vocab-s3"]
     assert "Kept 2 of 4 candidates" in write_directions_card(tmp_path / "pooled").read_text()
 
 
 
-def test_slider_scales_are_chosen_on_selection_renders_and_read_again_elsewhere(tiny_pipe_dir, tmp_path):
+def test_slider_scales_are_chosen_on_selection_renders_and_read_again_elsewhere(tiny_pipe_dir, tmp_path, monkeypatch):
     """``--scale-ladder`` end to end on the tiny model: each kept direction is read again at its chosen scale."""
     import torch
 
@@ -250,6 +257,23 @@ def test_slider_scales_are_chosen_on_selection_renders_and_read_again_elsewhere(
         reread_shipped_set(path, model=str(tiny_pipe_dir), oracle_dir=str(tmp_path / "oracle"), max_scale=8)
     with pytest.raises(ValueError, match="needs a chosen set"):   # only a chosen set has a second reading
         train_shipped_set("cat", tmp_path / "plain", confirmation_images=3, **common)
+
+    # a larger pool reads only its new candidate: the first one's ladder reading is cached next to its checkpoint
+    from noiseclr_lite.toyworld import shipped
+
+    read_seeds, real_read = [], shipped.read_on_ladder
+    monkeypatch.setattr(shipped, "read_on_ladder",
+                        lambda pipe, oracle, directions, *a: read_seeds.append(directions.metadata["seed"])
+                        or real_read(pipe, oracle, directions, *a))
+    pooled = Directions.load(train_shipped_set("cat", tmp_path / "pooled", scale_ladder=[0.5, 2.0], pool=2,
+                                               confirmation_images=3, **common)).metadata
+    assert read_seeds == [4]
+    assert pooled["pool"]["selection_reading"][:2] == chosen                # the cached rows, as first read
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob(f"*/{shipped.LADDER_CACHE_NAME}")) == [
+        shipped.LADDER_CACHE_NAME] * 2
+    # another ladder (or other weights, renders or embeddings) is read again, and the cache rewritten
+    train_shipped_set("cat", tmp_path / "pooled", scale_ladder=[1.0, 2.0], pool=2, confirmation_images=3, **common)
+    assert read_seeds == [4, 3, 4]
 
 
 @pytest.mark.parametrize("folder", [BUNDLED_MODEL, Path(BUNDLED_MODEL).parent / "oracle"])

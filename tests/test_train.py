@@ -204,6 +204,9 @@ def test_resume_refuses_other_settings(tiny_pipe, tmp_path):
     with pytest.raises(ValueError, match="strength_weight=0.0 but this run has strength_weight=0.5"):
         train_directions(tiny_pipe, _images(), output_dir=tmp_path, resume=True, progress=False,
                          **{**FAST, "strength_weight": 0.5})
+    with pytest.raises(ValueError, match="learning_rate=0.05 but this run has learning_rate=0.001"):
+        train_directions(tiny_pipe, _images(), output_dir=tmp_path, resume=True, progress=False,
+                         **{**FAST, "learning_rate": 1e-3})
 
 
 def test_out_of_memory_suggests_the_memory_flags(tiny_pipe, monkeypatch):

@@ -18,6 +18,8 @@ slider's range by moving it; the kept set is then read again at those scales on 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -44,6 +46,8 @@ POOL_SAME_VALUE_MAX = 2
 #: an edit that leaves its domain (a face becomes a cat) moves every attribute at once and is no
 #: slider anyone wants: a visible direction keeps at least this share of its edits in the domain
 DOMAIN_KEPT_MIN = 0.9
+#: a candidate's ladder reading is kept next to its training checkpoint under this name
+LADDER_CACHE_NAME = "ladder-reading.json"
 
 
 def _slug(text: str) -> str:
@@ -236,6 +240,36 @@ def read_on_ladder(pipe, oracle, directions, domain: str, start, scales: Sequenc
     return rows
 
 
+def cached_ladder_reading(cache_path: str | Path, pipe, oracle, directions, domain: str, start,
+                          scales: Sequence[float], start_settings: dict) -> list[dict]:
+    """:func:`read_on_ladder`, kept in ``cache_path`` (JSON) so that a larger pool reads only its new candidates.
+
+    A ladder reading costs about 35 s per direction on 2 CPU cores (7 two-sided scores), and a pool
+    of 10 sets of 6 would re-read 60 directions to add 6.  The cache is keyed by everything the
+    reading depends on: the renders (``start_settings``, the ``seed``, ``eval_images`` and
+    ``inference_steps`` that :func:`reading_start` made ``start`` with), ``domain``, the ladder,
+    ``models.weights_key`` of the text encoder, UNet, VAE and oracle, and a hash of the
+    directions' embeddings.  A cache made with any other of these is read again and overwritten.
+
+    Returns:
+        :func:`read_on_ladder`'s rows, one per direction.
+    """
+    from ..models import weights_key
+
+    cache_path = Path(cache_path)
+    key = {**start_settings, "domain": domain, "scales": [float(scale) for scale in scales],
+           "weights": weights_key(pipe.text_encoder, pipe.unet, pipe.vae, oracle),
+           "embeddings": hashlib.sha1(directions.embeddings.detach().float().cpu().numpy().tobytes()).hexdigest()[:10]}
+    if cache_path.exists():
+        cached = json.loads(cache_path.read_text())
+        if cached.get("key") == key:
+            return cached["rows"]
+    rows = read_on_ladder(pipe, oracle, directions, domain, start, scales)
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    cache_path.write_text(json.dumps({"key": key, "rows": rows}, indent=1))
+    return rows
+
+
 def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = None, oracle_dir: str | None = None,
                       samples_dir: str | Path | None = None, num_directions: int = 6, steps: int = 200,
                       learning_rate: float = 1e-2, batch_size: int = 6, seed: int = 0, init: str = "random",
@@ -248,10 +282,11 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
 
     The same training as ``python -m noiseclr_lite train`` (``train.train_directions``) on
     ``data/samples/<domain>``; then :func:`read_by_oracle` scores and names every direction.
-    Training checkpoints go to ``checkpoint_dir/<domain>-k<K>-<init>[-w<strength weight>][-s<seed>]
-    -<weights key>`` (default ``checkpoints/directions``), so an interrupted run resumes (a run
-    with more ``steps`` continues it), and another K, init, strength weight, seed or model starts
-    afresh.
+    Training checkpoints go to ``checkpoint_dir/<domain>-k<K>-<init>[-w<strength weight>][-lr<learning
+    rate, if not 0.01>][-s<seed>]-<weights key>`` (default ``checkpoints/directions``), so an
+    interrupted run resumes (a run with more ``steps`` continues it), and another K, init, strength
+    weight, learning rate, seed or model starts afresh.  With ``scale_ladder`` each candidate's
+    reading is cached there too (:func:`cached_ladder_reading`).
 
     With ``pool > 1`` it trains ``pool`` sets of K (seeds ``seed``, ``seed + 1``, ...), reads
     every candidate on the same held-out renders, keeps the K that :func:`select_cleanest`
@@ -290,22 +325,23 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
                "max_scale": max_scale, "min_scale": min_scale}
     # the settings one varies between shipped recipes name the folder, so another of them starts afresh;
     # another batch size in the same folder is refused by train_directions' resume check
-    run_name = f"{domain}-k{num_directions}-{init}" + (f"-w{strength_weight:g}" if strength_weight else "")
+    run_name = (f"{domain}-k{num_directions}-{init}" + (f"-w{strength_weight:g}" if strength_weight else "")
+                + (f"-lr{learning_rate:g}" if learning_rate != 1e-2 else ""))
     candidates, train_seconds = [], 0.0
     # every candidate is read on the same renders (the first seed's), inverted once, so they are ranked alike
     selection_start = reading_start(pipe, domain, seed, eval_images, inference_steps)
     for set_seed in range(seed, seed + pool):
+        # the VAE in the key too: training reads latents from its encoder
+        set_dir = (Path(checkpoint_dir or REPO_ROOT / "checkpoints" / "directions")
+                   / f"{run_name}{f'-s{set_seed}' if set_seed else ''}-{weights_key(pipe.text_encoder, pipe.unet, pipe.vae)}")
         trained = train_directions(pipe, images, num_directions=num_directions, steps=steps, init=init,
                                    strength_weight=strength_weight,
                                    learning_rate=learning_rate, batch_size=batch_size, seed=set_seed, prefix=domain,
-                                   output_dir=Path(checkpoint_dir or REPO_ROOT / "checkpoints" / "directions")
-                                   # the VAE too: training reads latents from its encoder
-                                   / (f"{run_name}{f'-s{set_seed}' if set_seed else ''}-"
-                                      f"{weights_key(pipe.text_encoder, pipe.unet, pipe.vae)}"),
-                                   resume=True)
+                                   output_dir=set_dir, resume=True)
         if scale_ladder:
-            trained.metadata["oracle_reading"] = read_on_ladder(pipe, oracle, trained, domain, selection_start,
-                                                                scale_ladder)
+            trained.metadata["oracle_reading"] = cached_ladder_reading(
+                set_dir / LADDER_CACHE_NAME, pipe, oracle, trained, domain, selection_start, scale_ladder,
+                {"seed": seed, "eval_images": eval_images, "inference_steps": inference_steps})
         else:
             read_by_oracle(pipe, oracle, trained, domain, seed=seed, start=selection_start, **reading)
         candidates.append(trained)
