@@ -50,9 +50,9 @@ def visible_moves(directions: Directions) -> list[dict]:
     """The set's visible directions: name, scene attribute, from-value.
 
     Visible as the shipped card counts it (``shipped.is_visible``: strong, pure, and in its
-    domain), so the pairs measured are the ones the card and notebook 06 offer.  ``from_value`` is the value the direction
-    moves away from at a positive scale (1 when its signed effect on P(value 1) is negative), so
-    a scene at that value has room to change.
+    domain), so the pairs measured are the ones the card and notebook 06 offer.  ``from_value``
+    is the value the direction moves away from at a positive scale (1 when its signed effect on
+    P(value 1) is negative), so a scene at that value has room to change.
     """
     moves = []
     for row in directions.metadata.get("oracle_reading") or []:

@@ -180,11 +180,13 @@ def test_train_shipped_set_and_the_card_end_to_end(tiny_pipe_dir, tmp_path, monk
                               init="vocab", eval_images=2, inference_steps=2, checkpoint_dir=tmp_path / "ckpt")
     vocab_meta = Directions.load(vocab).metadata
     assert vocab_meta["command"] == meta["command"] + " --init vocab" and vocab_meta["init"] == "vocab"
-    assert sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "ckpt").iterdir()) == ["cat-k2-random-s3", "cat-k2-vocab-s3"]
+    assert sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "ckpt").iterdir()) == [
+        "cat-k2-random-s3", "cat-k2-vocab-s3"]
     # another learning rate starts afresh too, rather than resuming (and keeping) the saved one
-    faster = train_shipped_set("cat", tmp_path / "faster", model=str(tiny_pipe_dir), oracle_dir=str(tmp_path / "oracle"),
-                               samples_dir=tmp_path / "samples", num_directions=2, steps=2, batch_size=2, seed=3,
-                               learning_rate=0.05, eval_images=2, inference_steps=2, checkpoint_dir=tmp_path / "ckpt")
+    faster = train_shipped_set("cat", tmp_path / "faster", model=str(tiny_pipe_dir),
+                               oracle_dir=str(tmp_path / "oracle"), samples_dir=tmp_path / "samples",
+                               num_directions=2, steps=2, batch_size=2, seed=3, learning_rate=0.05, eval_images=2,
+                               inference_steps=2, checkpoint_dir=tmp_path / "ckpt")
     assert "--lr 0.05 " in Directions.load(faster).metadata["command"]
     assert sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "ckpt").iterdir()) == [
         "cat-k2-random-lr0.05-s3", "cat-k2-random-s3", "cat-k2-vocab-s3"]

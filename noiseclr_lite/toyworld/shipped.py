@@ -328,12 +328,13 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
     run_name = (f"{domain}-k{num_directions}-{init}" + (f"-w{strength_weight:g}" if strength_weight else "")
                 + (f"-lr{learning_rate:g}" if learning_rate != 1e-2 else ""))
     candidates, train_seconds = [], 0.0
+    # the VAE in the key too: training reads latents from its encoder
+    model_key = weights_key(pipe.text_encoder, pipe.unet, pipe.vae)
     # every candidate is read on the same renders (the first seed's), inverted once, so they are ranked alike
     selection_start = reading_start(pipe, domain, seed, eval_images, inference_steps)
     for set_seed in range(seed, seed + pool):
-        # the VAE in the key too: training reads latents from its encoder
         set_dir = (Path(checkpoint_dir or REPO_ROOT / "checkpoints" / "directions")
-                   / f"{run_name}{f'-s{set_seed}' if set_seed else ''}-{weights_key(pipe.text_encoder, pipe.unet, pipe.vae)}")
+                   / f"{run_name}{f'-s{set_seed}' if set_seed else ''}-{model_key}")
         trained = train_directions(pipe, images, num_directions=num_directions, steps=steps, init=init,
                                    strength_weight=strength_weight,
                                    learning_rate=learning_rate, batch_size=batch_size, seed=set_seed, prefix=domain,
