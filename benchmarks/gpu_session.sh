@@ -41,7 +41,8 @@ timeout $WORLD_T python3 -m noiseclr_lite.toyworld train --device $DEVICE --rend
   --vae-steps $VAE_STEPS --vae-batch $VAE_BATCH --vae-lr 0.001 --vae-target-psnr 32.0 --vae-kl-weight 1e-06 \
   --vae-eval-images 256 --vae-max-minutes $VAE_MIN --vae-widths 32 64 128 \
   --num-images $NUM --unet-steps 200000 --unet-batch $UNET_BATCH --unet-lr 0.0006 --warmup-steps 500 \
-  --min-snr-gamma 5.0 --noise-offset 0.2 --high-noise-share 0.5 --high-noise-from 800 --attribute-dropout 0.3 --caption-dropout 0.1 --ema-max-decay 0.9999 \
+  --min-snr-gamma 5.0 --noise-offset 0.2 --high-noise-share 0.5 --high-noise-from 800 \
+  --attribute-dropout 0.3 --caption-dropout 0.1 --ema-max-decay 0.9999 \
   --checkpoint-every $CKPT --export-every $EXPORT --unet-widths 64 128 128 --unet-layers-per-block 1 \
   --stop-after-minutes $MINUTES > "$OUT/world.log" 2>&1
 echo "world rc=$? after $(( $(date +%s) - START )) s"
