@@ -283,7 +283,7 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
     The same training as ``python -m noiseclr_lite train`` (``train.train_directions``) on
     ``data/samples/<domain>``; then :func:`read_by_oracle` scores and names every direction.
     Training checkpoints go to ``checkpoint_dir/<domain>-k<K>-<init>[-w<strength weight>][-lr<learning
-    rate, if not 0.01>][-s<seed>]-<weights key>`` (default ``checkpoints/directions``), so an
+    rate, if not the default 0.01>][-s<seed>]-<weights key>`` (default ``checkpoints/directions``), so an
     interrupted run resumes (a run with more ``steps`` continues it), and another K, init, strength
     weight, learning rate, seed or model starts afresh.  With ``scale_ladder`` each candidate's
     reading is cached there too (:func:`cached_ladder_reading`).
@@ -309,7 +309,7 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
     from ..data import load_images
     from ..directions import Directions
     from ..models import ORACLE_DIR, REPO_ROOT, SAMPLES_DIR, image_size, load_pipeline, weights_key
-    from ..train import train_directions
+    from ..train import TrainConfig, train_directions
     from .oracle import Oracle
 
     if pool < 1:
@@ -326,7 +326,8 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
     # the settings one varies between shipped recipes name the folder, so another of them starts afresh;
     # another batch size in the same folder is refused by train_directions' resume check
     run_name = (f"{domain}-k{num_directions}-{init}" + (f"-w{strength_weight:g}" if strength_weight else "")
-                + (f"-lr{learning_rate:g}" if learning_rate != 1e-2 else ""))
+                # the library's default rate adds nothing, so folders made before the rate was named still resume
+                + (f"-lr{learning_rate:g}" if learning_rate != TrainConfig.learning_rate else ""))
     candidates, train_seconds = [], 0.0
     # the VAE in the key too: training reads latents from its encoder
     model_key = weights_key(pipe.text_encoder, pipe.unet, pipe.vae)
