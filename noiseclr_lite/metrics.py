@@ -49,7 +49,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -504,6 +504,8 @@ class DirectionScore:
         domain_kept: share of the +s and -s edits the oracle still puts in ``domain``
             (None in scores saved before it was measured).  Low values mean the edit
             leaves the domain (a face becomes a car), which moves every attribute at once.
+        window: the edit window ``(start, end)`` the edits were made in (``editing.DirectionEdit``;
+            ``(1.0, 0.0)`` = every step, also for scores saved before it was recorded).
     """
 
     name: str
@@ -522,6 +524,7 @@ class DirectionScore:
     calibrated: bool = False
     saturated: bool = False
     domain_kept: float | None = None
+    window: tuple[float, float] = (1.0, 0.0)
 
 
 def score_rendered(render_at: Callable[[float, StartSet], torch.Tensor], oracle, start: StartSet, domain: str,
@@ -600,10 +603,11 @@ def score_direction(pipe, oracle, directions, index: int | str, start, domain: s
     k = directions.index(index)
 
     tokens = getattr(directions, "tokens", directions.names)
-    return score_rendered(lambda s, images: _edited(pipe, directions, k, s, images, window), oracle, start, domain,
-                          name=str(directions.names[k]), token=str(tokens[k]), scale=scale,
-                          target_change=target_change, calibration_images=calibration_images,
-                          max_scale=max_scale, calibration_iters=calibration_iters, min_scale=min_scale)
+    score = score_rendered(lambda s, images: _edited(pipe, directions, k, s, images, window), oracle, start, domain,
+                           name=str(directions.names[k]), token=str(tokens[k]), scale=scale,
+                           target_change=target_change, calibration_images=calibration_images,
+                           max_scale=max_scale, calibration_iters=calibration_iters, min_scale=min_scale)
+    return replace(score, window=(float(window[0]), float(window[1])))
 
 
 def score_directions(pipe, oracle, directions, start, domain: str, progress: bool = True,

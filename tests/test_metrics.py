@@ -244,7 +244,15 @@ def test_score_direction_end_to_end_on_the_tiny_pipeline(scene):
     assert score.pixel_change == pytest.approx(change) and score.pixel_change > 0
     plus_minus = [score.plus_effects[a] - score.minus_effects[a] for a in FACE_NAMES]
     assert plus_minus == pytest.approx(signed.tolist(), abs=1e-6)
-    assert not score.calibrated
+    assert not score.calibrated and score.window == (1.0, 0.0)
+
+    # in an edit window the edits are made in that window, and the score records it
+    late = score_direction(pipe, oracle, directions, 1, start, "face", scale=4.0, window=(0.5, 0.0))
+    late_edits = [images_to_tensor(edit(pipe, [DirectionEdit(directions, 1, s, (0.5, 0.0))], inversion=start.inversion))
+                  for s in (4.0, -4.0)]
+    assert late.window == (0.5, 0.0)
+    assert late.pixel_change == pytest.approx(sum(pixel_change(e, start.images) for e in late_edits) / 2)
+    assert late.pixel_change != pytest.approx(score.pixel_change)
 
 
 def test_calibrated_scores_match_the_target_change_and_text_prompts_work_as_directions(scene):

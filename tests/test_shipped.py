@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from noiseclr_lite.directions import Directions
 from noiseclr_lite.metrics import DirectionScore
@@ -79,7 +80,8 @@ def test_read_on_ladder_keeps_each_directions_cleanest_scale(tiny_pipe, monkeypa
              (1, 1.0): ({"hair": 0.1}, 1.0), (1, 2.0): ({"hair": 0.3}, 1.0),
              (1, 4.0): ({"hair": 0.3, "skin": 0.3}, 1.0), (1, 8.0): ({"hair": 0.4, "skin": 0.4}, 0.8)}
 
-    def fake_score(pipe, oracle, directions, k, start, domain, scale):
+    def fake_score(pipe, oracle, directions, k, start, domain, scale, window):
+        assert window == (1.0, 0.0)
         effects, kept = table[k, scale]
         signed = {"expression": 0.0, "hair": 0.0, "glasses": 0.0, "skin": 0.0, **effects}
         return replace(_score(signed), scale=scale, domain_kept=kept)
@@ -87,11 +89,61 @@ def test_read_on_ladder_keeps_each_directions_cleanest_scale(tiny_pipe, monkeypa
     monkeypatch.setattr(metrics, "score_direction", fake_score)
     rows = read_on_ladder(tiny_pipe, None, Directions.create(tiny_pipe, 2, seed=0), "face", None, [1, 2, 4, 8])
     assert [row["scale"] for row in rows] == [4.0, 2.0]
+    assert [row["window"] for row in rows] == [[1.0, 0.0]] * 2
     assert rows[0]["strength"] == 0.7 and rows[0]["target"] == "expression"
     assert [rung[0] for rung in rows[0]["ladder"]] == [1.0, 2.0, 4.0, 8.0]
     assert rows[0]["ladder"][3] == [8.0, 1.0, 0.9, 0.6]       # scale, purity, strength, share kept in the domain
     with pytest.raises(ValueError, match="slider scales must be positive"):
         read_on_ladder(tiny_pipe, None, Directions.create(tiny_pipe, 2, seed=0), "face", None, [0, 1])
+
+
+def test_cached_ladder_reading_keeps_each_directions_cleanest_window_and_reads_only_new_windows(
+        tiny_pipe, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from noiseclr_lite import metrics
+    from noiseclr_lite.toyworld import shipped
+
+    # direction 0 is visible in the whole window; direction 1 leaves the domain there (kept 0.7)
+    # and is visible only in the late window (0.5, 0), where its edit skips the noisiest steps
+    table = {(0, (1.0, 0.0)): ({"hair": 0.8}, 1.0), (0, (0.5, 0.0)): ({"hair": 0.3}, 1.0),
+             (1, (1.0, 0.0)): ({"glasses": 0.9}, 0.7), (1, (0.5, 0.0)): ({"glasses": 0.6}, 0.95)}
+    calls = []
+
+    def fake_score(pipe, oracle, directions, k, start, domain, scale, window):
+        calls.append((k, window))
+        effects, kept = table[k, window]
+        signed = {"expression": 0.0, "hair": 0.0, "glasses": 0.0, "skin": 0.0, **effects}
+        return replace(_score(signed), scale=scale, domain_kept=kept)
+
+    monkeypatch.setattr(metrics, "score_direction", fake_score)
+    directions = Directions.create(tiny_pipe, 2, seed=0)
+    settings = {"seed": 0, "eval_images": 2, "inference_steps": 2}
+    oracle = torch.nn.Linear(1, 1)     # only hashed into the cache key here
+    read = lambda windows: shipped.cached_ladder_reading(tmp_path, tiny_pipe, oracle, directions, "face", None,
+                                                         [4.0], settings, windows)
+    rows = read([(1.0, 0.0)])
+    assert [row["window"] for row in rows] == [[1.0, 0.0]] * 2 and len(calls) == 2
+    assert (tmp_path / shipped.LADDER_CACHE_NAME).exists()
+    rows = read([(1.0, 0.0), (0.5, 0.0)])                  # one more window: only it is read
+    assert calls[2:] == [(0, (0.5, 0.0)), (1, (0.5, 0.0))]
+    assert (tmp_path / "ladder-reading-window0.5-0.json").exists()
+    assert [row["window"] for row in rows] == [[1.0, 0.0], [0.5, 0.0]]
+    assert [row["target"] for row in rows] == ["hair", "glasses"] and rows[1]["strength"] == 0.6
+    assert read([(1.0, 0.0), (0.5, 0.0)]) == rows and len(calls) == 4     # all cached now
+    with pytest.raises(ValueError, match="windows is empty"):
+        read([])
+
+
+def test_slider_windows_come_from_the_oracle_reading_or_every_step(tiny_pipe):
+    from noiseclr_lite.toyworld.shipped import slider_windows
+
+    directions = Directions.create(tiny_pipe, 2, seed=0)
+    directions.names = ["a", "b"]
+    assert slider_windows(directions) == {"a": (1.0, 0.0), "b": (1.0, 0.0)}
+    directions.metadata["oracle_reading"] = [{"name": "a", "scale": 8.0, "window": [0.55, 0.0]},
+                                             {"name": "b", "scale": 4.0}]   # read before windows were
+    assert slider_windows(directions) == {"a": (0.55, 0.0), "b": (1.0, 0.0)}
 
 
 def test_ranked_names_puts_the_cleanest_direction_first(tiny_pipe):
@@ -228,8 +280,8 @@ def test_slider_scales_are_chosen_on_selection_renders_and_read_again_elsewhere(
 
     from noiseclr_lite.toyworld.oracle import Oracle
     from noiseclr_lite.toyworld.samples import write_sample_folders
-    from noiseclr_lite.toyworld.shipped import (reread_shipped_set, slider_scales, train_shipped_set,
-                                                write_directions_card)
+    from noiseclr_lite.toyworld.shipped import (reread_shipped_set, slider_scales, slider_windows,
+                                                train_shipped_set, write_directions_card)
 
     torch.manual_seed(0)
     Oracle(width=8).save(tmp_path / "oracle")
@@ -276,6 +328,24 @@ def test_slider_scales_are_chosen_on_selection_renders_and_read_again_elsewhere(
     # another ladder (or other weights, renders or embeddings) is read again, and the cache rewritten
     train_shipped_set("cat", tmp_path / "pooled", scale_ladder=[1.0, 2.0], pool=2, confirmation_images=3, **common)
     assert read_seeds == [4, 3, 4]
+
+    # --window-ladder: one more window reads every candidate in it only; each kept direction is read
+    # again, and shipped, in the window it read cleanest in
+    windowed = train_shipped_set("cat", tmp_path / "windowed", scale_ladder=[1.0, 2.0], pool=2,
+                                 window_ladder=[(1.0, 0.0), (0.5, 0.0)], confirmation_images=3, **common)
+    assert read_seeds == [4, 3, 4, 3, 4]
+    meta = Directions.load(windowed).metadata
+    assert meta["pool"]["window_ladder"] == [[1.0, 0.0], [0.5, 0.0]]
+    chosen_windows = [meta["pool"]["selection_reading"][2 * (seed - 3) + index]["window"]
+                      for seed, index in meta["pool"]["kept"]]
+    assert [row["window"] for row in meta["oracle_reading"]] == chosen_windows
+    assert list(slider_windows(Directions.load(windowed)).values()) == [tuple(w) for w in chosen_windows]
+    assert meta["command"].endswith("--scale-ladder 1 2 --window-ladder 1:0 0.5:0")
+    assert "and the edit windows among 1:0, 0.5:0" in write_directions_card(tmp_path / "windowed").read_text()
+    reread_shipped_set(windowed, model=str(tiny_pipe_dir), oracle_dir=str(tmp_path / "oracle"))
+    assert list(slider_windows(Directions.load(windowed)).values()) == [tuple(w) for w in chosen_windows]
+    with pytest.raises(ValueError, match="window_ladder needs scale_ladder"):
+        train_shipped_set("cat", tmp_path / "plain", window_ladder=[(0.5, 0.0)], **common)
 
 
 @pytest.mark.parametrize("folder", [BUNDLED_MODEL, Path(BUNDLED_MODEL).parent / "oracle"])
@@ -329,3 +399,14 @@ def test_shipped_readings_were_made_with_the_shipped_model_and_oracle():
     for domain in ["face", "cat", "car", "painting"]:
         meta = Directions.load(DIRECTIONS_DIR / f"{domain}.safetensors").metadata
         assert meta.get("reading_weights") == shipped, f"{domain}: reread with `toyworld directions --reread`"
+
+
+def test_window_ladder_flag_reads_high_low_pairs_and_names_a_bad_one(capsys):
+    from noiseclr_lite.toyworld.__main__ import _window, main
+
+    assert _window("0.55:0") == (0.55, 0.0) and _window("1:0") == (1.0, 0.0)
+    for text, why in [("0.5", "is not HIGH:LOW"), ("0.2:0.5", "1 >= HIGH >= LOW >= 0")]:
+        with pytest.raises(SystemExit):
+            main(["directions", "--scale-ladder", "1", "--window-ladder", text])
+        err = capsys.readouterr().err
+        assert f"edit window '{text}'" in err and why in err

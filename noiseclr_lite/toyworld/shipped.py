@@ -11,9 +11,12 @@ With ``--pool N`` it also chooses: N sets are trained and the oracle keeps the c
 ``--scale-ladder`` it also chooses each direction's slider scale: the one of a ladder
 (1, 2, 4, ..., 64) at which it reads cleanest (:func:`read_on_ladder`), as a person sets a
 slider's range by moving it; the kept set is then read again at those scales on other renders.
+With ``--window-ladder`` it also chooses each direction's edit window (``editing.DirectionEdit``):
+a texture edit applied only in the later steps can stay in its domain where the same edit at every
+step turns some paintings into cars (:func:`slider_windows`).
 
     python -m noiseclr_lite.toyworld directions --domains face cat car painting --pool 3 \
-        --scale-ladder 1 2 4 8 16 32 64
+        --scale-ladder 1 2 4 8 16 32 64 [--window-ladder 1:0 0.55:0]
 """
 
 from __future__ import annotations
@@ -46,8 +49,11 @@ POOL_SAME_VALUE_MAX = 2
 #: an edit that leaves its domain (a face becomes a cat) moves every attribute at once and is no
 #: slider anyone wants: a visible direction keeps at least this share of its edits in the domain
 DOMAIN_KEPT_MIN = 0.9
-#: a candidate's ladder reading is kept next to its training checkpoint under this name
+#: a candidate's ladder reading is kept next to its training checkpoint under this name (the whole
+#: window's; another window's reading under :func:`ladder_cache_name`)
 LADDER_CACHE_NAME = "ladder-reading.json"
+#: the edit window of a direction that acts at every step (``editing.DirectionEdit``'s default)
+WHOLE_WINDOW = (1.0, 0.0)
 
 
 def _slug(text: str) -> str:
@@ -161,6 +167,21 @@ def slider_scales(directions, default: float = 4.0) -> dict[str, float]:
     return {name: float(reading.get(name, default)) for name in directions.names}
 
 
+def slider_windows(directions) -> dict[str, tuple[float, float]]:
+    """``{name: (start, end)}``: for each direction of a shipped set, the edit window it was read with.
+
+    A set made with ``--window-ladder`` keeps, per direction, the window of that ladder it read
+    cleanest in (``editing.DirectionEdit``'s ``window``: a texture edit that skips the noisiest
+    steps leaves the layout, and so the domain, alone).  Pass it with the slider scale:
+    ``DirectionEdit(directions, name, scale, slider_windows(directions)[name])``.  Directions read
+    without one (every set made before 2026-12-01, or trained elsewhere) act at every step:
+    :data:`WHOLE_WINDOW`.
+    """
+    reading = {row["name"]: tuple(row.get("window") or WHOLE_WINDOW)
+               for row in directions.metadata.get("oracle_reading") or []}
+    return {name: tuple(float(x) for x in reading.get(name, WHOLE_WINDOW)) for name in directions.names}
+
+
 def reading_start(pipe, domain: str, seed: int = 0, eval_images: int = 12, inference_steps: int = 10):
     """The held-out renders a reading scores on: ``eval_images`` balanced renders of ``domain``
     drawn with seed ``seed + 1``, inverted once (``metrics.StartSet``) with ``inference_steps`` steps."""
@@ -174,7 +195,8 @@ def reading_start(pipe, domain: str, seed: int = 0, eval_images: int = 12, infer
 def read_by_oracle(pipe, oracle, directions, domain: str, seed: int = 0, eval_images: int = 12,
                    inference_steps: int = 10, target_change: float = 0.06,
                    max_scale: float = READING_MAX_SCALE, min_scale: float = READING_MIN_SCALE,
-                   start=None, scales: Sequence[float] | None = None) -> None:
+                   start=None, scales: Sequence[float] | None = None,
+                   windows: Sequence[Sequence[float]] | None = None) -> None:
     """Score every direction of a set with the oracle, then name it and record the reading, in place.
 
     Each direction is scored two-sided on ``eval_images`` balanced held-out renders (drawn
@@ -182,7 +204,8 @@ def read_by_oracle(pipe, oracle, directions, domain: str, seed: int = 0, eval_im
     to a mean pixel change of ``target_change`` (searched log-spaced in [``min_scale``,
     ``max_scale``]; ``min_scale=0``: halving [0, ``max_scale``], as sets read before
     2026-11-30 were), or at its own fixed scale ``scales[k]`` (slider scales chosen by
-    :func:`read_on_ladder`), and named by :func:`name_by_oracle`.
+    :func:`read_on_ladder`), each in its own edit window ``windows[k]`` (default: every step), and
+    named by :func:`name_by_oracle`.
     ``directions.metadata`` gets ``oracle_reading`` (one row per direction), ``reading``
     (these settings) and ``reading_weights``: ``models.weights_key`` of the text encoder,
     UNet, VAE and oracle that made the reading, so a stale reading can be told apart.
@@ -194,6 +217,10 @@ def read_by_oracle(pipe, oracle, directions, domain: str, seed: int = 0, eval_im
     if scales is not None and len(scales) != directions.num_directions:
         raise ValueError(f"scales gives {len(scales)} slider scales for {directions.num_directions} directions; "
                          "give one per direction, in order")
+    if windows is not None and (scales is None or len(windows) != len(scales)):
+        raise ValueError(f"windows ({len(windows)}) go with slider scales, one per direction, in order; got "
+                         f"{'no scales' if scales is None else f'{len(scales)} scales'}")
+    windows = [tuple(float(x) for x in w) for w in windows] if windows is not None else None
     if start is None:
         start = reading_start(pipe, domain, seed, eval_images, inference_steps)
     if scales is None:
@@ -201,9 +228,12 @@ def read_by_oracle(pipe, oracle, directions, domain: str, seed: int = 0, eval_im
                                   calibration_images=4, calibration_iters=5, max_scale=max_scale, min_scale=min_scale)
         how = {"target_change": target_change, "max_scale": max_scale, "min_scale": min_scale}
     else:
-        scores = [score_direction(pipe, oracle, directions, k, start, domain, scale=float(scale))
+        scores = [score_direction(pipe, oracle, directions, k, start, domain, scale=float(scale),
+                                  window=windows[k] if windows else WHOLE_WINDOW)
                   for k, scale in enumerate(scales)]
         how = {"scales": [float(scale) for scale in scales]}
+        if windows and any(w != WHOLE_WINDOW for w in windows):
+            how["windows"] = [list(w) for w in windows]
     directions.names = name_by_oracle(scores, domain)
     directions.metadata.update({
         "oracle_reading": [{**asdict(s), "name": n} for s, n in zip(scores, directions.names)],
@@ -212,10 +242,12 @@ def read_by_oracle(pipe, oracle, directions, domain: str, seed: int = 0, eval_im
     })
 
 
-def read_on_ladder(pipe, oracle, directions, domain: str, start, scales: Sequence[float]) -> list[dict]:
+def read_on_ladder(pipe, oracle, directions, domain: str, start, scales: Sequence[float],
+                   window: Sequence[float] = WHOLE_WINDOW) -> list[dict]:
     """Each direction's slider scale: the one of ``scales`` at which the oracle reads it cleanest.
 
-    Every direction is scored two-sided at every scale (fixed, not calibrated) on ``start``
+    Every direction is scored two-sided at every scale (fixed, not calibrated) in the edit
+    ``window`` (``editing.DirectionEdit``; default: every step) on ``start``
     (:func:`reading_start`), and the cleanest reading is kept by the ranking
     :func:`select_cleanest` uses (visible and in the domain first, then purity x strength).
     Pixel change is not equalised here: a slider is as long as its direction needs, and a
@@ -223,51 +255,74 @@ def read_on_ladder(pipe, oracle, directions, domain: str, start, scales: Sequenc
 
     Returns:
         One row per direction, in order: its cleanest reading (``asdict(DirectionScore)``;
-        ``scale`` is the chosen slider scale) with ``ladder``: ``[scale, purity, strength,
-        domain_kept]`` at every scale tried.
+        ``scale`` is the chosen slider scale, ``window`` the window as ``[start, end]``) with
+        ``ladder``: ``[scale, purity, strength, domain_kept]`` at every scale tried.
     """
     from ..metrics import score_direction
 
     if not scales or min(scales) <= 0:
         raise ValueError(f"slider scales must be positive (e.g. 1 2 4 8 16 32 64); got {list(scales)}")
+    window = tuple(float(x) for x in window)
     rows = []
     for k in range(directions.num_directions):
-        readings = [asdict(score_direction(pipe, oracle, directions, k, start, domain, scale=float(scale)))
+        readings = [asdict(score_direction(pipe, oracle, directions, k, start, domain, scale=float(scale),
+                                           window=window))
                     for scale in scales]
-        rows.append({**max(readings, key=_cleanliness),
+        rows.append({**max(readings, key=_cleanliness), "window": list(window),
                      "ladder": [[r["scale"], round(r["purity"], 3), round(r["strength"], 3),
                                  None if r["domain_kept"] is None else round(r["domain_kept"], 3)] for r in readings]})
     return rows
 
 
-def cached_ladder_reading(cache_path: str | Path, pipe, oracle, directions, domain: str, start,
-                          scales: Sequence[float], start_settings: dict) -> list[dict]:
-    """:func:`read_on_ladder`, kept in ``cache_path`` (JSON) so that a larger pool reads only its new candidates.
+def ladder_cache_name(window: Sequence[float] = WHOLE_WINDOW) -> str:
+    """The file a candidate's ladder reading in ``window`` is cached in: :data:`LADDER_CACHE_NAME` for
+    the whole window (the name readings had before windows were read), else e.g.
+    ``ladder-reading-window0.55-0.json``."""
+    window = tuple(float(x) for x in window)
+    if window == WHOLE_WINDOW:
+        return LADDER_CACHE_NAME
+    return LADDER_CACHE_NAME.replace(".json", f"-window{window[0]:g}-{window[1]:g}.json")
 
-    A ladder reading costs about 35 s per direction on 2 CPU cores (7 two-sided scores), and a pool
-    of 10 sets of 6 would re-read 60 directions to add 6.  The cache is keyed by everything the
-    reading depends on: the renders (``start_settings``, the ``seed``, ``eval_images`` and
-    ``inference_steps`` that :func:`reading_start` made ``start`` with), ``domain``, the ladder,
-    ``models.weights_key`` of the text encoder, UNet, VAE and oracle, and a hash of the
-    directions' embeddings.  A cache made with any other of these is read again and overwritten.
+
+def cached_ladder_reading(cache_dir: str | Path, pipe, oracle, directions, domain: str, start,
+                          scales: Sequence[float], start_settings: dict,
+                          windows: Sequence[Sequence[float]] = (WHOLE_WINDOW,)) -> list[dict]:
+    """:func:`read_on_ladder` in each of ``windows``, kept in ``cache_dir`` so that a larger pool (or one
+    more window) reads only what is new; each direction keeps its cleanest reading over the windows.
+
+    A ladder reading costs about 35 s per direction and window on 2 CPU cores (7 two-sided scores),
+    and a pool of 10 sets of 6 would re-read 60 directions to add 6.  Each window's reading is a
+    JSON file in ``cache_dir`` (:func:`ladder_cache_name`) keyed by everything it depends on: the
+    renders (``start_settings``, the ``seed``, ``eval_images`` and ``inference_steps`` that
+    :func:`reading_start` made ``start`` with), ``domain``, the ladder, ``models.weights_key`` of
+    the text encoder, UNet, VAE and oracle, and a hash of the directions' embeddings.  A cache made
+    with any other of these is read again and overwritten.
 
     Returns:
-        :func:`read_on_ladder`'s rows, one per direction.
+        One row per direction: its cleanest :func:`read_on_ladder` row over ``windows`` (ties go to
+        the earlier window), with ``ladder`` the ladder of the window it was chosen in.
     """
     from ..models import weights_key
 
-    cache_path = Path(cache_path)
+    if not windows:
+        raise ValueError("windows is empty: give at least one edit window, e.g. (1.0, 0.0) for every step")
+    cache_dir = Path(cache_dir)
     key = {**start_settings, "domain": domain, "scales": [float(scale) for scale in scales],
            "weights": weights_key(pipe.text_encoder, pipe.unet, pipe.vae, oracle),
            "embeddings": hashlib.sha1(directions.embeddings.detach().float().cpu().numpy().tobytes()).hexdigest()[:10]}
-    if cache_path.exists():
-        cached = json.loads(cache_path.read_text())
+    per_window = []
+    for window in windows:
+        cache_path = cache_dir / ladder_cache_name(window)
+        cached = json.loads(cache_path.read_text()) if cache_path.exists() else {}
         if cached.get("key") == key:
-            return cached["rows"]
-    rows = read_on_ladder(pipe, oracle, directions, domain, start, scales)
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    cache_path.write_text(json.dumps({"key": key, "rows": rows}, indent=1))
-    return rows
+            # readings cached before windows were read were all made in the whole window
+            rows = [{"window": list(WHOLE_WINDOW), **row} for row in cached["rows"]]
+        else:
+            rows = read_on_ladder(pipe, oracle, directions, domain, start, scales, window)
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            cache_path.write_text(json.dumps({"key": key, "rows": rows}, indent=1))
+        per_window.append(rows)
+    return [max(readings, key=_cleanliness) for readings in zip(*per_window)]
 
 
 def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = None, oracle_dir: str | None = None,
@@ -276,7 +331,8 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
                       strength_weight: float = 0.0, pool: int = 1, eval_images: int = 12,
                       inference_steps: int = 10, target_change: float = 0.06,
                       max_scale: float = READING_MAX_SCALE, min_scale: float = READING_MIN_SCALE,
-                      scale_ladder: Sequence[float] | None = None, confirmation_images: int | None = None,
+                      scale_ladder: Sequence[float] | None = None,
+                      window_ladder: Sequence[Sequence[float]] | None = None, confirmation_images: int | None = None,
                       checkpoint_dir: str | Path | None = None) -> Path:
     """Train one domain's directions on its sample folder, name them by the oracle and save them.
 
@@ -299,6 +355,10 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
     scales instead of at one calibrated scale (:func:`read_on_ladder`, on the selection renders),
     ranked by its cleanest, and the kept K are read again at their chosen scales on the other
     renders; this holds for ``pool=1`` too (the set is then only re-ordered, cleanest first).
+    ``window_ladder`` (with ``scale_ladder``; e.g. ``((1.0, 0.0), (0.55, 0.0))``) reads every
+    candidate in each of these edit windows as well and ships it in the window it reads cleanest in
+    (:func:`slider_windows`): a texture edit that skips the noisiest steps, where this model decides
+    the domain, can stay in it at a scale where the whole-window edit does not.
     ``confirmation_images`` (default ``eval_images``): how many renders that second reading of a
     chosen set scores on; more than the selection's make the card's numbers more precise (on 12
     images one flipped attribute moves a strength by 0.08).
@@ -314,6 +374,10 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
 
     if pool < 1:
         raise ValueError(f"pool must be >= 1 (how many sets of K to train and choose from); got {pool}")
+    if window_ladder and not scale_ladder:
+        raise ValueError("window_ladder needs scale_ladder: windows are read on the slider-scale ladder "
+                         "(e.g. scale_ladder=(1, 2, 4, 8, 16, 32, 64))")
+    windows = [tuple(float(x) for x in w) for w in (window_ladder or [WHOLE_WINDOW])]
     if confirmation_images and not (pool > 1 or scale_ladder):
         raise ValueError(f"confirmation_images={confirmation_images} needs a chosen set (pool > 1 or a scale "
                          "ladder): only a chosen set is read a second time")
@@ -342,8 +406,8 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
                                    output_dir=set_dir, resume=True)
         if scale_ladder:
             trained.metadata["oracle_reading"] = cached_ladder_reading(
-                set_dir / LADDER_CACHE_NAME, pipe, oracle, trained, domain, selection_start, scale_ladder,
-                {"seed": seed, "eval_images": eval_images, "inference_steps": inference_steps})
+                set_dir, pipe, oracle, trained, domain, selection_start, scale_ladder,
+                {"seed": seed, "eval_images": eval_images, "inference_steps": inference_steps}, windows)
         else:
             read_by_oracle(pipe, oracle, trained, domain, seed=seed, start=selection_start, **reading)
         candidates.append(trained)
@@ -360,10 +424,13 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
                                                    "kept": [[rows[i]["seed"], rows[i]["index"]] for i in kept],
                                                    "selection_reading": rows,
                                           **({"scale_ladder": [float(x) for x in scale_ladder]}
-                                             if scale_ladder else {})}})
+                                             if scale_ladder else {}),
+                                          **({"window_ladder": [list(w) for w in windows]}
+                                             if window_ladder else {})}})
         read_by_oracle(pipe, oracle, directions, domain, seed=seed + CONFIRMATION_SEED_OFFSET,
                        **{**reading, "eval_images": confirmation_images or eval_images},
-                       scales=[rows[i]["scale"] for i in kept] if scale_ladder else None)
+                       scales=[rows[i]["scale"] for i in kept] if scale_ladder else None,
+                       windows=[rows[i].get("window", WHOLE_WINDOW) for i in kept] if window_ladder else None)
     directions.metadata.update({
         # a path relative to the repository, not this machine's absolute path
         "base_model": "data/models/toyworld-sd" if model is None else str(model),
@@ -382,7 +449,8 @@ def train_shipped_set(domain: str, out_dir: str | Path, *, model: str | None = N
                    + (f" --init {init}" if init != "random" else "")
                    + (f" --strength-weight {strength_weight:g}" if strength_weight else "")
                    + (f" --max-scale {max_scale:g}" if max_scale != READING_MAX_SCALE else "")
-                   + (f" --scale-ladder {' '.join(f'{x:g}' for x in scale_ladder)}" if scale_ladder else ""),
+                   + (f" --scale-ladder {' '.join(f'{x:g}' for x in scale_ladder)}" if scale_ladder else "")
+                   + (f" --window-ladder {' '.join(f'{a:g}:{b:g}' for a, b in windows)}" if window_ladder else ""),
     })
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{domain}.safetensors"
@@ -442,6 +510,9 @@ def write_directions_card(out_dir: str | Path) -> Path:
              "of K trained with seeds seed .. seed+N-1 (the selection a person makes by eye in the paper).  With",
              "`--scale-ladder` each direction is read at every scale of that ladder and keeps the one it reads",
              "cleanest at as its slider scale (`scale`); without, at a scale calibrated to the same pixel change.",
+             "With `--window-ladder` it is also read in each of those edit windows and keeps the one it reads",
+             "cleanest in (`window`, `high:low` as fractions of the diffusion time, `1:0` = every step; pass it",
+             "as `DirectionEdit(..., window=slider_windows(directions)[name])`).",
              "A chosen set's table is a second reading on other renders, not the one it was selected on.",
              "`pixels`: mean pixel change of the edits (0-1); `in domain`: share of edits the oracle still puts",
              "in the domain.  Each set is remade by the command under its heading.", ""]
@@ -460,15 +531,19 @@ def write_directions_card(out_dir: str | Path) -> Path:
                      + (f" at the slider scales they read cleanest at among "
                         f"{', '.join(f'{x:g}' for x in meta['pool']['scale_ladder'])}"
                         if meta["pool"].get("scale_ladder") else "")
+                     + (f" and the edit windows among {', '.join(f'{a:g}:{b:g}' for a, b in meta['pool']['window_ladder'])}"
+                        if meta["pool"].get("window_ladder") else "")
                      + f"; read again on {meta['reading']['eval_images']} renders of seed "
                        f"{meta['reading']['seed'] + 1}." if meta.get("pool") else ""),
-                  "", "| direction | token | target | purity | strength | scale | pixels | in domain | effects |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "", "| direction | token | target | purity | strength | scale | window | pixels | in domain | effects |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in reading:
             effects = ", ".join(f"{a} {v:+.2f}" for a, v in r["signed_effects"].items())
             kept = "" if r.get("domain_kept") is None else f"{r['domain_kept']:.2f}"
+            high, low = r.get("window") or WHOLE_WINDOW
             lines.append(f"| {r['name']} | `{r['token']}` | {r['target']} | {r['purity']:.2f} | "
-                         f"{r['strength']:.2f} | {r['scale']:.3g} | {r['pixel_change']:.3f} | {kept} | {effects} |")
+                         f"{r['strength']:.2f} | {r['scale']:.3g} | {high:g}:{low:g} | {r['pixel_change']:.3f} | "
+                         f"{kept} | {effects} |")
         lines.append("")
     card = out_dir / "README.md"
     card.write_text("\n".join(lines))
