@@ -781,14 +781,14 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
     "?" for reports older than that field), its training settings and NoiseCLR's overall numbers
     (strength and saturation next to purity: a faint edit reads as pure; "-" where an older
     report lacks a number; the calibration bracket and target, since rows measured at another one
-    compare methods at another edit strength),
+    compare methods at another edit strength; the edit window every direction was scored in),
     to read how sensitive the result is to them (written to ``quality-sweep.md``).  Only rows
     with the same weights compare settings; a retrained model starts a new group."""
     out_dir = Path(out_dir)
     lines = ["| report | weights | domains | seeds | K | steps | lr | t range | batch | anchors | init | "
-             "strength weight | scale bracket | target change on images | coverage | "
+             "strength weight | scale bracket | target change on images | edit window | coverage | "
              "mean purity | purity margin over random | purity / text | mean strength | saturated | "
-             "purity of unsaturated |", "|" + "---|" * 21]
+             "purity of unsaturated |", "|" + "---|" * 22]
     for path in sorted(out_dir.glob("quality*.json")):
         report = json.loads(path.read_text())
         s, rows = report["settings"], {r["method"]: r for r in report["overall"]}
@@ -805,6 +805,7 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
                      f"{s['batch_size']} | {s.get('anchors', 'one')} | {s.get('init', 'random')} | "
                      f"{s.get('strength_weight', 0.0):g} | {_scale_bracket(s.get('min_scale', 0.0), s['max_scale'])} | "
                      f"{s['target_change']:g} on {s['calibration_images']} | "
+                     f"{':'.join(f'{x:g}' for x in s.get('window', (1.0, 0.0)))} | "
                      f"{_pm(nclr['coverage'], sign='')} | "
                      f"{_pm(nclr['mean_purity'], sign='')} | "
                      f"{statistics.mean(margins):+.2f} | {share:.2f} | {_pm(nclr['mean_strength'], sign='')} | "

@@ -175,7 +175,8 @@ def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe
     assert f"| {list(settings.timestep_range)} | {settings.batch_size} | one | random | 0 |" in sweep
     assert f"| one | random | 0 | [0, {settings.max_scale:g}] | " in sweep           # the calibration bracket
     # and the pixel change it calibrates to, on how many images
-    assert f"| [0, {settings.max_scale:g}] | {settings.target_change:g} on {settings.calibration_images} | " in sweep
+    assert (f"| [0, {settings.max_scale:g}] | {settings.target_change:g} on {settings.calibration_images} | "
+            f"{settings.window[0]:g}:{settings.window[1]:g} | ") in sweep      # the edit window
     nclr = data["overall"][0]
     assert f"| {nclr['saturated']} of {nclr['directions']} | " in sweep                 # one seed
     assert (tmp_path / "quality-sweep.md").exists()

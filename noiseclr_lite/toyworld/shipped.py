@@ -174,7 +174,7 @@ def slider_windows(directions) -> dict[str, tuple[float, float]]:
     cleanest in (``editing.DirectionEdit``'s ``window``: a texture edit that skips the noisiest
     steps leaves the layout, and so the domain, alone).  Pass it with the slider scale:
     ``DirectionEdit(directions, name, scale, slider_windows(directions)[name])``.  Directions read
-    without one (every set made before 2026-12-01, or trained elsewhere) act at every step:
+    without one (a set made without ``--window-ladder``, or trained elsewhere) act at every step:
     :data:`WHOLE_WINDOW`.
     """
     reading = {row["name"]: tuple(row.get("window") or WHOLE_WINDOW)
@@ -268,6 +268,7 @@ def read_on_ladder(pipe, oracle, directions, domain: str, start, scales: Sequenc
         readings = [asdict(score_direction(pipe, oracle, directions, k, start, domain, scale=float(scale),
                                            window=window))
                     for scale in scales]
+        # the window as a list, as it reads back from a cache or a saved set's JSON metadata
         rows.append({**max(readings, key=_cleanliness), "window": list(window),
                      "ladder": [[r["scale"], round(r["purity"], 3), round(r["strength"], 3),
                                  None if r["domain_kept"] is None else round(r["domain_kept"], 3)] for r in readings]})
@@ -531,11 +532,13 @@ def write_directions_card(out_dir: str | Path) -> Path:
                      + (f" at the slider scales they read cleanest at among "
                         f"{', '.join(f'{x:g}' for x in meta['pool']['scale_ladder'])}"
                         if meta["pool"].get("scale_ladder") else "")
-                     + (f" and the edit windows among {', '.join(f'{a:g}:{b:g}' for a, b in meta['pool']['window_ladder'])}"
+                     + (" and the edit windows among "
+                        + ", ".join(f"{a:g}:{b:g}" for a, b in meta["pool"]["window_ladder"])
                         if meta["pool"].get("window_ladder") else "")
                      + f"; read again on {meta['reading']['eval_images']} renders of seed "
                        f"{meta['reading']['seed'] + 1}." if meta.get("pool") else ""),
-                  "", "| direction | token | target | purity | strength | scale | window | pixels | in domain | effects |",
+                  "", "| direction | token | target | purity | strength | scale | window | pixels | in domain "
+                      "| effects |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in reading:
             effects = ", ".join(f"{a} {v:+.2f}" for a, v in r["signed_effects"].items())
