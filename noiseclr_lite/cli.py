@@ -106,6 +106,22 @@ def _parse_pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def parse_window(text: str) -> tuple[float, float]:
+    """``"0.55:0"`` -> ``(0.55, 0.0)``: an edit window written ``HIGH:LOW`` on a command line.
+
+    The window of ``editing.DirectionEdit``: fractions of the diffusion time, 1 = pure noise.
+    Raises ``ValueError`` naming the text and the fix when it is not two numbers with
+    ``1 >= HIGH >= LOW >= 0``.
+    """
+    try:
+        high, low = (float(part) for part in text.split(":"))
+    except ValueError:
+        raise ValueError(f"edit window {text!r} is not HIGH:LOW (e.g. 1:0 or 0.55:0)") from None
+    if not 0.0 <= low <= high <= 1.0:
+        raise ValueError(f"edit window {text!r} needs 1 >= HIGH >= LOW >= 0 (1 = pure noise)")
+    return high, low
+
+
 def _find(direction_sets, key: str):
     """The (Directions, index) that ``key`` (token, name, or index into the first set) names."""
     for directions in direction_sets:
@@ -185,8 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         edits = []
         for name, value in _parse_pairs(args.scale, "--scale"):
             directions, index = _find(sets, name)
-            high, low = (float(v) for v in windows.get(name, "1:0").split(":"))
-            edits.append(DirectionEdit(directions, index, float(value), (high, low)))
+            try:
+                window = parse_window(windows.get(name, "1:0"))
+            except ValueError as e:
+                raise SystemExit(f"--window {name}: {e}") from None
+            edits.append(DirectionEdit(directions, index, float(value), window))
         inversion = _start(pipe, args.image, args.inversion, args.steps, args.seed)
         images = edit(pipe, edits, inversion=inversion, prompt=args.prompt, guidance_scale=args.guidance,
                       num_inference_steps=args.steps, seed=args.seed, composition=args.composition)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from noiseclr_lite.cli import _build_parser, main
+from noiseclr_lite.cli import _build_parser, main, parse_window
 from noiseclr_lite.directions import Directions
 from noiseclr_lite.toyworld.domains import render_batch
 
@@ -110,3 +110,15 @@ def test_help_documents_every_flag(capsys):
 def test_missing_model_folder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         main(["grid", "--model", str(tmp_path / "nope") + "/", "--directions", "x", "--out", "y"])
+
+
+def test_parse_window_reads_high_low_and_names_a_bad_window(trained, tiny_pipe_dir, tmp_path):
+    assert parse_window("0.55:0") == (0.55, 0.0) and parse_window("1:0") == (1.0, 0.0)
+    for text, why in [("0.5", "is not HIGH:LOW"), ("0.2:0.5", "1 >= HIGH >= LOW >= 0"), ("a:b", "is not HIGH:LOW")]:
+        with pytest.raises(ValueError, match=why) as err:
+            parse_window(text)
+        assert repr(text) in str(err.value)
+    # the edit command says which direction's window is wrong, instead of a traceback
+    with pytest.raises(SystemExit, match=r"--window one: edit window '0\.5' is not HIGH:LOW"):
+        main(["edit", "--model", str(tiny_pipe_dir), "--directions", str(trained), "--scale", "one=1.0",
+              "--window", "one=0.5", "--steps", "2", "--out", str(tmp_path / "x.png")])

@@ -22,17 +22,6 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=type(default), default=default, help=f"(default {default})")
 
 
-def _window(text: str) -> tuple[float, float]:
-    """``"0.55:0"`` -> ``(0.55, 0.0)``: an edit window on the command line (``editing.DirectionEdit``)."""
-    try:
-        high, low = (float(part) for part in text.split(":"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"edit window {text!r} is not HIGH:LOW (e.g. 1:0 or 0.55:0)") from None
-    if not 0.0 <= low <= high <= 1.0:
-        raise argparse.ArgumentTypeError(f"edit window {text!r} needs 1 >= HIGH >= LOW >= 0 (1 = pure noise)")
-    return high, low
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m noiseclr_lite.toyworld", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                          help="read every candidate at each of these scales and ship it at the one it reads "
                               "cleanest at, e.g. 1 2 4 8 16 32 64 (default: one scale calibrated to a common "
                               "pixel change)")
-    shipped.add_argument("--window-ladder", nargs="+", type=_window, default=None, metavar="HIGH:LOW",
+    shipped.add_argument("--window-ladder", nargs="+", default=None, metavar="HIGH:LOW",
                          help="with --scale-ladder: read every candidate in each of these edit windows too "
                               "(fractions of the diffusion time, 1 = pure noise) and ship it in the one it reads "
                               "cleanest in, e.g. 1:0 0.55:0 (default: every step, 1:0)")
@@ -162,12 +151,17 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "directions":
         import torch
 
+        from ..cli import parse_window
         from ..models import DIRECTIONS_DIR
         from .shipped import READING_MAX_SCALE, reread_shipped_set, train_shipped_set, write_directions_card
 
         if args.threads:
             torch.set_num_threads(args.threads)
         out = args.out or DIRECTIONS_DIR
+        try:
+            window_ladder = [parse_window(text) for text in args.window_ladder] if args.window_ladder else None
+        except ValueError as e:
+            parser.error(f"--window-ladder: {e}")
         for domain in args.domains:
             if args.reread:
                 renamed = reread_shipped_set(Path(out) / f"{domain}.safetensors", model=args.model,
@@ -180,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                                      batch_size=args.batch_size, seed=args.seed, init=args.init,
                                      strength_weight=args.strength_weight, pool=args.pool,
                                      eval_images=args.eval_images, max_scale=args.max_scale or READING_MAX_SCALE,
-                                     scale_ladder=args.scale_ladder, window_ladder=args.window_ladder,
+                                     scale_ladder=args.scale_ladder, window_ladder=window_ladder,
                                      confirmation_images=args.confirmation_images)
             print(f"wrote {path}")
         print(f"wrote {write_directions_card(out)}")

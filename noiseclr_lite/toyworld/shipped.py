@@ -177,7 +177,7 @@ def slider_windows(directions) -> dict[str, tuple[float, float]]:
     without one (a set made without ``--window-ladder``, or trained elsewhere) act at every step:
     :data:`WHOLE_WINDOW`.
     """
-    reading = {row["name"]: tuple(row.get("window") or WHOLE_WINDOW)
+    reading = {row["name"]: row.get("window") or WHOLE_WINDOW
                for row in directions.metadata.get("oracle_reading") or []}
     return {name: tuple(float(x) for x in reading.get(name, WHOLE_WINDOW)) for name in directions.names}
 
