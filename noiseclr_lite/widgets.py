@@ -14,7 +14,13 @@ What happens behind the sliders:
    the inversion is cached per image, so going back to an image is instant.
 2. Every slider is a :class:`~noiseclr_lite.editing.DirectionEdit`; its scale is the slider
    value times the global *strength*, and it acts inside the *edit window*.  All sliders
-   left at 0 give back the exact reconstruction (cached too).
+   left at 0 give back the exact reconstruction (cached too).  A set that carries the oracle's
+   reading (the shipped sets, or any set made by ``python -m noiseclr_lite.toyworld directions``)
+   also says, per direction, the scale and the edit window it reads cleanest at
+   (:func:`~noiseclr_lite.toyworld.shipped.slider_scales`, ``slider_windows``): its slider then
+   spans twice that scale either way, and it acts only in its own window (within the global one).
+   Shipped directions need scales from 1 to 64, so one range for every slider would leave most
+   of them too faint or too coarse to use.
 3. :meth:`EditPanel.render` denoises with :func:`~noiseclr_lite.editing.edit`.  Sliders use
    ``continuous_update=False`` (a render when the handle is released), only one render runs
    at a time, and changes that arrive meanwhile are coalesced into one more render.  In a
@@ -48,8 +54,10 @@ from .directions import Directions
 from .editing import COMPOSITIONS, DirectionEdit, edit
 from .inversion import ddpm_invert, reconstruct
 from .models import SAMPLES_DIR, decode_latents, encode_images, image_size
+from .toyworld.shipped import slider_scales, slider_windows
 
-__all__ = ["EditPanel", "MAX_UPLOAD_BYTES", "MAX_SIDE", "MAX_PIXELS", "default_samples"]
+__all__ = ["EditPanel", "MAX_UPLOAD_BYTES", "MAX_SIDE", "MAX_PIXELS", "DEFAULT_SCALE_RANGE", "MEASURED_SPAN",
+           "default_samples", "measured_sliders", "intersect_windows"]
 
 #: Uploads larger than this are refused (a 64 px or 512 px model gains nothing from more).
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -57,6 +65,37 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_SIDE = 4096
 #: Images with more pixels than this are refused before decoding (memory; decompression bombs).
 MAX_PIXELS = 40_000_000
+#: the range of a slider whose direction has no measured scale (a set trained elsewhere)
+DEFAULT_SCALE_RANGE = (-4.0, 4.0)
+#: a direction measured clean at scale s gets a slider over [-MEASURED_SPAN * s, MEASURED_SPAN * s]:
+#: its clean edit sits half-way, and there is room to overdo it
+MEASURED_SPAN = 2.0
+#: steps per measured scale on such a slider (s = 32 moves in steps of 1.6)
+MEASURED_STEPS = 20
+
+
+def measured_sliders(directions: Directions) -> dict[str, tuple[float, tuple[float, float]]]:
+    """``{name: (scale, window)}`` for the directions of a set that the oracle has read.
+
+    ``scale`` is the slider scale a direction reads cleanest at and ``window`` the edit window
+    ``(start, end)`` (1 = pure noise, 0 = clean) it was read in (``toyworld.shipped.slider_scales``
+    and ``slider_windows``).  Directions without a reading (a set trained on your own images, or
+    any set whose metadata has no ``oracle_reading``) are left out: nobody measured them.
+    """
+    read = {row.get("name") for row in directions.metadata.get("oracle_reading") or []}
+    scales, windows = slider_scales(directions), slider_windows(directions)
+    return {name: (scales[name], windows[name]) for name in directions.names if name in read}
+
+
+def intersect_windows(first: tuple[float, float], second: tuple[float, float]) -> tuple[float, float] | None:
+    """The part of the diffusion time two edit windows ``(start, end)`` share, or None if none.
+
+    Windows count noise level (1 = pure noise, 0 = clean), as in ``editing.DirectionEdit``:
+    ``intersect_windows((1.0, 0.3), (0.55, 0.0)) == (0.55, 0.3)``; windows that only touch share
+    no step and give None.
+    """
+    start, end = min(first[0], second[0]), max(first[1], second[1])
+    return (start, end) if start > end else None
 
 
 def default_samples(folder: str | os.PathLike = SAMPLES_DIR, per_domain: int = 2) -> list[Path]:
@@ -109,7 +148,13 @@ class EditPanel:
         seed: seeds the inversion's noise (the same seed gives the same renders).
         skip: leave out the ``skip`` noisiest steps (edits start from a less noisy latent:
             closer to the input, weaker edits); see :func:`~noiseclr_lite.inversion.ddpm_invert`.
-        scale_range: ``(min, max)`` of every direction slider.
+        scale_range: ``(min, max)`` of every direction slider.  Default: a direction the oracle
+            has read (:func:`measured_sliders`) spans ``MEASURED_SPAN`` times its slider scale
+            either way, any other :data:`DEFAULT_SCALE_RANGE`.  A range given here applies to every
+            slider.
+        measured_windows: each direction the oracle has read acts only in the edit window it was
+            read in (:func:`measured_sliders`), intersected with the panel's *edit window*; False:
+            every direction acts in the panel's window alone.
         display_size: the images are shown this many pixels wide (small images are enlarged
             with nearest neighbour so that every pixel stays visible).
         save_path: the initial content of the save path field.
@@ -137,18 +182,21 @@ class EditPanel:
     """
 
     def __init__(self, pipe, direction_sets=(), images=None, *, num_inference_steps: int = 10, seed: int = 0,
-                 skip: int = 0, scale_range: tuple[float, float] = (-4.0, 4.0), display_size: int = 256,
-                 save_path: str = "edited.png", sync: bool = False, composition: str = "sum"):
+                 skip: int = 0, scale_range: tuple[float, float] | None = None, display_size: int = 256,
+                 save_path: str = "edited.png", sync: bool = False, composition: str = "sum",
+                 measured_windows: bool = True):
         self.pipe = pipe
         self.num_inference_steps, self.seed, self.skip = num_inference_steps, seed, skip
         self.scale_range, self.display_size, self.sync = scale_range, display_size, sync
+        self.measured_windows = measured_windows
         self.image_size = image_size(pipe)
         self.sets: dict[str, Directions] = {}
         self.sliders: dict[tuple[str, str], widgets.FloatSlider] = {}
         self.current_image: Image.Image | None = None
         self.render_times: list[float] = []
         self.last_message = ""
-        self._slider_edits: dict[tuple[str, str], tuple[Directions, int]] = {}
+        # slider key -> (its Directions, the direction's index, its own edit window)
+        self._slider_edits: dict[tuple[str, str], tuple[Directions, int, tuple[float, float]]] = {}
         self._tensors: dict = {}  # image key -> [3, S, S] model-size image in [-1, 1]
         self._inversions: dict = {}  # image key -> DDPMInversion (the cache: one inversion per image)
         self._reconstructions: dict = {}  # image key -> PIL image rendered with no edit
@@ -286,18 +334,29 @@ class EditPanel:
         while heading in self.sets:
             heading, n = f"{base} ({n})", n + 1
         self.sets[heading] = directions
-        low, high = self.scale_range
+        measured = measured_sliders(directions)
+        note = f" · sliders span {MEASURED_SPAN:g}x each direction's measured scale" if measured and self.scale_range is None else ""
         rows = [widgets.HTML(f"<b>{html.escape(heading)}</b> <span style='color:#777'>"
-                             f"({directions.num_directions} directions)</span>")]
+                             f"({directions.num_directions} directions{note})</span>")]
         for k, (direction_name, token) in enumerate(zip(directions.names, directions.tokens)):
-            slider = widgets.FloatSlider(value=0.0, min=low, max=high, step=0.1, description=direction_name,
-                                         tooltip=f"{token} ({heading})", continuous_update=False,
+            scale, window = measured.get(direction_name, (None, (1.0, 0.0)))
+            if self.scale_range is not None or scale is None:
+                (low, high), step = self.scale_range or DEFAULT_SCALE_RANGE, 0.1
+            else:
+                low, high, step = -MEASURED_SPAN * scale, MEASURED_SPAN * scale, scale / MEASURED_STEPS
+            if not self.measured_windows:
+                window = (1.0, 0.0)
+            tip = f"{token} ({heading})"
+            if scale is not None:
+                tip += f"; reads cleanest at {scale:g}, in window {window[0]:g}:{window[1]:g}"
+            slider = widgets.FloatSlider(value=0.0, min=low, max=high, step=step, description=direction_name,
+                                         tooltip=tip, continuous_update=False,
                                          style={"description_width": "120px"}, layout=widgets.Layout(width="420px"))
             slider.add_class("noiseclr-slider")
             slider.observe(self._on_slider, names="value")
             key = (heading, direction_name if (heading, direction_name) not in self.sliders else token)
             self.sliders[key] = slider
-            self._slider_edits[key] = (directions, k)
+            self._slider_edits[key] = (directions, k, window)
             rows.append(slider)
         self._groups.children = self._groups.children + (widgets.VBox(rows),)
         return True
@@ -310,14 +369,17 @@ class EditPanel:
             self._show_message(f"Added {path}.", error=False)
 
     def edits(self) -> list[DirectionEdit]:
-        """The current sliders as ``DirectionEdit`` objects (scale x strength, in the edit window; zeros left out)."""
+        """The current sliders as ``DirectionEdit`` objects: scale = slider x strength, window = the
+        panel's edit window intersected with the direction's own (``measured_windows``); sliders at
+        0 and directions whose window shares no step with the panel's are left out."""
         lo, hi = self.window.value
-        window = (1.0 - lo, 1.0 - hi)  # DirectionEdit counts noise level: 1 = pure noise, 0 = clean
+        panel_window = (1.0 - lo, 1.0 - hi)  # DirectionEdit counts noise level: 1 = pure noise, 0 = clean
         out = []
         for key, slider in self.sliders.items():
             scale = slider.value * self.strength.value
-            if scale != 0:
-                directions, k = self._slider_edits[key]
+            directions, k, own_window = self._slider_edits[key]
+            window = intersect_windows(panel_window, own_window)
+            if scale != 0 and window is not None:
                 out.append(DirectionEdit(directions, k, scale, window))
         return out
 

@@ -96,6 +96,67 @@ def test_edits_follow_sliders_strength_and_window(panel):
     assert panel.edits() == []
 
 
+def measured_faces(pipe):
+    """A face set the oracle has read (what ``toyworld directions`` writes): ``smile`` clean at
+    scale 32 in every step, ``hair`` at 8 in the late window only, ``glasses`` not read."""
+    faces = sets(pipe)["faces"]
+    faces.metadata["oracle_reading"] = [
+        {"name": "smile", "scale": 32.0, "window": [1.0, 0.0], "purity": 0.9},
+        {"name": "hair", "scale": 8.0, "window": [0.55, 0.0], "purity": 0.8}]
+    return faces
+
+
+def test_intersect_windows_and_measured_sliders(tiny_pipe):
+    assert widgets.intersect_windows((1.0, 0.3), (0.55, 0.0)) == (0.55, 0.3)
+    assert widgets.intersect_windows((1.0, 0.0), (0.55, 0.0)) == (0.55, 0.0)
+    assert widgets.intersect_windows((1.0, 0.55), (0.55, 0.0)) is None  # they touch: no step is shared
+    assert widgets.intersect_windows((1.0, 0.7), (0.55, 0.0)) is None
+    assert widgets.measured_sliders(measured_faces(tiny_pipe)) == {"smile": (32.0, (1.0, 0.0)),
+                                                                    "hair": (8.0, (0.55, 0.0))}
+    assert widgets.measured_sliders(sets(tiny_pipe)["cats"]) == {}  # nobody measured these
+
+
+def test_measured_directions_get_their_own_slider_range_and_edit_window(tiny_pipe):
+    panel = EditPanel(tiny_pipe, {"faces": measured_faces(tiny_pipe), "cats": sets(tiny_pipe)["cats"]},
+                      images=[sample_image(0)], num_inference_steps=STEPS, sync=True)
+    ranges = {key: (s.min, s.max, s.step) for key, s in panel.sliders.items()}
+    assert ranges[("faces", "smile")] == (-64.0, 64.0, 1.6)
+    assert ranges[("faces", "hair")] == (-16.0, 16.0, 0.4)
+    assert ranges[("faces", "glasses")] == ranges[("cats", "<cat_0>")] == (-4.0, 4.0, 0.1)
+    assert "2x each direction's measured scale" in panel._groups.children[0].children[0].value
+    assert "0.55:0" in panel.sliders[("faces", "hair")].tooltip
+
+    panel._quiet = True  # the mapping first
+    for key in [("faces", "smile"), ("faces", "hair"), ("faces", "glasses")]:
+        panel.sliders[key].value = 4.0
+    assert [(e.directions.names[e.direction], e.scale, e.window) for e in panel.edits()] == [
+        ("smile", 4.0, (1.0, 0.0)), ("hair", 4.0, (0.55, 0.0)), ("glasses", 4.0, (1.0, 0.0))]
+    panel.window.value = (0.0, 0.3)  # the first 30% of the steps only: hair's window shares none of them
+    assert [(e.directions.names[e.direction], e.window) for e in panel.edits()] == [
+        ("smile", (1.0, 0.7)), ("glasses", (1.0, 0.7))]
+    panel.window.value = (0.0, 0.6)
+    assert [e.window for e in panel.edits()] == [(1.0, 0.4), (0.55, 0.4), (1.0, 0.4)]
+
+    # the render uses the direction's own window: the same as an edit made by hand in it
+    panel.window.value = (0.0, 1.0)
+    for key in [("faces", "smile"), ("faces", "glasses")]:
+        panel.sliders[key].value = 0.0
+    panel._quiet = False
+    panel.render()
+    by_hand = edit(tiny_pipe, [DirectionEdit(panel.sets["faces"], "hair", 4.0, (0.55, 0.0))],
+                   inversion=panel.invert())[0]
+    every_step = edit(tiny_pipe, [DirectionEdit(panel.sets["faces"], "hair", 4.0)], inversion=panel.invert())[0]
+    assert panel.current_image.tobytes() == by_hand.tobytes() != every_step.tobytes()
+
+    # a range given applies to every slider; measured_windows=False acts in the panel's window alone
+    plain = EditPanel(tiny_pipe, {"faces": measured_faces(tiny_pipe)}, images=[], scale_range=(-3.0, 3.0),
+                      measured_windows=False, sync=True)
+    assert {(s.min, s.max) for s in plain.sliders.values()} == {(-3.0, 3.0)}
+    assert "measured scale" not in plain._groups.children[0].children[0].value
+    plain.sliders[("faces", "hair")].value = 2.0
+    assert [e.window for e in plain.edits()] == [(1.0, 0.0)]
+
+
 def test_moving_a_slider_changes_the_image_and_reset_gives_back_the_reconstruction(panel, tiny_pipe):
     reconstruction = panel.current.value
     inversion = panel.invert()
