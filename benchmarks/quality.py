@@ -99,6 +99,7 @@ class Settings:
     anchors: str = "one"                  # "one" (official) or "all" (train.TrainConfig.anchors)
     init: str = "random"                  # "random" or "vocab" (directions.Directions.create)
     strength_weight: float = 0.0          # > 0: the push-strength term (train.TrainConfig.strength_weight)
+    sign_blind_negatives: bool = False    # True: negatives scored by |cos| (train.TrainConfig.sign_blind_negatives)
     train_images: int | None = None       # None = the whole sample folder
     # the protocol
     eval_images: int = 16
@@ -127,7 +128,8 @@ class Settings:
         return {"num_directions": self.num_directions, "steps": self.steps, "learning_rate": self.learning_rate,
                 "timestep_range": tuple(self.timestep_range), "batch_size": self.batch_size,
                 "negatives_per_step": self.negatives, "tau": self.tau, "anchors": self.anchors, "loss": loss,
-                "init": self.init, "strength_weight": self.strength_weight, "seed": seed}
+                "init": self.init, "strength_weight": self.strength_weight,
+                "sign_blind_negatives": self.sign_blind_negatives, "seed": seed}
 
     def fingerprint(self, weights: str = "") -> str:
         """Hash of every setting that changes a (domain, method, seed) result (for ``--resume``),
@@ -137,7 +139,7 @@ class Settings:
         kept = {k: v for k, v in asdict(self).items() if k not in skip}
         kept["weights"] = weights
         for key, before in (("anchors", "one"), ("init", "random"), ("strength_weight", 0.0), ("min_scale", 0.0),
-                            ("hspace_min_scale", 0.0)):
+                            ("hspace_min_scale", 0.0), ("sign_blind_negatives", False)):
             if kept[key] == before:  # the setting before the option existed: keep those caches valid
                 del kept[key]
         return hashlib.sha256(json.dumps(kept, sort_keys=True, default=list).encode()).hexdigest()[:12]
@@ -147,6 +149,8 @@ class Settings:
         random ones are drawn from the NoiseCLR set), not how they are scored: the key of the
         trained-directions cache, shared by every protocol."""
         kept = {k: v for k, v in self.train_overrides("noiseclr", 0).items() if k not in ("loss", "seed")}
+        if not kept["sign_blind_negatives"]:  # the setting before the option existed: keep those caches valid
+            del kept["sign_blind_negatives"]
         kept.update(train_images=self.train_images, hspace_timesteps=self.hspace_timesteps, model=self.model,
                     samples=self.samples, weights=weights)
         return hashlib.sha256(json.dumps(kept, sort_keys=True, default=list).encode()).hexdigest()[:12]
@@ -786,9 +790,9 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
     with the same weights compare settings; a retrained model starts a new group."""
     out_dir = Path(out_dir)
     lines = ["| report | weights | domains | seeds | K | steps | lr | t range | batch | anchors | init | "
-             "strength weight | scale bracket | target change on images | edit window | coverage | "
+             "strength weight | negatives | scale bracket | target change on images | edit window | coverage | "
              "mean purity | purity margin over random | purity / text | mean strength | saturated | "
-             "purity of unsaturated |", "|" + "---|" * 22]
+             "purity of unsaturated |", "|" + "---|" * 23]
     for path in sorted(out_dir.glob("quality*.json")):
         report = json.loads(path.read_text())
         s, rows = report["settings"], {r["method"]: r for r in report["overall"]}
@@ -803,7 +807,8 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
                      f"{len(s['seeds'])} | "
                      f"{s['num_directions']} | {s['steps']} | {s['learning_rate']:g} | {s['timestep_range']} | "
                      f"{s['batch_size']} | {s.get('anchors', 'one')} | {s.get('init', 'random')} | "
-                     f"{s.get('strength_weight', 0.0):g} | {_scale_bracket(s.get('min_scale', 0.0), s['max_scale'])} | "
+                     f"{s.get('strength_weight', 0.0):g} | "
+                     f"{'sign-blind' if s.get('sign_blind_negatives') else 'signed'} | {_scale_bracket(s.get('min_scale', 0.0), s['max_scale'])} | "
                      f"{s['target_change']:g} on {s['calibration_images']} | "
                      f"{':'.join(f'{x:g}' for x in s.get('window', (1.0, 0.0)))} | "
                      f"{_pm(nclr['coverage'], sign='')} | "
@@ -873,6 +878,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="how directions start, and the random floor's rows (default: %(default)s)")
     train.add_argument("--strength-weight", type=float, default=defaults.strength_weight,
                        help="weight of the push-strength term, 0 = the official loss (default: %(default)s)")
+    train.add_argument("--sign-blind-negatives", action="store_true",
+                       help="score the loss's negatives by |cos|, so that two directions that are opposite ends "
+                            "of one attribute count as one slider (NoiseCLR and InfoNCE; default: the official, "
+                            "signed negatives)")
     train.add_argument("--train-images", type=int, default=None, help="use the first N sample images (default: all)")
     proto = p.add_argument_group("the protocol")
     proto.add_argument("--eval-images", type=int, default=None, help=f"held-out starting images per domain "
@@ -919,6 +928,7 @@ def settings_from_args(args: argparse.Namespace, model: str) -> Settings:
         num_directions=pick("num_directions"), steps=pick("steps"), learning_rate=args.lr,
         timestep_range=tuple(args.timestep_range), batch_size=args.batch_size, negatives=args.negatives,
         tau=args.tau, anchors=args.anchors, init=args.init, strength_weight=args.strength_weight,
+        sign_blind_negatives=args.sign_blind_negatives,
         train_images=args.train_images, eval_images=pick("eval_images"),
         start_seed=args.start_seed,
         inference_steps=pick("inference_steps"), target_change=args.target_change, max_scale=args.max_scale,

@@ -4,6 +4,13 @@ An *edit feature* is what a direction does to the noise prediction of one image:
 ``D[i, k] = eps(x_t^i, t, c_k) - eps(x_t^i, t, c_empty)``, flattened.  NoiseCLR asks
 that the same direction do the same thing to every image (positives) and that different
 directions do different things to the same image (negatives).
+
+A slider is used both ways (``-s`` and ``+s``), so a direction and its opposite are *one*
+slider.  The official negatives reward ``cos(D_ik, D_il) = -1``, which two directions reach by
+becoming the two ends of one attribute (smiling and frowning): two sliders for one thing.
+``sign_blind=True`` scores a negative by ``|cos|`` instead, so the loss asks different
+directions to do *unrelated* things (orthogonal edits), not opposite ones.  It is our option,
+off by default; the official loss is signed.
 """
 
 from __future__ import annotations
@@ -14,11 +21,12 @@ import torch
 import torch.nn.functional as F
 
 
-def _anchor_blocks(features: torch.Tensor, tau: float, anchor: int | None, loss_name: str):
+def _anchor_blocks(features: torch.Tensor, tau: float, anchor: int | None, loss_name: str, sign_blind: bool = False):
     """Per anchor direction k: (positives [N, N], negatives [N, K-1], off-diagonal mask [N, N]).
 
     ``positives[i, j] = cos(D_ik, D_jk) / tau`` (the diagonal i == j is not a pair: mask it);
-    ``negatives[i] = cos(D_ik, D_il) / tau`` for the other directions l != k.
+    ``negatives[i] = cos(D_ik, D_il) / tau`` for the other directions l != k (``|cos|`` when
+    ``sign_blind``).
     """
     if features.dim() < 3:
         raise ValueError(f"edit features must be [N images, K directions, ...]; got shape {tuple(features.shape)}")
@@ -30,6 +38,8 @@ def _anchor_blocks(features: torch.Tensor, tau: float, anchor: int | None, loss_
     unit = F.normalize(features.flatten(2).float(), dim=-1)               # [N, K, F]
     across_images = torch.einsum("ikf,jkf->kij", unit, unit) / tau        # [K, N, N]
     across_directions = torch.einsum("ikf,ilf->ikl", unit, unit) / tau    # [N, K, K]
+    if sign_blind:  # opposite edits are one two-way slider: as bad a negative as equal ones
+        across_directions = across_directions.abs()
     off_diagonal_images = ~torch.eye(n, dtype=torch.bool, device=features.device)
     off_diagonal_directions = ~torch.eye(k, dtype=torch.bool, device=features.device)
     for a in ([anchor] if anchor is not None else range(k)):
@@ -37,7 +47,8 @@ def _anchor_blocks(features: torch.Tensor, tau: float, anchor: int | None, loss_
         yield across_images[a], negatives, off_diagonal_images
 
 
-def noiseclr_loss(features: torch.Tensor, tau: float = 0.5, anchor: int | None = None) -> torch.Tensor:
+def noiseclr_loss(features: torch.Tensor, tau: float = 0.5, anchor: int | None = None,
+                  sign_blind: bool = False) -> torch.Tensor:
     r"""The official NoiseCLR objective (the default).
 
     For an anchor direction k over N images and K directions::
@@ -53,12 +64,13 @@ def noiseclr_loss(features: torch.Tensor, tau: float = 0.5, anchor: int | None =
         features: [N, K, ...] edit features (any trailing shape; flattened), N >= 2, K >= 2.
         tau: temperature (0.5 in the paper's code).
         anchor: index into K of the anchor direction, or None for every direction.
+        sign_blind: score negatives by ``|cos|`` (see the module docstring); False is official.
     Returns:
         A scalar tensor; lower is better, and its minimum is -2/tau (all positives
-        identical, all negatives opposite).
+        identical, all negatives opposite), or -1/tau with ``sign_blind`` (negatives orthogonal).
     """
     losses = []
-    for positives, negatives, off_diagonal in _anchor_blocks(features, tau, anchor, "NoiseCLR"):
+    for positives, negatives, off_diagonal in _anchor_blocks(features, tau, anchor, "NoiseCLR", sign_blind):
         positives = positives[off_diagonal]                  # N(N-1) pairs
         log_pos = torch.logsumexp(positives, 0) - math.log(positives.numel())
         log_neg = torch.logsumexp(negatives.flatten(), 0) - math.log(negatives.numel())
@@ -66,7 +78,8 @@ def noiseclr_loss(features: torch.Tensor, tau: float = 0.5, anchor: int | None =
     return torch.stack(losses).mean()
 
 
-def infonce_loss(features: torch.Tensor, tau: float = 0.5, anchor: int | None = None) -> torch.Tensor:
+def infonce_loss(features: torch.Tensor, tau: float = 0.5, anchor: int | None = None,
+                 sign_blind: bool = False) -> torch.Tensor:
     r"""The standard InfoNCE form of the same contrast (an option, for comparison).
 
     Every positive pair ``(D_ik, D_jk)``, i != j, is a classification among itself and
@@ -74,11 +87,11 @@ def infonce_loss(features: torch.Tensor, tau: float = 0.5, anchor: int | None = 
 
         L = mean_{k, i != j}  -log( exp(s_ijk) / (exp(s_ijk) + sum_{l != k} exp(n_ikl)) )
 
-    with ``s = cos/tau`` for positives and ``n = cos/tau`` for negatives.  Same
-    arguments and shapes as :func:`noiseclr_loss`.
+    with ``s = cos/tau`` for positives and ``n = cos/tau`` for negatives (``|cos|/tau`` with
+    ``sign_blind``).  Same arguments and shapes as :func:`noiseclr_loss`.
     """
     losses = []
-    for positives, negatives, off_diagonal in _anchor_blocks(features, tau, anchor, "InfoNCE"):
+    for positives, negatives, off_diagonal in _anchor_blocks(features, tau, anchor, "InfoNCE", sign_blind):
         negatives_logsumexp = torch.logsumexp(negatives, dim=1, keepdim=True)  # [N, 1]: row i is the anchor image
         log_prob = positives - torch.logaddexp(positives, negatives_logsumexp)
         losses.append(-log_prob[off_diagonal].mean())

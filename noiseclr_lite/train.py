@@ -48,6 +48,7 @@ class TrainConfig:
     timestep_range: tuple[int, int] = (0, 1000)  # t is drawn uniformly from [low, high)
     strength_weight: float = 0.0             # > 0 adds strength_weight * loss.push_strength_loss (0: official);
                                              # the logged loss then includes that term
+    sign_blind_negatives: bool = False       # True: negatives scored by |cos| (loss module docstring; False: official)
     grad_accum: int = 1
     chunk_size: int | None = None            # max images x directions per UNet call; None = one call
     grad_cache: bool = True                  # with chunks: recompute them for a bounded-memory backward
@@ -252,9 +253,10 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
         saved_cfg.setdefault("anchors", "one")  # checkpoints from before the option trained one anchor
         saved_cfg.setdefault("init", "random")
         saved_cfg.setdefault("strength_weight", 0.0)
+        saved_cfg.setdefault("sign_blind_negatives", False)
         # the learning rate too: the optimizer state loaded below would silently bring back the saved one
         for key in ("num_directions", "seed", "prefix", "loss", "batch_size", "anchors", "init", "strength_weight",
-                    "learning_rate"):
+                    "sign_blind_negatives", "learning_rate"):
             if saved_cfg[key] != getattr(cfg, key):
                 raise ValueError(f"{ckpt_path} was written with {key}={saved_cfg[key]!r} but this run has "
                                  f"{key}={getattr(cfg, key)!r}; use the same settings or another output folder")
@@ -341,7 +343,7 @@ def _contrast(pipe, directions, embeddings, chosen, noisy, t, empty_eps, loss_fn
         return edit_features(pipe.unet, noisy, t, cond, empty_eps, cfg.chunk_size)
 
     def objective(features):
-        loss = loss_fn(features, cfg.tau, anchor=anchor)
+        loss = loss_fn(features, cfg.tau, anchor=anchor, sign_blind=cfg.sign_blind_negatives)
         return loss + cfg.strength_weight * push_strength_loss(features) if cfg.strength_weight else loss
 
     chunked = cfg.chunk_size is not None and cfg.chunk_size < len(noisy) * len(chosen)

@@ -12,20 +12,22 @@ def _cos(a, b):
     return float(torch.dot(a, b) / (a.norm() * b.norm()))
 
 
-def _by_hand_noiseclr(features, tau, anchor):
+def _by_hand_noiseclr(features, tau, anchor, sign_blind=False):
     n, k = features.shape[:2]
     f = features.flatten(2)
+    negative = abs if sign_blind else (lambda c: c)
     pos = [math.exp(_cos(f[i, anchor], f[j, anchor]) / tau) for i in range(n) for j in range(n) if i != j]
-    neg = [math.exp(_cos(f[i, anchor], f[i, l]) / tau) for i in range(n) for l in range(k) if l != anchor]
+    neg = [math.exp(negative(_cos(f[i, anchor], f[i, l])) / tau) for i in range(n) for l in range(k) if l != anchor]
     return -math.log((sum(pos) / len(pos)) / (sum(neg) / len(neg)))
 
 
-def _by_hand_infonce(features, tau, anchor):
+def _by_hand_infonce(features, tau, anchor, sign_blind=False):
     n, k = features.shape[:2]
     f = features.flatten(2)
+    negative = abs if sign_blind else (lambda c: c)
     terms = []
     for i in range(n):
-        negs = sum(math.exp(_cos(f[i, anchor], f[i, l]) / tau) for l in range(k) if l != anchor)
+        negs = sum(math.exp(negative(_cos(f[i, anchor], f[i, l])) / tau) for l in range(k) if l != anchor)
         for j in range(n):
             if i != j:
                 p = math.exp(_cos(f[i, anchor], f[j, anchor]) / tau)
@@ -49,6 +51,29 @@ def test_infonce_loss_matches_hand_computation(tau):
         assert infonce_loss(features, tau, anchor).item() == pytest.approx(_by_hand_infonce(features, tau, anchor), rel=1e-5)
     mean_over_anchors = sum(_by_hand_infonce(features, tau, a) for a in range(3)) / 3
     assert infonce_loss(features, tau).item() == pytest.approx(mean_over_anchors, rel=1e-5)
+
+
+@pytest.mark.parametrize("loss, by_hand", [(noiseclr_loss, _by_hand_noiseclr), (infonce_loss, _by_hand_infonce)])
+def test_sign_blind_negatives_match_hand_computation(loss, by_hand):
+    features = torch.randn(3, 4, 6, generator=torch.Generator().manual_seed(2))
+    for anchor in range(4):
+        blind = loss(features, 0.5, anchor, sign_blind=True).item()
+        assert blind == pytest.approx(by_hand(features, 0.5, anchor, sign_blind=True), rel=1e-5)
+        assert blind != pytest.approx(by_hand(features, 0.5, anchor), rel=1e-3)  # these negatives include cos < 0
+
+
+def test_sign_blind_negatives_prefer_unrelated_directions_to_opposite_ones():
+    # two directions on 3 images: "opposite" = the two ends of one attribute, "unrelated" = orthogonal edits
+    opposite = torch.tensor([[1.0, 0.0], [-1.0, 0.0]]).repeat(3, 1, 1)   # [N=3, K=2, F=2]
+    unrelated = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).repeat(3, 1, 1)
+    tau = 0.5
+    # the official loss rewards the pair that is one slider twice: its minimum, -2/tau
+    assert noiseclr_loss(opposite, tau).item() == pytest.approx(-2 / tau, abs=1e-6)
+    assert noiseclr_loss(opposite, tau) < noiseclr_loss(unrelated, tau)
+    # sign-blind, opposite edits are as bad as identical ones (loss 0), orthogonal ones reach -1/tau
+    assert noiseclr_loss(opposite, tau, sign_blind=True).item() == pytest.approx(0.0, abs=1e-6)
+    assert noiseclr_loss(unrelated, tau, sign_blind=True).item() == pytest.approx(-1 / tau, abs=1e-6)
+    assert infonce_loss(unrelated, tau, sign_blind=True) < infonce_loss(opposite, tau, sign_blind=True)
 
 
 def test_ideal_features_reach_the_minimum_and_collapsed_features_do_not():

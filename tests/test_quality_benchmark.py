@@ -173,7 +173,7 @@ def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe
     assert f"| quality | {data['weights']} | face, cat | 1 | 2 | 2 | 0.01 |" in sweep
     # the anchors, init and strength-weight columns
     assert f"| {list(settings.timestep_range)} | {settings.batch_size} | one | random | 0 |" in sweep
-    assert f"| one | random | 0 | [0, {settings.max_scale:g}] | " in sweep           # the calibration bracket
+    assert f"| one | random | 0 | signed | [0, {settings.max_scale:g}] | " in sweep  # negatives, calibration bracket
     # and the pixel change it calibrates to, on how many images
     assert (f"| [0, {settings.max_scale:g}] | {settings.target_change:g} on {settings.calibration_images} | "
             f"{settings.window[0]:g}:{settings.window[1]:g} | ") in sweep      # the edit window
@@ -243,6 +243,13 @@ def test_command_line_flags_and_quick_defaults():
     pushed = quality.settings_from_args(quality.parse_args(["--strength-weight", "0.25"]), "m")
     assert pushed.strength_weight == 0.25 and pushed.train_overrides("infonce", 1)["strength_weight"] == 0.25
     assert pushed.fingerprint() != dataclasses.replace(pushed, strength_weight=0.0).fingerprint()
+    # sign-blind negatives: off (the official loss) keeps both keys; on, both change and reach train_directions
+    blind = quality.settings_from_args(quality.parse_args(["--sign-blind-negatives"]), "m")
+    assert settings.sign_blind_negatives is False and blind.sign_blind_negatives is True
+    assert blind.train_overrides("noiseclr", 0)["sign_blind_negatives"] is True
+    unblind = dataclasses.replace(blind, sign_blind_negatives=False)
+    assert blind.fingerprint() != unblind.fingerprint()
+    assert blind.training_fingerprint() != unblind.training_fingerprint()
     # the log-spaced calibration bracket: a protocol setting, so a new scores key but the same trained directions
     assert settings.min_scale == 0.0 and settings.hspace_min_scale == 0.0
     logged = quality.settings_from_args(quality.parse_args(["--quick", "--steps", "7", "--negatives", "all",
@@ -252,7 +259,8 @@ def test_command_line_flags_and_quick_defaults():
     assert logged.fingerprint() != settings.fingerprint()
     assert logged.training_fingerprint() == settings.training_fingerprint() != vocab.training_fingerprint()
     legacy = {k: v for k, v in dataclasses.asdict(settings).items()
-              if k not in ("anchors", "init", "strength_weight", "min_scale", "hspace_min_scale")}
+              if k not in ("anchors", "init", "strength_weight", "min_scale", "hspace_min_scale",
+                           "sign_blind_negatives")}
     legacy_key = hashlib.sha256(json.dumps({**{k: v for k, v in legacy.items() if k not in
                                                {"domains", "seeds", "methods", "interference", "grid_images",
                                                 "interference_images", "quick"}}, "weights": ""},
