@@ -54,7 +54,7 @@ from .directions import Directions
 from .editing import COMPOSITIONS, DirectionEdit, edit
 from .inversion import ddpm_invert, reconstruct
 from .models import SAMPLES_DIR, decode_latents, encode_images, image_size
-from .toyworld.shipped import slider_scales, slider_windows
+from .toyworld.shipped import WHOLE_WINDOW, slider_scales, slider_windows
 
 __all__ = ["EditPanel", "MAX_UPLOAD_BYTES", "MAX_SIDE", "MAX_PIXELS", "DEFAULT_SCALE_RANGE", "MEASURED_SPAN",
            "default_samples", "measured_sliders", "intersect_windows"]
@@ -339,13 +339,13 @@ class EditPanel:
         rows = [widgets.HTML(f"<b>{html.escape(heading)}</b> <span style='color:#777'>"
                              f"({directions.num_directions} directions{note})</span>")]
         for k, (direction_name, token) in enumerate(zip(directions.names, directions.tokens)):
-            scale, window = measured.get(direction_name, (None, (1.0, 0.0)))
+            scale, window = measured.get(direction_name, (None, WHOLE_WINDOW))
             if self.scale_range is not None or scale is None:
                 (low, high), step = self.scale_range or DEFAULT_SCALE_RANGE, 0.1
             else:
                 low, high, step = -MEASURED_SPAN * scale, MEASURED_SPAN * scale, scale / MEASURED_STEPS
             if not self.measured_windows:
-                window = (1.0, 0.0)
+                window = WHOLE_WINDOW
             tip = f"{token} ({heading})"
             if scale is not None:
                 tip += f"; reads cleanest at {scale:g}, in window {window[0]:g}:{window[1]:g}"
