@@ -56,6 +56,19 @@ def test_same_seed_gives_bit_identical_directions(tmp_path):
     assert not torch.equal(runs[0].embeddings, other.embeddings)
 
 
+def test_a_run_does_not_depend_on_what_trained_before_it_in_the_process(tmp_path):
+    # benchmarks/quality.py trains many sets in one process on one pipeline; before the fix in
+    # Directions.create, every set but a process's first started from a draw that depended on the
+    # sets installed before it, so a seed named different directions in a fresh process
+    from noiseclr_lite.testing import tiny_pipeline
+
+    fresh = train_directions(tiny_pipeline(0, tmp_path / "fresh"), _images(), progress=False, **{**FAST, "seed": 1})
+    busy = tiny_pipeline(0, tmp_path / "busy")
+    train_directions(busy, _images(), progress=False, prefix="earlier", **FAST)
+    after = train_directions(busy, _images(), progress=False, prefix="later", **{**FAST, "seed": 1})
+    assert torch.equal(after.embeddings, fresh.embeddings)
+
+
 def test_loss_history_callback_and_metadata(tiny_pipe):
     seen = []
     directions = train_directions(tiny_pipe, _images(), progress=False, callback=lambda s, l: seen.append((s, l)), **FAST)
