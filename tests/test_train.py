@@ -58,8 +58,8 @@ def test_same_seed_gives_bit_identical_directions(tmp_path):
 
 def test_a_run_does_not_depend_on_what_trained_before_it_in_the_process(tmp_path):
     # benchmarks/quality.py trains many sets in one process on one pipeline; before the fix in
-    # Directions.create, every set but a process's first started from a draw that depended on the
-    # sets installed before it, so a seed named different directions in a fresh process
+    # Directions.create, a set trained after another was installed started from a draw that
+    # depended on that set, so a seed named different directions in a fresh process
     from noiseclr_lite.testing import tiny_pipeline
 
     fresh = train_directions(tiny_pipeline(0, tmp_path / "fresh"), _images(), progress=False, **{**FAST, "seed": 1})
