@@ -5,6 +5,7 @@
     python benchmarks/quality.py --domains face --seeds 0 1 2 --steps 500 --lr 3e-2 --tag lr3e-2
     python benchmarks/quality.py --model PATH --oracle PATH   # another model / oracle (e.g. a test model)
     python benchmarks/quality.py --sweep-table                # settings vs NoiseCLR's numbers, every report
+    python benchmarks/quality.py --merge TAG1 TAG2 --tag BOTH  # pool two reports' seeds (same protocol)
 
 For every domain (face, cat, car, painting) the same held-out starting images, balanced over
 every attribute's values, are inverted once (edit-friendly DDPM inversion), and five kinds
@@ -290,6 +291,14 @@ class MethodRun:
         return {"method": self.method, "domain": self.domain, "seed": self.seed, "summary": self.summary,
                 "seconds": self.seconds, "cached": self.cached, "scores": [asdict(s) for s in self.scores]}
 
+    @classmethod
+    def from_json(cls, saved: dict) -> "MethodRun":
+        """A run read back from a report or the cache (:meth:`to_json`); its directions are not
+        stored there, so ``directions`` is None."""
+        return cls(saved["method"], saved["domain"], saved["seed"], None,
+                   [DirectionScore(**s) for s in saved["scores"]], saved["summary"], saved["seconds"],
+                   cached=saved.get("cached", False))
+
 
 def _cache_paths(cache: Cache | None, domain: str, method: str, seed):
     if cache is None:
@@ -345,10 +354,10 @@ def _load_unit(cache: Cache | None, domain: str, method: str, seed, text: Prompt
     scores_file, directions_file = _cache_paths(cache, domain, method, seed)
     if scores_file is None or not scores_file.exists():
         return None
-    saved = json.loads(scores_file.read_text())
-    directions = text if method == "text" else _load_directions(cache, domain, method, seed)
-    scores = [DirectionScore(**s) for s in saved["scores"]]
-    return MethodRun(method, domain, seed, directions, scores, saved["summary"], saved["seconds"], cached=True)
+    run = MethodRun.from_json(json.loads(scores_file.read_text()))
+    run.directions = text if method == "text" else _load_directions(cache, domain, method, seed)
+    run.cached = True
+    return run
 
 
 def run_domain(pipe, oracle, domain: str, settings: Settings, stages: Stages, cache: Cache | None = None,
@@ -620,10 +629,19 @@ def _protocol_bracket(s: dict) -> str:
 def markdown(report: dict) -> str:
     """The Markdown report (``quality.md``)."""
     s = report["settings"]
+    if report.get("merged_from"):
+        parts = [f"`{m['report']}` (seeds {m['seeds']}, {m['date']}, {m['machine']}, {m['seconds_total'] / 60:.1f} min)"
+                 for m in report["merged_from"]]
+        measured = (f"Pooled {report['date']} by `benchmarks/quality.py --merge` from {len(parts)} reports of one "
+                    f"protocol: {'; '.join(parts)}. The text ceiling is the first report's (deterministic), each "
+                    f"figure the one of the report holding the smallest seed. Weights {report.get('weights', '?')} "
+                    "(hash of text encoder, UNet, VAE and oracle)")
+    else:
+        measured = (f"Measured {report['date']} on {report['machine']}, weights {report.get('weights', '?')} "
+                    f"(hash of text encoder, UNet, VAE and oracle); total wall time "
+                    f"{report['seconds_total'] / 60:.1f} min")
     lines = [f"# Direction quality on {Path(s['model']).name or s['model']}", "",
-             f"Measured {report['date']} on {report['machine']}, weights {report.get('weights', '?')} "
-             f"(hash of text encoder, UNet, VAE and oracle); total wall time {report['seconds_total'] / 60:.1f} min"
-             + (" (**--quick smoke run: not a result**)" if s["quick"] else "") + ".", "",
+             measured + (" (**--quick smoke run: not a result**)" if s["quick"] else "") + ".", "",
              "Protocol (`noiseclr_lite.metrics`): the same held-out starting images per domain, balanced over every "
              f"attribute's values ({s['eval_images']} per domain, inverted once with {s['inference_steps']}-step "
              "edit-friendly DDPM inversion); each direction's scale calibrated to a mean pixel change of "
@@ -755,29 +773,135 @@ def run_benchmark(pipe, oracle, settings: Settings, out_dir: str | os.PathLike =
     if settings.interference and {"face", "cat"} <= set(settings.domains):
         interference = run_interference(pipe, oracle, per_domain["face"], per_domain["cat"], settings, stages,
                                         cache, progress)
+    figures = {}
+    for domain, runs in per_domain.items():
+        figures[domain] = f"{stem}_{domain}.png"
+        with stages(f"{domain}: figure"):
+            save_small_png(domain_figure(pipe, runs, starts[domain], settings), out_dir / figures[domain])
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "weights": weights,
               "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
-              "domains": {}, "comparisons": {}, "losses": []}
-    for domain, runs in per_domain.items():
-        rows = domain_table(runs, settings.target_change)
-        figure = f"{stem}_{domain}.png"
-        with stages(f"{domain}: figure"):
-            save_small_png(domain_figure(pipe, runs, starts[domain], settings), out_dir / figure)
-        report["domains"][domain] = {"table": rows, "figure": figure,
-                                     "runs": {m: [r.to_json() for r in rs] for m, rs in runs.items()}}
-        report["comparisons"][domain] = compare(runs)
-        report["losses"] += losses(domain, rows)
-    report["overall"] = overall_table(per_domain)
-    report["losses"] += losses("all domains", report["overall"])
-    report["bars"] = bars(report["overall"], report["comparisons"])
-    report["interference"] = interference
-    report["seconds"], report["seconds_total"] = dict(stages.seconds), stages.total
-    report["cached_seconds"] = {f"{r.domain}: {r.method}" + (f" seed {r.seed}" if r.seed is not None else ""): r.seconds
-                                for runs in per_domain.values() for rs in runs.values() for r in rs if r.cached}
-    (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=1, default=list))
-    (out_dir / f"{stem}.md").write_text(markdown(report))
+              **tabulate(per_domain, settings.target_change, figures), "interference": interference,
+              "seconds": dict(stages.seconds), "seconds_total": stages.total,
+              "cached_seconds": {f"{r.domain}: {r.method}" + (f" seed {r.seed}" if r.seed is not None else ""): r.seconds
+                                 for runs in per_domain.values() for rs in runs.values() for r in rs if r.cached}}
+    _write_report(report, out_dir, stem)
     log(f"wrote {out_dir / stem}.md, .json and {len(per_domain)} PNGs in {stages.total / 60:.1f} min")
     return report
+
+
+def tabulate(per_domain: dict[str, dict[str, list[MethodRun]]], target_change: float,
+             figures: dict[str, str]) -> dict:
+    """Every table of a report from its runs ({domain: {method: [MethodRun per seed]}}): each
+    domain's table, runs and figure, NoiseCLR's comparisons with the floor and the ceiling, where
+    it loses, the overall table and the issue's bars."""
+    out = {"domains": {}, "comparisons": {}, "losses": []}
+    for domain, runs in per_domain.items():
+        rows = domain_table(runs, target_change)
+        out["domains"][domain] = {"table": rows, "figure": figures.get(domain),
+                                  "runs": {m: [r.to_json() for r in rs] for m, rs in runs.items()}}
+        out["comparisons"][domain] = compare(runs)
+        out["losses"] += losses(domain, rows)
+    out["overall"] = overall_table(per_domain)
+    out["losses"] += losses("all domains", out["overall"])
+    out["bars"] = bars(out["overall"], out["comparisons"])
+    return out
+
+
+def _write_report(report: dict, out_dir: Path, stem: str) -> None:
+    (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=1, default=list))
+    (out_dir / f"{stem}.md").write_text(markdown(report))
+
+
+# ===================================================================================== pooling reports
+#: settings that may differ between pooled reports: the seeds (what pooling adds up) and where
+#: the model, oracle and samples lie on each machine (the weights hash checks the model and oracle)
+POOLED_FREELY = ("seeds", "model", "oracle", "samples")
+
+
+def _find_report(name: str | os.PathLike, out_dir: Path) -> Path:
+    """A report's JSON from its path or its tag (``late-4seeds`` -> ``<out_dir>/quality-late-4seeds.json``)."""
+    for candidate in (Path(name), out_dir / f"quality-{name}.json", out_dir / f"{name}.json"):
+        if candidate.is_file():
+            return candidate
+    raise SystemExit(f"benchmarks/quality.py --merge: no report {name!r} (looked for {name}, "
+                     f"{out_dir / f'quality-{name}.json'} and {out_dir / f'{name}.json'}); give a report's .json path "
+                     f"or the --tag it was written with")
+
+
+def merge_reports(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
+                  log: Callable[[str], None] = print) -> dict:
+    """Pool reports of one protocol and different seeds into one report, as if one run had scored
+    every seed: seeds 0 1 on one machine and 2 3 on another (or in another session) give the
+    four-seed tables.  Valid because a unit's result depends only on its settings and seed, not on
+    what ran before it in the process (``tests/test_train.py``).
+
+    ``names`` are report paths or tags.  Every report must have the same weights and settings but
+    for ``POOLED_FREELY``, and no seed twice; otherwise SystemExit names the reports, the setting,
+    both values and the fix.  The deterministic text ceiling is taken from the first report; the
+    scene interference is pooled when every report has it, else left out; each domain's figure
+    is the one of the report holding the smallest seed.  Writes ``quality[-tag].md/.json``
+    (no new PNGs, nothing is rendered) and returns the report.
+    """
+    out_dir = Path(out_dir)
+    if len(names) < 2:
+        raise SystemExit(f"benchmarks/quality.py --merge: got {len(names)} report; pooling needs two or more")
+    paths = [_find_report(n, out_dir) for n in names]
+    reports = [json.loads(p.read_text()) for p in paths]
+    first, first_path = reports[0], paths[0]
+    seen_seeds: dict[int, Path] = {}
+    for path, report in zip(paths, reports):
+        if report.get("weights") != first.get("weights"):
+            raise SystemExit(f"benchmarks/quality.py --merge: {path} measured weights {report.get('weights')} and "
+                             f"{first_path} weights {first.get('weights')}: pool only reports of the same model and "
+                             f"oracle")
+        for key in sorted(set(first["settings"]) | set(report["settings"])):
+            mine, theirs = first["settings"].get(key), report["settings"].get(key)
+            if key not in POOLED_FREELY and mine != theirs:
+                raise SystemExit(f"benchmarks/quality.py --merge: {path} has {key} = {theirs!r} but {first_path} has "
+                                 f"{mine!r}: only one protocol's reports can be pooled; run the missing seeds with "
+                                 f"the same flags as {first_path.stem} (its settings table lists them)")
+        for seed in report["settings"]["seeds"]:
+            if seed in seen_seeds:
+                raise SystemExit(f"benchmarks/quality.py --merge: seed {seed} is in both {seen_seeds[seed]} and {path}; "
+                                 f"each seed may be pooled once")
+            seen_seeds[seed] = path
+    by_seed = lambda run: -1 if run.seed is None else run.seed  # noqa: E731  (None: the text run)
+    per_domain: dict[str, dict[str, list[MethodRun]]] = {}
+    for domain in first["settings"]["domains"]:
+        per_domain[domain] = {}
+        for method in first["settings"]["methods"]:
+            runs = [MethodRun.from_json(saved) for report in (reports[:1] if method not in SEEDED else reports)
+                    for saved in report["domains"][domain]["runs"][method]]
+            per_domain[domain][method] = sorted(runs, key=by_seed)
+    holder = paths.index(seen_seeds[min(seen_seeds)])  # the figures show each method's first seed
+    figures = {d: os.path.relpath(paths[holder].parent / reports[holder]["domains"][d]["figure"], out_dir)
+               for d in per_domain if reports[holder]["domains"][d].get("figure")}
+    interference = None
+    if all(r.get("interference") for r in reports):
+        interference = {}
+        for method in first["interference"]:
+            rows = sorted((row for r in (reports[:1] if method not in SEEDED else reports)
+                           for row in r["interference"][method]["runs"]),
+                          key=lambda row: -1 if row["seed"] is None else row["seed"])
+            interference[method] = {"runs": rows, **{key: _mean_std([row[key] for row in rows])
+                                                     for key in ("face_leak", "cat_leak", "leak")}}
+    stems = [p.stem for p in paths]
+    settings = dict(first["settings"], seeds=sorted(seen_seeds))
+    merged = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": first["machine"], "weights": first["weights"],
+              "settings": settings, **tabulate(per_domain, settings["target_change"], figures),
+              "interference": interference,
+              "merged_from": [{"report": stem, "date": r["date"], "machine": r["machine"],
+                               "seeds": r["settings"]["seeds"], "seconds_total": r["seconds_total"]}
+                              for stem, r in zip(stems, reports)],
+              "seconds": {f"{stem}: {stage}": sec for stem, r in zip(stems, reports) for stage, sec in r["seconds"].items()},
+              "seconds_total": round(sum(r["seconds_total"] for r in reports), 2),
+              "cached_seconds": {f"{stem}: {unit}": sec for stem, r in zip(stems, reports)
+                                 for unit, sec in r.get("cached_seconds", {}).items()}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = "quality" + (f"-{tag}" if tag else "")
+    _write_report(merged, out_dir, stem)
+    log(f"wrote {out_dir / stem}.md and .json: seeds {settings['seeds']} pooled from {', '.join(stems)}")
+    return merged
 
 
 def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
@@ -854,6 +978,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     run.add_argument("--no-progress", action="store_true", help="no tqdm bars (stage lines are still printed)")
+    run.add_argument("--merge", nargs="+", metavar="REPORT", default=None,
+                     help="pool reports of one protocol and different seeds (their .json paths or tags) into "
+                          "quality[-TAG].md/.json instead of running anything, e.g. --merge late late-seeds23 "
+                          "--tag late-4seeds")
     run.add_argument("--sweep-table", action="store_true",
                      help="run nothing: tabulate every OUT/quality*.json (settings vs NoiseCLR's numbers) into "
                           "OUT/quality-sweep.md")
@@ -944,6 +1072,8 @@ def main(argv=None) -> dict:
     if args.sweep_table:
         print(sweep_table(args.out))
         return {}
+    if args.merge:
+        return merge_reports(args.merge, args.out, tag=args.tag)
     missing = [m for m in REQUIRED_METHODS if m not in args.methods]
     if missing:
         raise SystemExit(f"benchmarks/quality.py: --methods {' '.join(args.methods)} lacks {', '.join(missing)}; "

@@ -219,6 +219,45 @@ def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe
     assert len(list((tmp_path / "cache").iterdir())) == 3                         # two scores keys, one trained key
 
 
+def test_merging_two_reports_of_different_seeds_gives_the_tables_of_one_run_of_both(tiny_pipe, tmp_path):
+    settings = tiny_settings(Path(quality.DEFAULT_SAMPLES), domains=["face", "cat"], calibration_iters=0,
+                             methods=quality.REQUIRED_METHODS)
+    quiet = dict(resume=True, progress=False, log=lambda _: None)
+    for seed in (0, 1):
+        quality.run_benchmark(tiny_pipe, StatsOracle(), dataclasses.replace(settings, seeds=[seed]), tmp_path,
+                              tag=f"seed{seed}", **quiet)
+    # both seeds in one run, read back from the cache the two runs filled
+    together = quality.run_benchmark(tiny_pipe, StatsOracle(), dataclasses.replace(settings, seeds=[0, 1]),
+                                     tmp_path, tag="together", **quiet)
+    # by tag and by path, in either order: seeds are sorted as one run orders them
+    merged = quality.main(["--merge", "seed1", str(tmp_path / "quality-seed0.json"), "--out", str(tmp_path),
+                           "--tag", "merged"])
+    together, merged = (json.loads(json.dumps(r, default=list)) for r in (together, merged))  # tuples as lists
+    for key in ("overall", "comparisons", "bars", "losses", "interference"):
+        assert merged[key] == together[key], key
+    for domain in ("face", "cat"):
+        assert merged["domains"][domain]["table"] == together["domains"][domain]["table"]
+        assert merged["domains"][domain]["figure"] == "quality-seed0_cat.png".replace("cat", domain)
+        assert [r["seed"] for r in merged["domains"][domain]["runs"]["NoiseCLR"]] == [0, 1]
+        assert len(merged["domains"][domain]["runs"]["text"]) == 1
+    assert merged["settings"]["seeds"] == [0, 1] and merged["overall"][0]["runs"] == 2
+    md = (tmp_path / "quality-merged.md").read_text()
+    assert "Pooled" in md and "`quality-seed0` (seeds [0]" in md and "`quality-seed1` (seeds [1]" in md
+    assert "quality-seed1: face: train NoiseCLR seed 1" in merged["seconds"]
+    # what cannot be pooled is refused with the setting, both values and the fix
+    other = json.loads((tmp_path / "quality-seed1.json").read_text())
+    other["settings"]["steps"] = 7
+    (tmp_path / "quality-steps7.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="has steps = 7 but .*quality-seed0.json has 2: only one protocol"):
+        quality.merge_reports(["seed0", "steps7"], tmp_path)
+    with pytest.raises(SystemExit, match="seed 0 is in both"):
+        quality.merge_reports(["seed0", "together"], tmp_path)
+    with pytest.raises(SystemExit, match="no report 'absent'"):
+        quality.merge_reports(["seed0", "absent"], tmp_path)
+    with pytest.raises(SystemExit, match="needs two or more"):
+        quality.merge_reports(["seed0"], tmp_path)
+
+
 def test_command_line_flags_and_quick_defaults():
     args = quality.parse_args(["--quick", "--steps", "7", "--negatives", "all", "--domains", "face", "car"])
     settings = quality.settings_from_args(args, "some/model")
