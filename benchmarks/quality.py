@@ -630,12 +630,15 @@ def markdown(report: dict) -> str:
     """The Markdown report (``quality.md``)."""
     s = report["settings"]
     if report.get("merged_from"):
-        parts = [f"`{m['report']}` (seeds {m['seeds']}, {m['date']}, {m['machine']}, {m['seconds_total'] / 60:.1f} min)"
-                 for m in report["merged_from"]]
+        parts = [f"`{m['report']}` (seeds {m['seeds']}, {m['date']}, {m['machine']}; its own process "
+                 f"{m['seconds_total'] / 60:.1f} min)" for m in report["merged_from"]]
+        differs = (f" (its scores differ in {', '.join(report['text_differs'])})" if report.get("text_differs")
+                   else "")
         measured = (f"Pooled {report['date']} by `benchmarks/quality.py --merge` from {len(parts)} reports of one "
-                    f"protocol: {'; '.join(parts)}. The text ceiling is the first report's (deterministic), each "
-                    f"figure the one of the report holding the smallest seed. Weights {report.get('weights', '?')} "
-                    "(hash of text encoder, UNet, VAE and oracle)")
+                    f"protocol: {'; '.join(parts)}; the minutes are each report's last process, without the units "
+                    f"it read back from the cache (their seconds are at the end). The text ceiling is the first "
+                    f"report's (deterministic){differs}, each figure the one of the report holding the smallest "
+                    f"seed. Weights {report.get('weights', '?')} (hash of text encoder, UNet, VAE and oracle)")
     else:
         measured = (f"Measured {report['date']} on {report['machine']}, weights {report.get('weights', '?')} "
                     f"(hash of text encoder, UNet, VAE and oracle); total wall time "
@@ -813,9 +816,10 @@ def _write_report(report: dict, out_dir: Path, stem: str) -> None:
 
 
 # ===================================================================================== pooling reports
-#: settings that may differ between pooled reports: the seeds (what pooling adds up) and where
-#: the model, oracle and samples lie on each machine (the weights hash checks the model and oracle)
-POOLED_FREELY = ("seeds", "model", "oracle", "samples")
+#: settings that may differ between pooled reports: the seeds (what pooling adds up), whether the
+#: face+cat scenes ran (pooled only when every report has them), and where the model, oracle and
+#: samples lie on each machine (the weights hash checks the model and oracle)
+POOLED_FREELY = ("seeds", "interference", "model", "oracle", "samples")
 
 
 def _find_report(name: str | os.PathLike, out_dir: Path) -> Path:
@@ -828,6 +832,12 @@ def _find_report(name: str | os.PathLike, out_dir: Path) -> Path:
                      f"or the --tag it was written with")
 
 
+def _protocol(report: dict) -> dict:
+    """A report's settings with the defaults filled in for options it predates (the value they
+    had before the option existed, as :meth:`Settings.fingerprint` assumes), as JSON values."""
+    return json.loads(json.dumps({**asdict(Settings()), **report["settings"]}, default=list))
+
+
 def merge_reports(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
                   log: Callable[[str], None] = print) -> dict:
     """Pool reports of one protocol and different seeds into one report, as if one run had scored
@@ -835,12 +845,13 @@ def merge_reports(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
     four-seed tables.  Valid because a unit's result depends only on its settings and seed, not on
     what ran before it in the process (``tests/test_train.py``).
 
-    ``names`` are report paths or tags.  Every report must have the same weights and settings but
-    for ``POOLED_FREELY``, and no seed twice; otherwise SystemExit names the reports, the setting,
-    both values and the fix.  The deterministic text ceiling is taken from the first report; the
-    scene interference is pooled when every report has it, else left out; each domain's figure
-    is the one of the report holding the smallest seed.  Writes ``quality[-tag].md/.json``
-    (no new PNGs, nothing is rendered) and returns the report.
+    ``names`` are report paths or tags.  Every report must have the same weights, domains and
+    settings but for ``POOLED_FREELY``, and no seed twice; otherwise SystemExit names the reports,
+    the setting, both values and the fix.  The deterministic text ceiling is taken from the first
+    report (a report whose text scores differ is named in the log and the Markdown); the scene
+    interference is pooled when every report has it, else left out; each domain's figure is a link
+    to the PNG of the report holding the smallest seed (renaming that report breaks it).  Writes
+    ``quality[-tag].md/.json`` (no new PNGs, nothing is rendered) and returns the report.
     """
     out_dir = Path(out_dir)
     if len(names) < 2:
@@ -848,31 +859,45 @@ def merge_reports(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
     paths = [_find_report(n, out_dir) for n in names]
     reports = [json.loads(p.read_text()) for p in paths]
     first, first_path = reports[0], paths[0]
+    protocol = _protocol(first)
     seen_seeds: dict[int, Path] = {}
     for path, report in zip(paths, reports):
         if report.get("weights") != first.get("weights"):
             raise SystemExit(f"benchmarks/quality.py --merge: {path} measured weights {report.get('weights')} and "
                              f"{first_path} weights {first.get('weights')}: pool only reports of the same model and "
                              f"oracle")
-        for key in sorted(set(first["settings"]) | set(report["settings"])):
-            mine, theirs = first["settings"].get(key), report["settings"].get(key)
-            if key not in POOLED_FREELY and mine != theirs:
-                raise SystemExit(f"benchmarks/quality.py --merge: {path} has {key} = {theirs!r} but {first_path} has "
-                                 f"{mine!r}: only one protocol's reports can be pooled; run the missing seeds with "
-                                 f"the same flags as {first_path.stem} (its settings table lists them)")
+        if set(report["settings"]["domains"]) != set(first["settings"]["domains"]):
+            raise SystemExit(f"benchmarks/quality.py --merge: {path} scored the domains {report['settings']['domains']} "
+                             f"and {first_path} {first['settings']['domains']}: pooling adds seeds, not domains; run "
+                             f"the missing domains into each report first (with --resume, finished units are read back)")
+        theirs = _protocol(report)
+        for key in sorted(protocol):
+            if key not in POOLED_FREELY + ("domains",) and protocol[key] != theirs[key]:
+                raise SystemExit(f"benchmarks/quality.py --merge: {path} has {key} = {theirs[key]!r} but {first_path} "
+                                 f"has {protocol[key]!r}: only one protocol's reports can be pooled; run the missing "
+                                 f"seeds with the same flags as {first_path.stem} (its settings table lists them)")
         for seed in report["settings"]["seeds"]:
             if seed in seen_seeds:
                 raise SystemExit(f"benchmarks/quality.py --merge: seed {seed} is in both {seen_seeds[seed]} and {path}; "
-                                 f"each seed may be pooled once")
+                                 f"each seed may be pooled once: leave one of the two reports out, or re-run one of "
+                                 f"them with other --seeds")
             seen_seeds[seed] = path
     by_seed = lambda run: -1 if run.seed is None else run.seed  # noqa: E731  (None: the text run)
     per_domain: dict[str, dict[str, list[MethodRun]]] = {}
+    text_differs = []
     for domain in first["settings"]["domains"]:
         per_domain[domain] = {}
         for method in first["settings"]["methods"]:
             runs = [MethodRun.from_json(saved) for report in (reports[:1] if method not in SEEDED else reports)
                     for saved in report["domains"][domain]["runs"][method]]
             per_domain[domain][method] = sorted(runs, key=by_seed)
+        if "text" in per_domain[domain]:
+            text_differs += [f"{path.stem} ({domain})" for path, report in zip(paths[1:], reports[1:])
+                             if report["domains"][domain]["runs"]["text"][0]["summary"]
+                             != first["domains"][domain]["runs"]["text"][0]["summary"]]
+    if text_differs:
+        log(f"note: the text ceiling's scores differ from {first_path.stem}'s in {', '.join(text_differs)}; "
+            f"the report uses {first_path.stem}'s")
     holder = paths.index(seen_seeds[min(seen_seeds)])  # the figures show each method's first seed
     figures = {d: os.path.relpath(paths[holder].parent / reports[holder]["domains"][d]["figure"], out_dir)
                for d in per_domain if reports[holder]["domains"][d].get("figure")}
@@ -886,13 +911,15 @@ def merge_reports(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
             interference[method] = {"runs": rows, **{key: _mean_std([row[key] for row in rows])
                                                      for key in ("face_leak", "cat_leak", "leak")}}
     stems = [p.stem for p in paths]
-    settings = dict(first["settings"], seeds=sorted(seen_seeds))
-    merged = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": first["machine"], "weights": first["weights"],
+    settings = dict(first["settings"], seeds=sorted(seen_seeds), interference=interference is not None)
+    merged = {"date": time.strftime("%Y-%m-%d %H:%M"),
+              "machine": "; ".join(dict.fromkeys(r["machine"] for r in reports)), "weights": first.get("weights"),
               "settings": settings, **tabulate(per_domain, settings["target_change"], figures),
               "interference": interference,
               "merged_from": [{"report": stem, "date": r["date"], "machine": r["machine"],
                                "seeds": r["settings"]["seeds"], "seconds_total": r["seconds_total"]}
                               for stem, r in zip(stems, reports)],
+              "text_differs": text_differs,
               "seconds": {f"{stem}: {stage}": sec for stem, r in zip(stems, reports) for stage, sec in r["seconds"].items()},
               "seconds_total": round(sum(r["seconds_total"] for r in reports), 2),
               "cached_seconds": {f"{stem}: {unit}": sec for stem, r in zip(stems, reports)

@@ -695,7 +695,9 @@ TABLE_COLUMNS = [("method", "method"), ("domain", "domain"), ("directions", "K")
 def _cell(value) -> str:
     if value is None:
         return "-"
-    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+    # a (mean, std) pair; a list when read back from a report's JSON
+    if (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
         return f"{value[0]:.2f} ± {value[1]:.2f}"
     if isinstance(value, float):
         return f"{value:.3f}" if abs(value) < 0.1 else f"{value:.2f}"
@@ -708,7 +710,8 @@ def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]] = TABL
     """A Markdown table (header + one line per row) for the benchmark README.
 
     ``rows`` are :func:`summary` (or :func:`aggregate_summaries`) dicts with an added
-    ``"method"`` key; (mean, std) pairs print as "0.62 ± 0.05"; missing keys print "-".
+    ``"method"`` key; (mean, std) pairs (tuples, or lists as read back from JSON) print as
+    "0.62 ± 0.05"; missing keys print "-".
     """
     lines = ["| " + " | ".join(title for _, title in columns) + " |",
              "|" + "|".join("---" for _ in columns) + "|"]

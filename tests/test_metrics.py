@@ -1,6 +1,7 @@
 """Scoring directions: the math on constructed cases with known answers, and one end-to-end run."""
 
 import dataclasses
+import json
 import math
 from dataclasses import asdict
 
@@ -189,6 +190,8 @@ def test_summary_and_markdown_table():
     lines = table.splitlines()
     assert len(lines) == 4 and lines[0].startswith("| method | domain | K | coverage |")
     assert "| NoiseCLR | face | 2 | 0.38 ± 0.18 |" in lines[2] and "| random | face | 2 | 0.25 |" in lines[3]
+    # a report read back from JSON has lists where it had (mean, std) tuples: the same table
+    assert format_table(json.loads(json.dumps([{"method": "NoiseCLR", **both}, {"method": "random", **row}]))) == table
     with pytest.raises(ValueError, match="attributes"):
         summary(scores, "cat")
 

@@ -250,8 +250,22 @@ def test_merging_two_reports_of_different_seeds_gives_the_tables_of_one_run_of_b
     (tmp_path / "quality-steps7.json").write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="has steps = 7 but .*quality-seed0.json has 2: only one protocol"):
         quality.merge_reports(["seed0", "steps7"], tmp_path)
-    with pytest.raises(SystemExit, match="seed 0 is in both"):
+    with pytest.raises(SystemExit, match="seed 0 is in both .* leave one of the two reports out"):
         quality.merge_reports(["seed0", "together"], tmp_path)
+    other = json.loads((tmp_path / "quality-seed1.json").read_text())
+    other["settings"]["domains"] = ["face"]
+    (tmp_path / "quality-face.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="pooling adds seeds, not domains"):
+        quality.merge_reports(["seed0", "face"], tmp_path)
+    # a report without the scene part pools, and the scenes are left out; an option the older report
+    # predates reads as its default (here the calibration bracket's min_scale 0)
+    other = json.loads((tmp_path / "quality-seed1.json").read_text())
+    other["interference"], other["settings"]["interference"] = None, False
+    del other["settings"]["min_scale"]
+    (tmp_path / "quality-scenes.json").write_text(json.dumps(other))
+    unscened = quality.merge_reports(["seed0", "scenes"], tmp_path, tag="unscened", log=lambda _: None)
+    assert unscened["interference"] is None and unscened["settings"]["interference"] is False
+    assert json.loads(json.dumps(unscened["overall"], default=list)) == merged["overall"]
     with pytest.raises(SystemExit, match="no report 'absent'"):
         quality.merge_reports(["seed0", "absent"], tmp_path)
     with pytest.raises(SystemExit, match="needs two or more"):
