@@ -838,6 +838,11 @@ def _protocol(report: dict) -> dict:
     return json.loads(json.dumps({**asdict(Settings()), **report["settings"]}, default=list))
 
 
+def _seed_order(seed: int | None) -> int:
+    """Sort key of a run's seed: the unseeded text run (None) first, then the seeds in order."""
+    return -1 if seed is None else seed
+
+
 def merge_reports(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
                   log: Callable[[str], None] = print) -> dict:
     """Pool reports of one protocol and different seeds into one report, as if one run had scored
@@ -882,7 +887,6 @@ def merge_reports(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
                                  f"each seed may be pooled once: leave one of the two reports out, or re-run one of "
                                  f"them with other --seeds")
             seen_seeds[seed] = path
-    by_seed = lambda run: -1 if run.seed is None else run.seed  # noqa: E731  (None: the text run)
     per_domain: dict[str, dict[str, list[MethodRun]]] = {}
     text_differs = []
     for domain in first["settings"]["domains"]:
@@ -890,7 +894,7 @@ def merge_reports(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
         for method in first["settings"]["methods"]:
             runs = [MethodRun.from_json(saved) for report in (reports[:1] if method not in SEEDED else reports)
                     for saved in report["domains"][domain]["runs"][method]]
-            per_domain[domain][method] = sorted(runs, key=by_seed)
+            per_domain[domain][method] = sorted(runs, key=lambda run: _seed_order(run.seed))
         if "text" in per_domain[domain]:
             text_differs += [f"{path.stem} ({domain})" for path, report in zip(paths[1:], reports[1:])
                              if report["domains"][domain]["runs"]["text"][0]["summary"]
@@ -907,7 +911,7 @@ def merge_reports(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
         for method in first["interference"]:
             rows = sorted((row for r in (reports[:1] if method not in SEEDED else reports)
                            for row in r["interference"][method]["runs"]),
-                          key=lambda row: -1 if row["seed"] is None else row["seed"])
+                          key=lambda row: _seed_order(row["seed"]))
             interference[method] = {"runs": rows, **{key: _mean_std([row[key] for row in rows])
                                                      for key in ("face_leak", "cat_leak", "leak")}}
     stems = [p.stem for p in paths]

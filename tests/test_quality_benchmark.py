@@ -237,7 +237,7 @@ def test_merging_two_reports_of_different_seeds_gives_the_tables_of_one_run_of_b
         assert merged[key] == together[key], key
     for domain in ("face", "cat"):
         assert merged["domains"][domain]["table"] == together["domains"][domain]["table"]
-        assert merged["domains"][domain]["figure"] == "quality-seed0_cat.png".replace("cat", domain)
+        assert merged["domains"][domain]["figure"] == f"quality-seed0_{domain}.png"
         assert [r["seed"] for r in merged["domains"][domain]["runs"]["NoiseCLR"]] == [0, 1]
         assert len(merged["domains"][domain]["runs"]["text"]) == 1
     assert merged["settings"]["seeds"] == [0, 1] and merged["overall"][0]["runs"] == 2
@@ -266,6 +266,15 @@ def test_merging_two_reports_of_different_seeds_gives_the_tables_of_one_run_of_b
     unscened = quality.merge_reports(["seed0", "scenes"], tmp_path, tag="unscened", log=lambda _: None)
     assert unscened["interference"] is None and unscened["settings"]["interference"] is False
     assert json.loads(json.dumps(unscened["overall"], default=list)) == merged["overall"]
+    # text is deterministic and taken from the first report; a report whose text scores differ is named
+    other = json.loads((tmp_path / "quality-seed1.json").read_text())
+    other["domains"]["cat"]["runs"]["text"][0]["summary"]["mean_purity"] += 0.5
+    (tmp_path / "quality-text.json").write_text(json.dumps(other))
+    said = []
+    texted = quality.merge_reports(["seed0", "text"], tmp_path, tag="texted", log=said.append)
+    assert texted["text_differs"] == ["quality-text (cat)"] and "differ" in said[0]
+    assert "its scores differ in quality-text (cat)" in (tmp_path / "quality-texted.md").read_text()
+    assert json.loads(json.dumps(texted["overall"], default=list)) == merged["overall"]
     with pytest.raises(SystemExit, match="no report 'absent'"):
         quality.merge_reports(["seed0", "absent"], tmp_path)
     with pytest.raises(SystemExit, match="needs two or more"):
