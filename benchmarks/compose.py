@@ -69,7 +69,10 @@ def scenes_with(labels: list[dict], wanted: dict[str, int]) -> list[str]:
 
 
 def flip_share(probabilities: torch.Tensor, column: int, from_value: int) -> float:
-    """Share of images the oracle now reads at the other value of attribute ``column``."""
+    """Share of images the oracle now reads at the other value of attribute ``column``, in [0, 1].
+
+    ``probabilities`` is the oracle's [M, A] P(value 1) after the edit; every image started at ``from_value``.
+    """
     now_one = probabilities[:, column] >= 0.5
     return float((now_one if from_value == 0 else ~now_one).float().mean())
 

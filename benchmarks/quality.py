@@ -168,6 +168,8 @@ class Cache:
 
     @classmethod
     def for_settings(cls, root: Path, settings: Settings, weights: str) -> "Cache":
+        """The cache of one protocol under ``root``: scores keyed by every setting and the weights,
+        trained directions by the training settings and the weights only."""
         return cls(root / settings.fingerprint(weights), root / f"trained-{settings.training_fingerprint(weights)}")
 
 
@@ -209,6 +211,7 @@ class Stages:
 
     @property
     def total(self) -> float:
+        """Seconds since this run started, rounded to 0.01."""
         return round(time.perf_counter() - self.started, 2)
 
 
@@ -288,6 +291,7 @@ class MethodRun:
     cached: bool = False
 
     def to_json(self) -> dict:
+        """This unit as plain JSON (what the cache and the report store; :meth:`from_json` reads it back)."""
         return {"method": self.method, "domain": self.domain, "seed": self.seed, "summary": self.summary,
                 "seconds": self.seconds, "cached": self.cached, "scores": [asdict(s) for s in self.scores]}
 
@@ -755,6 +759,7 @@ def domain_figure(pipe, runs: dict[str, list[MethodRun]], start: StartSet, setti
 
 # ===================================================================================== the whole run
 def machine() -> str:
+    """This machine in one line for the report: architecture, CPUs, torch threads and version, GPU if any."""
     return (f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
             f"torch {torch.__version__}" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
 
@@ -984,6 +989,7 @@ def _negatives(text: str) -> int | None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The command line (``argv``, default ``sys.argv[1:]``) as a namespace; defaults from :class:`Settings`."""
     defaults = Settings()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     run = p.add_argument_group("what to run")
@@ -1099,6 +1105,8 @@ def settings_from_args(args: argparse.Namespace, model: str) -> Settings:
 
 
 def main(argv=None) -> dict:
+    """Run what ``argv`` asks (a benchmark run, ``--merge`` or ``--sweep-table``); returns the report
+    as a dict (``{}`` for the sweep table), the same record that is written to ``quality*.json``."""
     args = parse_args(argv)
     if args.sweep_table:
         print(sweep_table(args.out))

@@ -291,7 +291,8 @@ def training_rss_mb(model: str, k: int, n: int, per_direction: bool) -> tuple[fl
             f"from benchmarks.speed import memory_probe; print(*memory_probe({model!r}, {k}, {n}, {per_direction}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if done.returncode:
-        raise RuntimeError(f"the memory probe for model={model!r} K={k} N={n} failed:\n{done.stderr[-2000:]}")
+        raise RuntimeError(f"the memory probe for model={model!r} K={k} N={n} failed (its error below); run it "
+                           f"alone to debug: {sys.executable} -c {code!r}\n{done.stderr[-2000:]}")
     step_mb, peak_mb = map(float, done.stdout.split()[-2:])
     return step_mb, peak_mb
 
@@ -629,6 +630,7 @@ def run_gpu_parts(args, record: Callable[[str, list, list], None]) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The command line (``argv``, default ``sys.argv[1:]``) as a namespace."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=PARTS, default=PARTS, help="which parts to run (default: all)")
     parser.add_argument("--models", nargs="+", default=["tiny", "bundled"],

@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.names:
             names = [n.strip() for n in args.names.split(",")]
             if len(names) != directions.num_directions:
-                raise SystemExit(f"--names has {len(names)} names for {directions.num_directions} directions")
+                raise SystemExit(f"--names has {len(names)} names for {directions.num_directions} directions; "
+                                 f"give {directions.num_directions} comma-separated names")
             directions.names = names
         directions.save(args.out)
         print(f"saved {directions.num_directions} directions to {args.out}")

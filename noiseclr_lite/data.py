@@ -61,7 +61,8 @@ def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image {path} does not exist")
+        raise FileNotFoundError(f"image {path} does not exist (working directory {Path.cwd()}); "
+                                f"check the path, or give an absolute one")
     try:
         with Image.open(path) as image:
             image.load()
@@ -112,7 +113,8 @@ def load_images(source: str | os.PathLike | Iterable[str | os.PathLike], size: i
             warnings.warn(f"skipping {path}: {e}", stacklevel=2)
             skipped.append(str(path))
     if not images:
-        raise ValueError(f"none of the {len(paths)} files could be read as images: {skipped}")
+        raise ValueError(f"none of the {len(paths)} files could be read as images: {skipped}; the warnings "
+                         f"above say why for each; give a folder of PNG or JPEG files")
     return torch.stack(images)
 
 

@@ -103,7 +103,9 @@ class Directions:
             raise ValueError(f"Directions need embeddings [K, H] with K tokens and K names; got embeddings "
                              f"{tuple(self.embeddings.shape)}, {len(self.tokens)} tokens, {len(self.names)} names")
         if len(set(self.tokens)) != len(self.tokens):
-            raise ValueError(f"Directions tokens must be distinct; got {self.tokens}")
+            repeated = sorted({t for t in self.tokens if self.tokens.count(t) > 1})
+            raise ValueError(f"Directions tokens must be distinct; {repeated} appear more than once in "
+                             f"{self.tokens}. Give each direction its own token (Directions.create numbers them)")
 
     @classmethod
     def create(cls, pipe, num_directions: int, prefix: str = "d", init: str = "random", seed: int = 0,
@@ -221,7 +223,8 @@ class Directions:
         """
         rows = self.embeddings if embeddings is None else embeddings
         if tuple(rows.shape) != tuple(self.embeddings.shape):
-            raise ValueError(f"embeddings must be {tuple(self.embeddings.shape)}; got {tuple(rows.shape)}")
+            raise ValueError(f"embeddings must be {tuple(self.embeddings.shape)} (one row per direction of this "
+                             f"set); got {tuple(rows.shape)}. Pass rows of this set's shape, or None for its own")
         if any(t not in pipe.tokenizer.get_added_vocab() for t in self.tokens):
             self.install(pipe)
         ids = pipe.tokenizer.convert_tokens_to_ids(self.tokens)

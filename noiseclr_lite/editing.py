@@ -92,7 +92,8 @@ def _direction_conditionings(pipe, edits) -> list:
 def _expand(cond: torch.Tensor, batch: int, pipe) -> torch.Tensor:
     """[1 or B, L, H] -> [B, L, H] on the UNet's device and dtype."""
     if cond.shape[0] not in (1, batch):
-        raise ValueError(f"conditioning has {cond.shape[0]} rows for a batch of {batch}")
+        raise ValueError(f"the conditioning (prompt embeddings) has {cond.shape[0]} rows for a batch of "
+                         f"{batch} images; give one row (shared by every image) or {batch}")
     return cond.expand(batch, -1, -1).to(pipe.unet.device, pipe.unet.dtype)
 
 

@@ -11,10 +11,11 @@ def check_grid(rows, row_labels=None, col_labels=None, caller: str = "a grid") -
         raise ValueError(f"{caller} needs at least one row with one image")
     n_cols = len(rows[0])
     if any(len(r) != n_cols for r in rows):
-        raise ValueError(f"every row must have {n_cols} images; got lengths {[len(r) for r in rows]}")
+        raise ValueError(f"{caller}: every row must have {n_cols} images; got lengths {[len(r) for r in rows]}. "
+                         f"Give every row one image per column")
     for labels, count, what in ((row_labels, len(rows), "row"), (col_labels, n_cols, "column")):
         if labels is not None and len(labels) != count:
-            raise ValueError(f"{len(labels)} {what} labels for {count} {what}s")
+            raise ValueError(f"{len(labels)} {what} labels for {count} {what}s in {caller}; give one per {what}, or none")
 
 
 def image_grid(rows: list[list[Image.Image]], row_labels: list[str] | None = None,

@@ -171,6 +171,8 @@ def edit_hspace(pipe, direction: torch.Tensor, scale: float, window: tuple[float
                 **edit_kwargs) -> list:
     """:func:`~noiseclr_lite.editing.edit` with one h-space offset applied; returns PIL images.
 
+    ``direction`` is [C, h', w'], one offset in the UNet middle block's output space (as for
+    :func:`hspace_edit`), added ``scale`` times at the steps of ``window``.
     ``edit_kwargs`` go to ``edit`` (``inversion=``, ``seed=``, ``prompt=``, ...).
     """
     from .editing import edit

@@ -156,6 +156,9 @@ def ddpm_step(scheduler: DDIMScheduler, noise_pred: torch.Tensor, t: int, latent
     ``mu_t`` is diffusers' ``DDIMScheduler.step`` with ``eta=1`` and zero noise; ``z_t`` is
     ``noise_map`` (None = 0, which gives the mean).  Inversion and regeneration both call
     this one function, which is why the regeneration is exact.
+
+    ``noise_pred``, ``latents`` and ``noise_map`` are [B, 4, h, w] (latent space, unscaled noise
+    ``z_t`` ~ N(0, 1)); returns ``x_{t-1}`` [B, 4, h, w] in float32.
     """
     noise_pred, latents = noise_pred.float(), latents.float()
     mean = scheduler.step(noise_pred, int(t), latents, eta=1.0, variance_noise=torch.zeros_like(latents)).prev_sample

@@ -34,7 +34,8 @@ def _anchor_blocks(features: torch.Tensor, tau: float, anchor: int | None, loss_
     if n < 2 or k < 2:
         raise ValueError(f"the {loss_name} loss needs >= 2 images and >= 2 directions; got N={n}, K={k}")
     if anchor is not None and not 0 <= anchor < k:
-        raise ValueError(f"anchor {anchor} is outside the {k} directions in the batch")
+        raise ValueError(f"anchor {anchor} is outside the {k} directions in the batch; give an index in "
+                         f"[0, {k - 1}] or None (every direction is an anchor)")
     unit = F.normalize(features.flatten(2).float(), dim=-1)               # [N, K, F]
     across_images = torch.einsum("ikf,jkf->kij", unit, unit) / tau        # [K, N, N]
     across_directions = torch.einsum("ikf,ilf->ikl", unit, unit) / tau    # [N, K, K]

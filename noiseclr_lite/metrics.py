@@ -81,7 +81,8 @@ def _effect_vector(effects, names: Sequence[str] | None = None) -> tuple[torch.T
     if vector.ndim != 1:
         raise ValueError(f"effects must be one value per attribute, shape [A]; got {tuple(vector.shape)}")
     if names is not None and len(names) != len(vector):
-        raise ValueError(f"{len(vector)} effects but {len(names)} attribute names")
+        raise ValueError(f"{len(vector)} effects but {len(names)} attribute names ({list(names)}); give one "
+                         f"effect per attribute, in the order of the names")
     return vector, (list(names) if names is not None else None)
 
 
@@ -109,13 +110,18 @@ def two_sided_effects(probs_plus: torch.Tensor, probs_minus: torch.Tensor, signe
 
 
 def strength(effects) -> float:
-    """The largest effect (|effect| if signed), in [0, 1]; 0 for no attributes."""
+    """The largest effect (|effect| if signed), in [0, 1]; 0 for no attributes.
+
+    ``effects``: one value per attribute, as a [A] tensor, a sequence or a {name: effect} dict.
+    """
     vector, _ = _effect_vector(effects)
     return float(vector.abs().max()) if len(vector) else 0.0
 
 
 def purity(effects) -> float:
     """Largest effect / sum of effects (absolute values), in [1/A, 1]; 1.0 = one attribute only.
+
+    ``effects``: one value per attribute, as a [A] tensor, a sequence or a {name: effect} dict.
 
     A direction that changes nothing (all effects 0) has purity 0, not 1: doing nothing
     is not a pure edit.
@@ -243,7 +249,8 @@ def pixel_change(images_a: torch.Tensor, images_b: torch.Tensor) -> float:
     channel of every pixel went from black to white, and 0.01 ~ 2.5 grey levels of 255.
     """
     if images_a.shape != images_b.shape:
-        raise ValueError(f"images differ in shape: {tuple(images_a.shape)} vs {tuple(images_b.shape)}")
+        raise ValueError(f"pixel_change needs two image batches of one shape; got {tuple(images_a.shape)} vs "
+                         f"{tuple(images_b.shape)} (compare an edit with the reconstruction it started from)")
     return float((images_a.float() - images_b.float()).abs().mean() / 2)
 
 
@@ -380,6 +387,7 @@ class PromptDirections:
 
     @property
     def num_directions(self) -> int:
+        """How many prompts, and so directions, this set holds."""
         return len(self.prompts)
 
     def index(self, key: int | str) -> int:
@@ -538,6 +546,9 @@ def score_rendered(render_at: Callable[[float, StartSet], torch.Tensor], oracle,
     mean pixel change of ``target_change`` at +s and -s), the same two-sided effects, purity,
     strength and preservation, the same :class:`DirectionScore`.
     For a token direction it gives what ``score_direction`` gives (tested).
+
+    ``render_at(scale, start_set)`` must return the edited images [M, 3, H, W] in [-1, 1], one per
+    image of ``start_set`` in its order (``start_set.images`` is the unedited "before", same shape).
     """
     if (scale is None) == (target_change is None):
         raise ValueError("give exactly one of scale= (a fixed scale) or target_change= (a calibrated one)")
@@ -635,10 +646,13 @@ def summary(scores: Sequence[DirectionScore], domain: str, strength_min: float =
     (how many calibrations fell short), "mean_domain_kept" (None if a score lacks it)}.
     """
     if not scores:
-        raise ValueError("no scores to summarise")
+        raise ValueError(f"summary({domain!r}) got no scores; score at least one direction first "
+                         f"(score_directions or score_direction)")
     names = get_domain(domain).attribute_names
-    if any(list(s.effects) != names for s in scores):
-        raise ValueError(f"every score must be on {domain}'s attributes {names}")
+    wrong = [f"{s.name} ({list(s.effects)})" for s in scores if list(s.effects) != names]
+    if wrong:
+        raise ValueError(f"every score must be on {domain}'s attributes {names}; these are not: {wrong}. "
+                         f"Summarise each domain's scores separately, read by the oracle on that domain")
     share, covered = coverage([[s.effects[n] for n in names] for s in scores], names, strength_min, purity_min)
     return {"domain": domain, "directions": len(scores), "coverage": share, "covered": covered,
             "mean_purity": statistics.mean(s.purity for s in scores),

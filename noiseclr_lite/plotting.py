@@ -53,7 +53,7 @@ def show_images(images, titles: Sequence[str] | None = None, ncols: int | None =
     """
     pils = _as_pil_list(images)
     if titles is not None and len(titles) != len(pils):
-        raise ValueError(f"{len(titles)} titles for {len(pils)} images")
+        raise ValueError(f"{len(titles)} titles for {len(pils)} images; give one title per image, or none")
     ncols = ncols or min(len(pils), 8)
     nrows = -(-len(pils) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
@@ -105,7 +105,8 @@ def show_similarity(matrix: torch.Tensor, num_images: int, direction_labels: Seq
     k = matrix.shape[0] // num_images
     labels = list(direction_labels) if direction_labels is not None else [f"d{i}" for i in range(k)]
     if len(labels) != k:
-        raise ValueError(f"{len(labels)} direction labels for {k} directions")
+        raise ValueError(f"{len(labels)} direction labels for {k} directions (a {matrix.shape[0]}-row matrix over "
+                         f"{num_images} images); give one label per direction, or none")
     fig, ax = plt.subplots(figsize=(5.5, 4.6))
     shown = ax.imshow(matrix.numpy(), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
     centres = [num_images * i + (num_images - 1) / 2 for i in range(k)]

@@ -437,7 +437,8 @@ class EditPanel:
             return self._load_file(path, f"upload:{digest}", f"upload: {label}", shown=label)
         path = Path(source).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"image {path} does not exist")
+            raise FileNotFoundError(f"image {path} does not exist (working directory {Path.cwd()}); "
+                                    f"check the path, give an absolute one, or upload the file")
         if path.stat().st_size > MAX_UPLOAD_BYTES:
             raise ValueError(f"{path} is {path.stat().st_size / 2**20:.1f} MB; the panel takes images up to "
                              f"{MAX_UPLOAD_BYTES // 2**20} MB")

@@ -111,6 +111,11 @@ def test_install_changes_only_the_k_rows_and_is_idempotent(tiny_pipe):
     assert torch.equal(now[keep], snapshot[keep])
 
 
+def test_a_set_refuses_a_repeated_token_and_names_it():
+    with pytest.raises(ValueError, match=r"\['<d_1>'\] appear more than once"):
+        Directions(torch.zeros(3, 32), ["<d_0>", "<d_1>", "<d_1>"])
+
+
 def test_install_refuses_tokens_of_the_base_vocabulary(tiny_pipe):
     d = Directions(torch.zeros(1, 32), ["cat</w>"])
     before = embedding_matrix(tiny_pipe).clone()

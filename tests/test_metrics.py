@@ -192,8 +192,11 @@ def test_summary_and_markdown_table():
     assert "| NoiseCLR | face | 2 | 0.38 ± 0.18 |" in lines[2] and "| random | face | 2 | 0.25 |" in lines[3]
     # a report read back from JSON has lists where it had (mean, std) tuples: the same table
     assert format_table(json.loads(json.dumps([{"method": "NoiseCLR", **both}, {"method": "random", **row}]))) == table
-    with pytest.raises(ValueError, match="attributes"):
+    with pytest.raises(ValueError, match="attributes") as refused:
         summary(scores, "cat")
+    assert all(s.name in str(refused.value) for s in scores)  # the error names the scores that are off
+    with pytest.raises(ValueError, match="summary\\('face'\\) got no scores"):
+        summary([], "face")
 
 
 # ----------------------------------------------------------------------------- end to end, tiny pipeline

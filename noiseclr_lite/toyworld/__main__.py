@@ -23,6 +23,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m noiseclr_lite.toyworld COMMAND``: parse ``argv`` (default: ``sys.argv[1:]``) and
+    run the command (train, samples, train-oracle, evaluate, finetune-decoder, card, directions);
+    returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m noiseclr_lite.toyworld", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train (or resume training) the bundled Stable Diffusion-format model")

@@ -38,6 +38,7 @@ class Domain:
 
     @property
     def attribute_names(self) -> list[str]:
+        """The domain's attributes in the oracle's head order (e.g. ["expression", "glasses", ...])."""
         return list(self.attributes)
 
 

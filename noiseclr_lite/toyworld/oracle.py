@@ -44,6 +44,10 @@ class Oracle(nn.Module):
         self.width = width
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits for images [B, 3, 64, 64] in [-1, 1]: ([B, 5] domain, [B, 24] attribute value 1).
+
+        Training calls this; to read images, :meth:`predict` gives probabilities at any size.
+        """
         out = self.head(self.features(images))
         return out[:, :len(DOMAIN_NAMES)], out[:, len(DOMAIN_NAMES):]
 
@@ -79,7 +83,10 @@ class Oracle(nn.Module):
                                     f"`python -m noiseclr_lite.toyworld train-oracle --out {folder}`")
         config = json.loads((folder / "config.json").read_text())
         if config["heads"] != [f"{d}.{a}" for d, a in HEADS]:
-            raise ValueError(f"the oracle in {folder} was trained for other attributes; retrain it")
+            expected = [f"{d}.{a}" for d, a in HEADS]
+            raise ValueError(f"the oracle in {folder} was trained for other attributes (its heads "
+                             f"{config['heads']}, this world's {expected}); retrain it: "
+                             f"`python -m noiseclr_lite.toyworld train-oracle --out {folder}`")
         oracle = cls(config["width"])
         oracle.load_state_dict(load_file(folder / "model.safetensors"))
         return oracle.eval()

@@ -158,7 +158,7 @@ def _to_pixels(images_uint8: np.ndarray) -> torch.Tensor:
 
 
 def psnr(reference: torch.Tensor, estimate: torch.Tensor) -> float:
-    """Mean PSNR in dB of images in [-1, 1] (peak-to-peak 2), over the batch."""
+    """Mean PSNR in dB of images [B, C, H, W] in [-1, 1] (peak-to-peak 2), over the batch."""
     mse = (reference.clamp(-1, 1) - estimate.clamp(-1, 1)).pow(2).flatten(1).mean(1)
     return float((10 * torch.log10(4.0 / mse.clamp_min(1e-10))).mean())
 
