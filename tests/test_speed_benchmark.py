@@ -74,6 +74,15 @@ def test_memory_probe_measures_the_step_above_the_loaded_model():
     assert 0 <= step_mb < peak_mb
 
 
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="the memory probe reads Linux's /proc")
+def test_training_rss_runs_the_probe_in_a_fresh_process_and_says_how_to_rerun_a_failure():
+    step_mb, peak_mb = speed.training_rss_mb("tiny", 2, 2, False)
+    assert 0 <= step_mb < peak_mb
+    with pytest.raises(RuntimeError, match="run it alone to debug") as failed:
+        speed.training_rss_mb("/no/such/model", 2, 2, False)
+    assert "/no/such/model" in str(failed.value)
+
+
 # ----------------------------------------------------------------------------- the GPU grid's logic (runs on a CPU)
 def test_gpu_setting_times_a_step_and_switches_checkpointing_back_off(tiny_pipe):
     row = speed.gpu_setting(tiny_pipe, n=2, k=2, precision="fp32", checkpointing=True, repeats=1)

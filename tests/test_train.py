@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from noiseclr_lite.directions import Directions
 from noiseclr_lite.toyworld.domains import render_batch
 from noiseclr_lite.models import encode_images
-from noiseclr_lite.train import direction_features, edit_features, train_directions
+from noiseclr_lite.train import TrainConfig, direction_features, edit_features, train_directions
 
 TOKEN_KEY = "embeddings.token_embedding.weight"  # CLIPTextModel state_dict key (transformers 5)
 FAST = dict(num_directions=4, steps=3, batch_size=3, negatives_per_step=None, learning_rate=5e-2, seed=0)
@@ -77,6 +77,19 @@ def test_loss_history_callback_and_metadata(tiny_pipe):
     import json
     assert json.loads(directions.metadata["loss_history"]) == history
     assert json.loads(directions.metadata["training"])["num_directions"] == 4
+
+
+def test_a_config_object_and_keyword_overrides_give_the_same_run(tmp_path):
+    """``config=TrainConfig(...)`` and keywords are two spellings of one run; keywords win over the config."""
+    from noiseclr_lite.testing import tiny_pipeline
+
+    config = TrainConfig(**{**FAST, "steps": 50, "tau": 0.25})
+    from_config = train_directions(tiny_pipeline(0, tmp_path / "a"), _images(), config, progress=False, steps=3)
+    from_keywords = train_directions(tiny_pipeline(0, tmp_path / "b"), _images(), progress=False, **{**FAST, "tau": 0.25})
+    assert torch.equal(from_config.embeddings, from_keywords.embeddings)
+    recorded = json.loads(from_config.metadata["training"])
+    assert recorded["steps"] == 3 and recorded["tau"] == 0.25  # the override and the config's own field
+    assert config.steps == 50  # the caller's config is not changed
 
 
 @pytest.mark.parametrize("chunk_size", [3, 6, 2])
