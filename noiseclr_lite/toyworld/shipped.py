@@ -38,7 +38,8 @@ NAME_STRENGTH_MIN = 0.2
 #: the reading's calibration bracket, bisected log-spaced (``metrics.calibrate_scale``) so that a
 #: direction needing 0.3 is found as well as one needing 12.  A direction that changes fewer pixels
 #: than the target even at the top is read (and shown) there, "saturated".  The top stays 16: pushed
-#: to 64 to reach the target, the clean cat directions also change the fur (README, "Direction quality").
+#: to 64 to reach the target, the clean cat directions also change the fur (benchmarks/quality-findings.md,
+#: "The shipped sets are read at each direction's own slider scale").
 READING_MIN_SCALE = 0.125
 READING_MAX_SCALE = 16.0
 #: a pooled set (``pool > 1``) is read again for its card on renders drawn with this seed offset,
