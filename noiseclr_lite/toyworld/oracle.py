@@ -25,6 +25,8 @@ from .domains import DOMAIN_NAMES, DOMAINS, render_batch
 
 #: every (domain, attribute) head, in a fixed order
 HEADS: list[tuple[str, str]] = [(d, a) for d in DOMAIN_NAMES for a in DOMAINS[d].attributes]
+#: The same heads as ``"domain.attribute"`` names, as ``config.json`` stores them.
+HEAD_NAMES: list[str] = [f"{d}.{a}" for d, a in HEADS]
 
 
 class Oracle(nn.Module):
@@ -69,7 +71,7 @@ class Oracle(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.state_dict().items()}, folder / "model.safetensors")
-        config = {"width": self.width, "domains": DOMAIN_NAMES, "heads": [f"{d}.{a}" for d, a in HEADS]}
+        config = {"width": self.width, "domains": DOMAIN_NAMES, "heads": HEAD_NAMES}
         (folder / "config.json").write_text(json.dumps({**config, **(card or {})}, indent=1))
         if card and "card" in card:
             write_oracle_card(folder)
@@ -82,10 +84,9 @@ class Oracle(nn.Module):
             raise FileNotFoundError(f"no oracle in {folder} (model.safetensors missing); train one with "
                                     f"`python -m noiseclr_lite.toyworld train-oracle --out {folder}`")
         config = json.loads((folder / "config.json").read_text())
-        if config["heads"] != [f"{d}.{a}" for d, a in HEADS]:
-            expected = [f"{d}.{a}" for d, a in HEADS]
+        if config["heads"] != HEAD_NAMES:
             raise ValueError(f"the oracle in {folder} was trained for other attributes (its heads "
-                             f"{config['heads']}, this world's {expected}); retrain it: "
+                             f"{config['heads']}, this world's {HEAD_NAMES}); retrain it: "
                              f"`python -m noiseclr_lite.toyworld train-oracle --out {folder}`")
         oracle = cls(config["width"])
         oracle.load_state_dict(load_file(folder / "model.safetensors"))
