@@ -4,6 +4,7 @@ Each measurement runs on the shipped model and oracle at a tiny size (a few samp
 steps): the numbers are not the card's, the shapes, ranges, seeding and bookkeeping are.
 """
 
+import json
 import statistics
 
 import pytest
@@ -48,7 +49,24 @@ def test_text_domain_and_unconditional_control_read_every_value_as_a_share(bundl
     assert set(control) == expected and all(share in (0.0, 1.0) for share in control.values())
     domains = ev.domain_control(pipe, oracle, per_domain=2, steps=2)
     assert list(domains) == list(DOMAIN_NAMES) and all(share in (0.0, 0.5, 1.0) for share in domains.values())
-    assert 0.0 <= ev.unconditional_confidence(pipe, oracle, num=2, steps=2) <= 1.0
+    assert ev.unconditional_confidence(pipe, oracle, num=2, steps=2) in (0.0, 0.5, 1.0)
+
+
+def test_unconditional_confidence_counts_samples_sure_of_their_domain(monkeypatch):
+    calls = []
+
+    def fake_sample(pipe, prompt, num, guidance_scale, steps, seed):
+        calls.append((prompt, num, guidance_scale))
+        return "images"
+
+    class FakeOracle:
+        def predict(self, images):
+            # top domain probabilities 0.95, 0.6, 0.9 (exactly at the bar) and 0.5
+            return {"domain": torch.tensor([[0.95, 0.05], [0.6, 0.4], [0.1, 0.9], [0.5, 0.5]])}
+
+    monkeypatch.setattr(ev, "sample", fake_sample)
+    assert ev.unconditional_confidence("pipe", FakeOracle(), num=4, steps=2) == 0.5
+    assert calls == [("", 4, 1.0)]  # the empty prompt, without guidance
 
 
 def test_generation_seconds_is_a_median_after_a_warm_up(monkeypatch):
@@ -91,3 +109,7 @@ def test_evaluate_turns_the_measurements_into_the_cards_bars(monkeypatch, tmp_pa
     assert speed.value == 4.0 and not speed.at_least and not speed.passed and str(speed).startswith("FAIL")
     path = ev.save_evaluation(tmp_path, list(bars.values()), details, quick=True)
     assert path == tmp_path / "evaluation.json"
+    record = json.loads(path.read_text())
+    assert record["quick"] is True and record["details"] == control and record["unet_step"] is None
+    assert [(b["name"], b["value"], b["passed"]) for b in record["bars"]] == \
+        [(b.name, b.value, b.passed) for b in bars.values()]
