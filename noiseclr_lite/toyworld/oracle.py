@@ -201,9 +201,9 @@ def accuracy(oracle: Oracle, images: torch.Tensor, labels) -> dict:
     domain_probs, attr_probs = torch.cat(probs["domain"]), torch.cat(probs["attributes"])
     result = {"domain": float((domain_probs.argmax(1) == domain).float().mean())}
     correct = ((attr_probs > 0.5).float() == values).float()
-    for j, (d, a) in enumerate(HEADS):
+    for j, name in enumerate(HEAD_NAMES):
         if mask[:, j].sum() > 0:
-            result[f"{d}.{a}"] = float((correct[:, j] * mask[:, j]).sum() / mask[:, j].sum())
+            result[name] = float((correct[:, j] * mask[:, j]).sum() / mask[:, j].sum())
     return result
 
 
