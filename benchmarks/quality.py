@@ -949,10 +949,11 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
     to read how sensitive the result is to them (written to ``quality-sweep.md``).  Only rows
     with the same weights compare settings; a retrained model starts a new group."""
     out_dir = Path(out_dir)
-    lines = ["| report | weights | domains | seeds | K | steps | lr | tau | t range | batch | anchors | init | "
-             "strength weight | negatives | scale bracket | target change on images | edit window | coverage | "
-             "mean purity | purity margin over random | purity / text | mean strength | saturated | "
-             "purity of unsaturated |", "|" + "---|" * 24]
+    columns = ["report", "weights", "domains", "seeds", "K", "steps", "lr", "tau", "t range", "batch", "anchors",
+               "init", "strength weight", "negatives", "scale bracket", "target change on images", "edit window",
+               "coverage", "mean purity", "purity margin over random", "purity / text", "mean strength",
+               "saturated", "purity of unsaturated"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for path in sorted(out_dir.glob("quality*.json")):
         report = json.loads(path.read_text())
         s, rows = report["settings"], {r["method"]: r for r in report["overall"]}
@@ -965,7 +966,7 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
         lines.append(f"| {path.stem}{' (quick)' if s['quick'] else ''} | {report.get('weights', '?')} | "
                      f"{', '.join(s['domains'])} | "
                      f"{len(s['seeds'])} | "
-                     f"{s['num_directions']} | {s['steps']} | {s['learning_rate']:g} | {s.get('tau', 0.5):g} | {s['timestep_range']} | "
+                     f"{s['num_directions']} | {s['steps']} | {s['learning_rate']:g} | {s['tau']:g} | {s['timestep_range']} | "
                      f"{s['batch_size']} | {s.get('anchors', 'one')} | {s.get('init', 'random')} | "
                      f"{s.get('strength_weight', 0.0):g} | "
                      f"{'sign-blind' if s.get('sign_blind_negatives') else 'signed'} | {_scale_bracket(s.get('min_scale', 0.0), s['max_scale'])} | "

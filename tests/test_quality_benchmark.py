@@ -180,6 +180,12 @@ def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe
     nclr = data["overall"][0]
     assert f"| {nclr['saturated']} of {nclr['directions']} | " in sweep                 # one seed
     assert (tmp_path / "quality-sweep.md").exists()
+    # the tau column is read from each report, not assumed: a report at another temperature shows it
+    data["settings"]["tau"] = 0.125
+    (tmp_path / "quality-tau.json").write_text(json.dumps(data))
+    assert f"| quality-tau | {data['weights']} | face, cat | 1 | 2 | 2 | 0.01 | 0.125 |" in quality.sweep_table(tmp_path)
+    header, separator = quality.sweep_table(tmp_path).splitlines()[4:6]
+    assert header.count(" | ") + 1 == separator.count("---|")                  # one separator per column
 
     # --resume: every finished unit is read back, nothing is trained or scored again
     folders = sorted((tmp_path / "cache").iterdir())  # scores, then trained-<training key>
