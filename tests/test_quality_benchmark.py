@@ -183,8 +183,9 @@ def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe
     # the tau column is read from each report, not assumed: a report at another temperature shows it
     data["settings"]["tau"] = 0.125
     (tmp_path / "quality-tau.json").write_text(json.dumps(data))
-    assert f"| quality-tau | {data['weights']} | face, cat | 1 | 2 | 2 | 0.01 | 0.125 |" in quality.sweep_table(tmp_path)
-    header, separator = quality.sweep_table(tmp_path).splitlines()[4:6]
+    sweep_with_tau = quality.sweep_table(tmp_path)
+    assert f"| quality-tau | {data['weights']} | face, cat | 1 | 2 | 2 | 0.01 | 0.125 |" in sweep_with_tau
+    header, separator = sweep_with_tau.splitlines()[4:6]
     assert header.count(" | ") + 1 == separator.count("---|")                  # one separator per column
 
     # --resume: every finished unit is read back, nothing is trained or scored again
