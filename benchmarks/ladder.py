@@ -1,0 +1,230 @@
+"""Coverage over a ladder of edit strengths: is the coverage ceiling the model's or the protocol's?
+
+    python benchmarks/ladder.py target0.02 seeds01 target0.15 --tag ladder-seeds01
+
+``benchmarks/quality.py`` compares methods at one edit strength: every direction's scale is
+calibrated so that it changes the pixels by the same mean amount (``--target-change``, 0.05 by
+default).  That is fair between methods, but the attributes of the bundled world take very
+different amounts of pixels: a pair of glasses or a cat's eye colour changes well under 1% of
+the pixels, a night sky half of them (:func:`noiseclr_lite.toyworld.domains.attribute_pixel_change`
+measures each on the renderer).  At one strength, some attributes cannot be flipped cleanly by
+any direction: too little change for the night sky, too much for the eyes.
+
+This script reads two or more quality reports that scored the *same* directions (same weights,
+seeds and settings) at different ``--target-change`` values, the rungs of a ladder, and asks:
+does some direction, at some rung, cover each attribute (strength >= 0.5 and purity >= 0.6, as in
+``noiseclr_lite.metrics.coverage``)?  Every method climbs the same rungs, so methods are still
+compared at equal edit strengths; a slider user does the same when they move the slider until
+the attribute flips.  Renders nothing (seconds).  Writes ``results/ladder[-tag].md`` and ``.json``:
+coverage at each rung and over the ladder, per domain and overall (mean ± std over seeds), NoiseCLR's
+coverage margin over random seed by seed, which attributes each method covers in how many seeds,
+and how many pixels each attribute takes on the renderer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `python benchmarks/ladder.py` from anywhere
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.quality import (BARS, CLEAR_MARGIN, METHODS, POOLED_FREELY, REQUIRED_METHODS, RESULTS,  # noqa: E402
+                                SEEDED, _find_report, _mean_std, _pm, _protocol, _scale_bracket)
+from noiseclr_lite.metrics import DirectionScore, summary  # noqa: E402
+from noiseclr_lite.toyworld.domains import attribute_pixel_change, get_domain  # noqa: E402
+
+#: the calibration bracket, which each rung may set for its own target
+BRACKET = {"min_scale", "max_scale", "hspace_min_scale", "hspace_max_scale"}
+#: settings that only the h-space peer reads
+HSPACE_ONLY = {"hspace_timesteps"}
+#: renders per attribute for the pixel-size table (seconds on a CPU)
+SIZE_IMAGES = 256
+
+
+def _fail(message: str):
+    raise SystemExit(f"benchmarks/ladder.py: {message}")
+
+
+def load_rungs(names, out_dir: str | os.PathLike = RESULTS) -> list[tuple[Path, dict]]:
+    """The reports ``names`` (paths or ``--tag`` names) as (path, report), ordered by target change.
+
+    They must be one protocol but for ``target_change`` (and where the model, oracle and samples
+    lie, and the scale bracket the calibration searched for that target): the same weights, domains,
+    seeds and other settings (the h-space ones only when every report ran h-space), each NoiseCLR,
+    random and text, and no target change twice; otherwise SystemExit names the reports, the setting and the fix.
+    """
+    out_dir = Path(out_dir)
+    if len(names) < 2:
+        _fail(f"got {len(names)} report; a ladder needs two or more (the same directions scored at different "
+              f"--target-change values)")
+    rungs = [(path, json.loads(path.read_text())) for path in (_find_report(n, out_dir) for n in names)]
+    first_path, first = rungs[0]
+    protocol = _protocol(first)
+    # the scenes and the figures do not enter a domain's scores; the scale bracket is how a rung is
+    # found (a rung of 0.005 needs smaller scales than one of 0.15), not what it measures
+    free = set(POOLED_FREELY) - {"seeds"} | {"target_change", "methods", "interference_images", "grid_images"} | BRACKET
+    if not all("h-space" in report["settings"]["methods"] for _, report in rungs):
+        free |= HSPACE_ONLY  # not climbed: its settings cannot matter
+    for path, report in rungs:
+        if report.get("weights") != first.get("weights"):
+            _fail(f"{path} measured weights {report.get('weights')} and {first_path} {first.get('weights')}: a "
+                  f"ladder reads one model's directions at several strengths; drop the report of the other model")
+        missing = [m for m in REQUIRED_METHODS if m not in report["settings"]["methods"]]
+        if missing:
+            _fail(f"{path} lacks {', '.join(missing)}; re-run it with --methods {' '.join(REQUIRED_METHODS)}")
+        theirs = _protocol(report)
+        for key in sorted(protocol):
+            if key not in free and protocol[key] != theirs[key]:
+                _fail(f"{path} has {key} = {theirs[key]!r} but {first_path} has {protocol[key]!r}: the rungs must "
+                      f"score the same directions on the same images; re-run it with {first_path.stem}'s flags and "
+                      f"only --target-change changed")
+    targets = [report["settings"]["target_change"] for _, report in rungs]
+    if len(set(targets)) != len(targets):
+        _fail(f"two reports have the same target change ({targets} from {[p.stem for p, _ in rungs]}); "
+              f"each rung is one --target-change value: leave the repeated one out")
+    return sorted(rungs, key=lambda rung: rung[1]["settings"]["target_change"])
+
+
+def _scores(report: dict, domain: str, method: str, seed) -> list[DirectionScore]:
+    runs = [run for run in report["domains"][domain]["runs"][method] if run["seed"] == seed]
+    return [DirectionScore(**s) for s in runs[0]["scores"]]
+
+
+def ladder(rungs: list[tuple[Path, dict]]) -> dict:
+    """Coverage of every method, domain and seed at each rung and over the whole ladder.
+
+    Returns {"targets": [T], "domains": {domain: {method: {"seeds": [...], "rungs": [[coverage per
+    seed] per rung], "ladder": [coverage per seed], "covered": {attribute: seeds covering it over
+    the ladder}}}}, "overall": {method: {"rungs": [(mean, std)], "ladder": (mean, std), "per_seed":
+    [ladder coverage of each seed, mean over domains]}}, "margin": NoiseCLR's ladder coverage minus
+    random's, seed by seed, (mean, std) overall and per domain}.  The text ceiling has one run
+    (seed None).
+    """
+    report = rungs[0][1]
+    methods = [m for m in METHODS if all(m in r["settings"]["methods"] for _, r in rungs)]
+    seeds = report["settings"]["seeds"]
+    out = {"targets": [r["settings"]["target_change"] for _, r in rungs], "domains": {}, "overall": {}}
+    for domain in report["settings"]["domains"]:
+        names = get_domain(domain).attribute_names
+        out["domains"][domain] = {}
+        for method in methods:
+            method_seeds = seeds if method in SEEDED else [None]
+            per_rung = [[summary(_scores(r, domain, method, seed), domain)["coverage"] for seed in method_seeds]
+                        for _, r in rungs]
+            climbed = [summary([s for _, r in rungs for s in _scores(r, domain, method, seed)], domain)
+                       for seed in method_seeds]
+            out["domains"][domain][method] = {
+                "seeds": method_seeds, "rungs": per_rung, "ladder": [c["coverage"] for c in climbed],
+                "covered": {a: sum(a in c["covered"] for c in climbed) for a in names}}
+    domains = list(out["domains"])
+    for method in methods:
+        rows = [out["domains"][d][method] for d in domains]
+        per_seed = [statistics.mean(row["ladder"][i] for row in rows) for i in range(len(rows[0]["seeds"]))]
+        out["overall"][method] = {
+            "rungs": [_mean_std([statistics.mean(row["rungs"][k][i] for row in rows) for i in range(len(per_seed))])
+                      for k in range(len(rungs))],
+            "ladder": _mean_std(per_seed), "per_seed": per_seed}
+    paired = lambda a, b: _mean_std([x - y for x, y in zip(a, b)])  # noqa: E731
+    out["margin"] = {"all": paired(out["overall"]["NoiseCLR"]["per_seed"], out["overall"]["random"]["per_seed"]),
+                     **{d: paired(out["domains"][d]["NoiseCLR"]["ladder"], out["domains"][d]["random"]["ladder"])
+                        for d in domains}}
+    return out
+
+
+def attribute_sizes(domains, images: int = SIZE_IMAGES) -> dict:
+    """{domain: {attribute: (median, 10th percentile, 90th percentile)}} of
+    :func:`attribute_pixel_change`, in [0, 1] pixel units."""
+    sizes = {}
+    for domain in domains:
+        sizes[domain] = {}
+        for attribute in get_domain(domain).attribute_names:
+            changes = sorted(attribute_pixel_change(domain, attribute, images=images))
+            sizes[domain][attribute] = (statistics.median(changes), changes[len(changes) // 10],
+                                        changes[(9 * len(changes)) // 10])
+    return sizes
+
+
+def markdown(result: dict) -> str:
+    """The Markdown page of a ladder (``ladder[-tag].md``)."""
+    targets, sizes = result["targets"], result["sizes"]
+    rung_heads = " | ".join(f"at {t:g}" for t in targets)
+    lines = [f"# Coverage over a ladder of edit strengths ({', '.join(f'{t:g}' for t in targets)})", "",
+             f"Made {result['date']} by `benchmarks/ladder.py` from {len(targets)} reports that scored the same "
+             f"directions (weights {result['weights']}, seeds {result['seeds']}) at different target pixel "
+             f"changes: " + ", ".join(f"[`{stem}`]({stem}.md) at {t:g} (scales searched in {bracket})"
+                                      for stem, t, bracket in zip(result["reports"], targets, result["brackets"]))
+             + ". An attribute is covered over the ladder when some direction covers it (strength >= 0.5, "
+               "purity >= 0.6) at some rung; every method climbs the same rungs. Mean ± std over seeds (text: one "
+               "run).", "", "## Overall", "",
+             f"| method | {rung_heads} | over the ladder |", "|---|" + "---|" * (len(targets) + 1)]
+    for method, row in result["overall"].items():
+        lines.append(f"| {method} | " + " | ".join(_pm(c, sign="") for c in row["rungs"])
+                     + f" | **{_pm(row['ladder'], sign='')}** |")
+    margin = result["margin"]
+    lines += ["", f"NoiseCLR's ladder coverage minus random's, seed by seed: overall {_pm(margin['all'])}; "
+              + ", ".join(f"{d} {_pm(margin[d])}" for d in result["domains"]) + f". The issue's coverage goal is "
+              f"{BARS['coverage']}; a clear margin is at least {CLEAR_MARGIN} and above its spread.", ""]
+    for domain, methods in result["domains"].items():
+        names = get_domain(domain).attribute_names
+        lines += [f"## {domain}", "", f"| method | {rung_heads} | over the ladder | "
+                  + " | ".join(names) + " |", "|---|" + "---|" * (len(targets) + 1 + len(names))]
+        for method, row in methods.items():
+            n = len(row["seeds"])
+            lines.append(f"| {method} | " + " | ".join(_pm(_mean_std(c), sign="") for c in row["rungs"])
+                         + f" | {_pm(_mean_std(row['ladder']), sign='')} | "
+                         + " | ".join(f"{row['covered'][a]}/{n}" for a in names) + " |")
+        lines += ["", "Attribute columns: in how many seeds the method covers the attribute over the ladder.", ""]
+    lines += ["## How many pixels each attribute takes", "",
+              f"Mean absolute pixel change between a render and the same render with one attribute flipped "
+              f"(`noiseclr_lite.toyworld.domains.attribute_pixel_change`, {result['size_images']} label sets each; median, "
+              f"10th-90th percentile). An edit that flips an attribute on the half of a balanced image set that "
+              f"lacks it changes the pixels by half this, so an attribute fits the rung nearest half its size.", "",
+              "| domain | attribute | pixel change of a flip | half of it |", "|---|---|---|---|"]
+    for domain, attributes in sizes.items():
+        for attribute, (median, low, high) in attributes.items():
+            lines.append(f"| {domain} | {attribute} | {median:.3f} ({low:.3f}-{high:.3f}) | {median / 2:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def ladder_report(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
+                  log: Callable[[str], None] = print, size_images: int = SIZE_IMAGES) -> dict:
+    """Read the rungs (:func:`load_rungs`), climb them (:func:`ladder`), measure the attributes'
+    pixel sizes (:func:`attribute_sizes`, ``size_images`` renders each), write
+    ``ladder[-tag].md/.json`` into ``out_dir`` and return the result."""
+    out_dir = Path(out_dir)
+    rungs = load_rungs(names, out_dir)
+    first = rungs[0][1]
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "weights": first.get("weights"),
+              "seeds": first["settings"]["seeds"], "reports": [path.stem for path, _ in rungs],
+              "brackets": [_scale_bracket(r["settings"].get("min_scale", 0.0), r["settings"]["max_scale"])
+                           for _, r in rungs],
+              **ladder(rungs), "sizes": attribute_sizes(first["settings"]["domains"], size_images),
+              "size_images": size_images}
+    stem = "ladder" + (f"-{tag}" if tag else "")
+    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    (out_dir / f"{stem}.md").write_text(markdown(result))
+    overall = ", ".join(f"{m} {row['ladder'][0]:.2f}" for m, row in result["overall"].items())
+    log(f"wrote {out_dir / stem}.md and .json: coverage over the ladder {overall}")
+    return result
+
+
+def main(argv=None) -> dict:
+    """``python benchmarks/ladder.py REPORT REPORT [...] [--tag TAG] [--out DIR]``."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("reports", nargs="+", help="quality reports (.json paths or --tag names), one per target change")
+    p.add_argument("--out", default=str(RESULTS), help="folder of the reports and the output (default: %(default)s)")
+    p.add_argument("--tag", default="", help="name the outputs ladder-TAG.md/.json")
+    args = p.parse_args(argv)
+    return ladder_report(args.reports, args.out, args.tag)
+
+
+if __name__ == "__main__":
+    main()

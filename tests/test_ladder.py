@@ -1,0 +1,99 @@
+"""benchmarks/ladder.py: coverage over several edit strengths, on constructed reports whose answer is known."""
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from noiseclr_lite.metrics import DirectionScore, purity, strength
+from noiseclr_lite.toyworld.domains import attribute_pixel_change
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import ladder, quality  # noqa: E402
+
+FACE = ["expression", "hair", "glasses", "skin"]
+
+
+def score(**effects) -> dict:
+    """A face direction's score with the given two-sided effects (the rest 0), as a report stores it."""
+    full = {a: float(effects.get(a, 0.0)) for a in FACE}
+    top = max(full, key=full.get)
+    return dataclasses.asdict(DirectionScore(
+        name="d", token="<d>", domain="face", scale=1.0, effects=full, signed_effects=full, plus_effects=full,
+        minus_effects=full, purity=purity(list(full.values())), strength=strength(list(full.values())), target=top,
+        pixel_change=0.05, off_target=sum(full.values()) - full[top], calibrated=True))
+
+
+def report(path: Path, target: float, runs: dict, **settings) -> Path:
+    """A one-domain (face) quality report at ``target`` with {method: {seed: [scores]}}."""
+    s = quality.Settings(domains=["face"], seeds=[0, 1], methods=quality.REQUIRED_METHODS, target_change=target,
+                         **settings)
+    saved = {m: [{"method": m, "domain": "face", "seed": seed, "summary": {}, "seconds": {}, "scores": scores}
+                 for seed, scores in by_seed.items()] for m, by_seed in runs.items()}
+    path.write_text(json.dumps({"weights": "w", "settings": json.loads(json.dumps(dataclasses.asdict(s), default=list)),
+                                "domains": {"face": {"runs": saved}}}))
+    return path
+
+
+def rungs_on_disk(tmp_path, **settings_of_the_second):
+    """Two rungs: at 0.02 NoiseCLR seed 0 covers expression; at 0.05 it covers hair (seed 0) and
+    glasses (seed 1); random covers nothing; text covers skin at 0.05 only."""
+    weak, impure = score(expression=0.2), score(expression=0.6, hair=0.6)
+    report(tmp_path / "quality-low.json", 0.02, {
+        "NoiseCLR": {0: [score(expression=0.9), weak], 1: [weak, impure]},
+        "random": {0: [weak, impure], 1: [weak, weak]}, "text": {None: [weak, impure]}})
+    report(tmp_path / "quality-high.json", 0.05, {
+        "NoiseCLR": {0: [impure, score(hair=0.8, skin=0.1)], 1: [score(glasses=0.7), weak]},
+        "random": {0: [impure, impure], 1: [weak, weak]}, "text": {None: [score(skin=0.9), weak]}},
+        **settings_of_the_second)
+
+
+def test_an_attribute_covered_at_any_rung_counts_once_for_every_method_alike(tmp_path):
+    rungs_on_disk(tmp_path)
+    said = []
+    result = ladder.ladder_report(["high", "low"], tmp_path, tag="t", log=said.append, size_images=8)
+    assert result["targets"] == [0.02, 0.05] and result["reports"] == ["quality-low", "quality-high"]
+    face = result["domains"]["face"]
+    assert face["NoiseCLR"]["rungs"] == [[0.25, 0.0], [0.25, 0.25]]
+    assert face["NoiseCLR"]["ladder"] == [0.5, 0.25]  # seed 0: expression (0.02) + hair (0.05)
+    assert face["NoiseCLR"]["covered"] == {"expression": 1, "hair": 1, "glasses": 1, "skin": 0}
+    assert face["random"]["ladder"] == [0.0, 0.0]
+    assert face["text"]["seeds"] == [None] and face["text"]["ladder"] == [0.25]
+    assert result["overall"]["NoiseCLR"]["ladder"][0] == pytest.approx(0.375)
+    assert result["margin"]["all"][0] == pytest.approx(0.375) and result["margin"]["face"][1] == pytest.approx(0.1768, abs=1e-4)
+    md = (tmp_path / "ladder-t.md").read_text()
+    assert "| NoiseCLR | 0.12 ± 0.18 | 0.25 ± 0.00 | **0.38 ± 0.18** |" in md
+    assert "| NoiseCLR | 0.12 ± 0.18 | 0.25 ± 0.00 | 0.38 ± 0.18 | 1/2 | 1/2 | 1/2 | 0/2 |" in md
+    assert "[`quality-low`](quality-low.md) at 0.02 (scales searched in [0, 16])" in md
+    assert "| face | glasses |" in md and json.loads((tmp_path / "ladder-t.json").read_text())["seeds"] == [0, 1]
+    assert "NoiseCLR 0.38" in said[0]
+
+
+def test_rungs_of_another_protocol_or_the_same_strength_are_refused(tmp_path):
+    rungs_on_disk(tmp_path, steps=7)
+    with pytest.raises(SystemExit, match="quality-high.json has steps = 7 but .*quality-low.json has 300"):
+        ladder.load_rungs(["low", "high"], tmp_path)
+    # h-space did not run, so its settings do not count; each rung may search its own scale bracket
+    rungs_on_disk(tmp_path, hspace_timesteps=(500,), grid_images=1, min_scale=0.015625)
+    assert [p.stem for p, _ in ladder.load_rungs(["high", "low"], tmp_path)] == ["quality-low", "quality-high"]
+    with pytest.raises(SystemExit, match="same target change"):
+        ladder.load_rungs(["low", str(tmp_path / "quality-low.json")], tmp_path)
+    with pytest.raises(SystemExit, match="needs two or more"):
+        ladder.load_rungs(["low"], tmp_path)
+    lacking = json.loads((tmp_path / "quality-high.json").read_text())
+    lacking["settings"]["methods"] = ["NoiseCLR", "text"]
+    (tmp_path / "quality-norandom.json").write_text(json.dumps(lacking))
+    with pytest.raises(SystemExit, match="lacks random"):
+        ladder.load_rungs(["low", "norandom"], tmp_path)
+
+
+def test_attribute_pixel_change_sizes_small_and_large_attributes_and_names_the_attributes():
+    glasses, hair = attribute_pixel_change("face", "glasses", images=16), attribute_pixel_change("face", "hair", images=16)
+    night = attribute_pixel_change("car", "time", images=16)
+    assert len(glasses) == 16 and max(glasses) < min(hair) and max(hair) < min(night)
+    assert all(0 < c < 1 for c in glasses + hair + night)
+    assert attribute_pixel_change("face", "glasses", images=16) == glasses  # seeded
+    with pytest.raises(ValueError, match="no attribute 'wings'.*expression"):
+        attribute_pixel_change("face", "wings")
