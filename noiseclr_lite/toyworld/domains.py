@@ -337,9 +337,10 @@ def attribute_pixel_change(domain: str, attribute: str, images: int = 64, seed: 
 
     Both renders share the seed, so the nuisance (background, position, size) is the same,
     except where drawing the attribute itself draws random numbers: a night sky's moon and
-    stars (car ``time``) and the layout of ``composition`` and ``strokes`` shift the draws
-    after them, so those numbers also count some nuisance change (an upper bound). An edit
-    that flips the attribute on half of a balanced image set changes the pixels by half this.
+    stars (car ``time``) shift the draws of the ground and the car after them, and a
+    painting's ``composition`` those of its strokes, so these two also count some nuisance
+    change (an upper bound: about 7% for ``time``). An edit that flips the attribute on the
+    half of a balanced image set that lacks it changes the pixels by half this.
     """
     dom = get_domain(domain)
     if attribute not in dom.attributes:
