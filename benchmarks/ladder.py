@@ -38,13 +38,16 @@ if str(REPO) not in sys.path:  # `python benchmarks/ladder.py` from anywhere
 
 from benchmarks.quality import (BARS, CLEAR_MARGIN, METHODS, POOLED_FREELY, REQUIRED_METHODS, RESULTS,  # noqa: E402
                                 SEEDED, _find_report, _mean_std, _pm, _protocol, _scale_bracket)
-from noiseclr_lite.metrics import DirectionScore, summary  # noqa: E402
+from noiseclr_lite.metrics import DirectionScore, coverage, summary  # noqa: E402
 from noiseclr_lite.toyworld.domains import attribute_pixel_change, get_domain  # noqa: E402
 
 #: the calibration bracket, which each rung may set for its own target
 BRACKET = {"min_scale", "max_scale", "hspace_min_scale", "hspace_max_scale"}
 #: settings that only the h-space peer reads
 HSPACE_ONLY = {"hspace_timesteps"}
+#: a covering edit "keeps the domain" when the oracle reads at least this share of its +s and -s
+#: edits as the starting domain (at most 1 of 16 edits of 8 images leaves it)
+KEPT_MIN = 0.9
 #: renders per attribute for the pixel-size table (seconds on a CPU)
 SIZE_IMAGES = 256
 
@@ -98,15 +101,32 @@ def _scores(report: dict, domain: str, method: str, seed) -> list[DirectionScore
     return [DirectionScore(**s) for s in runs[0]["scores"]]
 
 
+def in_domain_coverage(scores: list[DirectionScore], domain: str, kept_min: float = KEPT_MIN) -> tuple[float, list[str]]:
+    """``metrics.coverage`` of the directions whose +s and -s edits the oracle still reads as
+    ``domain`` at least ``kept_min`` of the time (a score without that reading counts as kept).
+
+    A strong edit can cover an attribute by turning some paintings into cars: the oracle then
+    reads a painting attribute on a car.  At the default strength few covering edits leave the
+    domain; at 0.15 some covering edits leave it in up to 44% of the images.
+    """
+    kept = [s for s in scores if s.domain_kept is None or s.domain_kept >= kept_min]
+    if not kept:
+        return 0.0, []
+    names = get_domain(domain).attribute_names
+    return coverage([[s.effects[n] for n in names] for s in kept], names)
+
+
 def ladder(rungs: list[tuple[Path, dict]]) -> dict:
     """Coverage of every method, domain and seed at each rung and over the whole ladder.
 
     Returns {"targets": [T], "domains": {domain: {method: {"seeds": [...], "rungs": [[coverage per
-    seed] per rung], "ladder": [coverage per seed], "covered": {attribute: seeds covering it over
-    the ladder}}}}, "overall": {method: {"rungs": [(mean, std)], "ladder": (mean, std), "per_seed":
-    [ladder coverage of each seed, mean over domains]}}, "margin": NoiseCLR's ladder coverage minus
-    random's, seed by seed, (mean, std) overall and per domain}.  The text ceiling has one run
-    (seed None).
+    seed] per rung], "ladder" and "in_domain": [coverage per seed over the ladder, of every
+    direction and of those that keep the domain (:func:`in_domain_coverage`)], "covered" and
+    "covered_in_domain": {attribute: seeds covering it over the ladder}}}}, "overall": {method:
+    {"rungs": [(mean, std)], "ladder", "in_domain": (mean, std) over seeds of the mean over domains,
+    "per_seed", "per_seed_in_domain": those means seed by seed}}, "margin" and "margin_in_domain":
+    NoiseCLR's ladder coverage minus random's, seed by seed, (mean, std) overall ("all") and per
+    domain}.  The text ceiling has one run (seed None).
     """
     report = rungs[0][1]
     methods = [m for m in METHODS if all(m in r["settings"]["methods"] for _, r in rungs)]
@@ -119,23 +139,29 @@ def ladder(rungs: list[tuple[Path, dict]]) -> dict:
             method_seeds = seeds if method in SEEDED else [None]
             per_rung = [[summary(_scores(r, domain, method, seed), domain)["coverage"] for seed in method_seeds]
                         for _, r in rungs]
-            climbed = [summary([s for _, r in rungs for s in _scores(r, domain, method, seed)], domain)
-                       for seed in method_seeds]
+            climbed = [[s for _, r in rungs for s in _scores(r, domain, method, seed)] for seed in method_seeds]
+            every = [summary(scores, domain) for scores in climbed]
+            kept = [in_domain_coverage(scores, domain) for scores in climbed]
             out["domains"][domain][method] = {
-                "seeds": method_seeds, "rungs": per_rung, "ladder": [c["coverage"] for c in climbed],
-                "covered": {a: sum(a in c["covered"] for c in climbed) for a in names}}
+                "seeds": method_seeds, "rungs": per_rung,
+                "ladder": [c["coverage"] for c in every], "in_domain": [share for share, _ in kept],
+                "covered": {a: sum(a in c["covered"] for c in every) for a in names},
+                "covered_in_domain": {a: sum(a in covered for _, covered in kept) for a in names}}
     domains = list(out["domains"])
     for method in methods:
         rows = [out["domains"][d][method] for d in domains]
-        per_seed = [statistics.mean(row["ladder"][i] for row in rows) for i in range(len(rows[0]["seeds"]))]
+        runs = range(len(rows[0]["seeds"]))
+        per_seed = {key: [statistics.mean(row[key][i] for row in rows) for i in runs] for key in ("ladder", "in_domain")}
         out["overall"][method] = {
-            "rungs": [_mean_std([statistics.mean(row["rungs"][k][i] for row in rows) for i in range(len(per_seed))])
+            "rungs": [_mean_std([statistics.mean(row["rungs"][k][i] for row in rows) for i in runs])
                       for k in range(len(rungs))],
-            "ladder": _mean_std(per_seed), "per_seed": per_seed}
+            "ladder": _mean_std(per_seed["ladder"]), "in_domain": _mean_std(per_seed["in_domain"]),
+            "per_seed": per_seed["ladder"], "per_seed_in_domain": per_seed["in_domain"]}
     paired = lambda a, b: _mean_std([x - y for x, y in zip(a, b)])  # noqa: E731
-    out["margin"] = {"all": paired(out["overall"]["NoiseCLR"]["per_seed"], out["overall"]["random"]["per_seed"]),
-                     **{d: paired(out["domains"][d]["NoiseCLR"]["ladder"], out["domains"][d]["random"]["ladder"])
-                        for d in domains}}
+    for key, seed_key, suffix in (("ladder", "per_seed", ""), ("in_domain", "per_seed_in_domain", "_in_domain")):
+        out["margin" + suffix] = {
+            "all": paired(out["overall"]["NoiseCLR"][seed_key], out["overall"]["random"][seed_key]),
+            **{d: paired(out["domains"][d]["NoiseCLR"][key], out["domains"][d]["random"][key]) for d in domains}}
     return out
 
 
@@ -152,36 +178,48 @@ def attribute_sizes(domains, images: int = SIZE_IMAGES) -> dict:
     return sizes
 
 
+def _cells(values) -> str:
+    return _pm(_mean_std(values), sign="")
+
+
 def markdown(result: dict) -> str:
     """The Markdown page of a ladder (``ladder[-tag].md``)."""
     targets, sizes = result["targets"], result["sizes"]
     rung_heads = " | ".join(f"at {t:g}" for t in targets)
+    kept = f"over the ladder, in domain (>= {KEPT_MIN:g})"
     lines = [f"# Coverage over a ladder of edit strengths ({', '.join(f'{t:g}' for t in targets)})", "",
              f"Made {result['date']} by `benchmarks/ladder.py` from {len(targets)} reports that scored the same "
              f"directions (weights {result['weights']}, seeds {result['seeds']}) at different target pixel "
              f"changes: " + ", ".join(f"[`{stem}`]({stem}.md) at {t:g} (scales searched in {bracket})"
                                       for stem, t, bracket in zip(result["reports"], targets, result["brackets"]))
              + ". An attribute is covered over the ladder when some direction covers it (strength >= 0.5, "
-               "purity >= 0.6) at some rung; every method climbs the same rungs. Mean ± std over seeds (text: one "
-               "run).", "", "## Overall", "",
-             f"| method | {rung_heads} | over the ladder |", "|---|" + "---|" * (len(targets) + 1)]
+               "purity >= 0.6) at some rung; every method climbs the same rungs. \"In domain\" counts only the "
+               f"covering edits that the oracle still reads as the starting domain in at least {KEPT_MIN:.0%} of the "
+               "images at +s and -s: strong edits can cover an attribute by turning a painting into a car. Mean ± "
+               "std over seeds (text: one run).", "", "## Overall", "",
+             f"| method | {rung_heads} | over the ladder | {kept} |", "|---|" + "---|" * (len(targets) + 2)]
     for method, row in result["overall"].items():
         lines.append(f"| {method} | " + " | ".join(_pm(c, sign="") for c in row["rungs"])
-                     + f" | **{_pm(row['ladder'], sign='')}** |")
-    margin = result["margin"]
-    lines += ["", f"NoiseCLR's ladder coverage minus random's, seed by seed: overall {_pm(margin['all'])}; "
-              + ", ".join(f"{d} {_pm(margin[d])}" for d in result["domains"]) + f". The issue's coverage goal is "
-              f"{BARS['coverage']}; a clear margin is at least {CLEAR_MARGIN} and above its spread.", ""]
+                     + f" | **{_pm(row['ladder'], sign='')}** | **{_pm(row['in_domain'], sign='')}** |")
+    for key, what in (("margin", "over the ladder"), ("margin_in_domain", "in domain")):
+        margin = result[key]
+        lines += ["", f"NoiseCLR's coverage minus random's, {what}, seed by seed: overall {_pm(margin['all'])}; "
+                  + ", ".join(f"{d} {_pm(margin[d])}" for d in result["domains"]) + "."]
+    lines += ["", f"The issue's coverage goal is {BARS['coverage']}; a clear margin is at least {CLEAR_MARGIN} and "
+              f"above its spread.", ""]
     for domain, methods in result["domains"].items():
         names = get_domain(domain).attribute_names
-        lines += [f"## {domain}", "", f"| method | {rung_heads} | over the ladder | "
-                  + " | ".join(names) + " |", "|---|" + "---|" * (len(targets) + 1 + len(names))]
+        lines += [f"## {domain}", "", f"| method | {rung_heads} | over the ladder | {kept} | "
+                  + " | ".join(names) + " |", "|---|" + "---|" * (len(targets) + 2 + len(names))]
         for method, row in methods.items():
             n = len(row["seeds"])
-            lines.append(f"| {method} | " + " | ".join(_pm(_mean_std(c), sign="") for c in row["rungs"])
-                         + f" | {_pm(_mean_std(row['ladder']), sign='')} | "
-                         + " | ".join(f"{row['covered'][a]}/{n}" for a in names) + " |")
-        lines += ["", "Attribute columns: in how many seeds the method covers the attribute over the ladder.", ""]
+            counts = [f"{row['covered'][a]}/{n}" + (f" ({row['covered_in_domain'][a]})"
+                                                    if row["covered_in_domain"][a] != row["covered"][a] else "")
+                      for a in names]
+            lines.append(f"| {method} | " + " | ".join(_cells(c) for c in row["rungs"])
+                         + f" | {_cells(row['ladder'])} | {_cells(row['in_domain'])} | " + " | ".join(counts) + " |")
+        lines += ["", "Attribute columns: in how many seeds the method covers the attribute over the ladder (in "
+                      "brackets where fewer of them keep the domain).", ""]
     lines += ["## How many pixels each attribute takes", "",
               f"Mean absolute pixel change between a render and the same render with one attribute flipped "
               f"(`noiseclr_lite.toyworld.domains.attribute_pixel_change`, {result['size_images']} label sets each; median, "
@@ -211,7 +249,8 @@ def ladder_report(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
     stem = "ladder" + (f"-{tag}" if tag else "")
     (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
     (out_dir / f"{stem}.md").write_text(markdown(result))
-    overall = ", ".join(f"{m} {row['ladder'][0]:.2f}" for m, row in result["overall"].items())
+    overall = ", ".join(f"{m} {row['ladder'][0]:.2f} ({row['in_domain'][0]:.2f} in domain)"
+                        for m, row in result["overall"].items())
     log(f"wrote {out_dir / stem}.md and .json: coverage over the ladder {overall}")
     return result
 

@@ -16,14 +16,15 @@ from benchmarks import ladder, quality  # noqa: E402
 FACE = ["expression", "hair", "glasses", "skin"]
 
 
-def score(**effects) -> dict:
-    """A face direction's score with the given two-sided effects (the rest 0), as a report stores it."""
+def score(kept: float = 1.0, **effects) -> dict:
+    """A face direction's score with the given two-sided effects (the rest 0) whose edits stay faces
+    ``kept`` of the time, as a report stores it."""
     full = {a: float(effects.get(a, 0.0)) for a in FACE}
     top = max(full, key=full.get)
     return dataclasses.asdict(DirectionScore(
         name="d", token="<d>", domain="face", scale=1.0, effects=full, signed_effects=full, plus_effects=full,
         minus_effects=full, purity=purity(list(full.values())), strength=strength(list(full.values())), target=top,
-        pixel_change=0.05, off_target=sum(full.values()) - full[top], calibrated=True))
+        pixel_change=0.05, off_target=sum(full.values()) - full[top], calibrated=True, domain_kept=kept))
 
 
 def report(path: Path, target: float, runs: dict, **settings) -> Path:
@@ -39,13 +40,14 @@ def report(path: Path, target: float, runs: dict, **settings) -> Path:
 
 def rungs_on_disk(tmp_path, **settings_of_the_second):
     """Two rungs: at 0.02 NoiseCLR seed 0 covers expression; at 0.05 it covers hair (seed 0) and
-    glasses (seed 1); random covers nothing; text covers skin at 0.05 only."""
+    glasses (seed 1, by edits that leave the faces half of the time); random covers nothing; text
+    covers skin at 0.05 only."""
     weak, impure = score(expression=0.2), score(expression=0.6, hair=0.6)
     report(tmp_path / "quality-low.json", 0.02, {
         "NoiseCLR": {0: [score(expression=0.9), weak], 1: [weak, impure]},
         "random": {0: [weak, impure], 1: [weak, weak]}, "text": {None: [weak, impure]}})
     report(tmp_path / "quality-high.json", 0.05, {
-        "NoiseCLR": {0: [impure, score(hair=0.8, skin=0.1)], 1: [score(glasses=0.7), weak]},
+        "NoiseCLR": {0: [impure, score(hair=0.8, skin=0.1)], 1: [score(glasses=0.7, kept=0.5), weak]},
         "random": {0: [impure, impure], 1: [weak, weak]}, "text": {None: [score(skin=0.9), weak]}},
         **settings_of_the_second)
 
@@ -59,16 +61,22 @@ def test_an_attribute_covered_at_any_rung_counts_once_for_every_method_alike(tmp
     assert face["NoiseCLR"]["rungs"] == [[0.25, 0.0], [0.25, 0.25]]
     assert face["NoiseCLR"]["ladder"] == [0.5, 0.25]  # seed 0: expression (0.02) + hair (0.05)
     assert face["NoiseCLR"]["covered"] == {"expression": 1, "hair": 1, "glasses": 1, "skin": 0}
+    assert face["NoiseCLR"]["in_domain"] == [0.5, 0.0] and face["NoiseCLR"]["covered_in_domain"]["glasses"] == 0
     assert face["random"]["ladder"] == [0.0, 0.0]
     assert face["text"]["seeds"] == [None] and face["text"]["ladder"] == [0.25]
     assert result["overall"]["NoiseCLR"]["ladder"][0] == pytest.approx(0.375)
     assert result["margin"]["all"][0] == pytest.approx(0.375) and result["margin"]["face"][1] == pytest.approx(0.1768, abs=1e-4)
+    assert result["overall"]["NoiseCLR"]["in_domain"][0] == pytest.approx(0.25)
+    leaving = DirectionScore(**score(glasses=0.9, kept=0.1))
+    assert ladder.in_domain_coverage([leaving], "face") == (0.0, [])
+    assert ladder.in_domain_coverage([leaving], "face", kept_min=0.1) == (0.25, ["glasses"])
+    assert result["margin_in_domain"]["all"] == pytest.approx((0.25, 0.3536), abs=1e-4)
     md = (tmp_path / "ladder-t.md").read_text()
-    assert "| NoiseCLR | 0.12 ± 0.18 | 0.25 ± 0.00 | **0.38 ± 0.18** |" in md
-    assert "| NoiseCLR | 0.12 ± 0.18 | 0.25 ± 0.00 | 0.38 ± 0.18 | 1/2 | 1/2 | 1/2 | 0/2 |" in md
+    assert "| NoiseCLR | 0.12 ± 0.18 | 0.25 ± 0.00 | **0.38 ± 0.18** | **0.25 ± 0.35** |" in md
+    assert "| NoiseCLR | 0.12 ± 0.18 | 0.25 ± 0.00 | 0.38 ± 0.18 | 0.25 ± 0.35 | 1/2 | 1/2 | 1/2 (0) | 0/2 |" in md
     assert "[`quality-low`](quality-low.md) at 0.02 (scales searched in [0, 16])" in md
     assert "| face | glasses |" in md and json.loads((tmp_path / "ladder-t.json").read_text())["seeds"] == [0, 1]
-    assert "NoiseCLR 0.38" in said[0]
+    assert "NoiseCLR 0.38 (0.25 in domain)" in said[0]
 
 
 def test_rungs_of_another_protocol_or_the_same_strength_are_refused(tmp_path):
