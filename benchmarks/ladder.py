@@ -36,15 +36,14 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python benchmarks/ladder.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from benchmarks.quality import (BARS, CLEAR_MARGIN, METHODS, POOLED_FREELY, REQUIRED_METHODS, RESULTS,  # noqa: E402
-                                SEEDED, _find_report, _mean_std, _pm, _protocol, _scale_bracket)
+from benchmarks.quality import (BARS, CLEAR_MARGIN, HSPACE_SETTINGS, METHODS, POOLED_FREELY,  # noqa: E402
+                                REQUIRED_METHODS, RESULTS, SEEDED, _find_report, _mean_std, _pm, _protocol,
+                                _scale_bracket)
 from noiseclr_lite.metrics import DirectionScore, coverage, summary  # noqa: E402
 from noiseclr_lite.toyworld.domains import attribute_pixel_change, get_domain  # noqa: E402
 
 #: the calibration bracket, which each rung may set for its own target
 BRACKET = {"min_scale", "max_scale", "hspace_min_scale", "hspace_max_scale"}
-#: settings that only the h-space peer reads
-HSPACE_ONLY = {"hspace_timesteps"}
 #: a covering edit "keeps the domain" when the oracle reads at least this share of its +s and -s
 #: edits as the starting domain (at most 1 of 16 edits of 8 images leaves it)
 KEPT_MIN = 0.9
@@ -75,7 +74,7 @@ def load_rungs(names, out_dir: str | os.PathLike = RESULTS) -> list[tuple[Path, 
     # found (a rung of 0.005 needs smaller scales than one of 0.15), not what it measures
     free = set(POOLED_FREELY) - {"seeds"} | {"target_change", "methods", "interference_images", "grid_images"} | BRACKET
     if not all("h-space" in report["settings"]["methods"] for _, report in rungs):
-        free |= HSPACE_ONLY  # not climbed: its settings cannot matter
+        free |= set(HSPACE_SETTINGS)  # not climbed: its settings cannot matter
     for path, report in rungs:
         if report.get("weights") != first.get("weights"):
             _fail(f"{path} measured weights {report.get('weights')} and {first_path} {first.get('weights')}: a "

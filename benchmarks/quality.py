@@ -825,6 +825,8 @@ def _write_report(report: dict, out_dir: Path, stem: str) -> None:
 #: face+cat scenes ran (pooled only when every report has them), and where the model, oracle and
 #: samples lie on each machine (the weights hash checks the model and oracle)
 POOLED_FREELY = ("seeds", "interference", "model", "oracle", "samples")
+#: settings that only the h-space peer reads: compared only between reports that ran it
+HSPACE_SETTINGS = ("hspace_max_scale", "hspace_min_scale", "hspace_timesteps")
 
 
 def _find_report(name: str | os.PathLike, out_dir: Path) -> Path:
@@ -856,7 +858,8 @@ def merge_reports(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
     what ran before it in the process (``tests/test_train.py``).
 
     ``names`` are report paths or tags.  Every report must have the same weights, domains and
-    settings but for ``POOLED_FREELY``, and no seed twice; otherwise SystemExit names the reports,
+    settings but for ``POOLED_FREELY`` (and ``HSPACE_SETTINGS`` when h-space did not run), and no
+    seed twice; otherwise SystemExit names the reports,
     the setting, both values and the fix.  The deterministic text ceiling is taken from the first
     report (a report whose text scores differ is named in the log and the Markdown); the scene
     interference is pooled when every report has it, else left out; each domain's figure is a link
@@ -870,6 +873,7 @@ def merge_reports(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
     reports = [json.loads(p.read_text()) for p in paths]
     first, first_path = reports[0], paths[0]
     protocol = _protocol(first)
+    free = POOLED_FREELY + ("domains",) + (() if "h-space" in first["settings"]["methods"] else HSPACE_SETTINGS)
     seen_seeds: dict[int, Path] = {}
     for path, report in zip(paths, reports):
         if report.get("weights") != first.get("weights"):
@@ -882,7 +886,7 @@ def merge_reports(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
                              f"the missing domains into each report first (with --resume, finished units are read back)")
         theirs = _protocol(report)
         for key in sorted(protocol):
-            if key not in POOLED_FREELY + ("domains",) and protocol[key] != theirs[key]:
+            if key not in free and protocol[key] != theirs[key]:
                 raise SystemExit(f"benchmarks/quality.py --merge: {path} has {key} = {theirs[key]!r} but {first_path} "
                                  f"has {protocol[key]!r}: only one protocol's reports can be pooled; run the missing "
                                  f"seeds with the same flags as {first_path.stem} (its settings table lists them)")

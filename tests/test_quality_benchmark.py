@@ -269,6 +269,7 @@ def test_merging_two_reports_of_different_seeds_gives_the_tables_of_one_run_of_b
     other = json.loads((tmp_path / "quality-seed1.json").read_text())
     other["interference"], other["settings"]["interference"] = None, False
     del other["settings"]["min_scale"]
+    other["settings"]["hspace_max_scale"] = 9.0  # h-space did not run, so its bracket does not count
     (tmp_path / "quality-scenes.json").write_text(json.dumps(other))
     unscened = quality.merge_reports(["seed0", "scenes"], tmp_path, tag="unscened", log=lambda _: None)
     assert unscened["interference"] is None and unscened["settings"]["interference"] is False
