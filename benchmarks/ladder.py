@@ -1,12 +1,12 @@
 """Coverage over a ladder of edit strengths: is the coverage ceiling the model's or the protocol's?
 
-    python benchmarks/ladder.py target0.02 seeds01 target0.15 --tag ladder-seeds01
+    python benchmarks/ladder.py target0.02 seeds01 target0.15 --tag seeds01
 
 ``benchmarks/quality.py`` compares methods at one edit strength: every direction's scale is
 calibrated so that it changes the pixels by the same mean amount (``--target-change``, 0.05 by
 default).  That is fair between methods, but the attributes of the bundled world take very
-different amounts of pixels: a pair of glasses or a cat's eye colour changes well under 1% of
-the pixels, a night sky half of them (:func:`noiseclr_lite.toyworld.domains.attribute_pixel_change`
+different amounts of pixels: flipping a cat's eye colour changes under 1% of the pixels, a
+pair of glasses under 2%, a night sky half of them (:func:`noiseclr_lite.toyworld.domains.attribute_pixel_change`
 measures each on the renderer).  At one strength, some attributes cannot be flipped cleanly by
 any direction: too little change for the night sky, too much for the eyes.
 
@@ -72,7 +72,7 @@ def load_rungs(names, out_dir: str | os.PathLike = RESULTS) -> list[tuple[Path, 
     protocol = _protocol(first)
     # the scenes and the figures do not enter a domain's scores; the scale bracket is how a rung is
     # found (a rung of 0.005 needs smaller scales than one of 0.15), not what it measures
-    free = set(POOLED_FREELY) - {"seeds"} | {"target_change", "methods", "interference_images", "grid_images"} | BRACKET
+    free = (set(POOLED_FREELY) - {"seeds"}) | {"target_change", "methods", "interference_images", "grid_images"} | BRACKET
     if not all("h-space" in report["settings"]["methods"] for _, report in rungs):
         free |= set(HSPACE_SETTINGS)  # not climbed: its settings cannot matter
     for path, report in rungs:
@@ -104,8 +104,10 @@ def in_domain_coverage(scores: list[DirectionScore], domain: str, kept_min: floa
     """``metrics.coverage`` of the directions whose +s and -s edits the oracle still reads as
     ``domain`` at least ``kept_min`` of the time (a score without that reading counts as kept).
 
-    A strong edit can cover an attribute by turning some paintings into cars: the oracle then
-    reads a painting attribute on a car.  At the default strength few covering edits leave the
+    A strong edit can cover an attribute by leaving the domain (the 0.15 figures show paintings
+    turned into cars and cats): the oracle then reads a painting attribute on a car.  Scores
+    measured before ``domain_kept`` existed count as kept, so on such reports this equals the
+    plain coverage.  At the default strength few covering edits leave the
     domain; at 0.15 some covering edits leave it in up to 44% of the images.
     """
     kept = [s for s in scores if s.domain_kept is None or s.domain_kept >= kept_min]
