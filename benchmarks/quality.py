@@ -845,6 +845,32 @@ def _protocol(report: dict) -> dict:
     return json.loads(json.dumps({**asdict(Settings()), **report["settings"]}, default=list))
 
 
+def check_one_protocol(paths: list[Path], reports: list[dict], free, tool: str, fix: str) -> None:
+    """Raise SystemExit unless every report measured the first one's weights and has its settings,
+    but for the setting names in ``free`` (and ``HSPACE_SETTINGS`` when some report did not run
+    h-space: then those settings moved nothing).
+
+    The message starts with ``tool`` (the script the user ran), names both reports, the setting and
+    both values, and ends with ``fix`` (what to re-run).  Shared by ``--merge`` (pooling seeds) and
+    ``benchmarks/ladder.py`` (climbing target changes), which free different settings.
+    """
+    first_path, first = paths[0], reports[0]
+    free = set(free)
+    if not all("h-space" in _protocol(report)["methods"] for report in reports):
+        free |= set(HSPACE_SETTINGS)
+    protocol = _protocol(first)
+    for path, report in zip(paths, reports):
+        if report.get("weights") != first.get("weights"):
+            raise SystemExit(f"{tool}: {path} measured weights {report.get('weights')} and {first_path} weights "
+                             f"{first.get('weights')}: these are different models or oracles; leave out the "
+                             f"reports of the other one")
+        theirs = _protocol(report)
+        for key in sorted(protocol):
+            if key not in free and protocol[key] != theirs[key]:
+                raise SystemExit(f"{tool}: {path} has {key} = {theirs[key]!r} but {first_path} has "
+                                 f"{protocol[key]!r}: {fix}")
+
+
 def _seed_order(seed: int | None) -> int:
     """Sort key of a run's seed: the unseeded text run (None) first, then the seeds in order."""
     return -1 if seed is None else seed
@@ -872,24 +898,16 @@ def merge_reports(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
     paths = [_find_report(n, out_dir) for n in names]
     reports = [json.loads(p.read_text()) for p in paths]
     first, first_path = reports[0], paths[0]
-    protocol = _protocol(first)
-    free = POOLED_FREELY + ("domains",) + (() if "h-space" in first["settings"]["methods"] else HSPACE_SETTINGS)
-    seen_seeds: dict[int, Path] = {}
     for path, report in zip(paths, reports):
-        if report.get("weights") != first.get("weights"):
-            raise SystemExit(f"benchmarks/quality.py --merge: {path} measured weights {report.get('weights')} and "
-                             f"{first_path} weights {first.get('weights')}: pool only reports of the same model and "
-                             f"oracle")
         if set(report["settings"]["domains"]) != set(first["settings"]["domains"]):
             raise SystemExit(f"benchmarks/quality.py --merge: {path} scored the domains {report['settings']['domains']} "
                              f"and {first_path} {first['settings']['domains']}: pooling adds seeds, not domains; run "
                              f"the missing domains into each report first (with --resume, finished units are read back)")
-        theirs = _protocol(report)
-        for key in sorted(protocol):
-            if key not in free and protocol[key] != theirs[key]:
-                raise SystemExit(f"benchmarks/quality.py --merge: {path} has {key} = {theirs[key]!r} but {first_path} "
-                                 f"has {protocol[key]!r}: only one protocol's reports can be pooled; run the missing "
-                                 f"seeds with the same flags as {first_path.stem} (its settings table lists them)")
+    check_one_protocol(paths, reports, POOLED_FREELY + ("domains",), "benchmarks/quality.py --merge",
+                       f"only one protocol's reports can be pooled; run the missing seeds with the same flags as "
+                       f"{first_path.stem} (its settings table lists them)")
+    seen_seeds: dict[int, Path] = {}
+    for path, report in zip(paths, reports):
         for seed in report["settings"]["seeds"]:
             if seed in seen_seeds:
                 raise SystemExit(f"benchmarks/quality.py --merge: seed {seed} is in both {seen_seeds[seed]} and {path}; "

@@ -77,6 +77,20 @@ def test_an_attribute_covered_at_any_rung_counts_once_for_every_method_alike(tmp
     assert "[`quality-low`](quality-low.md) at 0.02 (scales searched in [0, 16])" in md
     assert "| face | glasses |" in md and json.loads((tmp_path / "ladder-t.json").read_text())["seeds"] == [0, 1]
     assert "NoiseCLR 0.38 (0.25 in domain)" in said[0]
+    assert face["NoiseCLR"]["unread"] == 0 and face["NoiseCLR"]["scores"] == 8 and "Unread domain" not in md
+
+
+def test_scores_without_a_domain_reading_count_as_kept_and_the_page_says_so(tmp_path):
+    rungs_on_disk(tmp_path)
+    old = json.loads((tmp_path / "quality-high.json").read_text())
+    for saved in old["domains"]["face"]["runs"]["random"]:
+        for s in saved["scores"]:
+            s["domain_kept"] = None  # scored before the oracle read the domain
+    (tmp_path / "quality-high.json").write_text(json.dumps(old))
+    result = ladder.ladder_report(["low", "high"], tmp_path, log=lambda _: None, size_images=8)
+    assert result["domains"]["face"]["random"]["unread"] == 4 and result["domains"]["face"]["NoiseCLR"]["unread"] == 0
+    assert "count as kept" in (md := (tmp_path / "ladder.md").read_text()) and "random in face 4 of 8" in md
+    assert "NoiseCLR in face" not in md
 
 
 def test_rungs_of_another_protocol_or_the_same_strength_are_refused(tmp_path):
@@ -95,6 +109,24 @@ def test_rungs_of_another_protocol_or_the_same_strength_are_refused(tmp_path):
     (tmp_path / "quality-norandom.json").write_text(json.dumps(lacking))
     with pytest.raises(SystemExit, match="lacks random"):
         ladder.load_rungs(["low", "norandom"], tmp_path)
+
+
+def test_one_protocol_check_names_the_setting_and_frees_only_what_it_is_told(tmp_path):
+    low, high = tmp_path / "quality-low.json", tmp_path / "quality-high.json"
+    rungs_on_disk(tmp_path, steps=7, hspace_timesteps=(500,))
+    reports = [json.loads(p.read_text()) for p in (low, high)]
+    with pytest.raises(SystemExit, match=r"^tool: .*quality-high.json has steps = 7 but .*quality-low.json has 300: "
+                                         r"re-run it$"):
+        quality.check_one_protocol([low, high], reports, {"target_change"}, "tool", "re-run it")
+    # freed settings pass; h-space's settings pass while some report did not run h-space
+    quality.check_one_protocol([low, high], reports, {"target_change", "steps"}, "tool", "fix")
+    for report in reports:
+        report["settings"]["methods"] = list(quality.REQUIRED_METHODS) + ["h-space"]
+    with pytest.raises(SystemExit, match="hspace_timesteps = \\[500\\]"):
+        quality.check_one_protocol([low, high], reports, {"target_change", "steps"}, "tool", "fix")
+    reports[1]["weights"] = "other"
+    with pytest.raises(SystemExit, match="measured weights other and .* weights w: these are different models"):
+        quality.check_one_protocol([low, high], reports, set(quality.Settings().__dict__), "tool", "fix")
 
 
 def test_attribute_pixel_change_sizes_small_and_large_attributes_and_names_the_attributes():
