@@ -855,16 +855,16 @@ def check_one_protocol(paths: list[Path], reports: list[dict], free, tool: str, 
     ``benchmarks/ladder.py`` (climbing target changes), which free different settings.
     """
     first_path, first = paths[0], reports[0]
+    protocols = [_protocol(report) for report in reports]
     free = set(free)
-    if not all("h-space" in _protocol(report)["methods"] for report in reports):
+    if not all("h-space" in theirs["methods"] for theirs in protocols):
         free |= set(HSPACE_SETTINGS)
-    protocol = _protocol(first)
-    for path, report in zip(paths, reports):
+    protocol = protocols[0]
+    for path, report, theirs in zip(paths, reports, protocols):
         if report.get("weights") != first.get("weights"):
             raise SystemExit(f"{tool}: {path} measured weights {report.get('weights')} and {first_path} weights "
                              f"{first.get('weights')}: these are different models or oracles; leave out the "
                              f"reports of the other one")
-        theirs = _protocol(report)
         for key in sorted(protocol):
             if key not in free and protocol[key] != theirs[key]:
                 raise SystemExit(f"{tool}: {path} has {key} = {theirs[key]!r} but {first_path} has "
