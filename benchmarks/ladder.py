@@ -19,6 +19,12 @@ the attribute flips.  Renders nothing (seconds).  Writes ``results/ladder[-tag].
 coverage at each rung and over the ladder, per domain and overall (mean ± std over seeds), NoiseCLR's
 coverage margin over random seed by seed, which attributes each method covers in how many seeds,
 and how many pixels each attribute takes on the renderer.
+
+Purity needs one strength per direction, since every direction is purer at a weaker edit.  The
+ladder reads each direction at its *working strength* (:func:`working_strength_scores`): the
+weakest rung at which its largest effect reaches 0.5, as a slider user stops where the edit
+shows, or its strongest rung when it never does.  With that purity and the coverage over the
+ladder, the page judges the issue's "clear margin over random in every domain" bar.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/ladder.py` from anywhere
 
 from benchmarks.quality import (BARS, CLEAR_MARGIN, METHODS, POOLED_FREELY, REQUIRED_METHODS,  # noqa: E402
                                 RESULTS, SEEDED, _find_report, _mean_std, _pm, _scale_bracket, check_one_protocol)
-from noiseclr_lite.metrics import DirectionScore, coverage, summary  # noqa: E402
+from noiseclr_lite.metrics import STRENGTH_MIN, DirectionScore, coverage, summary  # noqa: E402
 from noiseclr_lite.toyworld.domains import attribute_pixel_change, get_domain  # noqa: E402
 
 #: the calibration bracket, which each rung may set for its own target
@@ -90,6 +96,37 @@ def _scores(report: dict, domain: str, method: str, seed) -> list[DirectionScore
     return [DirectionScore(**s) for s in runs[0]["scores"]]
 
 
+def working_strength_scores(rung_scores: list[list[DirectionScore]],
+                            strength_min: float = STRENGTH_MIN) -> tuple[list[DirectionScore], list[int]]:
+    """Each direction read at its working strength: the weakest rung at which its largest effect
+    (``DirectionScore.strength``) reaches ``strength_min``, or the strongest rung if none does.
+
+    Args:
+        rung_scores: one list of the same D directions' scores per rung, rungs ordered from the
+            weakest target change to the strongest (:func:`load_rungs` orders them so).
+    Returns:
+        (D scores, one per direction, in the rungs' order of directions; D rung indices, where each was read).
+
+    Why not the purest rung: the weakest edit is always the purest (a nudge of the most sensitive
+    attribute), so the purest rung would reward directions that barely move anything.  Why not one
+    rung for all: attributes take 0.7% to 52% of the pixels, so no one strength suits every direction.
+    """
+    sizes = {len(scores) for scores in rung_scores}
+    if len(sizes) != 1:
+        raise ValueError(f"working_strength_scores got {[len(s) for s in rung_scores]} directions per rung; every "
+                         f"rung must score the same directions (re-run the rungs with the same -k and seeds)")
+    picked, read_at = [], []
+    for position in range(sizes.pop()):
+        per_rung = [scores[position] for scores in rung_scores]
+        if len({score.name for score in per_rung}) != 1:
+            raise ValueError(f"working_strength_scores: direction {position} is {[s.name for s in per_rung]} on the "
+                             f"rungs; every rung must list the same directions in the same order")
+        rung = next((k for k, score in enumerate(per_rung) if score.strength >= strength_min), len(per_rung) - 1)
+        picked.append(per_rung[rung])
+        read_at.append(rung)
+    return picked, read_at
+
+
 def in_domain_coverage(scores: list[DirectionScore], domain: str, kept_min: float = KEPT_MIN) -> tuple[float, list[str]]:
     """``metrics.coverage`` of the directions whose +s and -s edits the oracle still reads as
     ``domain`` at least ``kept_min`` of the time (a score without that reading counts as kept;
@@ -115,11 +152,16 @@ def ladder(rungs: list[tuple[Path, dict]]) -> dict:
     seed] per rung], "ladder" and "in_domain": [coverage per seed over the ladder, of every
     direction and of those that keep the domain (:func:`in_domain_coverage`)], "covered" and
     "covered_in_domain": {attribute: seeds covering it over the ladder}, "unread": how many of its
-    "scores" (every rung and seed) predate the domain reading and count as kept}}}, "overall": {method:
-    {"rungs": [(mean, std)], "ladder", "in_domain": (mean, std) over seeds of the mean over domains,
-    "per_seed", "per_seed_in_domain": those means seed by seed}}, "margin" and "margin_in_domain":
-    NoiseCLR's ladder coverage minus random's, seed by seed, (mean, std) overall ("all") and per
-    domain}.  The text ceiling has one run (seed None).
+    "scores" (every rung and seed) predate the domain reading and count as kept, "purity": [mean purity
+    per seed at the working strength (:func:`working_strength_scores`)], "read_at": [directions read at
+    each rung, over every seed]}}}, "overall": {method: {"rungs": [(mean, std)], "ladder", "in_domain",
+    "purity": (mean, std) over seeds of the mean over domains, "per_seed", "per_seed_in_domain",
+    "per_seed_purity": those means seed by seed}}, "margin", "margin_in_domain" and "margin_purity":
+    NoiseCLR's ladder coverage (or working-strength purity) minus random's, seed by seed, (mean, std)
+    overall ("all") and per domain, "text_purity_share": {"all" and per domain: NoiseCLR's mean
+    working-strength purity over the text ceiling's}, "clear": {domain: whether both the coverage
+    and the purity margin are at least CLEAR_MARGIN and above their spread}}.  The text ceiling
+    has one run (seed None).
     """
     report = rungs[0][1]
     methods = [m for m in METHODS if all(m in r["settings"]["methods"] for _, r in rungs)]
@@ -132,7 +174,9 @@ def ladder(rungs: list[tuple[Path, dict]]) -> dict:
             method_seeds = seeds if method in SEEDED else [None]
             per_rung = [[summary(_scores(r, domain, method, seed), domain)["coverage"] for seed in method_seeds]
                         for _, r in rungs]
-            climbed = [[s for _, r in rungs for s in _scores(r, domain, method, seed)] for seed in method_seeds]
+            rung_scores = [[_scores(r, domain, method, seed) for _, r in rungs] for seed in method_seeds]
+            climbed = [[s for scores in per_seed for s in scores] for per_seed in rung_scores]
+            working = [working_strength_scores(per_seed) for per_seed in rung_scores]
             every = [summary(scores, domain) for scores in climbed]
             kept = [in_domain_coverage(scores, domain) for scores in climbed]
             unread = sum(s.domain_kept is None for scores in climbed for s in scores)
@@ -141,22 +185,34 @@ def ladder(rungs: list[tuple[Path, dict]]) -> dict:
                 "ladder": [c["coverage"] for c in every], "in_domain": [share for share, _ in kept],
                 "covered": {a: sum(a in c["covered"] for c in every) for a in names},
                 "covered_in_domain": {a: sum(a in covered for _, covered in kept) for a in names},
-                "unread": unread, "scores": sum(map(len, climbed))}
+                "unread": unread, "scores": sum(map(len, climbed)),
+                "purity": [statistics.mean(s.purity for s in picked) for picked, _ in working],
+                "read_at": [sum(at.count(k) for _, at in working) for k in range(len(rungs))]}
     domains = list(out["domains"])
     for method in methods:
         rows = [out["domains"][d][method] for d in domains]
         runs = range(len(rows[0]["seeds"]))
-        per_seed = {key: [statistics.mean(row[key][i] for row in rows) for i in runs] for key in ("ladder", "in_domain")}
+        per_seed = {key: [statistics.mean(row[key][i] for row in rows) for i in runs]
+                    for key in ("ladder", "in_domain", "purity")}
         out["overall"][method] = {
             "rungs": [_mean_std([statistics.mean(row["rungs"][k][i] for row in rows) for i in runs])
                       for k in range(len(rungs))],
             "ladder": _mean_std(per_seed["ladder"]), "in_domain": _mean_std(per_seed["in_domain"]),
-            "per_seed": per_seed["ladder"], "per_seed_in_domain": per_seed["in_domain"]}
+            "purity": _mean_std(per_seed["purity"]), "per_seed": per_seed["ladder"],
+            "per_seed_in_domain": per_seed["in_domain"], "per_seed_purity": per_seed["purity"]}
     paired = lambda a, b: _mean_std([x - y for x, y in zip(a, b)])  # noqa: E731
-    for key, seed_key, suffix in (("ladder", "per_seed", ""), ("in_domain", "per_seed_in_domain", "_in_domain")):
+    for key, seed_key, suffix in (("ladder", "per_seed", ""), ("in_domain", "per_seed_in_domain", "_in_domain"),
+                                  ("purity", "per_seed_purity", "_purity")):
         out["margin" + suffix] = {
             "all": paired(out["overall"]["NoiseCLR"][seed_key], out["overall"]["random"][seed_key]),
             **{d: paired(out["domains"][d]["NoiseCLR"][key], out["domains"][d]["random"][key]) for d in domains}}
+    share = lambda mine, text: mine / text if text > 0 else float("nan")  # noqa: E731
+    out["text_purity_share"] = {
+        "all": share(out["overall"]["NoiseCLR"]["purity"][0], out["overall"]["text"]["purity"][0]),
+        **{d: share(statistics.mean(out["domains"][d]["NoiseCLR"]["purity"]), out["domains"][d]["text"]["purity"][0])
+           for d in domains}}
+    clear = lambda margin: margin[0] >= CLEAR_MARGIN and margin[0] > margin[1]  # noqa: E731
+    out["clear"] = {d: clear(out["margin"][d]) and clear(out["margin_purity"][d]) for d in domains}
     return out
 
 
@@ -177,6 +233,37 @@ def _cells(values) -> str:
     return _pm(_mean_std(values), sign="")
 
 
+PURITY_HEAD = "mean purity at the working strength"
+
+
+def _read_at_sentence(result: dict) -> str:
+    parts = []
+    for method in result["overall"]:
+        counts = [sum(result["domains"][d][method]["read_at"][k] for d in result["domains"])
+                  for k in range(len(result["targets"]))]
+        parts.append(f"{method} " + " / ".join(map(str, counts)))
+    return ("Directions read at each rung (" + " / ".join(f"{t:g}" for t in result["targets"]) + ", over every "
+            "domain and seed): " + "; ".join(parts) + ".")
+
+
+def bars_section(result: dict) -> list[str]:
+    """The issue's bars read on the ladder: coverage over it, purity at the working strength, and
+    the clear margin over random in every domain (both margins >= CLEAR_MARGIN and above their spread)."""
+    mine = result["overall"]["NoiseCLR"]
+    rows = [("coverage of all attributes, over the ladder", mine["ladder"][0], BARS["coverage"]),
+            ("mean purity at the working strength", mine["purity"][0], BARS["mean_purity"]),
+            ("purity as a share of the text ceiling's", result["text_purity_share"]["all"], BARS["text_purity_share"])]
+    lines = ["## The issue's bars on the ladder", "", "| bar | NoiseCLR | at least | met? |", "|---|---|---|---|"]
+    lines += [f"| {bar} | {value:.2f} | {goal} | {'yes' if value >= goal else f'**no** (short by {goal - value:.2f})'} |"
+              for bar, value, goal in rows]
+    lines += ["", f"| domain | coverage margin over random | purity margin over random | clear (both >= {CLEAR_MARGIN} "
+                  f"and above their spread)? | purity / text purity |", "|---|---|---|---|---|"]
+    lines += [f"| {d} | {_pm(result['margin'][d])} | {_pm(result['margin_purity'][d])} | "
+              f"{'yes' if result['clear'][d] else '**no**'} | {result['text_purity_share'][d]:.2f} |"
+              for d in result["domains"]]
+    return lines + [""]
+
+
 def markdown(result: dict) -> str:
     """The Markdown page of a ladder (``ladder[-tag].md``)."""
     targets, sizes = result["targets"], result["sizes"]
@@ -192,16 +279,23 @@ def markdown(result: dict) -> str:
                f"covering edits that the oracle still reads as the starting domain in at least {KEPT_MIN:.0%} of the "
                "images at +s and -s: strong edits can cover an attribute by turning a painting into a car. Mean ± "
                "std over seeds (text: one run).", "", "## Overall", "",
-             f"| method | {rung_heads} | over the ladder | {kept} |", "|---|" + "---|" * (len(targets) + 2)]
+             f"| method | {rung_heads} | over the ladder | {kept} | {PURITY_HEAD} |",
+             "|---|" + "---|" * (len(targets) + 3)]
     for method, row in result["overall"].items():
         lines.append(f"| {method} | " + " | ".join(_pm(c, sign="") for c in row["rungs"])
-                     + f" | **{_pm(row['ladder'], sign='')}** | **{_pm(row['in_domain'], sign='')}** |")
+                     + f" | **{_pm(row['ladder'], sign='')}** | **{_pm(row['in_domain'], sign='')}** | "
+                       f"{_pm(row['purity'], sign='')} |")
     for key, what in (("margin", "over the ladder"), ("margin_in_domain", "in domain")):
         margin = result[key]
         lines += ["", f"NoiseCLR's coverage minus random's, {what}, seed by seed: overall {_pm(margin['all'])}; "
                   + ", ".join(f"{d} {_pm(margin[d])}" for d in result["domains"]) + "."]
-    lines += ["", f"The issue's coverage goal is {BARS['coverage']}; a clear margin is at least {CLEAR_MARGIN} and "
-              f"above its spread.", ""]
+    lines += ["", "NoiseCLR's purity at the working strength minus random's, seed by seed: overall "
+              f"{_pm(result['margin_purity']['all'])}; "
+              + ", ".join(f"{d} {_pm(result['margin_purity'][d])}" for d in result["domains"]) + ".",
+              "", f"The working strength of a direction is the weakest rung at which its largest effect reaches "
+              f"{STRENGTH_MIN:g} (its strongest rung if none does); a slider user stops there. "
+              + _read_at_sentence(result), ""]
+    lines += bars_section(result)
     unread = [f"{method} in {domain} {row['unread']} of {row['scores']}" for domain, methods in result["domains"].items()
               for method, row in methods.items() if row.get("unread")]
     if unread:
@@ -210,15 +304,16 @@ def markdown(result: dict) -> str:
                   f"reports' units (delete their cache entries) to read it.", ""]
     for domain, methods in result["domains"].items():
         names = get_domain(domain).attribute_names
-        lines += [f"## {domain}", "", f"| method | {rung_heads} | over the ladder | {kept} | "
-                  + " | ".join(names) + " |", "|---|" + "---|" * (len(targets) + 2 + len(names))]
+        lines += [f"## {domain}", "", f"| method | {rung_heads} | over the ladder | {kept} | {PURITY_HEAD} | "
+                  + " | ".join(names) + " |", "|---|" + "---|" * (len(targets) + 3 + len(names))]
         for method, row in methods.items():
             n = len(row["seeds"])
             counts = [f"{row['covered'][a]}/{n}" + (f" ({row['covered_in_domain'][a]})"
                                                     if row["covered_in_domain"][a] != row["covered"][a] else "")
                       for a in names]
             lines.append(f"| {method} | " + " | ".join(_cells(c) for c in row["rungs"])
-                         + f" | {_cells(row['ladder'])} | {_cells(row['in_domain'])} | " + " | ".join(counts) + " |")
+                         + f" | {_cells(row['ladder'])} | {_cells(row['in_domain'])} | {_cells(row['purity'])} | "
+                         + " | ".join(counts) + " |")
         lines += ["", "Attribute columns: in how many seeds the method covers the attribute over the ladder (in "
                       "brackets where fewer of them keep the domain).", ""]
     lines += ["## How many pixels each attribute takes", "",

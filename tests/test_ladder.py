@@ -72,12 +72,43 @@ def test_an_attribute_covered_at_any_rung_counts_once_for_every_method_alike(tmp
     assert ladder.in_domain_coverage([leaving], "face", kept_min=0.1) == (0.25, ["glasses"])
     assert result["margin_in_domain"]["all"] == pytest.approx((0.25, 0.3536), abs=1e-4)
     md = (tmp_path / "ladder-t.md").read_text()
-    assert "| NoiseCLR | 0.12 ± 0.18 | 0.25 ± 0.00 | **0.38 ± 0.18** | **0.25 ± 0.35** |" in md
-    assert "| NoiseCLR | 0.12 ± 0.18 | 0.25 ± 0.00 | 0.38 ± 0.18 | 0.25 ± 0.35 | 1/2 | 1/2 | 1/2 (0) | 0/2 |" in md
+    assert "| NoiseCLR | 0.12 ± 0.18 | 0.25 ± 0.00 | **0.38 ± 0.18** | **0.25 ± 0.35** | 0.85 ± 0.14 |" in md
+    assert "| NoiseCLR | 0.12 ± 0.18 | 0.25 ± 0.00 | 0.38 ± 0.18 | 0.25 ± 0.35 | 0.85 ± 0.14 | 1/2 | 1/2 | 1/2 (0) | 0/2 |" in md
     assert "[`quality-low`](quality-low.md) at 0.02 (scales searched in [0, 16])" in md
     assert "| face | glasses |" in md and json.loads((tmp_path / "ladder-t.json").read_text())["seeds"] == [0, 1]
     assert "NoiseCLR 0.38 (0.25 in domain)" in said[0]
     assert face["NoiseCLR"]["unread"] == 0 and face["NoiseCLR"]["scores"] == 8 and "Unread domain" not in md
+
+
+def test_each_direction_is_read_at_the_weakest_rung_where_it_shows_and_the_bars_are_judged_there(tmp_path):
+    weak, impure, clean = (DirectionScore(**score(expression=0.2)), DirectionScore(**score(expression=0.6, hair=0.6)),
+                           DirectionScore(**score(hair=0.8, skin=0.1)))
+    # direction 0 shows only at the second rung; direction 1 already at the first (impure there); 2 never
+    picked, read_at = ladder.working_strength_scores([[weak, impure, weak], [clean, clean, weak]])
+    assert picked == [clean, impure, weak] and read_at == [1, 0, 1]
+    assert ladder.working_strength_scores([[weak, impure]], strength_min=0.1) == ([weak, impure], [0, 0])
+    with pytest.raises(ValueError, match=r"got \[2, 1\] directions per rung.*same -k"):
+        ladder.working_strength_scores([[weak, impure], [clean]])
+    with pytest.raises(ValueError, match=r"direction 0 is \['d', 'e'\]"):
+        ladder.working_strength_scores([[weak], [dataclasses.replace(clean, name="e")]])
+
+    rungs_on_disk(tmp_path)
+    result = ladder.ladder_report(["low", "high"], tmp_path, log=lambda _: None, size_images=8)
+    face = result["domains"]["face"]
+    # NoiseCLR seed 0: expression 0.9 at 0.02 (purity 1), hair 0.8 + skin 0.1 at 0.05 (8/9); seed 1: glasses at
+    # 0.05 (1), the impure pair at 0.02 (0.5).  Random seed 1 never reaches 0.5 and is read at its strongest rung.
+    assert face["NoiseCLR"]["purity"] == pytest.approx([(1 + 8 / 9) / 2, 0.75])
+    assert face["NoiseCLR"]["read_at"] == [2, 2] and face["random"]["read_at"] == [1, 3]
+    assert face["random"]["purity"] == pytest.approx([0.5, 1.0]) and face["text"]["purity"] == pytest.approx([0.75])
+    assert result["margin_purity"]["face"][0] == pytest.approx(((1 + 8 / 9) / 2 - 0.5 - 0.25) / 2)
+    assert result["text_purity_share"]["face"] == pytest.approx(((1 + 8 / 9) / 2 + 0.75) / 2 / 0.75)
+    # the coverage margin is clear (+0.38 ± 0.18), the purity margin (+0.10 ± 0.49) is not
+    assert result["margin"]["face"][0] > 0.1 and result["clear"] == {"face": False}
+    md = (tmp_path / "ladder.md").read_text()
+    assert "| mean purity at the working strength | 0.85 | 0.7 | yes |" in md
+    assert "| coverage of all attributes, over the ladder | 0.38 | 0.75 | **no** (short by 0.38) |" in md
+    assert "| face | +0.38 ± 0.18 | +0.10 ± 0.49 | **no** | 1.13 |" in md
+    assert "NoiseCLR 2 / 2; random 1 / 3; text 1 / 1." in md
 
 
 def test_scores_without_a_domain_reading_count_as_kept_and_the_page_says_so(tmp_path):
