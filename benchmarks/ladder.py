@@ -172,9 +172,8 @@ def ladder(rungs: list[tuple[Path, dict]]) -> dict:
         out["domains"][domain] = {}
         for method in methods:
             method_seeds = seeds if method in SEEDED else [None]
-            per_rung = [[summary(_scores(r, domain, method, seed), domain)["coverage"] for seed in method_seeds]
-                        for _, r in rungs]
             rung_scores = [[_scores(r, domain, method, seed) for _, r in rungs] for seed in method_seeds]
+            per_rung = [[summary(per_seed[k], domain)["coverage"] for per_seed in rung_scores] for k in range(len(rungs))]
             climbed = [[s for scores in per_seed for s in scores] for per_seed in rung_scores]
             working = [working_strength_scores(per_seed) for per_seed in rung_scores]
             every = [summary(scores, domain) for scores in climbed]
