@@ -43,7 +43,8 @@ if str(REPO) not in sys.path:  # `python benchmarks/ladder.py` from anywhere
     sys.path.insert(0, str(REPO))
 
 from benchmarks.quality import (BARS, CLEAR_MARGIN, METHODS, POOLED_FREELY, REQUIRED_METHODS,  # noqa: E402
-                                RESULTS, SEEDED, _find_report, _mean_std, _pm, _scale_bracket, check_one_protocol)
+                                RESULTS, SEEDED, _find_report, _mean_std, _pm, _scale_bracket, check_one_protocol,
+                                is_clear)
 from noiseclr_lite.metrics import STRENGTH_MIN, DirectionScore, coverage, summary  # noqa: E402
 from noiseclr_lite.toyworld.domains import attribute_pixel_change, get_domain  # noqa: E402
 
@@ -210,8 +211,7 @@ def ladder(rungs: list[tuple[Path, dict]]) -> dict:
         "all": share(out["overall"]["NoiseCLR"]["purity"][0], out["overall"]["text"]["purity"][0]),
         **{d: share(statistics.mean(out["domains"][d]["NoiseCLR"]["purity"]), out["domains"][d]["text"]["purity"][0])
            for d in domains}}
-    clear = lambda margin: margin[0] >= CLEAR_MARGIN and margin[0] > margin[1]  # noqa: E731
-    out["clear"] = {d: clear(out["margin"][d]) and clear(out["margin_purity"][d]) for d in domains}
+    out["clear"] = {d: is_clear(out["margin"][d], out["margin_purity"][d]) for d in domains}
     return out
 
 

@@ -104,6 +104,9 @@ def test_each_direction_is_read_at_the_weakest_rung_where_it_shows_and_the_bars_
     assert result["text_purity_share"]["face"] == pytest.approx(((1 + 8 / 9) / 2 + 0.75) / 2 / 0.75)
     # the coverage margin is clear (+0.38 ± 0.18), the purity margin (+0.10 ± 0.49) is not
     assert result["margin"]["face"][0] > 0.1 and result["clear"] == {"face": False}
+    # the rule itself: at least 0.10 and above the spread, for every margin given
+    assert quality.is_clear((0.12, 0.08), (0.21, 0.19)) and quality.is_clear((0.10, 0.0))
+    assert not quality.is_clear((0.12, 0.08), (0.09, 0.0)) and not quality.is_clear((0.3, 0.3))
     md = (tmp_path / "ladder.md").read_text()
     assert "| mean purity at the working strength | 0.85 | 0.7 | yes |" in md
     assert "| coverage of all attributes, over the ladder | 0.38 | 0.75 | **no** (short by 0.38) |" in md
