@@ -154,8 +154,8 @@ def ladder(rungs: list[tuple[Path, dict]]) -> dict:
     direction and of those that keep the domain (:func:`in_domain_coverage`)], "covered" and
     "covered_in_domain": {attribute: seeds covering it over the ladder}, "unread": how many of its
     "scores" (every rung and seed) predate the domain reading and count as kept, "purity": [mean purity
-    per seed at the working strength (:func:`working_strength_scores`)], "read_at": [directions read at
-    each rung, over every seed]}}}, "overall": {method: {"rungs": [(mean, std)], "ladder", "in_domain",
+    per seed at the working strength (:func:`working_strength_scores`)], "read_purity": [[purity of
+    every direction read at that rung, over every seed] per rung]}}}, "overall": {method: {"rungs": [(mean, std)], "ladder", "in_domain",
     "purity": (mean, std) over seeds of the mean over domains, "per_seed", "per_seed_in_domain",
     "per_seed_purity": those means seed by seed}}, "margin", "margin_in_domain" and "margin_purity":
     NoiseCLR's ladder coverage (or working-strength purity) minus random's, seed by seed, (mean, std)
@@ -187,7 +187,8 @@ def ladder(rungs: list[tuple[Path, dict]]) -> dict:
                 "covered_in_domain": {a: sum(a in covered for _, covered in kept) for a in names},
                 "unread": unread, "scores": sum(map(len, climbed)),
                 "purity": [statistics.mean(s.purity for s in picked) for picked, _ in working],
-                "read_at": [sum(at.count(k) for _, at in working) for k in range(len(rungs))]}
+                "read_purity": [[s.purity for picked, at in working for s, rung in zip(picked, at) if rung == k]
+                                for k in range(len(rungs))]}
     domains = list(out["domains"])
     for method in methods:
         rows = [out["domains"][d][method] for d in domains]
@@ -236,13 +237,18 @@ PURITY_HEAD = "mean purity at the working strength"
 
 
 def _read_at_sentence(result: dict) -> str:
+    # The purity of the directions read at each rung shows where a method's working-strength
+    # purity comes from: a rung that one method reaches and another does not (late-window edits
+    # at 0.15) compares a strong edit with a faint, purer one.
     parts = []
     for method in result["overall"]:
-        counts = [sum(result["domains"][d][method]["read_at"][k] for d in result["domains"])
-                  for k in range(len(result["targets"]))]
-        parts.append(f"{method} " + " / ".join(map(str, counts)))
+        read = [[p for d in result["domains"] for p in result["domains"][d][method]["read_purity"][k]]
+                for k in range(len(result["targets"]))]
+        counts = " / ".join(str(len(purities)) for purities in read)
+        purities = " / ".join(f"{statistics.mean(p):.2f}" if p else "-" for p in read)
+        parts.append(f"{method} {counts} (purity {purities})")
     return ("Directions read at each rung (" + " / ".join(f"{t:g}" for t in result["targets"]) + ", over every "
-            "domain and seed): " + "; ".join(parts) + ".")
+            "domain and seed), and their mean purity there: " + "; ".join(parts) + ".")
 
 
 def bars_section(result: dict) -> list[str]:

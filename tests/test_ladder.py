@@ -98,7 +98,9 @@ def test_each_direction_is_read_at_the_weakest_rung_where_it_shows_and_the_bars_
     # NoiseCLR seed 0: expression 0.9 at 0.02 (purity 1), hair 0.8 + skin 0.1 at 0.05 (8/9); seed 1: glasses at
     # 0.05 (1), the impure pair at 0.02 (0.5).  Random seed 1 never reaches 0.5 and is read at its strongest rung.
     assert face["NoiseCLR"]["purity"] == pytest.approx([(1 + 8 / 9) / 2, 0.75])
-    assert face["NoiseCLR"]["read_at"] == [2, 2] and face["random"]["read_at"] == [1, 3]
+    assert sorted(face["NoiseCLR"]["read_purity"][0]) == pytest.approx([0.5, 1.0])
+    assert sorted(face["NoiseCLR"]["read_purity"][1]) == pytest.approx([8 / 9, 1.0])
+    assert [len(read) for read in face["random"]["read_purity"]] == [1, 3]
     assert face["random"]["purity"] == pytest.approx([0.5, 1.0]) and face["text"]["purity"] == pytest.approx([0.75])
     assert result["margin_purity"]["face"][0] == pytest.approx(((1 + 8 / 9) / 2 - 0.5 - 0.25) / 2)
     assert result["text_purity_share"]["face"] == pytest.approx(((1 + 8 / 9) / 2 + 0.75) / 2 / 0.75)
@@ -111,7 +113,7 @@ def test_each_direction_is_read_at_the_weakest_rung_where_it_shows_and_the_bars_
     assert "| mean purity at the working strength | 0.85 | 0.7 | yes |" in md
     assert "| coverage of all attributes, over the ladder | 0.38 | 0.75 | **no** (short by 0.38) |" in md
     assert "| face | +0.38 ± 0.18 | +0.10 ± 0.49 | **no** | 1.13 |" in md
-    assert "NoiseCLR 2 / 2; random 1 / 3; text 1 / 1." in md
+    assert "NoiseCLR 2 / 2 (purity 0.75 / 0.94); random 1 / 3 (purity" in md and "; text 1 / 1 (purity" in md
 
 
 def test_scores_without_a_domain_reading_count_as_kept_and_the_page_says_so(tmp_path):
