@@ -161,7 +161,9 @@ def ladder(rungs: list[tuple[Path, dict]]) -> dict:
     NoiseCLR's ladder coverage (or working-strength purity) minus random's, seed by seed, (mean, std)
     overall ("all") and per domain, "text_purity_share": {"all" and per domain: NoiseCLR's mean
     working-strength purity over the text ceiling's}, "clear": {domain: whether both the coverage
-    and the purity margin are at least CLEAR_MARGIN and above their spread}}.  The text ceiling
+    and the purity margin are at least CLEAR_MARGIN and above their spread}, "peer_gap": {peer:
+    {"ladder" | "in_domain" | "purity": {"all" and per domain: NoiseCLR's mean over seeds minus the
+    peer's}}} for every method beyond NoiseCLR, random and text on every rung}.  The text ceiling
     has one run (seed None).
     """
     report = rungs[0][1]
@@ -213,6 +215,15 @@ def ladder(rungs: list[tuple[Path, dict]]) -> dict:
         **{d: share(statistics.mean(out["domains"][d]["NoiseCLR"]["purity"]), out["domains"][d]["text"]["purity"][0])
            for d in domains}}
     out["clear"] = {d: is_clear(out["margin"][d], out["margin_purity"][d]) for d in domains}
+    # the unsupervised peers on the same rungs (h-space, InfoNCE); their seeds are not paired with
+    # NoiseCLR's as random's are (random tokens are NoiseCLR's own init), so these are differences
+    # of the means over seeds, without a seed-by-seed spread
+    out["peer_gap"] = {
+        peer: {key: {"all": out["overall"]["NoiseCLR"][key][0] - out["overall"][peer][key][0],
+                     **{d: statistics.mean(out["domains"][d]["NoiseCLR"][key])
+                        - statistics.mean(out["domains"][d][peer][key]) for d in domains}}
+               for key in ("ladder", "in_domain", "purity")}
+        for peer in methods if peer not in REQUIRED_METHODS}
     return out
 
 
@@ -300,6 +311,15 @@ def markdown(result: dict) -> str:
               "", f"The working strength of a direction is the weakest rung at which its largest effect reaches "
               f"{STRENGTH_MIN:g} (its strongest rung if none does); a slider user stops there. "
               + _read_at_sentence(result), ""]
+    for peer, gap in result.get("peer_gap", {}).items():
+        lines += [f"NoiseCLR's mean minus {peer}'s (means over seeds, which are not paired as NoiseCLR's and "
+                  f"random's are): "
+                  + "; ".join(f"{what} overall {gap[key]['all']:+.2f} ("
+                              + ", ".join(f"{d} {gap[key][d]:+.2f}" for d in result["domains"]) + ")"
+                              for key, what in (("ladder", "coverage over the ladder"),
+                                                ("in_domain", "in domain"), ("purity", "purity at the working "
+                                                                                        "strength")))
+                  + ".", ""]
     lines += bars_section(result)
     unread = [f"{method} in {domain} {row['unread']} of {row['scores']}" for domain, methods in result["domains"].items()
               for method, row in methods.items() if row.get("unread")]

@@ -5,7 +5,7 @@
     python benchmarks/quality.py --domains face --seeds 0 1 2 --steps 500 --lr 3e-2 --tag lr3e-2
     python benchmarks/quality.py --model PATH --oracle PATH   # another model / oracle (e.g. a test model)
     python benchmarks/quality.py --sweep-table                # settings vs NoiseCLR's numbers, every report
-    python benchmarks/quality.py --merge TAG1 TAG2 --tag BOTH  # pool two reports' seeds (same protocol)
+    python benchmarks/quality.py --merge TAG1 TAG2 --tag BOTH  # pool two reports' seeds or methods (same protocol)
 
 For every domain (face, cat, car, painting) the same held-out starting images, balanced over
 every attribute's values, are inverted once (edit-friendly DDPM inversion), and five kinds
@@ -424,25 +424,27 @@ def run_domain(pipe, oracle, domain: str, settings: Settings, stages: Stages, ca
                     _save_directions(trained, cache, domain, method, seed)
                 run = scored(method, seed, trained, train_seconds)
             runs[method].append(run)
-        run = _load_unit(cache, domain, "random", seed, text)
-        if run is None:
-            reference = runs["NoiseCLR"][-1].directions
-            run = scored("random", seed, matched_random(pipe, reference, seed, f"{domain}_random{seed}", settings.init))
-        runs["random"].append(run)
-        if "h-space" not in runs:
-            continue
-        run = _load_unit(cache, domain, "h-space", seed, text)
-        if run is None:
-            components, pca_seconds = _load_directions(cache, domain, "h-space", seed), None
-            if components is None:
-                label = f"{domain}: h-space PCA seed {seed}"
-                with stages(label):
-                    components = hspace_directions(pipe, sample_latents(), settings.num_directions,
-                                                   settings.hspace_timesteps, seed=seed)
-                pca_seconds = stages.seconds[label]
-            run = scored("h-space", seed, components, pca_seconds)
-        runs["h-space"].append(run)
-    runs["text"].append(_load_unit(cache, domain, "text", None, text) or scored("text", None, text))
+        if "random" in runs:  # drawn from this seed's NoiseCLR set, rescaled to its norms
+            run = _load_unit(cache, domain, "random", seed, text)
+            if run is None:
+                reference = runs["NoiseCLR"][-1].directions
+                run = scored("random", seed, matched_random(pipe, reference, seed, f"{domain}_random{seed}",
+                                                            settings.init))
+            runs["random"].append(run)
+        if "h-space" in runs:
+            run = _load_unit(cache, domain, "h-space", seed, text)
+            if run is None:
+                components, pca_seconds = _load_directions(cache, domain, "h-space", seed), None
+                if components is None:
+                    label = f"{domain}: h-space PCA seed {seed}"
+                    with stages(label):
+                        components = hspace_directions(pipe, sample_latents(), settings.num_directions,
+                                                       settings.hspace_timesteps, seed=seed)
+                    pca_seconds = stages.seconds[label]
+                run = scored("h-space", seed, components, pca_seconds)
+            runs["h-space"].append(run)
+    if "text" in runs:
+        runs["text"].append(_load_unit(cache, domain, "text", None, text) or scored("text", None, text))
     return start, runs
 
 
@@ -635,19 +637,53 @@ def _protocol_bracket(s: dict) -> str:
             f"{s['calibration_images']} images")
 
 
+def _comparison_sections(report: dict) -> list[str]:
+    """A full report's Markdown about NoiseCLR: the issue's bars, where it loses, and its margins
+    over the floor and its share of the ceiling's purity per domain."""
+    lines = ["## Bars (issue 5, NoiseCLR)", "", "| bar | measured | bar | passed | short by |", "|---|---|---|---|---|"]
+    for b in report["bars"]:
+        value = f"{b['value']:.2f}" if isinstance(b["value"], float) else b["value"]
+        short = f"{b['short_by']:.2f}" if isinstance(b["short_by"], float) else (", ".join(b["short_by"]) or "-")
+        lines.append(f"| {b['bar']} | {value} | {b['at_least']} | {'yes' if b['passed'] else '**no**'} | {short} |")
+    lines += ["", "## Where NoiseCLR loses", ""]
+    lines += [f"- {line}" for line in report["losses"]] or ["- nowhere: NoiseCLR has the best coverage and mean "
+                                                             "purity of every method in every domain"]
+    lines += ["", "## NoiseCLR against the floor and the ceiling", "",
+              "| domain | coverage margin over random | purity margin over random | clear? | purity / text purity |",
+              "|---|---|---|---|---|"]
+    for domain, c in report["comparisons"].items():
+        lines.append(f"| {domain} | {_pm(c['coverage_margin_over_random'])} | "
+                     f"{_pm(c['mean_purity_margin_over_random'])}"
+                     f" | {'yes' if c['clear_margin'] else '**no**'} | {c['text_purity_share'][0]:.2f} ± "
+                     f"{c['text_purity_share'][1]:.2f} |")
+    return lines
+
+
+def _partial_sections(report: dict) -> list[str]:
+    """What a report without NoiseCLR, random or text is for: pooling into a full report."""
+    return ["## A partial report", "",
+            f"This report lacks {', '.join(report['lacks'])}, so it has no bars and no margins over random: it "
+            f"scores {', '.join(report['settings']['methods'])} for pooling into a report of the same protocol and "
+            f"seeds that has them (`python benchmarks/quality.py --merge FULL THIS --tag BOTH`)."]
+
+
 def markdown(report: dict) -> str:
     """The Markdown report (``quality.md``)."""
     s = report["settings"]
     if report.get("merged_from"):
-        parts = [f"`{m['report']}` (seeds {m['seeds']}, {m['date']}, {m['machine']}; its own process "
-                 f"{m['seconds_total'] / 60:.1f} min)" for m in report["merged_from"]]
+        own_methods = len({tuple(m.get("methods", s["methods"])) for m in report["merged_from"]}) > 1
+        parts = [f"`{m['report']}` (seeds {m['seeds']}"
+                 + (f", methods {', '.join(m.get('methods', s['methods']))}" if own_methods else "")
+                 + f", {m['date']}, {m['machine']}; its own process {m['seconds_total'] / 60:.1f} min)"
+                 for m in report["merged_from"]]
         differs = (f" (its scores differ in {', '.join(report['text_differs'])})" if report.get("text_differs")
                    else "")
         measured = (f"Pooled {report['date']} by `benchmarks/quality.py --merge` from {len(parts)} reports of one "
                     f"protocol: {'; '.join(parts)}; the minutes are each report's last process, without the units "
                     f"it read back from the cache (their seconds are at the end). The text ceiling is the first "
-                    f"report's (deterministic){differs}, each figure the one of the report holding the smallest "
-                    f"seed. Weights {report.get('weights', '?')} (hash of text encoder, UNet, VAE and oracle)")
+                    f"report's that has it (deterministic){differs}, each figure the one of the first report "
+                    f"holding the smallest seed. Weights {report.get('weights', '?')} (hash of text encoder, UNet, "
+                    f"VAE and oracle)")
     else:
         measured = (f"Measured {report['date']} on {report['machine']}, weights {report.get('weights', '?')} "
                     f"(hash of text encoder, UNet, VAE and oracle); total wall time "
@@ -675,23 +711,10 @@ def markdown(report: dict) -> str:
     lines += ["## Settings", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in s.items()]
     lines += ["", "## Overall (mean over domains)", "", format_table(report["overall"], QUALITY_COLUMNS), ""]
-    lines += ["## Bars (issue 5, NoiseCLR)", "", "| bar | measured | bar | passed | short by |",
-              "|---|---|---|---|---|"]
-    for b in report["bars"]:
-        value = f"{b['value']:.2f}" if isinstance(b["value"], float) else b["value"]
-        short = f"{b['short_by']:.2f}" if isinstance(b["short_by"], float) else (", ".join(b["short_by"]) or "-")
-        lines.append(f"| {b['bar']} | {value} | {b['at_least']} | {'yes' if b['passed'] else '**no**'} | {short} |")
-    lines += ["", "## Where NoiseCLR loses", ""]
-    lines += [f"- {line}" for line in report["losses"]] or ["- nowhere: NoiseCLR has the best coverage and mean "
-                                                             "purity of every method in every domain"]
-    lines += ["", "## NoiseCLR against the floor and the ceiling", "",
-              "| domain | coverage margin over random | purity margin over random | clear? | purity / text purity |",
-              "|---|---|---|---|---|"]
-    for domain, c in report["comparisons"].items():
-        lines.append(f"| {domain} | {_pm(c['coverage_margin_over_random'])} | "
-                     f"{_pm(c['mean_purity_margin_over_random'])}"
-                     f" | {'yes' if c['clear_margin'] else '**no**'} | {c['text_purity_share'][0]:.2f} ± "
-                     f"{c['text_purity_share'][1]:.2f} |")
+    if report.get("lacks"):
+        lines += _partial_sections(report)
+    else:
+        lines += _comparison_sections(report)
     for domain, d in report["domains"].items():
         lines += ["", f"## {domain}", "", format_table(d["table"], QUALITY_COLUMNS), ""]
         if d.get("figure"):
@@ -806,17 +829,26 @@ def tabulate(per_domain: dict[str, dict[str, list[MethodRun]]], target_change: f
              figures: dict[str, str]) -> dict:
     """Every table of a report from its runs ({domain: {method: [MethodRun per seed]}}): each
     domain's table, runs and figure, NoiseCLR's comparisons with the floor and the ceiling, where
-    it loses, the overall table and the issue's bars."""
-    out = {"domains": {}, "comparisons": {}, "losses": []}
+    it loses, the overall table and the issue's bars.
+
+    A report that lacks NoiseCLR, random or text (a peer scored later, to be pooled into a full
+    report by ``--merge``) has its tables but no comparisons, losses or bars; ``lacks`` names
+    what it lacks ([] for a full report).
+    """
+    present = {method for runs in per_domain.values() for method in runs}
+    out = {"domains": {}, "comparisons": {}, "losses": [], "bars": [],
+           "lacks": [m for m in REQUIRED_METHODS if m not in present]}
     for domain, runs in per_domain.items():
         rows = domain_table(runs, target_change)
         out["domains"][domain] = {"table": rows, "figure": figures.get(domain),
                                   "runs": {m: [r.to_json() for r in rs] for m, rs in runs.items()}}
-        out["comparisons"][domain] = compare(runs)
-        out["losses"] += losses(domain, rows)
+        if not out["lacks"]:
+            out["comparisons"][domain] = compare(runs)
+            out["losses"] += losses(domain, rows)
     out["overall"] = overall_table(per_domain)
-    out["losses"] += losses("all domains", out["overall"])
-    out["bars"] = bars(out["overall"], out["comparisons"])
+    if not out["lacks"]:
+        out["losses"] += losses("all domains", out["overall"])
+        out["bars"] = bars(out["overall"], out["comparisons"])
     return out
 
 
@@ -852,8 +884,8 @@ def _protocol(report: dict) -> dict:
 
 def check_one_protocol(paths: list[Path], reports: list[dict], free, tool: str, fix: str) -> None:
     """Raise SystemExit unless every report measured the first one's weights and has its settings,
-    but for the setting names in ``free`` (and ``HSPACE_SETTINGS`` when some report did not run
-    h-space: then those settings moved nothing).
+    but for the setting names in ``free``.  ``HSPACE_SETTINGS`` are compared only between the
+    reports that ran h-space: in the others they moved nothing.
 
     The message starts with ``tool`` (the script the user ran), names both reports, the setting and
     both values, and ends with ``fix`` (what to re-run).  Shared by ``--merge`` (pooling seeds) and
@@ -861,9 +893,8 @@ def check_one_protocol(paths: list[Path], reports: list[dict], free, tool: str, 
     """
     first_path, first = paths[0], reports[0]
     protocols = [_protocol(report) for report in reports]
-    free = set(free)
-    if not all("h-space" in theirs["methods"] for theirs in protocols):
-        free |= set(HSPACE_SETTINGS)
+    hspace_compared = [key for key in HSPACE_SETTINGS if key not in free]
+    free = set(free) | set(HSPACE_SETTINGS)
     protocol = protocols[0]
     for path, report, theirs in zip(paths, reports, protocols):
         if report.get("weights") != first.get("weights"):
@@ -874,6 +905,14 @@ def check_one_protocol(paths: list[Path], reports: list[dict], free, tool: str, 
             if key not in free and protocol[key] != theirs[key]:
                 raise SystemExit(f"{tool}: {path} has {key} = {theirs[key]!r} but {first_path} has "
                                  f"{protocol[key]!r}: {fix}")
+    # the h-space settings moved only the reports that ran h-space: compare those among themselves
+    ran_hspace = [(path, theirs) for path, theirs in zip(paths, protocols) if "h-space" in theirs["methods"]]
+    for path, theirs in ran_hspace[1:]:
+        reference_path, reference = ran_hspace[0]
+        for key in hspace_compared:
+            if reference[key] != theirs[key]:
+                raise SystemExit(f"{tool}: {path} has {key} = {theirs[key]!r} but {reference_path} has "
+                                 f"{reference[key]!r}: {fix}")
 
 
 def _seed_order(seed: int | None) -> int:
@@ -883,19 +922,22 @@ def _seed_order(seed: int | None) -> int:
 
 def merge_reports(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
                   log: Callable[[str], None] = print) -> dict:
-    """Pool reports of one protocol and different seeds into one report, as if one run had scored
-    every seed: seeds 0 1 on one machine and 2 3 on another (or in another session) give the
-    four-seed tables.  Valid because a unit's result depends only on its settings and seed, not on
-    what ran before it in the process (``tests/test_train.py``).
+    """Pool reports of one protocol into one report, as if one run had scored every (method,
+    seed) unit they hold: seeds 0 1 on one machine and 2 3 on another (or in another session) give
+    the four-seed tables, and a peer scored later on the same seeds (``--methods h-space``) joins
+    the report it was left out of.  Valid because a unit's result depends only on its settings and
+    seed, not on what ran before it in the process (``tests/test_train.py``).
 
     ``names`` are report paths or tags.  Every report must have the same weights, domains and
-    settings but for ``POOLED_FREELY`` (and ``HSPACE_SETTINGS`` when h-space did not run), and no
-    seed twice; otherwise SystemExit names the reports,
-    the setting, both values and the fix.  The deterministic text ceiling is taken from the first
-    report (a report whose text scores differ is named in the log and the Markdown); the scene
-    interference is pooled when every report has it, else left out; each domain's figure is a link
-    to the PNG of the report holding the smallest seed (renaming that report breaks it).  Writes
-    ``quality[-tag].md/.json`` (no new PNGs, nothing is rendered) and returns the report.
+    settings but for ``POOLED_FREELY`` and the methods (``HSPACE_SETTINGS`` are compared between
+    the reports that ran h-space); no seeded method may have a seed twice, and every seeded method
+    must end with the same seeds; otherwise SystemExit names the reports, the setting or unit, and
+    the fix.  The deterministic text ceiling is taken from the first report that has it (a report
+    whose text scores differ is named in the log and the Markdown); the scene interference is
+    pooled when every report has it, else left out; each domain's figure is a link to the PNG of
+    the first report holding the smallest seed (renaming that report breaks it).  Writes
+    ``quality[-tag].md/.json`` (no new PNGs, nothing is rendered) and returns the report; it is
+    partial (no bars) if the reports together still lack NoiseCLR, random or text.
     """
     out_dir = Path(out_dir)
     if len(names) < 2:
@@ -905,55 +947,74 @@ def merge_reports(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
     first, first_path = reports[0], paths[0]
     for path, report in zip(paths, reports):
         if set(report["settings"]["domains"]) != set(first["settings"]["domains"]):
-            raise SystemExit(f"benchmarks/quality.py --merge: {path} scored the domains {report['settings']['domains']} "
-                             f"and {first_path} {first['settings']['domains']}: pooling adds seeds, not domains; run "
-                             f"the missing domains into each report first (with --resume, finished units are read back)")
-    check_one_protocol(paths, reports, POOLED_FREELY + ("domains",), "benchmarks/quality.py --merge",
-                       f"only one protocol's reports can be pooled; run the missing seeds with the same flags as "
-                       f"{first_path.stem} (its settings table lists them)")
-    seen_seeds: dict[int, Path] = {}
-    for path, report in zip(paths, reports):
-        for seed in report["settings"]["seeds"]:
-            if seed in seen_seeds:
-                raise SystemExit(f"benchmarks/quality.py --merge: seed {seed} is in both {seen_seeds[seed]} and {path}; "
-                                 f"each seed may be pooled once: leave one of the two reports out, or re-run one of "
-                                 f"them with other --seeds")
-            seen_seeds[seed] = path
+            raise SystemExit(f"benchmarks/quality.py --merge: {path} scored the domains "
+                             f"{report['settings']['domains']} and {first_path} {first['settings']['domains']}: "
+                             f"pooling adds seeds and methods, not domains; run the missing domains into each report "
+                             f"first (with --resume, finished units are read back)")
+    check_one_protocol(paths, reports, POOLED_FREELY + ("domains", "methods"), "benchmarks/quality.py --merge",
+                       f"only one protocol's reports can be pooled; run the missing seeds or methods with the same "
+                       f"flags as {first_path.stem} (its settings table lists them)")
+    methods = [m for m in METHODS if any(m in r["settings"]["methods"] for r in reports)]
+    # which report holds each method's runs: every report for a seeded method, the first for text
+    holders = {m: [i for i, r in enumerate(reports) if m in r["settings"]["methods"]] for m in methods}
+    holders = {m: (held if m in SEEDED else held[:1]) for m, held in holders.items()}
+    seeds_of: dict[str, dict[int, Path]] = {}
+    for method in (m for m in methods if m in SEEDED):
+        seeds_of[method] = {}
+        for i in holders[method]:
+            for seed in reports[i]["settings"]["seeds"]:
+                if seed in seeds_of[method]:
+                    raise SystemExit(f"benchmarks/quality.py --merge: {method} seed {seed} is in both "
+                                     f"{seeds_of[method][seed]} and {paths[i]}; each unit may be pooled once: leave "
+                                     f"one of the two reports out, or re-run one of them with other --seeds")
+                seeds_of[method][seed] = paths[i]
+    if len({tuple(sorted(held)) for held in seeds_of.values()}) > 1:
+        raise SystemExit("benchmarks/quality.py --merge: the methods would end with different seeds ("
+                         + "; ".join(f"{m} {sorted(held)}" for m, held in seeds_of.items())
+                         + "): every method's tables need the same seeds; run the missing units with the same "
+                           "flags and --methods/--seeds naming them")
+    all_seeds = sorted({seed for held in seeds_of.values() for seed in held})
     per_domain: dict[str, dict[str, list[MethodRun]]] = {}
     text_differs = []
     for domain in first["settings"]["domains"]:
         per_domain[domain] = {}
-        for method in first["settings"]["methods"]:
-            runs = [MethodRun.from_json(saved) for report in (reports[:1] if method not in SEEDED else reports)
-                    for saved in report["domains"][domain]["runs"][method]]
+        for method in methods:
+            runs = [MethodRun.from_json(saved) for i in holders[method]
+                    for saved in reports[i]["domains"][domain]["runs"][method]]
             per_domain[domain][method] = sorted(runs, key=lambda run: _seed_order(run.seed))
         if "text" in per_domain[domain]:
-            text_differs += [f"{path.stem} ({domain})" for path, report in zip(paths[1:], reports[1:])
-                             if report["domains"][domain]["runs"]["text"][0]["summary"]
-                             != first["domains"][domain]["runs"]["text"][0]["summary"]]
+            text_holder = reports[holders["text"][0]]
+            text_differs += [f"{path.stem} ({domain})" for path, report in zip(paths, reports)
+                             if report is not text_holder and "text" in report["settings"]["methods"]
+                             and report["domains"][domain]["runs"]["text"][0]["summary"]
+                             != text_holder["domains"][domain]["runs"]["text"][0]["summary"]]
     if text_differs:
-        log(f"note: the text ceiling's scores differ from {first_path.stem}'s in {', '.join(text_differs)}; "
-            f"the report uses {first_path.stem}'s")
-    holder = paths.index(seen_seeds[min(seen_seeds)])  # the figures show each method's first seed
+        text_stem = paths[holders["text"][0]].stem
+        log(f"note: the text ceiling's scores differ from {text_stem}'s in {', '.join(text_differs)}; "
+            f"the report uses {text_stem}'s")
+    # the figures show each method's first seed: those of the first report holding the smallest seed
+    holder = next(i for i, r in enumerate(reports) if min(all_seeds) in r["settings"]["seeds"])
     figures = {d: os.path.relpath(paths[holder].parent / reports[holder]["domains"][d]["figure"], out_dir)
                for d in per_domain if reports[holder]["domains"][d].get("figure")}
     interference = None
     if all(r.get("interference") for r in reports):
         interference = {}
-        for method in first["interference"]:
-            rows = sorted((row for r in (reports[:1] if method not in SEEDED else reports)
-                           for row in r["interference"][method]["runs"]),
+        for method in (m for m in methods if all(m in reports[i]["interference"] for i in holders[m])):
+            rows = sorted((row for i in holders[method] for row in reports[i]["interference"][method]["runs"]),
                           key=lambda row: _seed_order(row["seed"]))
             interference[method] = {"runs": rows, **{key: _mean_std([row[key] for row in rows])
                                                      for key in ("face_leak", "cat_leak", "leak")}}
     stems = [p.stem for p in paths]
-    settings = dict(first["settings"], seeds=sorted(seen_seeds), interference=interference is not None)
+    settings = dict(first["settings"], seeds=all_seeds, methods=methods, interference=interference is not None)
+    if "h-space" in methods:  # the h-space settings of the reports that ran it (check_one_protocol compared them)
+        settings.update({key: _protocol(reports[holders["h-space"][0]])[key] for key in HSPACE_SETTINGS})
     merged = {"date": time.strftime("%Y-%m-%d %H:%M"),
               "machine": "; ".join(dict.fromkeys(r["machine"] for r in reports)), "weights": first.get("weights"),
               "settings": settings, **tabulate(per_domain, settings["target_change"], figures),
               "interference": interference,
               "merged_from": [{"report": stem, "date": r["date"], "machine": r["machine"],
-                               "seeds": r["settings"]["seeds"], "seconds_total": r["seconds_total"]}
+                               "seeds": r["settings"]["seeds"], "methods": r["settings"]["methods"],
+                               "seconds_total": r["seconds_total"]}
                               for stem, r in zip(stems, reports)],
               "text_differs": text_differs,
               "seconds": {f"{stem}: {stage}": sec for stem, r in zip(stems, reports) for stage, sec in r["seconds"].items()},
@@ -963,7 +1024,8 @@ def merge_reports(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "quality" + (f"-{tag}" if tag else "")
     _write_report(merged, out_dir, stem)
-    log(f"wrote {out_dir / stem}.md and .json: seeds {settings['seeds']} pooled from {', '.join(stems)}")
+    log(f"wrote {out_dir / stem}.md and .json: seeds {settings['seeds']} of {', '.join(methods)} pooled from "
+        f"{', '.join(stems)}")
     return merged
 
 
@@ -973,7 +1035,8 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
     (strength and saturation next to purity: a faint edit reads as pure; "-" where an older
     report lacks a number; the calibration bracket and target, since rows measured at another one
     compare methods at another edit strength; the edit window every direction was scored in),
-    to read how sensitive the result is to them (written to ``quality-sweep.md``).  Only rows
+    to read how sensitive the result is to them (written to ``quality-sweep.md``).  Partial
+    reports (no NoiseCLR, random or text: pooled into full ones by ``--merge``) have no row.  Only rows
     with the same weights compare settings; a retrained model starts a new group."""
     out_dir = Path(out_dir)
     columns = ["report", "weights", "domains", "seeds", "K", "steps", "lr", "tau", "t range", "batch", "anchors",
@@ -983,6 +1046,8 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for path in sorted(out_dir.glob("quality*.json")):
         report = json.loads(path.read_text())
+        if report.get("lacks"):  # a peer scored for pooling: it has no NoiseCLR numbers
+            continue
         s, rows = report["settings"], {r["method"]: r for r in report["overall"]}
         nclr, text = rows["NoiseCLR"], rows["text"]
         # older reports lack these two (None: printed "-")
@@ -1033,8 +1098,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--seeds", nargs="+", type=int, default=None, help=f"seeds of the seeded methods "
                      f"(default {FULL['seeds']}; --quick {QUICK['seeds']})")
     run.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
-                     help="methods to run (default: all; NoiseCLR, random and text are required). "
-                          "A settings sweep can skip InfoNCE and h-space: --methods NoiseCLR random text")
+                     help="methods to run (default: all; random needs NoiseCLR). A settings sweep can skip "
+                          "InfoNCE and h-space: --methods NoiseCLR random text. Without NoiseCLR, random or text "
+                          "the report is partial (no bars), for pooling into a full one of the same seeds with "
+                          "--merge: e.g. --methods h-space adds the peer to a finished report")
     run.add_argument("--no-interference", action="store_true", help="skip the face+cat scene interference part")
     run.add_argument("--out", default=str(RESULTS), help="output folder (default: %(default)s)")
     run.add_argument("--tag", default="", help="name the outputs quality-TAG.* (for sweeps) instead of quality.*")
@@ -1141,11 +1208,9 @@ def main(argv=None) -> dict:
         return {}
     if args.merge:
         return merge_reports(args.merge, args.out, tag=args.tag)
-    missing = [m for m in REQUIRED_METHODS if m not in args.methods]
-    if missing:
-        raise SystemExit(f"benchmarks/quality.py: --methods {' '.join(args.methods)} lacks {', '.join(missing)}; "
-                         f"the report compares NoiseCLR with random and text, so add them "
-                         f"(e.g. --methods {' '.join(REQUIRED_METHODS)})")
+    if "random" in args.methods and "NoiseCLR" not in args.methods:
+        raise SystemExit(f"benchmarks/quality.py: --methods {' '.join(args.methods)} has random but not NoiseCLR; "
+                         f"random tokens are drawn at the norms of that seed's NoiseCLR set, so add NoiseCLR")
     if args.threads:
         torch.set_num_threads(args.threads)
     from noiseclr_lite.models import BUNDLED_MODEL, load_pipeline

@@ -116,6 +116,33 @@ def test_each_direction_is_read_at_the_weakest_rung_where_it_shows_and_the_bars_
     assert "NoiseCLR 2 / 2 (purity 0.75 / 0.94); random 1 / 3 (purity" in md and "; text 1 / 1 (purity" in md
 
 
+def test_a_peer_on_every_rung_is_compared_with_noiseclr_by_its_means(tmp_path):
+    rungs_on_disk(tmp_path)
+    result = ladder.ladder_report(["low", "high"], tmp_path, log=lambda _: None, size_images=8)
+    assert result["peer_gap"] == {}  # no peer ran
+    # h-space on both rungs: seed 0 covers skin at 0.05, seed 1 nothing (read at its strongest rung)
+    peer = {0.02: {0: [score(skin=0.2), score(hair=0.1)], 1: [score(skin=0.1), score(hair=0.1)]},
+            0.05: {0: [score(skin=0.9), score(hair=0.3)], 1: [score(skin=0.3), score(hair=0.2)]}}
+    for name in ("low", "high"):
+        path = tmp_path / f"quality-{name}.json"
+        saved = json.loads(path.read_text())
+        saved["settings"]["methods"].append("h-space")
+        saved["domains"]["face"]["runs"]["h-space"] = [
+            {"method": "h-space", "domain": "face", "seed": seed, "summary": {}, "seconds": {}, "scores": scores}
+            for seed, scores in peer[saved["settings"]["target_change"]].items()]
+        path.write_text(json.dumps(saved))
+    result = ladder.ladder_report(["low", "high"], tmp_path, tag="peer", log=lambda _: None, size_images=8)
+    assert result["domains"]["face"]["h-space"]["ladder"] == [0.25, 0.0]
+    gap = result["peer_gap"]["h-space"]
+    assert gap["ladder"]["all"] == pytest.approx(0.375 - 0.125) and gap["ladder"]["face"] == pytest.approx(0.25)
+    assert gap["in_domain"]["all"] == pytest.approx(0.25 - 0.125)
+    assert gap["purity"]["all"] == pytest.approx(((1 + 8 / 9) / 2 + 0.75) / 2 - 1.0)
+    md = (tmp_path / "ladder-peer.md").read_text()
+    assert "NoiseCLR's mean minus h-space's (means over seeds, which are not paired" in md
+    assert "coverage over the ladder overall +0.25 (face +0.25); in domain overall +0.12" in md
+    assert "| h-space | 0.00 ± 0.00 | 0.12 ± 0.18 | **0.12 ± 0.18** |" in md
+
+
 def test_scores_without_a_domain_reading_count_as_kept_and_the_page_says_so(tmp_path):
     rungs_on_disk(tmp_path)
     old = json.loads((tmp_path / "quality-high.json").read_text())

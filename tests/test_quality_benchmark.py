@@ -262,7 +262,7 @@ def test_merging_two_reports_of_different_seeds_gives_the_tables_of_one_run_of_b
     other = json.loads((tmp_path / "quality-seed1.json").read_text())
     other["settings"]["domains"] = ["face"]
     (tmp_path / "quality-face.json").write_text(json.dumps(other))
-    with pytest.raises(SystemExit, match="pooling adds seeds, not domains"):
+    with pytest.raises(SystemExit, match="pooling adds seeds and methods, not domains"):
         quality.merge_reports(["seed0", "face"], tmp_path)
     # a report without the scene part pools, and the scenes are left out; an option the older report
     # predates reads as its default (here the calibration bracket's min_scale 0)
@@ -287,6 +287,51 @@ def test_merging_two_reports_of_different_seeds_gives_the_tables_of_one_run_of_b
         quality.merge_reports(["seed0", "absent"], tmp_path)
     with pytest.raises(SystemExit, match="needs two or more"):
         quality.merge_reports(["seed0"], tmp_path)
+
+
+def test_a_peer_scored_later_merges_into_a_finished_report_as_one_run_of_every_method(tiny_pipe, tmp_path):
+    settings = tiny_settings(Path(quality.DEFAULT_SAMPLES), domains=["face", "cat"], calibration_iters=0,
+                             seeds=[0, 1], interference=False)
+    quiet = dict(resume=True, progress=False, log=lambda _: None)
+    full = dataclasses.replace(settings, methods=quality.REQUIRED_METHODS)
+    quality.run_benchmark(tiny_pipe, StatsOracle(), full, tmp_path, tag="full", **quiet)
+    peer = quality.run_benchmark(tiny_pipe, StatsOracle(), dataclasses.replace(settings, methods=["h-space"]),
+                                 tmp_path, tag="peer", **quiet)
+    # a report without NoiseCLR, random or text has its tables but no bars, and says what it is for
+    assert peer["lacks"] == ["NoiseCLR", "random", "text"] and peer["bars"] == [] and peer["comparisons"] == {}
+    assert [row["method"] for row in peer["overall"]] == ["h-space"]
+    peer_md = (tmp_path / "quality-peer.md").read_text()
+    assert "## A partial report" in peer_md and "## Bars" not in peer_md and "--merge FULL THIS" in peer_md
+    # every unit read back from the cache the two runs filled: one run of all four methods
+    together = quality.run_benchmark(tiny_pipe, StatsOracle(), dataclasses.replace(
+        settings, methods=quality.REQUIRED_METHODS + ["h-space"]), tmp_path, tag="together", **quiet)
+    merged = quality.merge_reports(["full", "peer"], tmp_path, tag="merged", log=lambda _: None)
+    together, merged = (json.loads(json.dumps(r, default=list)) for r in (together, merged))
+    assert merged["lacks"] == [] and merged["settings"]["methods"] == ["NoiseCLR", "random", "text", "h-space"]
+    for key in ("overall", "comparisons", "bars", "losses"):
+        assert merged[key] == together[key], key
+    for domain in ("face", "cat"):
+        assert merged["domains"][domain]["table"] == together["domains"][domain]["table"]
+        assert merged["domains"][domain]["figure"] == f"quality-full_{domain}.png"  # the first report's
+        assert [r["seed"] for r in merged["domains"][domain]["runs"]["h-space"]] == [0, 1]
+    assert "methods h-space" in (tmp_path / "quality-merged.md").read_text()
+    # the sweep table has a row for the full and merged reports, none for the partial one
+    sweep = quality.sweep_table(tmp_path)
+    assert "| quality-merged |" in sweep and "| quality-full |" in sweep and "quality-peer" not in sweep
+    # a unit twice, or methods that would end with different seeds, are refused with the fix
+    with pytest.raises(SystemExit, match="h-space seed 0 is in both .* each unit may be pooled once"):
+        quality.merge_reports(["together", "peer"], tmp_path)
+    quality.run_benchmark(tiny_pipe, StatsOracle(), dataclasses.replace(settings, methods=["h-space"], seeds=[0]),
+                          tmp_path, tag="peer0", **quiet)
+    with pytest.raises(SystemExit, match=r"different seeds \(NoiseCLR \[0, 1\]; random \[0, 1\]; h-space \[0\]\)"):
+        quality.merge_reports(["full", "peer0"], tmp_path)
+    # the h-space settings are compared between the reports that ran h-space only
+    other = json.loads((tmp_path / "quality-peer.json").read_text())
+    other["settings"]["hspace_max_scale"] = 9.0
+    (tmp_path / "quality-peer9.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="has hspace_max_scale = 9.0 but .*quality-together.json has 1.0"):
+        quality.merge_reports(["full", "together", "peer9"], tmp_path)
+    assert quality.merge_reports(["full", "peer9"], tmp_path, log=lambda _: None)["settings"]["hspace_max_scale"] == 9.0
 
 
 def test_command_line_flags_and_quick_defaults():
@@ -340,8 +385,8 @@ def test_command_line_flags_and_quick_defaults():
     assert len(quality.text_directions("car", "both").prompts) == 8
     assert quality.settings_from_args(quality.parse_args(["--methods", "text", "random", "NoiseCLR"]),
                                       "m").methods == ["NoiseCLR", "random", "text"]      # report order
-    with pytest.raises(SystemExit, match="lacks random, text"):
-        quality.main(["--methods", "NoiseCLR", "InfoNCE"])
+    with pytest.raises(SystemExit, match="has random but not NoiseCLR; .* so add NoiseCLR"):
+        quality.main(["--methods", "random", "text"])
 
 
 def test_the_cache_key_follows_the_weights_not_only_the_paths(tiny_pipe):
