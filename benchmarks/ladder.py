@@ -78,7 +78,8 @@ def load_rungs(names, out_dir: str | os.PathLike = RESULTS) -> list[tuple[Path, 
     for path, report in rungs:
         missing = [m for m in REQUIRED_METHODS if m not in report["settings"]["methods"]]
         if missing:
-            _fail(f"{path} lacks {', '.join(missing)}; re-run it with --methods {' '.join(REQUIRED_METHODS)}")
+            _fail(f"{path} lacks {', '.join(missing)}; re-run it with --methods {' '.join(REQUIRED_METHODS)}, or "
+                  f"pool it with a report of the same rung that has them (benchmarks/quality.py --merge)")
     # the scenes and the figures do not enter a domain's scores; the scale bracket is how a rung is
     # found (a rung of 0.005 needs smaller scales than one of 0.15), not what it measures
     free = (set(POOLED_FREELY) - {"seeds"}) | {"target_change", "methods", "interference_images", "grid_images"} | BRACKET
