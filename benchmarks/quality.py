@@ -839,16 +839,16 @@ def tabulate(per_domain: dict[str, dict[str, list[MethodRun]]], target_change: f
     out = {"domains": {}, "comparisons": {}, "losses": [], "bars": [],
            "lacks": [m for m in REQUIRED_METHODS if m not in present]}
     for domain, runs in per_domain.items():
-        rows = domain_table(runs, target_change)
-        out["domains"][domain] = {"table": rows, "figure": figures.get(domain),
+        out["domains"][domain] = {"table": domain_table(runs, target_change), "figure": figures.get(domain),
                                   "runs": {m: [r.to_json() for r in rs] for m, rs in runs.items()}}
-        if not out["lacks"]:
-            out["comparisons"][domain] = compare(runs)
-            out["losses"] += losses(domain, rows)
     out["overall"] = overall_table(per_domain)
-    if not out["lacks"]:
-        out["losses"] += losses("all domains", out["overall"])
-        out["bars"] = bars(out["overall"], out["comparisons"])
+    if out["lacks"]:
+        return out
+    for domain, runs in per_domain.items():
+        out["comparisons"][domain] = compare(runs)
+        out["losses"] += losses(domain, out["domains"][domain]["table"])
+    out["losses"] += losses("all domains", out["overall"])
+    out["bars"] = bars(out["overall"], out["comparisons"])
     return out
 
 
