@@ -55,6 +55,9 @@ BRACKET = {"min_scale", "max_scale", "hspace_min_scale", "hspace_max_scale"}
 KEPT_MIN = 0.9
 #: renders per attribute for the pixel-size table (seconds on a CPU)
 SIZE_IMAGES = 256
+#: peers trained from NoiseCLR's own starting rows and image draws for a seed (``quality.py`` passes
+#: the same seed to both losses), so their gap to NoiseCLR can also be read seed by seed
+SAME_INIT_PEERS = {"InfoNCE"}
 
 
 def _fail(message: str):
@@ -164,8 +167,9 @@ def ladder(rungs: list[tuple[Path, dict]]) -> dict:
     working-strength purity over the text ceiling's}, "clear": {domain: whether both the coverage
     and the purity margin are at least CLEAR_MARGIN and above their spread}, "peer_gap": {peer:
     {"ladder" | "in_domain" | "purity": {"all" and per domain: NoiseCLR's mean over seeds minus the
-    peer's}}} for every method beyond NoiseCLR, random and text on every rung}.  The text ceiling
-    has one run (seed None).
+    peer's}}} for every method beyond NoiseCLR, random and text on every rung, "peer_margin": the same
+    gaps seed by seed, (mean, std), for the peers in SAME_INIT_PEERS}.  The text ceiling has one
+    run (seed None).
     """
     report = rungs[0][1]
     methods = [m for m in METHODS if all(m in r["settings"]["methods"] for _, r in rungs)]
@@ -216,15 +220,23 @@ def ladder(rungs: list[tuple[Path, dict]]) -> dict:
         **{d: share(statistics.mean(out["domains"][d]["NoiseCLR"]["purity"]), out["domains"][d]["text"]["purity"][0])
            for d in domains}}
     out["clear"] = {d: is_clear(out["margin"][d], out["margin_purity"][d]) for d in domains}
-    # the unsupervised peers on the same rungs (h-space, InfoNCE); their seeds are not paired with
-    # NoiseCLR's as random's are (random tokens are NoiseCLR's own init), so these are differences
-    # of the means over seeds, without a seed-by-seed spread
+    # the unsupervised peers on the same rungs (h-space, InfoNCE): differences of the means over
+    # seeds, for every peer; h-space's seed only draws the images its PCA reads, so it has no
+    # seed-by-seed pairing with NoiseCLR (random tokens are NoiseCLR's own init, InfoNCE starts there)
     out["peer_gap"] = {
         peer: {key: {"all": out["overall"]["NoiseCLR"][key][0] - out["overall"][peer][key][0],
                      **{d: statistics.mean(out["domains"][d]["NoiseCLR"][key])
                         - statistics.mean(out["domains"][d][peer][key]) for d in domains}}
                for key in ("ladder", "in_domain", "purity")}
         for peer in methods if peer not in REQUIRED_METHODS}
+    # InfoNCE's seed s starts from NoiseCLR's seed-s rows and sees the same image draws, so the two
+    # share the luck of the draw and the seed-by-seed difference has a meaningful spread
+    out["peer_margin"] = {
+        peer: {key: {"all": paired(out["overall"]["NoiseCLR"][seed_key], out["overall"][peer][seed_key]),
+                     **{d: paired(out["domains"][d]["NoiseCLR"][key], out["domains"][d][peer][key]) for d in domains}}
+               for key, seed_key in (("ladder", "per_seed"), ("in_domain", "per_seed_in_domain"),
+                                     ("purity", "per_seed_purity"))}
+        for peer in out["peer_gap"] if peer in SAME_INIT_PEERS}
     return out
 
 
@@ -313,10 +325,20 @@ def markdown(result: dict) -> str:
               f"{STRENGTH_MIN:g} (its strongest rung if none does); a slider user stops there. "
               + _read_at_sentence(result), ""]
     for peer, gap in result.get("peer_gap", {}).items():
-        lines += [f"NoiseCLR's mean minus {peer}'s (means over seeds, which are not paired as NoiseCLR's and "
-                  f"random's are): "
+        pairing = ("seed by seed below" if peer in result.get("peer_margin", {})
+                   else "which are not paired as NoiseCLR's and random's are")
+        lines += [f"NoiseCLR's mean minus {peer}'s (means over seeds, {pairing}): "
                   + "; ".join(f"{what} overall {gap[key]['all']:+.2f} ("
                               + ", ".join(f"{d} {gap[key][d]:+.2f}" for d in result["domains"]) + ")"
+                              for key, what in (("ladder", "coverage over the ladder"),
+                                                ("in_domain", "in domain"), ("purity", "purity at the working "
+                                                                                        "strength")))
+                  + ".", ""]
+    for peer, margin in result.get("peer_margin", {}).items():
+        lines += [f"NoiseCLR minus {peer}, seed by seed ({peer} starts from NoiseCLR's rows and image draws of "
+                  f"the same seed): "
+                  + "; ".join(f"{what} overall {_pm(margin[key]['all'])} ("
+                              + ", ".join(f"{d} {_pm(margin[key][d])}" for d in result["domains"]) + ")"
                               for key, what in (("ladder", "coverage over the ladder"),
                                                 ("in_domain", "in domain"), ("purity", "purity at the working "
                                                                                         "strength")))

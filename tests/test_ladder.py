@@ -143,6 +143,34 @@ def test_a_peer_on_every_rung_is_compared_with_noiseclr_by_its_means(tmp_path):
     assert "| h-space | 0.00 ± 0.00 | 0.12 ± 0.18 | **0.12 ± 0.18** |" in md
 
 
+def test_infonce_shares_noiseclrs_seeds_so_its_gap_is_also_read_seed_by_seed(tmp_path):
+    rungs_on_disk(tmp_path)
+    # InfoNCE seed 0 covers skin (at 0.05), seed 1 expression (0.02) and glasses (0.05): 0.25 and 0.5
+    # over the ladder, against NoiseCLR's 0.5 and 0.25, so equal means but opposite seeds
+    peer = {0.02: {0: [score(skin=0.2)], 1: [score(expression=0.8)]},
+            0.05: {0: [score(skin=0.9)], 1: [score(glasses=0.9)]}}
+    for name in ("low", "high"):
+        path = tmp_path / f"quality-{name}.json"
+        saved = json.loads(path.read_text())
+        saved["settings"]["methods"].append("InfoNCE")
+        saved["domains"]["face"]["runs"]["InfoNCE"] = [
+            {"method": "InfoNCE", "domain": "face", "seed": seed, "summary": {}, "seconds": {}, "scores": scores}
+            for seed, scores in peer[saved["settings"]["target_change"]].items()]
+        path.write_text(json.dumps(saved))
+    result = ladder.ladder_report(["low", "high"], tmp_path, tag="infonce", log=lambda _: None, size_images=8)
+    assert result["domains"]["face"]["InfoNCE"]["ladder"] == [0.25, 0.5]
+    assert result["peer_gap"]["InfoNCE"]["ladder"]["all"] == pytest.approx(0.0)
+    margin = result["peer_margin"]["InfoNCE"]
+    assert margin["ladder"]["face"] == pytest.approx((0.0, 0.25 * 2 ** 0.5))  # +0.25 and -0.25
+    # in domain NoiseCLR seed 1 loses glasses (its edits leave the faces): +0.25 and -0.5
+    assert margin["in_domain"]["all"] == pytest.approx((-0.125, 0.75 / 2 ** 0.5))
+    md = (tmp_path / "ladder-infonce.md").read_text()
+    assert "NoiseCLR's mean minus InfoNCE's (means over seeds, seed by seed below)" in md
+    assert "NoiseCLR minus InfoNCE, seed by seed" in md and "coverage over the ladder overall +0.00 ± 0.35" in md
+    # h-space draws no rows from NoiseCLR's seed: no seed-by-seed reading for it
+    assert "h-space" not in result["peer_margin"]
+
+
 def test_scores_without_a_domain_reading_count_as_kept_and_the_page_says_so(tmp_path):
     rungs_on_disk(tmp_path)
     old = json.loads((tmp_path / "quality-high.json").read_text())
