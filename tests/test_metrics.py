@@ -11,12 +11,14 @@ import torch
 from noiseclr_lite.directions import Directions
 from noiseclr_lite.editing import DirectionEdit, edit
 from noiseclr_lite.inversion import encode_prompt
-from noiseclr_lite.metrics import (DirectionScore, PromptDirections, StartSet, aggregate_summaries, balanced_start_images,
-                                   calibrate_scale, coverage, cross_domain_interference, format_table,
-                                   images_to_tensor, pixel_change, prepare_start, preservation, purity,
-                                   score_direction, score_rendered, strength, summary, target_attribute, two_sided_effects)
+from noiseclr_lite.metrics import (DirectionScore, PromptDirections, StartSet, aggregate_summaries,
+                                   attribute_probabilities, balanced_start_images, calibrate_scale, coverage,
+                                   cross_domain_interference, format_table, images_to_tensor, oracle_read,
+                                   pixel_change, prepare_start, preservation, purity, score_direction,
+                                   score_directions, score_rendered, strength, summary, target_attribute,
+                                   two_sided_effects)
 from noiseclr_lite.models import decode_latents, encode_images
-from noiseclr_lite.toyworld.domains import FACE, SCENE
+from noiseclr_lite.toyworld.domains import CAT, FACE, SCENE
 from noiseclr_lite.toyworld.oracle import HEADS
 
 FACE_NAMES = FACE.attribute_names  # expression, hair, glasses, skin
@@ -278,6 +280,35 @@ def test_calibrated_scores_match_the_target_change_and_text_prompts_work_as_dire
     assert torch.equal(prompts.conditioning(pipe)[1:], encode_prompt(pipe, "blond hair"))
     text = score_direction(pipe, oracle, prompts, "smile", start, "face", scale=3.0)
     assert text.name == "smile" and text.token == "smiling" and text.pixel_change > 0
+
+
+def test_score_directions_scores_every_direction_on_one_inversion_it_makes_if_needed(scene):
+    pipe, start, directions = scene
+    oracle = ColourOracle()
+    scores = score_directions(pipe, oracle, directions, start, "face", progress=False, scale=4.0)
+    assert [s.token for s in scores] == ["<face_0>", "<face_1>"]
+    assert scores[1] == score_direction(pipe, oracle, directions, 1, start, "face", scale=4.0)
+    # raw images are inverted once, as prepare_start would: the same start, the same scores
+    images, _ = balanced_start_images("face", 2, seed=0, size=32)
+    again = score_directions(pipe, oracle, directions, images, "face", progress=False, scale=4.0,
+                             num_inference_steps=STEPS)
+    assert [s.effects for s in again] == [s.effects for s in scores]
+    assert [s.pixel_change for s in again] == pytest.approx([s.pixel_change for s in scores])
+
+
+def test_the_oracle_is_read_in_the_domains_attribute_order_with_an_in_domain_mask():
+    images = torch.zeros(3, 3, 8, 8)
+    images[0, 0] = 0.5   # red: P(smiling) high
+    images[1, 2] = -0.5  # little blue: P(blond) low
+    probs, in_domain = oracle_read(ColourOracle(), images, "face")
+    assert probs.shape == (3, len(FACE_NAMES)) and probs.dtype == torch.float32
+    expression, hair = FACE_NAMES.index("expression"), FACE_NAMES.index("hair")
+    assert probs[0, expression] > 0.99 and probs[1, hair] < 0.01 and probs[2, expression] == pytest.approx(0.5)
+    assert probs[:, FACE_NAMES.index("glasses")].eq(0.5).all()  # heads the fake does not read
+    assert in_domain.tolist() == [True, True, True]  # the fake's domain head reads every image as a face
+    assert torch.equal(attribute_probabilities(ColourOracle(), images, "face"), probs)
+    cat_probs, cat_in_domain = oracle_read(ColourOracle(), images, "cat")
+    assert cat_probs.shape == (3, len(CAT.attribute_names)) and not cat_in_domain.any()
 
 
 class BrightnessDomainOracle:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from noiseclr_lite.models import (BUNDLED_MODEL, decode_latents, default_device, default_dtype, encode_images,
-                                  load_pipeline)
+                                  image_size, load_pipeline)
 
 
 def test_local_folder_loads_with_the_network_cut(tiny_pipe_dir, monkeypatch):
@@ -41,6 +41,12 @@ def test_bad_folders_are_named(tmp_path):
 
 def test_bundled_model_is_the_default_path():
     assert BUNDLED_MODEL.endswith("data/models/toyworld-sd")
+
+
+def test_image_size_is_the_unets_latent_size_times_the_vae_factor(tiny_pipe):
+    latent = tiny_pipe.unet.config.sample_size
+    assert image_size(tiny_pipe) == latent * 2 ** (len(tiny_pipe.vae.config.block_out_channels) - 1)
+    assert image_size(tiny_pipe) == decode_latents(tiny_pipe, torch.zeros(1, 4, latent, latent))[0].width
 
 
 def test_encode_decode_shapes_and_ranges(tiny_pipe):

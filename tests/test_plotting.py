@@ -59,6 +59,10 @@ def test_live_loss_records_every_step_and_draws_a_smoothed_curve():
     lines = live.figure.axes[0].get_lines()
     assert len(lines) == 2                                      # raw and running mean
     assert np.allclose(lines[0].get_ydata(), live.losses)
+    live(13, 0.5)  # between redraws it only records
+    assert len(live.figure.axes[0].get_lines()[0].get_ydata()) == 12
+    live.show()    # the final redraw after training (outside IPython it draws and displays nothing)
+    assert np.allclose(live.figure.axes[0].get_lines()[0].get_ydata(), live.losses) and len(live.losses) == 13
 
 
 def _score(name, signed):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from noiseclr_lite.directions import Directions
-from noiseclr_lite.editing import denoise
-from noiseclr_lite.hspace import collect_hspace, hspace_directions, hspace_edit
+from noiseclr_lite.editing import denoise, edit
+from noiseclr_lite.hspace import collect_hspace, edit_hspace, hspace_directions, hspace_edit
 from noiseclr_lite.metrics import balanced_start_images, prepare_start, score_direction
 from noiseclr_lite.models import encode_images
 from noiseclr_lite.toyworld.oracle import HEADS
@@ -70,6 +70,18 @@ def test_hspace_hook_adds_exactly_scale_times_direction_inside_the_window_only(t
     with pytest.raises(ValueError, match="window"):
         with hspace_edit(tiny_pipe, direction, 1.0, window=(0.2, 0.5)):
             pass
+
+
+def test_edit_hspace_edits_an_inversion_only_when_its_scale_is_not_zero(tiny_pipe):
+    images, _ = balanced_start_images("face", 1, seed=0, size=32)
+    start = prepare_start(tiny_pipe, images, num_inference_steps=3, seed=0)
+    direction = torch.randn(64, 8, 8, generator=torch.Generator().manual_seed(2))
+    plain = edit(tiny_pipe, [], inversion=start.inversion)[0]
+    assert list(edit_hspace(tiny_pipe, direction, 0.0, inversion=start.inversion)[0].getdata()) == list(plain.getdata())
+    edited = edit_hspace(tiny_pipe, direction, 3.0, inversion=start.inversion)[0]
+    assert edited.size == plain.size and list(edited.getdata()) != list(plain.getdata())
+    # the hook is removed afterwards: the next plain edit is the plain one again
+    assert list(edit(tiny_pipe, [], inversion=start.inversion)[0].getdata()) == list(plain.getdata())
 
 
 def test_hspace_scale_zero_is_the_unedited_sample_and_a_wrong_shape_is_named(tiny_pipe):
