@@ -6,6 +6,7 @@
     python benchmarks/quality.py --model PATH --oracle PATH   # another model / oracle (e.g. a test model)
     python benchmarks/quality.py --sweep-table                # settings vs NoiseCLR's numbers, every report
     python benchmarks/quality.py --merge TAG1 TAG2 --tag BOTH  # pool two reports' seeds or methods (same protocol)
+    python benchmarks/quality.py --resume --processes 2       # the domains split over two processes
 
 For every domain (face, cat, car, painting) the same held-out starting images, balanced over
 every attribute's values, are inverted once (edit-friendly DDPM inversion), and five kinds
@@ -44,6 +45,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -1110,6 +1112,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     run.add_argument("--no-progress", action="store_true", help="no tqdm bars (stage lines are still printed)")
+    run.add_argument("--processes", type=int, default=1,
+                     help="split the domains over this many processes (each with CPU cores / N threads unless "
+                          "--threads is given), then read their units back and write one report; needs --resume "
+                          "(default: %(default)s)")
     run.add_argument("--merge", nargs="+", metavar="REPORT", default=None,
                      help="pool reports of one protocol and different seeds (their .json paths or tags) into "
                           "quality[-TAG].md/.json instead of running anything, e.g. --merge late late-seeds23 "
@@ -1199,6 +1205,39 @@ def settings_from_args(args: argparse.Namespace, model: str) -> Settings:
         oracle=str(args.oracle), samples=str(args.samples), quick=args.quick)
 
 
+def part_tag(tag: str, part: int) -> str:
+    """The tag of part ``part`` of a ``--processes`` run tagged ``tag``: ``TAG-partN`` (``partN`` untagged)."""
+    return f"{tag}-part{part}" if tag else f"part{part}"
+
+
+def run_in_processes(argv: list[str], args: argparse.Namespace, stages: Stages) -> None:
+    """Run ``argv`` (this script's flags) as ``args.processes`` child processes, each on its share of
+    ``args.domains`` (round robin), without the face+cat scenes and under :func:`part_tag`, and wait.
+
+    Every finished unit lands in the ``--resume`` cache, from which the caller then reads the whole
+    run back and writes its one report; the parts' own reports are deleted.  A unit's result
+    depends only on its settings and seed, so this gives the report of one process, sooner.
+    Raises SystemExit naming the part, its domains and its exit status if one fails.
+    """
+    groups = [args.domains[i::args.processes] for i in range(min(args.processes, len(args.domains)))]
+    threads = [] if args.threads else ["--threads", str(max(1, (os.cpu_count() or 1) // len(groups)))]
+    children = []
+    for part, domains in enumerate(groups):
+        # later flags win in argparse, so the part's own flags are appended to the caller's
+        command = [sys.executable, str(Path(__file__).resolve()), *argv, "--processes", "1", "--domains", *domains,
+                   "--no-interference", "--tag", part_tag(args.tag, part), *threads]
+        children.append(subprocess.Popen(command))
+    with stages(f"{len(groups)} processes: " + " | ".join(" ".join(g) for g in groups)):
+        status = [child.wait() for child in children]
+    for part in range(len(groups)):
+        for path in Path(args.out).glob(f"quality-{part_tag(args.tag, part)}[._]*"):
+            path.unlink()
+    failed = [f"part {part} ({' '.join(groups[part])}) exited with {code}" for part, code in enumerate(status) if code]
+    if failed:
+        raise SystemExit(f"benchmarks/quality.py --processes {args.processes}: {'; '.join(failed)} (the output is "
+                         f"above). Finished units are in the cache: fix the cause and run the same command again")
+
+
 def main(argv=None) -> dict:
     """Run what ``argv`` asks (a benchmark run, ``--merge`` or ``--sweep-table``); returns the report
     as a dict (``{}`` for the sweep table), the same record that is written to ``quality*.json``."""
@@ -1211,6 +1250,9 @@ def main(argv=None) -> dict:
     if "random" in args.methods and "NoiseCLR" not in args.methods:
         raise SystemExit(f"benchmarks/quality.py: --methods {' '.join(args.methods)} has random but not NoiseCLR; "
                          f"random tokens are drawn at the norms of that seed's NoiseCLR set, so add NoiseCLR")
+    if args.processes > 1 and not args.resume:
+        raise SystemExit(f"benchmarks/quality.py: --processes {args.processes} hands the units over through the "
+                         f"cache; add --resume")
     if args.threads:
         torch.set_num_threads(args.threads)
     from noiseclr_lite.models import BUNDLED_MODEL, load_pipeline
@@ -1219,6 +1261,8 @@ def main(argv=None) -> dict:
     model = args.model or BUNDLED_MODEL
     settings = settings_from_args(args, model)
     stages = Stages()
+    if args.processes > 1:
+        run_in_processes(list(sys.argv[1:] if argv is None else argv), args, stages)
     with stages("load model and oracle"):
         pipe = load_pipeline(model, device=args.device)
         oracle = Oracle.load(args.oracle).to(pipe.device)

@@ -401,6 +401,29 @@ def test_command_line_flags_and_quick_defaults():
         quality.main(["--methods", "random", "text"])
 
 
+def test_processes_split_the_domains_and_write_the_report_of_one_process(tmp_path):
+    """--processes 2 on the bundled model: two children, one domain each, then one report read back
+    from the cache, with the tables a single process writes; the parts' own files are gone."""
+    flags = ["--quick", "--resume", "--domains", "face", "cat", "--seeds", "0", "-k", "2", "--steps", "2",
+             "--train-images", "4", "--eval-images", "2", "--inference-steps", "2", "--calibration-images", "1",
+             "--calibration-iters", "1", "--grid-images", "1", "--methods", "NoiseCLR", "--no-interference",
+             "--no-progress", "--threads", "1", "--tag", "t"]
+    with pytest.raises(SystemExit, match="--processes 2 hands the units over through the cache; add --resume"):
+        quality.main([f for f in flags if f != "--resume"] + ["--processes", "2"])
+    split = quality.main(flags + ["--processes", "2", "--out", str(tmp_path / "split")])
+    one = quality.main(flags + ["--out", str(tmp_path / "one")])
+    assert sorted(p.name for p in (tmp_path / "split").iterdir()) == [
+        "cache", "quality-t.json", "quality-t.md", "quality-t_cat.png", "quality-t_face.png"]
+    assert [k for k in split["seconds"] if "processes" in k] == ["2 processes: face | cat"]
+    assert set(split["cached_seconds"]) == {"face: NoiseCLR seed 0", "cat: NoiseCLR seed 0"}  # trained by the parts
+    for domain in ("face", "cat"):
+        assert split["domains"][domain]["table"] == one["domains"][domain]["table"]
+    assert split["settings"] == one["settings"]
+    # a part that fails is named, with its domains
+    with pytest.raises(SystemExit, match=r"part 0 \(face\) exited with [1-9].*run the same command again"):
+        quality.main(flags + ["--processes", "2", "--out", str(tmp_path / "bad"), "--samples", str(tmp_path)])
+
+
 def test_the_cache_key_follows_the_weights_not_only_the_paths(tiny_pipe):
     """A retrained oracle (or model) saved in the same folder must not read back old scores."""
     from noiseclr_lite.toyworld.oracle import Oracle
