@@ -1250,6 +1250,8 @@ def main(argv=None) -> dict:
     if "random" in args.methods and "NoiseCLR" not in args.methods:
         raise SystemExit(f"benchmarks/quality.py: --methods {' '.join(args.methods)} has random but not NoiseCLR; "
                          f"random tokens are drawn at the norms of that seed's NoiseCLR set, so add NoiseCLR")
+    if args.processes < 1:
+        raise SystemExit(f"benchmarks/quality.py: --processes {args.processes}: give 1 (the default) or more")
     if args.processes > 1 and not args.resume:
         raise SystemExit(f"benchmarks/quality.py: --processes {args.processes} hands the units over through the "
                          f"cache; add --resume")

@@ -410,6 +410,8 @@ def test_processes_split_the_domains_and_write_the_report_of_one_process(tmp_pat
              "--no-progress", "--threads", "1", "--tag", "t"]
     with pytest.raises(SystemExit, match="--processes 2 hands the units over through the cache; add --resume"):
         quality.main([f for f in flags if f != "--resume"] + ["--processes", "2"])
+    with pytest.raises(SystemExit, match="--processes 0: give 1 .* or more"):
+        quality.main(flags + ["--processes", "0"])
     split = quality.main(flags + ["--processes", "2", "--out", str(tmp_path / "split")])
     one = quality.main(flags + ["--out", str(tmp_path / "one")])
     assert sorted(p.name for p in (tmp_path / "split").iterdir()) == [
