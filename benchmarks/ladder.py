@@ -293,6 +293,15 @@ def bars_section(result: dict) -> list[str]:
     return lines + [""]
 
 
+def _by_measure(values: dict, domains, cell: Callable) -> str:
+    """One peer comparison in words: "coverage over the ladder overall C (face C, ...); in domain ...;
+    purity at the working strength ...", each C written by ``cell`` from ``values[measure][domain]``."""
+    return "; ".join(f"{what} overall {cell(values[key]['all'])} ("
+                     + ", ".join(f"{d} {cell(values[key][d])}" for d in domains) + ")"
+                     for key, what in (("ladder", "coverage over the ladder"), ("in_domain", "in domain"),
+                                       ("purity", "purity at the working strength")))
+
+
 def markdown(result: dict) -> str:
     """The Markdown page of a ladder (``ladder[-tag].md``)."""
     targets, sizes = result["targets"], result["sizes"]
@@ -328,21 +337,10 @@ def markdown(result: dict) -> str:
         pairing = ("seed by seed below" if peer in result.get("peer_margin", {})
                    else "which are not paired as NoiseCLR's and random's are")
         lines += [f"NoiseCLR's mean minus {peer}'s (means over seeds, {pairing}): "
-                  + "; ".join(f"{what} overall {gap[key]['all']:+.2f} ("
-                              + ", ".join(f"{d} {gap[key][d]:+.2f}" for d in result["domains"]) + ")"
-                              for key, what in (("ladder", "coverage over the ladder"),
-                                                ("in_domain", "in domain"), ("purity", "purity at the working "
-                                                                                        "strength")))
-                  + ".", ""]
+                  + _by_measure(gap, result["domains"], lambda value: f"{value:+.2f}") + ".", ""]
     for peer, margin in result.get("peer_margin", {}).items():
         lines += [f"NoiseCLR minus {peer}, seed by seed ({peer} starts from NoiseCLR's rows and image draws of "
-                  f"the same seed): "
-                  + "; ".join(f"{what} overall {_pm(margin[key]['all'])} ("
-                              + ", ".join(f"{d} {_pm(margin[key][d])}" for d in result["domains"]) + ")"
-                              for key, what in (("ladder", "coverage over the ladder"),
-                                                ("in_domain", "in domain"), ("purity", "purity at the working "
-                                                                                        "strength")))
-                  + ".", ""]
+                  f"the same seed): " + _by_measure(margin, result["domains"], _pm) + ".", ""]
     lines += bars_section(result)
     unread = [f"{method} in {domain} {row['unread']} of {row['scores']}" for domain, methods in result["domains"].items()
               for method, row in methods.items() if row.get("unread")]

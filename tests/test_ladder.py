@@ -52,6 +52,18 @@ def rungs_on_disk(tmp_path, **settings_of_the_second):
         **settings_of_the_second)
 
 
+def add_peer(tmp_path, method: str, peer: dict) -> None:
+    """Add ``method``'s face runs, {target change: {seed: [scores]}}, to both rungs of :func:`rungs_on_disk`."""
+    for name in ("low", "high"):
+        path = tmp_path / f"quality-{name}.json"
+        saved = json.loads(path.read_text())
+        saved["settings"]["methods"].append(method)
+        saved["domains"]["face"]["runs"][method] = [
+            {"method": method, "domain": "face", "seed": seed, "summary": {}, "seconds": {}, "scores": scores}
+            for seed, scores in peer[saved["settings"]["target_change"]].items()]
+        path.write_text(json.dumps(saved))
+
+
 def test_an_attribute_covered_at_any_rung_counts_once_for_every_method_alike(tmp_path):
     rungs_on_disk(tmp_path)
     said = []
@@ -123,14 +135,7 @@ def test_a_peer_on_every_rung_is_compared_with_noiseclr_by_its_means(tmp_path):
     # h-space on both rungs: seed 0 covers skin at 0.05, seed 1 nothing (read at its strongest rung)
     peer = {0.02: {0: [score(skin=0.2), score(hair=0.1)], 1: [score(skin=0.1), score(hair=0.1)]},
             0.05: {0: [score(skin=0.9), score(hair=0.3)], 1: [score(skin=0.3), score(hair=0.2)]}}
-    for name in ("low", "high"):
-        path = tmp_path / f"quality-{name}.json"
-        saved = json.loads(path.read_text())
-        saved["settings"]["methods"].append("h-space")
-        saved["domains"]["face"]["runs"]["h-space"] = [
-            {"method": "h-space", "domain": "face", "seed": seed, "summary": {}, "seconds": {}, "scores": scores}
-            for seed, scores in peer[saved["settings"]["target_change"]].items()]
-        path.write_text(json.dumps(saved))
+    add_peer(tmp_path, "h-space", peer)
     result = ladder.ladder_report(["low", "high"], tmp_path, tag="peer", log=lambda _: None, size_images=8)
     assert result["domains"]["face"]["h-space"]["ladder"] == [0.25, 0.0]
     gap = result["peer_gap"]["h-space"]
@@ -149,14 +154,7 @@ def test_infonce_shares_noiseclrs_seeds_so_its_gap_is_also_read_seed_by_seed(tmp
     # over the ladder, against NoiseCLR's 0.5 and 0.25, so equal means but opposite seeds
     peer = {0.02: {0: [score(skin=0.2)], 1: [score(expression=0.8)]},
             0.05: {0: [score(skin=0.9)], 1: [score(glasses=0.9)]}}
-    for name in ("low", "high"):
-        path = tmp_path / f"quality-{name}.json"
-        saved = json.loads(path.read_text())
-        saved["settings"]["methods"].append("InfoNCE")
-        saved["domains"]["face"]["runs"]["InfoNCE"] = [
-            {"method": "InfoNCE", "domain": "face", "seed": seed, "summary": {}, "seconds": {}, "scores": scores}
-            for seed, scores in peer[saved["settings"]["target_change"]].items()]
-        path.write_text(json.dumps(saved))
+    add_peer(tmp_path, "InfoNCE", peer)
     result = ladder.ladder_report(["low", "high"], tmp_path, tag="infonce", log=lambda _: None, size_images=8)
     assert result["domains"]["face"]["InfoNCE"]["ladder"] == [0.25, 0.5]
     assert result["peer_gap"]["InfoNCE"]["ladder"]["all"] == pytest.approx(0.0)
