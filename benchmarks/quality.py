@@ -1263,7 +1263,7 @@ def main(argv=None) -> dict:
     model = args.model or BUNDLED_MODEL
     settings = settings_from_args(args, model)
     stages = Stages()
-    if args.processes > 1:
+    if args.processes > 1 and len(args.domains) > 1:  # one domain gains nothing from a child process
         run_in_processes(list(sys.argv[1:] if argv is None else argv), args, stages)
     with stages("load model and oracle"):
         pipe = load_pipeline(model, device=args.device)

@@ -421,6 +421,10 @@ def test_processes_split_the_domains_and_write_the_report_of_one_process(tmp_pat
     for domain in ("face", "cat"):
         assert split["domains"][domain]["table"] == one["domains"][domain]["table"]
     assert split["settings"] == one["settings"]
+    # one domain is not split: no child process, the report of one process at once
+    alone = quality.main(flags + ["--domains", "face", "--processes", "2", "--out", str(tmp_path / "one")])
+    assert not [k for k in alone["seconds"] if "processes" in k]
+    assert alone["domains"]["face"]["table"] == one["domains"]["face"]["table"]
     # a part that fails is named, with its domains
     with pytest.raises(SystemExit, match=r"part 0 \(face\) exited with [1-9].*run the same command again"):
         quality.main(flags + ["--processes", "2", "--out", str(tmp_path / "bad"), "--samples", str(tmp_path)])
