@@ -209,11 +209,18 @@ def ladder(rungs: list[tuple[Path, dict]]) -> dict:
             "purity": _mean_std(per_seed["purity"]), "per_seed": per_seed["ladder"],
             "per_seed_in_domain": per_seed["in_domain"], "per_seed_purity": per_seed["purity"]}
     paired = lambda a, b: _mean_std([x - y for x, y in zip(a, b)])  # noqa: E731
-    for key, seed_key, suffix in (("ladder", "per_seed", ""), ("in_domain", "per_seed_in_domain", "_in_domain"),
-                                  ("purity", "per_seed_purity", "_purity")):
-        out["margin" + suffix] = {
-            "all": paired(out["overall"]["NoiseCLR"][seed_key], out["overall"]["random"][seed_key]),
-            **{d: paired(out["domains"][d]["NoiseCLR"][key], out["domains"][d]["random"][key]) for d in domains}}
+
+    def minus_seed_by_seed(other: str) -> dict:
+        """NoiseCLR minus ``other``, seed by seed, (mean, std): {measure: {"all" and per domain}}."""
+        return {key: {"all": paired(out["overall"]["NoiseCLR"][seed_key], out["overall"][other][seed_key]),
+                      **{d: paired(out["domains"][d]["NoiseCLR"][key], out["domains"][d][other][key])
+                         for d in domains}}
+                for key, seed_key in (("ladder", "per_seed"), ("in_domain", "per_seed_in_domain"),
+                                      ("purity", "per_seed_purity"))}
+
+    over_random = minus_seed_by_seed("random")
+    out["margin"], out["margin_in_domain"], out["margin_purity"] = (
+        over_random["ladder"], over_random["in_domain"], over_random["purity"])
     share = lambda mine, text: mine / text if text > 0 else float("nan")  # noqa: E731
     out["text_purity_share"] = {
         "all": share(out["overall"]["NoiseCLR"]["purity"][0], out["overall"]["text"]["purity"][0]),
@@ -221,22 +228,15 @@ def ladder(rungs: list[tuple[Path, dict]]) -> dict:
            for d in domains}}
     out["clear"] = {d: is_clear(out["margin"][d], out["margin_purity"][d]) for d in domains}
     # the unsupervised peers on the same rungs (h-space, InfoNCE): differences of the means over
-    # seeds, for every peer; h-space's seed only draws the images its PCA reads, so it has no
-    # seed-by-seed pairing with NoiseCLR (random tokens are NoiseCLR's own init, InfoNCE starts there)
+    # seeds for every peer, and seed by seed for InfoNCE, whose seed s starts from NoiseCLR's
+    # seed-s rows on the same image draws (h-space's seed only draws the images its PCA reads)
     out["peer_gap"] = {
         peer: {key: {"all": out["overall"]["NoiseCLR"][key][0] - out["overall"][peer][key][0],
                      **{d: statistics.mean(out["domains"][d]["NoiseCLR"][key])
                         - statistics.mean(out["domains"][d][peer][key]) for d in domains}}
                for key in ("ladder", "in_domain", "purity")}
         for peer in methods if peer not in REQUIRED_METHODS}
-    # InfoNCE's seed s starts from NoiseCLR's seed-s rows and sees the same image draws, so the two
-    # share the luck of the draw and the seed-by-seed difference has a meaningful spread
-    out["peer_margin"] = {
-        peer: {key: {"all": paired(out["overall"]["NoiseCLR"][seed_key], out["overall"][peer][seed_key]),
-                     **{d: paired(out["domains"][d]["NoiseCLR"][key], out["domains"][d][peer][key]) for d in domains}}
-               for key, seed_key in (("ladder", "per_seed"), ("in_domain", "per_seed_in_domain"),
-                                     ("purity", "per_seed_purity"))}
-        for peer in out["peer_gap"] if peer in SAME_INIT_PEERS}
+    out["peer_margin"] = {peer: minus_seed_by_seed(peer) for peer in out["peer_gap"] if peer in SAME_INIT_PEERS}
     return out
 
 
