@@ -14,8 +14,8 @@ What is measured (CPU, for each of ``--models``):
 * ``recipe``: time to usable directions for one domain: the estimated wall time of the shipped
   recipe (``noiseclr_lite.toyworld.shipped.train_shipped_set``'s ``train_directions`` call: K=6,
   batch 6, 200 steps on ``data/samples/face``) = measured set-up and first step + 199 x the median
-  of the measured later steps; next to the ``train_seconds`` recorded in the shipped
-  ``data/directions/face.safetensors``, when that file exists.
+  of the measured later steps; next to how the shipped ``data/directions/face.safetensors`` was
+  really trained (its recorded ``train_seconds``, steps, sets and seconds per step), when it exists.
 * ``inversion``: one DDPM inversion and one slider update (one ``edit`` re-render from the
   cached inversion, as ``EditPanel`` does; 10 steps is the panel's default) at 10 and 25 steps
   with 1 and 3 active directions.
@@ -36,6 +36,7 @@ its own machine and date); ``--fresh`` starts an empty report.
 from __future__ import annotations
 
 import argparse
+import ast
 import gc
 import inspect
 import json
@@ -305,16 +306,38 @@ def recipe_settings() -> dict:
     return {key: defaults[key] for key in ("num_directions", "batch_size", "steps", "learning_rate", "seed")}
 
 
-def shipped_train_seconds(domain: str = "face") -> float | None:
-    """``train_seconds`` recorded in ``data/directions/<domain>.safetensors`` (None if not shipped)."""
+def shipped_training(domain: str = "face") -> dict | None:
+    """How ``data/directions/<domain>.safetensors`` was trained, put per step (None if not shipped).
+
+    Returns ``train_seconds`` (its recorded training time, summed over every set of a pool), ``steps``
+    (per set), ``sets`` (1, or the pool's size: ``--pool N`` trains N sets and keeps the cleanest K)
+    and ``step_s`` = train_seconds / (steps x sets), the number to put next to a measured step: a
+    shipped set need not follow the recipe (the face set is the cleanest 6 of 4 sets of 300 steps).
+    """
     from noiseclr_lite.directions import Directions
     from noiseclr_lite.models import DIRECTIONS_DIR
 
     path = Path(DIRECTIONS_DIR) / f"{domain}.safetensors"
     if not path.exists():
         return None
-    seconds = Directions.load(path).metadata.get("train_seconds")
-    return float(seconds) if seconds is not None else None
+    metadata = Directions.load(path).metadata
+    if metadata.get("train_seconds") is None:
+        return None
+    seconds = float(metadata["train_seconds"])
+    steps = int(_as_dict(metadata.get("training", {})).get("steps", 0)) or None
+    sets = len(_as_dict(metadata.get("pool", {})).get("seeds", [None]))
+    return {"train_seconds": round(seconds, 1), "steps": steps, "sets": sets,
+            "step_s": round(seconds / (steps * sets), 4) if steps else None}
+
+
+def _as_dict(value) -> dict:
+    """Metadata values round-trip through safetensors as strings: JSON or a Python literal."""
+    if isinstance(value, dict):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return ast.literal_eval(value)
 
 
 def recipe_time(pipe, domain: str = "face", repeats: int = 5, steps: int | None = None, **train_options) -> dict:
@@ -338,7 +361,13 @@ def recipe_time(pipe, domain: str = "face", repeats: int = 5, steps: int | None 
     step = statistics.median(later)
     return {"domain": domain, "images": len(images), "K": recipe["num_directions"], "N": recipe["batch_size"],
             "steps": steps, "repeats": repeats, "first_step_s": round(first, 3), "step_s": round(step, 4),
-            "estimated_s": round(first + (steps - 1) * step, 1), "shipped_train_seconds": shipped_train_seconds(domain)}
+            "estimated_s": round(first + (steps - 1) * step, 1), **_shipped_columns(shipped_training(domain))}
+
+
+def _shipped_columns(shipped: dict | None) -> dict:
+    """The recipe row's ``shipped_*`` columns (all None when the domain ships no timed set)."""
+    shipped = shipped or {}
+    return {f"shipped_{key}": shipped.get(key) for key in ("train_seconds", "steps", "sets", "step_s")}
 
 
 
@@ -484,12 +513,16 @@ SECTIONS = {  # part -> (heading, what it means, columns)
     "recipe": ("Time to usable directions (one domain)",
                "Estimated wall time of the shipped recipe's `train_directions` call (K directions, batch N, "
                "`steps` steps on `data/samples/<domain>`; model loading excluded) = measured set-up and first "
-               "step + (steps - 1) x the median of the measured later steps. `shipped` is the `train_seconds` "
-               "recorded in `data/directions/<domain>.safetensors` (the real run, on whatever machine made it).",
+               "step + (steps - 1) x the median of the measured later steps. `shipped` is how "
+               "`data/directions/<domain>.safetensors` was really trained (on whatever machine made it): its "
+               "recorded `train_seconds`, summed over the sets of a pool, its steps per set and sets, and "
+               "seconds per step = train_seconds / (steps x sets), to compare with the median step.",
                [("model", "model"), ("domain", "domain"), ("images", "images"), ("K", "K"), ("N", "N"),
                 ("steps", "steps"), ("first_step_s", "set-up + first step (s)"), ("step_s", "median step (s)"),
                 ("estimated_s", "estimated total (s)"), ("estimated_min", "(min)"),
-                ("shipped_train_seconds", "shipped train_seconds (s)"), ("repeats", "steps timed")]),
+                ("shipped_train_seconds", "shipped: train_seconds (s)"), ("shipped_steps", "shipped: steps"),
+                ("shipped_sets", "shipped: sets"), ("shipped_step_s", "shipped: s per step"),
+                ("repeats", "steps timed")]),
     "inversion": ("Inversion and one slider update",
                   "Median seconds of one DDPM inversion of one image and of one slider update: `edit` from the "
                   "cached inversion with that many active directions, VAE decode included (what `EditPanel` "
@@ -682,8 +715,8 @@ def main(argv=None) -> dict:
             report.pop("gpu_note", None)
             run_gpu_parts(args, record)
         else:
-            report["gpu_note"] = (f"Not measured: no GPU on the machine that last ran the benchmark "
-                                  f"({time.strftime('%Y-%m-%d')}); run `python benchmarks/speed.py --only gpu` on one.")
+            report["gpu_note"] = (f"Not measured: the last run that asked for this part ({time.strftime('%Y-%m-%d')}) "
+                                  f"had no GPU; run `python benchmarks/speed.py --only gpu` on one.")
             print("[speed] no GPU (torch.cuda.is_available() is False): the Stable Diffusion 1.5 part was skipped")
     save_report(report, args.out)
     return report

@@ -57,15 +57,25 @@ def test_recipe_time_estimates_the_full_run_from_a_few_steps(tiny_pipe, monkeypa
     assert "<face_1>" in tiny_pipe.tokenizer.get_added_vocab()  # trained under the domain's prefix, as shipped
 
 
-def test_shipped_train_seconds_reads_the_directions_metadata(tiny_pipe, tmp_path, monkeypatch):
+def test_shipped_training_puts_a_pooled_set_per_step(tiny_pipe, tmp_path, monkeypatch):
     import noiseclr_lite.models
 
     monkeypatch.setattr(noiseclr_lite.models, "DIRECTIONS_DIR", tmp_path)
-    assert speed.shipped_train_seconds("face") is None
+    assert speed.shipped_training("face") is None
     directions = Directions.create(tiny_pipe, 2, prefix="face")
-    directions.metadata["train_seconds"] = 123.4
+    directions.metadata["train_seconds"] = 120.0
+    directions.metadata["training"] = json.dumps({"steps": 300, "num_directions": 2})
     directions.save(tmp_path / "face.safetensors")
-    assert speed.shipped_train_seconds("face") == 123.4
+    # no pool: one set, so 120 s over 300 steps
+    assert speed.shipped_training("face") == {"train_seconds": 120.0, "steps": 300, "sets": 1, "step_s": 0.4}
+    # a pool of 4 sets (recorded as a Python literal, as train_shipped_set writes it) took 4 x the steps
+    directions.metadata["pool"] = str({"seeds": [0, 1, 2, 3], "kept": [[0, 1], [2, 0]]})
+    directions.save(tmp_path / "face.safetensors")
+    assert speed.shipped_training("face") == {"train_seconds": 120.0, "steps": 300, "sets": 4, "step_s": 0.1}
+    # the recipe row's columns
+    assert speed._shipped_columns(None) == {"shipped_train_seconds": None, "shipped_steps": None,
+                                            "shipped_sets": None, "shipped_step_s": None}
+    assert speed._shipped_columns(speed.shipped_training("face"))["shipped_step_s"] == 0.1
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="the memory probe reads Linux's /proc")
@@ -192,7 +202,8 @@ def constructed_report():
                              "per_direction_over_batched": 3.502, "repeats": 5}]),
         "recipe": part([{"model": "bundled", "domain": "face", "images": 64, "K": 6, "N": 6, "steps": 200,
                          "first_step_s": 2.5, "step_s": 1.25, "estimated_s": 251.25, "estimated_min": 4.2,
-                         "shipped_train_seconds": None, "repeats": 5}], notes=["no shipped file"]),
+                         "shipped_train_seconds": None, "shipped_steps": None, "shipped_sets": None,
+                         "shipped_step_s": None, "repeats": 5}], notes=["no shipped file"]),
         "gpu-grid": part([{"precision": "fp32", "checkpointing": False, "N": 8, "K": 16, "unet_rows": 128,
                            "status": "OOM", "step_s": None, "peak_allocated_gib": 79.1, "fits_t4": "no"},
                           {"precision": "fp16", "checkpointing": True, "N": 2, "K": 4, "unet_rows": 8,
@@ -206,7 +217,7 @@ def test_markdown_report_shows_the_machine_date_and_every_number():
     assert "Test CPU 3000 (2 cores, 1 torch thread), torch 2.x" in md and "2030-01-02 03:04" in md
     assert "GPU Test GPU (80.0 GiB" in md
     assert "| tiny | 8 | 8 | 0.123 | 0.432 | 3.5 | 5 |" in md
-    assert "| bundled | face | 64 | 6 | 6 | 200 | 2.5 | 1.25 | 251 | 4.2 | - | 5 |" in md
+    assert "| bundled | face | 64 | 6 | 6 | 200 | 2.5 | 1.25 | 251 | 4.2 | - | - | - | - | 5 |" in md
     assert "_no shipped file_" in md
     assert "| fp32 | no | 8 | 16 | 128 | OOM | - | 79.1 | - | no |" in md
     assert "| fp16 | yes | 2 | 4 | 8 | ok | 0.568 | 5.5 | 6 | yes |" in md
@@ -233,4 +244,4 @@ def test_main_measures_inversion_and_slider_updates_and_says_when_there_is_no_gp
     assert rows[0]["inversion_s"] == rows[1]["inversion_s"]  # one inversion, shared by both updates
     assert report["parts"]["inversion"]["machine"]["cpu"] == speed.cpu_model()
     md = (tmp_path / "speed.md").read_text()
-    assert "| tiny | 2 | 2 |" in md and "Not measured: no GPU" in md and "--only gpu" in md
+    assert "| tiny | 2 | 2 |" in md and "had no GPU; run" in md and "--only gpu" in md
