@@ -347,19 +347,35 @@ def test_a_peer_scored_later_merges_into_a_finished_report_as_one_run_of_every_m
 
 
 def test_command_line_flags_and_quick_defaults():
-    args = quality.parse_args(["--quick", "--steps", "7", "--negatives", "all", "--domains", "face", "car"])
+    # both defaults calibrate in the log-spaced bracket the README's headline uses, not the [0, 16] of the
+    # first reports (which saturated most directions and flattered NoiseCLR)
+    quick = quality.settings_from_args(quality.parse_args(["--quick"]), "m")
+    full = quality.settings_from_args(quality.parse_args([]), "m")
+    for defaults in (quick, full):
+        assert (defaults.min_scale, defaults.max_scale, defaults.hspace_min_scale, defaults.hspace_max_scale) == \
+            (0.125, 256.0, 0.0625, 16.0)
+    # and the bare command is the headline's protocol (K = 6, 150 steps, seeds 0-3, 8 images, 10 steps, 6
+    # bisection steps on 2 images, 4 scenes), so it reproduces the README's table
+    assert (full.num_directions, full.steps, full.seeds, full.eval_images, full.inference_steps,
+            full.calibration_images, full.calibration_iters, full.interference_images, full.quick) == \
+        (6, 150, [0, 1, 2, 3], 8, 10, 2, 6, 4, False)
+    # the plain-halving bracket of the first reports, explicitly (the settings whose cache key predates it)
+    args = quality.parse_args(["--quick", "--steps", "7", "--negatives", "all", "--domains", "face", "car",
+                               "--min-scale", "0", "--hspace-min-scale", "0", "--max-scale", "16",
+                               "--hspace-max-scale", "4"])
     settings = quality.settings_from_args(args, "some/model")
+    assert (settings.min_scale, settings.max_scale) == (0.0, 16.0) == (quality.Settings().min_scale,
+                                                                       quality.Settings().max_scale)
     assert settings.steps == 7 and settings.seeds == quality.QUICK["seeds"] and settings.negatives is None
     assert settings.eval_images == quality.QUICK["eval_images"] and settings.domains == ["face", "car"]
-    full = quality.settings_from_args(quality.parse_args([]), "m")
-    assert full.seeds == [0, 1, 2] and full.steps == quality.FULL["steps"] and full.quick is False
     assert full.fingerprint() != settings.fingerprint()
     # anchors: the official "one" leaves the key as it was before the option existed (old caches stay
     # valid); "all" trains other directions, so it is another key, and it reaches train_directions
     assert settings.anchors == "one"
     every = quality.settings_from_args(quality.parse_args(["--quick", "--steps", "7", "--negatives", "all",
                                                            "--domains", "face", "car", "--anchors", "all"]), "some/model")
-    assert every.fingerprint() != settings.fingerprint() and every.train_overrides("noiseclr", 0)["anchors"] == "all"
+    assert every.fingerprint() != dataclasses.replace(every, anchors="one").fingerprint()
+    assert every.train_overrides("noiseclr", 0)["anchors"] == "all"
     # init likewise: "random" keeps the old key; "vocab" is another key and reaches train_directions
     assert settings.init == "random"
     vocab = dataclasses.replace(settings, init="vocab")
@@ -381,7 +397,8 @@ def test_command_line_flags_and_quick_defaults():
     assert settings.min_scale == 0.0 and settings.hspace_min_scale == 0.0
     logged = quality.settings_from_args(quality.parse_args(["--quick", "--steps", "7", "--negatives", "all",
                                                             "--domains", "face", "car", "--min-scale", "0.25",
-                                                            "--hspace-min-scale", "0.1"]), "some/model")
+                                                            "--hspace-min-scale", "0.1", "--max-scale", "16",
+                                                            "--hspace-max-scale", "4"]), "some/model")
     assert (logged.min_scale, logged.hspace_min_scale) == (0.25, 0.1)
     assert logged.fingerprint() != settings.fingerprint()
     assert logged.training_fingerprint() == settings.training_fingerprint() != vocab.training_fingerprint()
