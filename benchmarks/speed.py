@@ -36,7 +36,6 @@ its own machine and date); ``--fresh`` starts an empty report.
 from __future__ import annotations
 
 import argparse
-import ast
 import gc
 import inspect
 import json
@@ -331,13 +330,8 @@ def shipped_training(domain: str = "face") -> dict | None:
 
 
 def _as_dict(value) -> dict:
-    """Metadata values round-trip through safetensors as strings: JSON or a Python literal."""
-    if isinstance(value, dict):
-        return value
-    try:
-        return json.loads(value)
-    except ValueError:
-        return ast.literal_eval(value)
+    """A metadata value that is a dict (``pool``) or a dict saved as a JSON string (``training``)."""
+    return value if isinstance(value, dict) else json.loads(value)
 
 
 def recipe_time(pipe, domain: str = "face", repeats: int = 5, steps: int | None = None, **train_options) -> dict:

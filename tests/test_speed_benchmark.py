@@ -68,8 +68,8 @@ def test_shipped_training_puts_a_pooled_set_per_step(tiny_pipe, tmp_path, monkey
     directions.save(tmp_path / "face.safetensors")
     # no pool: one set, so 120 s over 300 steps
     assert speed.shipped_training("face") == {"train_seconds": 120.0, "steps": 300, "sets": 1, "step_s": 0.4}
-    # a pool of 4 sets (recorded as a Python literal, as train_shipped_set writes it) took 4 x the steps
-    directions.metadata["pool"] = str({"seeds": [0, 1, 2, 3], "kept": [[0, 1], [2, 0]]})
+    # a pool of 4 sets (as train_shipped_set records it) took 4 x the steps
+    directions.metadata["pool"] = {"seeds": [0, 1, 2, 3], "kept": [[0, 1], [2, 0]]}
     directions.save(tmp_path / "face.safetensors")
     assert speed.shipped_training("face") == {"train_seconds": 120.0, "steps": 300, "sets": 4, "step_s": 0.1}
     # the recipe row's columns
