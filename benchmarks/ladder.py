@@ -389,6 +389,7 @@ def ladder_report(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
               **ladder(rungs), "sizes": attribute_sizes(first["settings"]["domains"], size_images),
               "size_images": size_images}
     stem = "ladder" + (f"-{tag}" if tag else "")
+    out_dir.mkdir(parents=True, exist_ok=True)  # rungs given as .json paths may live elsewhere
     (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
     (out_dir / f"{stem}.md").write_text(markdown(result))
     overall = ", ".join(f"{m} {row['ladder'][0]:.2f} ({row['in_domain'][0]:.2f} in domain)"

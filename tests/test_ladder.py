@@ -90,6 +90,11 @@ def test_an_attribute_covered_at_any_rung_counts_once_for_every_method_alike(tmp
     assert "| face | glasses |" in md and json.loads((tmp_path / "ladder-t.json").read_text())["seeds"] == [0, 1]
     assert "NoiseCLR 0.38 (0.25 in domain)" in said[0]
     assert face["NoiseCLR"]["unread"] == 0 and face["NoiseCLR"]["scores"] == 8 and "Unread domain" not in md
+    # rungs given as .json paths, written into a folder that does not exist yet
+    elsewhere = tmp_path / "new" / "folder"
+    again = ladder.ladder_report([str(tmp_path / "quality-high.json"), str(tmp_path / "quality-low.json")],
+                                 elsewhere, tag="t", log=said.append, size_images=8)
+    assert again["overall"] == result["overall"] and (elsewhere / "ladder-t.md").is_file()
 
 
 def test_each_direction_is_read_at_the_weakest_rung_where_it_shows_and_the_bars_are_judged_there(tmp_path):
