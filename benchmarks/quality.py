@@ -1096,8 +1096,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     run = p.add_argument_group("what to run")
     run.add_argument("--quick", action="store_true",
                      help=f"smoke run: {', '.join(f'{k}={v}' for k, v in QUICK.items())} (explicit flags still win); "
-                          "about 3-5 minutes per domain on 2 CPU cores; it checks that everything runs, it is not "
-                          "a result")
+                          "about 2 minutes per domain on 2 CPU cores (10 minutes for all four with the scenes); "
+                          "it checks that everything runs, it is not a result")
     run.add_argument("--model", default=None, help="diffusers pipeline folder or hub id (default: the bundled model)")
     run.add_argument("--oracle", default=DEFAULT_ORACLE, help="attribute oracle folder (default: %(default)s)")
     run.add_argument("--samples", default=DEFAULT_SAMPLES,
