@@ -184,7 +184,9 @@ def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe
     assert f"weights {data['weights']}" in md
     assert f"| quality | {data['weights']} | face, cat | 1 | 2 | 2 | 0.01 | {settings.tau:g} |" in sweep  # ... lr, tau
     # the anchors, init and strength-weight columns
-    assert f"| {list(settings.timestep_range)} | {settings.batch_size} | one | random | 0 |" in sweep
+    # and the images it trained on: the shipped sample folder, its first train_images
+    assert (f"| {list(settings.timestep_range)} | {settings.batch_size} | "
+            f"data/samples[:{settings.train_images}] | one | random | 0 |") in sweep
     assert f"| one | random | 0 | signed | [0, {settings.max_scale:g}] | " in sweep  # negatives, calibration bracket
     # and the pixel change it calibrates to, on how many images
     assert (f"| [0, {settings.max_scale:g}] | {settings.target_change:g} on {settings.calibration_images} | "
@@ -445,6 +447,14 @@ def test_processes_split_the_domains_and_write_the_report_of_one_process(tmp_pat
     # a part that fails is named, with its domains
     with pytest.raises(SystemExit, match=r"part 0 \(face\) exited with [1-9].*run the same command again"):
         quality.main(flags + ["--processes", "2", "--out", str(tmp_path / "bad"), "--samples", str(tmp_path)])
+
+
+def test_the_sweep_table_names_the_training_images_of_each_report():
+    shipped = {"samples": "/anywhere/repo/data/samples", "train_images": None}
+    assert quality._training_images(shipped) == "data/samples"
+    assert quality._training_images({**shipped, "train_images": 32}) == "data/samples[:32]"
+    assert quality._training_images({"samples": "benchmarks/results/cache/samples256"}) == "samples256"
+    assert quality._training_images({}) == "data/samples"  # reports from before the setting: the shipped folder
 
 
 def test_the_cache_key_follows_the_weights_not_only_the_paths(tiny_pipe):
