@@ -1048,16 +1048,18 @@ def merge_reports(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
 
 def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
     """One row per ``quality*.json`` in ``out_dir``: the weights it measured (:func:`cache_key`;
-    "?" for reports older than that field), its training settings and NoiseCLR's overall numbers
-    (strength and saturation next to purity: a faint edit reads as pure; "-" where an older
-    report lacks a number; the images it trained on, :func:`_training_images`; the calibration bracket and target, since rows measured at another one
-    compare methods at another edit strength; the edit window every direction was scored in),
-    to read how sensitive the result is to them (written to ``quality-sweep.md``).  Partial
-    reports (no NoiseCLR, random or text: pooled into full ones by ``--merge``) have no row.  Only rows
-    with the same weights compare settings; a retrained model starts a new group."""
+    "?" for reports older than that field), its training settings (the images it trained on:
+    :func:`_training_images`) and NoiseCLR's overall numbers (strength and saturation next to
+    purity: a faint edit reads as pure; "-" where an older report lacks a number; the calibration
+    bracket and target, since rows measured at another one compare methods at another edit
+    strength; the edit window every direction was scored in), to read how sensitive the result is
+    to them (written to ``quality-sweep.md``).  Partial reports (no NoiseCLR, random or text: pooled
+    into full ones by ``--merge``) have no row.  Only rows with the same weights compare settings;
+    a retrained model starts a new group."""
     out_dir = Path(out_dir)
-    columns = ["report", "weights", "domains", "seeds", "K", "steps", "lr", "tau", "t range", "batch", "training images", "anchors",
-               "init", "strength weight", "negatives", "scale bracket", "target change on images", "edit window",
+    columns = ["report", "weights", "domains", "seeds", "K", "steps", "lr", "tau", "t range", "batch",
+               "training images", "anchors", "init", "strength weight", "negatives", "scale bracket",
+               "target change on images", "edit window",
                "coverage", "mean purity", "purity margin over random", "purity / text", "mean strength",
                "saturated", "purity of unsaturated"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -1076,7 +1078,8 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
                      f"{', '.join(s['domains'])} | "
                      f"{len(s['seeds'])} | "
                      f"{s['num_directions']} | {s['steps']} | {s['learning_rate']:g} | {s['tau']:g} | {s['timestep_range']} | "
-                     f"{s['batch_size']} | {_training_images(s)} | {s.get('anchors', 'one')} | {s.get('init', 'random')} | "
+                     f"{s['batch_size']} | {_training_images(s)} | "
+                     f"{s.get('anchors', 'one')} | {s.get('init', 'random')} | "
                      f"{s.get('strength_weight', 0.0):g} | "
                      f"{'sign-blind' if s.get('sign_blind_negatives') else 'signed'} | {_scale_bracket(s.get('min_scale', 0.0), s['max_scale'])} | "
                      f"{s['target_change']:g} on {s['calibration_images']} | "

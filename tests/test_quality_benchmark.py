@@ -183,8 +183,8 @@ def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe
     assert data["weights"] == quality.cache_key(tiny_pipe, StatsOracle())  # which weights the numbers describe
     assert f"weights {data['weights']}" in md
     assert f"| quality | {data['weights']} | face, cat | 1 | 2 | 2 | 0.01 | {settings.tau:g} |" in sweep  # ... lr, tau
-    # the anchors, init and strength-weight columns
-    # and the images it trained on: the shipped sample folder, its first train_images
+    # the images it trained on (the shipped sample folder, its first train_images), then the
+    # anchors, init and strength-weight columns
     assert (f"| {list(settings.timestep_range)} | {settings.batch_size} | "
             f"data/samples[:{settings.train_images}] | one | random | 0 |") in sweep
     assert f"| one | random | 0 | signed | [0, {settings.max_scale:g}] | " in sweep  # negatives, calibration bracket
