@@ -803,10 +803,14 @@ def domain_figure(pipe, runs: dict[str, list[MethodRun]], start: StartSet, setti
 
 
 # ===================================================================================== the whole run
-def machine() -> str:
-    """This machine in one line for the report: architecture, CPUs, torch threads and version, GPU if any."""
-    return (f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
+def machine(pipe=None) -> str:
+    """This machine in one line for the report: architecture, CPUs, torch threads and version, GPU if
+    any, and where ``pipe`` (if given) runs and in which dtype (a GPU run's numbers differ from a CPU's)."""
+    line = (f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
             f"torch {torch.__version__}" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
+    if pipe is not None:
+        line += f"; model on {pipe.device.type} in {str(pipe.unet.dtype).removeprefix('torch.')}"
+    return line
 
 
 def run_benchmark(pipe, oracle, settings: Settings, out_dir: str | os.PathLike = RESULTS, tag: str = "",
@@ -831,7 +835,7 @@ def run_benchmark(pipe, oracle, settings: Settings, out_dir: str | os.PathLike =
         figures[domain] = f"{stem}_{domain}.png"
         with stages(f"{domain}: figure"):
             save_small_png(domain_figure(pipe, runs, starts[domain], settings), out_dir / figures[domain])
-    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "weights": weights,
+    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(pipe), "weights": weights,
               "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
               **tabulate(per_domain, settings.target_change, figures), "interference": interference,
               "seconds": dict(stages.seconds), "seconds_total": stages.total,
@@ -1097,6 +1101,10 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
 
 
 # ===================================================================================== command line
+#: ``--dtype``'s choices
+DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
 def _negatives(text: str) -> int | None:
     return None if text == "all" else int(text)
 
@@ -1128,6 +1136,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--resume", action="store_true",
                      help="reuse finished (domain, method, seed) units from OUT/cache/ (same settings only)")
     run.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    run.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                     help="weights dtype (default: load_pipeline's, float16 on a GPU and float32 on the CPU); "
+                          "float32 on a GPU keeps its numbers comparable with the CPU reports")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     run.add_argument("--no-progress", action="store_true", help="no tqdm bars (stage lines are still printed)")
     run.add_argument("--processes", type=int, default=1,
@@ -1289,7 +1300,7 @@ def main(argv=None) -> dict:
     if args.processes > 1 and len(args.domains) > 1:  # one domain gains nothing from a child process
         run_in_processes(list(sys.argv[1:] if argv is None else argv), args, stages)
     with stages("load model and oracle"):
-        pipe = load_pipeline(model, device=args.device)
+        pipe = load_pipeline(model, device=args.device, dtype=DTYPES.get(args.dtype))
         oracle = Oracle.load(args.oracle).to(pipe.device)
     return run_benchmark(pipe, oracle, settings, args.out, tag=args.tag, resume=args.resume,
                          progress=not args.no_progress, stages=stages)

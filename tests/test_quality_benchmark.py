@@ -420,6 +420,17 @@ def test_command_line_flags_and_quick_defaults():
         quality.main(["--methods", "random", "text"])
 
 
+def test_dtype_flag_picks_the_weights_dtype_and_the_report_says_where_the_model_ran(tiny_pipe):
+    # no flag: load_pipeline's default (float16 on a GPU); float32 keeps a GPU run comparable with the CPU's
+    assert quality.parse_args([]).dtype is None
+    assert quality.DTYPES[quality.parse_args(["--dtype", "float32"]).dtype] is torch.float32
+    assert quality.DTYPES[quality.parse_args(["--dtype", "float16"]).dtype] is torch.float16
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--dtype", "bfloat8"])
+    assert quality.machine(tiny_pipe).endswith(f"; model on cpu in {str(tiny_pipe.unet.dtype)[len('torch.'):]}")
+    assert "model on" not in quality.machine()
+
+
 def test_processes_split_the_domains_and_write_the_report_of_one_process(tmp_path):
     """--processes 2 on the bundled model: two children, one domain each, then one report read back
     from the cache, with the tables a single process writes; the parts' own files are gone."""
