@@ -16,6 +16,9 @@
 # Then, on the CPU machine: evaluate the new world (python -m noiseclr_lite.toyworld evaluate
 # --model DIR), ship it if it clears more bars, remake the directions and refresh the notebooks.
 # Wheels in .whl/ (packages the GPU machine lacks, e.g. diffusers) are installed first if present.
+# A rented machine that receives a copy of the working tree with a size limit (64 MiB where this ran
+# on 2026-12-04) will not take benchmarks/results (over 80 MB of reports): move it aside for the call,
+# leaving only results/speed.json (the speed part starts from it), and put it back afterwards.
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-/tmp/gpu_session}; mkdir -p "$OUT"
 WORLD_OUT=${WORLD_OUT:-/tmp/world}; WORLD_WORK=${WORLD_WORK:-/tmp/world-work}
