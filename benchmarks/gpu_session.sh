@@ -9,7 +9,9 @@
 #   quality  benchmarks/quality.py on the GPU in float32 (comparable with the CPU reports), the domains
 #            over 4 processes, with QUALITY_ARGS (default: K = 10, tau 0.1 on 256 training images per
 #            domain, seeds 2-5); its report and --resume cache come back as $OUT/quality.tgz, so a run cut
-#            off by its time limit is finished on the CPU with the same command and --out.
+#            off by its time limit is finished on the CPU with the same command and --out. The cache key
+#            holds the bundled model's absolute path: run from a copy of the tree at the CPU checkout's
+#            path (on 2026-12-04: cp -a . /work/main && cd /work/main) for the CPU to read it back.
 # Usage:   OUT=/some/folder PARTS="speed quality" bash benchmarks/gpu_session.sh   (default PARTS="speed world";
 #          RESUME=1: continue $WORLD_WORK)
 # Dry run: LOCAL=1 bash benchmarks/gpu_session.sh   (tiny sizes on the CPU: checks the plumbing)
