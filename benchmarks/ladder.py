@@ -25,6 +25,15 @@ ladder reads each direction at its *working strength* (:func:`working_strength_s
 weakest rung at which its largest effect reaches 0.5, as a slider user stops where the edit
 shows, or its strongest rung when it never does.  With that purity and the coverage over the
 ladder, the page judges the issue's "clear margin over random in every domain" bar.
+
+Rungs may also differ in the edit window (``quality.py --window``): the same directions read at
+0.02, 0.05 and 0.15 in the whole window and in the late one make a ladder of six rungs, as a
+slider user sets each slider's strength and the window it acts in (the shipped directions are
+chosen so, ``--window-ladder``).  At one strength the two windows change the pixels equally, so a
+direction is then read at the weakest strength at which it shows in some window, in the purer of
+those windows.
+
+    python benchmarks/ladder.py target0.02 seeds01 target0.15 late-target0.02 late-seeds01 late-target0.15 --tag both
 """
 
 from __future__ import annotations
@@ -65,12 +74,13 @@ def _fail(message: str):
 
 
 def load_rungs(names, out_dir: str | os.PathLike = RESULTS) -> list[tuple[Path, dict]]:
-    """The reports ``names`` (paths or ``--tag`` names) as (path, report), ordered by target change.
+    """The reports ``names`` (paths or ``--tag`` names) as (path, report), ordered by target change
+    and, at one target change, by edit window (the whole window first).
 
-    They must be one protocol but for ``target_change`` (and where the model, oracle and samples
+    They must be one protocol but for ``target_change`` and ``window`` (and where the model, oracle and samples
     lie, and the scale bracket the calibration searched for that target): the same weights, domains,
     seeds and other settings (the h-space ones only when every report ran h-space), each NoiseCLR,
-    random and text, and no target change twice; otherwise SystemExit names the reports, the setting and the fix.
+    random and text, and no (target change, window) twice; otherwise SystemExit names the reports, the setting and the fix.
     """
     out_dir = Path(out_dir)
     if len(names) < 2:
@@ -85,15 +95,28 @@ def load_rungs(names, out_dir: str | os.PathLike = RESULTS) -> list[tuple[Path, 
                   f"pool it with a report of the same rung that has them (benchmarks/quality.py --merge)")
     # the scenes and the figures do not enter a domain's scores; the scale bracket is how a rung is
     # found (a rung of 0.005 needs smaller scales than one of 0.15), not what it measures
-    free = (set(POOLED_FREELY) - {"seeds"}) | {"target_change", "methods", "interference_images", "grid_images"} | BRACKET
+    free = ((set(POOLED_FREELY) - {"seeds"}) | {"target_change", "window", "methods", "interference_images",
+                                                 "grid_images"} | BRACKET)
     check_one_protocol([path for path, _ in rungs], [report for _, report in rungs], free, "benchmarks/ladder.py",
                        f"the rungs must score the same directions on the same images; re-run it with "
-                       f"{first_path.stem}'s flags and only --target-change changed")
-    targets = [report["settings"]["target_change"] for _, report in rungs]
-    if len(set(targets)) != len(targets):
-        _fail(f"two reports have the same target change ({targets} from {[p.stem for p, _ in rungs]}); "
-              f"each rung is one --target-change value: leave the repeated one out")
-    return sorted(rungs, key=lambda rung: rung[1]["settings"]["target_change"])
+                       f"{first_path.stem}'s flags and only --target-change (or --window) changed")
+    keys = [rung_key(report) for _, report in rungs]
+    if len(set(keys)) != len(keys):
+        _fail(f"two reports have the same target change and window ({[rung_label(*k) for k in keys]} from "
+              f"{[p.stem for p, _ in rungs]}); each rung is one --target-change value in one --window: leave the "
+              f"repeated one out")
+    return sorted(rungs, key=lambda rung: (rung_key(rung[1])[0], -rung_key(rung[1])[1][0], rung_key(rung[1])[1][1]))
+
+
+def rung_key(report: dict) -> tuple[float, tuple[float, float]]:
+    """A report's rung: (its target change, its edit window as (start, end) fractions of the schedule)."""
+    settings = report["settings"]
+    return settings["target_change"], tuple(settings.get("window", (1.0, 0.0)))
+
+
+def rung_label(target: float, window, several_windows: bool = True) -> str:
+    """``0.05`` or, on a ladder of several windows, ``0.05 in 0.55:0`` (the sweep table's window notation)."""
+    return f"{target:g}" + (f" in {window[0]:g}:{window[1]:g}" if several_windows else "")
 
 
 def _scores(report: dict, domain: str, method: str, seed) -> list[DirectionScore]:
@@ -101,14 +124,20 @@ def _scores(report: dict, domain: str, method: str, seed) -> list[DirectionScore
     return [DirectionScore(**s) for s in runs[0]["scores"]]
 
 
-def working_strength_scores(rung_scores: list[list[DirectionScore]],
-                            strength_min: float = STRENGTH_MIN) -> tuple[list[DirectionScore], list[int]]:
+def working_strength_scores(rung_scores: list[list[DirectionScore]], strength_min: float = STRENGTH_MIN,
+                            targets: list[float] | None = None) -> tuple[list[DirectionScore], list[int]]:
     """Each direction read at its working strength: the weakest rung at which its largest effect
     (``DirectionScore.strength``) reaches ``strength_min``, or the strongest rung if none does.
+
+    With several rungs at one strength (``targets``: the rungs' target changes, equal for the same
+    strength in different edit windows), the direction is read at the weakest strength at which it
+    shows in some window, in the purest of the windows where it shows there; if it never shows, at
+    the strongest target in the window where its largest effect is largest.
 
     Args:
         rung_scores: one list of the same D directions' scores per rung, rungs ordered from the
             weakest target change to the strongest (:func:`load_rungs` orders them so).
+        targets: each rung's target change (default: every rung its own strength).
     Returns:
         (D scores, one per direction, in the rungs' order of directions; D rung indices, where each was read).
 
@@ -126,7 +155,14 @@ def working_strength_scores(rung_scores: list[list[DirectionScore]],
         if len({score.name for score in per_rung}) != 1:
             raise ValueError(f"working_strength_scores: direction {position} is {[s.name for s in per_rung]} on the "
                              f"rungs; every rung must list the same directions in the same order")
-        rung = next((k for k, score in enumerate(per_rung) if score.strength >= strength_min), len(per_rung) - 1)
+        strengths = targets if targets is not None else list(range(len(per_rung)))
+        shows = [k for k, score in enumerate(per_rung) if score.strength >= strength_min]
+        if shows:
+            weakest = [k for k in shows if strengths[k] == strengths[shows[0]]]
+            rung = max(weakest, key=lambda k: per_rung[k].purity)  # the first of equally pure ones
+        else:
+            strongest = [k for k in range(len(per_rung)) if strengths[k] == strengths[-1]]
+            rung = max(strongest, key=lambda k: per_rung[k].strength)
         picked.append(per_rung[rung])
         read_at.append(rung)
     return picked, read_at
@@ -153,7 +189,7 @@ def in_domain_coverage(scores: list[DirectionScore], domain: str, kept_min: floa
 def ladder(rungs: list[tuple[Path, dict]]) -> dict:
     """Coverage of every method, domain and seed at each rung and over the whole ladder.
 
-    Returns {"targets": [T], "domains": {domain: {method: {"seeds": [...], "rungs": [[coverage per
+    Returns {"targets": [T], "windows": [[start, end]], "labels": [each rung's name], "domains": {domain: {method: {"seeds": [...], "rungs": [[coverage per
     seed] per rung], "ladder" and "in_domain": [coverage per seed over the ladder, of every
     direction and of those that keep the domain (:func:`in_domain_coverage`)], "covered" and
     "covered_in_domain": {attribute: seeds covering it over the ladder}, "unread": how many of its
@@ -174,7 +210,10 @@ def ladder(rungs: list[tuple[Path, dict]]) -> dict:
     report = rungs[0][1]
     methods = [m for m in METHODS if all(m in r["settings"]["methods"] for _, r in rungs)]
     seeds = report["settings"]["seeds"]
-    out = {"targets": [r["settings"]["target_change"] for _, r in rungs], "domains": {}, "overall": {}}
+    keys = [rung_key(r) for _, r in rungs]
+    several = len({window for _, window in keys}) > 1
+    out = {"targets": [target for target, _ in keys], "windows": [list(window) for _, window in keys],
+           "labels": [rung_label(target, window, several) for target, window in keys], "domains": {}, "overall": {}}
     for domain in report["settings"]["domains"]:
         names = get_domain(domain).attribute_names
         out["domains"][domain] = {}
@@ -183,7 +222,7 @@ def ladder(rungs: list[tuple[Path, dict]]) -> dict:
             rung_scores = [[_scores(r, domain, method, seed) for _, r in rungs] for seed in method_seeds]
             per_rung = [[summary(per_seed[k], domain)["coverage"] for per_seed in rung_scores] for k in range(len(rungs))]
             climbed = [[s for scores in per_seed for s in scores] for per_seed in rung_scores]
-            working = [working_strength_scores(per_seed) for per_seed in rung_scores]
+            working = [working_strength_scores(per_seed, targets=out["targets"]) for per_seed in rung_scores]
             every = [summary(scores, domain) for scores in climbed]
             kept = [in_domain_coverage(scores, domain) for scores in climbed]
             unread = sum(s.domain_kept is None for scores in climbed for s in scores)
@@ -271,7 +310,7 @@ def _read_at_sentence(result: dict) -> str:
         counts = " / ".join(str(len(purities)) for purities in read)
         purities = " / ".join(f"{statistics.mean(p):.2f}" if p else "-" for p in read)
         parts.append(f"{method} {counts} (purity {purities})")
-    return ("Directions read at each rung (" + " / ".join(f"{t:g}" for t in result["targets"]) + ", over every "
+    return ("Directions read at each rung (" + " / ".join(_labels(result)) + ", over every "
             "domain and seed), and their mean purity there: " + "; ".join(parts) + ".")
 
 
@@ -302,16 +341,23 @@ def _by_measure(values: dict, domains, cell: Callable) -> str:
                                        ("purity", "purity at the working strength")))
 
 
+def _labels(result: dict) -> list[str]:
+    """Each rung's name (ladders written before windows were rungs have only ``targets``)."""
+    return result.get("labels") or [f"{t:g}" for t in result["targets"]]
+
+
 def markdown(result: dict) -> str:
     """The Markdown page of a ladder (``ladder[-tag].md``)."""
-    targets, sizes = result["targets"], result["sizes"]
-    rung_heads = " | ".join(f"at {t:g}" for t in targets)
+    targets, sizes, labels = result["targets"], result["sizes"], _labels(result)
+    several = len({tuple(w) for w in result.get("windows", [])}) > 1
+    rung_heads = " | ".join(f"at {label}" for label in labels)
     kept = f"over the ladder, in domain (>= {KEPT_MIN:g})"
-    lines = [f"# Coverage over a ladder of edit strengths ({', '.join(f'{t:g}' for t in targets)})", "",
+    lines = [f"# Coverage over a ladder of edit strengths{' and windows' if several else ''} ({', '.join(labels)})", "",
              f"Made {result['date']} by `benchmarks/ladder.py` from {len(targets)} reports that scored the same "
              f"directions (weights {result['weights']}, seeds {result['seeds']}) at different target pixel "
-             f"changes: " + ", ".join(f"[`{stem}`]({stem}.md) at {t:g} (scales searched in {bracket})"
-                                      for stem, t, bracket in zip(result["reports"], targets, result["brackets"]))
+             f"changes{' and in different edit windows (start:end of the schedule)' if several else ''}: "
+             + ", ".join(f"[`{stem}`]({stem}.md) at {label} (scales searched in {bracket})"
+                         for stem, label, bracket in zip(result["reports"], labels, result["brackets"]))
              + ". An attribute is covered over the ladder when some direction covers it (strength >= 0.5, "
                "purity >= 0.6) at some rung; every method climbs the same rungs. \"In domain\" counts only the "
                f"covering edits that the oracle still reads as the starting domain in at least {KEPT_MIN:.0%} of the "
@@ -331,7 +377,10 @@ def markdown(result: dict) -> str:
               f"{_pm(result['margin_purity']['all'])}; "
               + ", ".join(f"{d} {_pm(result['margin_purity'][d])}" for d in result["domains"]) + ".",
               "", f"The working strength of a direction is the weakest rung at which its largest effect reaches "
-              f"{STRENGTH_MIN:g} (its strongest rung if none does); a slider user stops there. "
+              f"{STRENGTH_MIN:g} (its strongest rung if none does); a slider user stops there"
+              + ("; with two windows at one strength, the purer of those where it shows there (if it never "
+                 "shows: the strongest strength, in the window where its largest effect is largest). "
+                 if several else ". ")
               + _read_at_sentence(result), ""]
     for peer, gap in result.get("peer_gap", {}).items():
         pairing = ("seed by seed below" if peer in result.get("peer_margin", {})
@@ -401,7 +450,8 @@ def ladder_report(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
 def main(argv=None) -> dict:
     """``python benchmarks/ladder.py REPORT REPORT [...] [--tag TAG] [--out DIR]``."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("reports", nargs="+", help="quality reports (.json paths or --tag names), one per target change")
+    p.add_argument("reports", nargs="+", help="quality reports (.json paths or --tag names), one per target change "
+                                              "and edit window")
     p.add_argument("--out", default=str(RESULTS), help="folder of the reports and the output (default: %(default)s)")
     p.add_argument("--tag", default="", help="name the outputs ladder-TAG.md/.json")
     args = p.parse_args(argv)

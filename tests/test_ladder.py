@@ -187,6 +187,49 @@ def test_scores_without_a_domain_reading_count_as_kept_and_the_page_says_so(tmp_
     assert "NoiseCLR in face" not in md
 
 
+def test_rungs_in_two_edit_windows_cover_together_and_each_direction_is_read_in_its_purer_window(tmp_path):
+    weak, impure = score(expression=0.2), score(expression=0.6, hair=0.6)
+    # whole window: NoiseCLR shows impurely at 0.02 (direction 0) and covers hair at 0.05 (direction 1);
+    # late window: direction 0 shows purely at 0.02 (covers expression), direction 1 never shows there
+    report(tmp_path / "quality-whole-low.json", 0.02, {
+        "NoiseCLR": {0: [impure, weak], 1: [weak, weak]}, "random": {0: [weak, weak], 1: [weak, weak]},
+        "text": {None: [weak, weak]}})
+    report(tmp_path / "quality-whole-high.json", 0.05, {
+        "NoiseCLR": {0: [impure, score(hair=0.8)], 1: [weak, weak]}, "random": {0: [weak, weak], 1: [weak, weak]},
+        "text": {None: [weak, weak]}})
+    report(tmp_path / "quality-late-low.json", 0.02, {
+        "NoiseCLR": {0: [score(expression=0.9), weak], 1: [weak, weak]}, "random": {0: [weak, weak], 1: [weak, weak]},
+        "text": {None: [weak, weak]}}, window=(0.55, 0.0))
+    names = ["late-low", "whole-high", "whole-low"]
+    rungs = ladder.load_rungs(names, tmp_path)
+    assert [p.stem for p, _ in rungs] == ["quality-whole-low", "quality-late-low", "quality-whole-high"]
+    result = ladder.ladder_report(names, tmp_path, tag="w", log=lambda _: None, size_images=8)
+    assert result["labels"] == ["0.02 in 1:0", "0.02 in 0.55:0", "0.05 in 1:0"]
+    assert result["windows"] == [[1.0, 0.0], [0.55, 0.0], [1.0, 0.0]]
+    face = result["domains"]["face"]
+    assert face["NoiseCLR"]["ladder"] == [0.5, 0.0]  # seed 0: expression (late 0.02) + hair (whole 0.05)
+    # seed 0: direction 0 shows at 0.02 in both windows and is read in the purer, late one (purity 1, not
+    # 0.5); direction 1 first shows at 0.05 (purity 1). Seed 1 never shows: read at 0.05, the strongest.
+    assert face["NoiseCLR"]["purity"] == pytest.approx([1.0, 1.0])
+    assert [len(read) for read in face["NoiseCLR"]["read_purity"]] == [0, 1, 3]
+    picked, read_at = ladder.working_strength_scores(
+        [[DirectionScore(**impure)], [DirectionScore(**score(expression=0.9))], [DirectionScore(**weak)]],
+        targets=[0.02, 0.02, 0.05])
+    assert read_at == [1]
+    # never shows: the strongest target, in the window where its largest effect is largest
+    faint, fainter = DirectionScore(**score(expression=0.3)), DirectionScore(**score(expression=0.1))
+    assert ladder.working_strength_scores([[faint], [fainter], [faint]], targets=[0.02, 0.05, 0.05])[1] == [2]
+    md = (tmp_path / "ladder-w.md").read_text()
+    assert md.startswith("# Coverage over a ladder of edit strengths and windows (0.02 in 1:0, 0.02 in 0.55:0, 0.05 in 1:0)")
+    assert "| method | at 0.02 in 1:0 | at 0.02 in 0.55:0 | at 0.05 in 1:0 |" in md
+    assert "the purer of those where it shows there" in md
+    with pytest.raises(SystemExit, match=r"same target change and window \(\['0.02 in 0.55:0', '0.02 in 0.55:0'\]"):
+        ladder.load_rungs(["late-low", str(tmp_path / "quality-late-low.json")], tmp_path)
+    # one window: the labels and the page stay those of a ladder of strengths
+    single = ladder.ladder_report(["whole-low", "whole-high"], tmp_path, tag="s", log=lambda _: None, size_images=8)
+    assert single["labels"] == ["0.02", "0.05"] and "and windows" not in (tmp_path / "ladder-s.md").read_text()
+
+
 def test_rungs_of_another_protocol_or_the_same_strength_are_refused(tmp_path):
     rungs_on_disk(tmp_path, steps=7)
     with pytest.raises(SystemExit, match="quality-high.json has steps = 7 but .*quality-low.json has 300"):
