@@ -12,7 +12,8 @@
 #            off by its time limit is finished on the CPU with the same command and --out. The cache key
 #            holds the bundled model's absolute path: run from a copy of the tree at the CPU checkout's
 #            path (on 2026-12-04: cp -a . /work/main && cd /work/main) for the CPU to read it back.
-# Usage:   OUT=/some/folder PARTS="speed quality" bash benchmarks/gpu_session.sh   (default PARTS="speed world";
+# Usage:   OUT=/some/folder PARTS="speed quality" bash benchmarks/gpu_session.sh   (default PARTS="world", since
+#          the speed grid was measured on 2026-12-04; the world alone can take WORLD_T=560 MINUTES=8.5;
 #          RESUME=1: continue $WORLD_WORK)
 # Dry run: LOCAL=1 bash benchmarks/gpu_session.sh   (tiny sizes on the CPU: checks the plumbing)
 # Then, on the CPU machine: evaluate the new world (python -m noiseclr_lite.toyworld evaluate
@@ -32,12 +33,12 @@ if ls .whl/*.whl > /dev/null 2>&1; then
     || exit 1
   export PYTHONPATH=/tmp/site:$PYTHONPATH
 fi
-PARTS=${PARTS:-"speed world"}
+PARTS=${PARTS:-"world"}
 QUALITY_SAMPLES=benchmarks/results/cache/samples256
 if [ -z "$LOCAL" ]; then
   # one call of at most 600 s. speed + world: 180 s for the speed grid, then 6 min for the world (the VAE
   # gets at most 1.7 of them; the world's timeout only catches a hang); speed + quality: 240 s + 270 s
-  DEVICE=cuda; VAE_STEPS=6000; VAE_BATCH=64; NUM=100000; UNET_BATCH=256; MINUTES=6.0; VAE_MIN=1.7; WORKERS=12
+  DEVICE=cuda; VAE_STEPS=6000; VAE_BATCH=64; NUM=100000; UNET_BATCH=256; MINUTES=${MINUTES:-6.0}; VAE_MIN=1.7; WORKERS=12
   CKPT=500; EXPORT=1000; WORLD_T=${WORLD_T:-390}; SPEED_T=${SPEED_T:-180}; SPEED_ARGS=""
   QUALITY_T=${QUALITY_T:-270}; PER_DOMAIN=256; QUALITY_DEVICE=cuda
   QUALITY_ARGS=${QUALITY_ARGS:-"-k 10 --tau 0.1 --steps 150 --lr 1e-2 --eval-images 8 --inference-steps 10
