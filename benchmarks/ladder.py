@@ -105,13 +105,19 @@ def load_rungs(names, out_dir: str | os.PathLike = RESULTS) -> list[tuple[Path, 
         _fail(f"two reports have the same target change and window ({[rung_label(*k) for k in keys]} from "
               f"{[p.stem for p, _ in rungs]}); each rung is one --target-change value in one --window: leave the "
               f"repeated one out")
-    return sorted(rungs, key=lambda rung: (rung_key(rung[1])[0], -rung_key(rung[1])[1][0], rung_key(rung[1])[1][1]))
+    return sorted(rungs, key=lambda rung: _rung_order(rung_key(rung[1])))
 
 
 def rung_key(report: dict) -> tuple[float, tuple[float, float]]:
     """A report's rung: (its target change, its edit window as (start, end) fractions of the schedule)."""
     settings = report["settings"]
     return settings["target_change"], tuple(settings.get("window", (1.0, 0.0)))
+
+
+def _rung_order(key: tuple[float, tuple[float, float]]) -> tuple[float, float, float]:
+    """Sort key of a rung: by target change, then the window that starts earliest (the whole one) first."""
+    target, (start, end) = key
+    return target, -start, end
 
 
 def rung_label(target: float, window, several_windows: bool = True) -> str:
@@ -149,13 +155,13 @@ def working_strength_scores(rung_scores: list[list[DirectionScore]], strength_mi
     if len(sizes) != 1:
         raise ValueError(f"working_strength_scores got {[len(s) for s in rung_scores]} directions per rung; every "
                          f"rung must score the same directions (re-run the rungs with the same -k and seeds)")
+    strengths = targets if targets is not None else list(range(len(rung_scores)))
     picked, read_at = [], []
     for position in range(sizes.pop()):
         per_rung = [scores[position] for scores in rung_scores]
         if len({score.name for score in per_rung}) != 1:
             raise ValueError(f"working_strength_scores: direction {position} is {[s.name for s in per_rung]} on the "
                              f"rungs; every rung must list the same directions in the same order")
-        strengths = targets if targets is not None else list(range(len(per_rung)))
         shows = [k for k, score in enumerate(per_rung) if score.strength >= strength_min]
         if shows:
             weakest = [k for k in shows if strengths[k] == strengths[shows[0]]]

@@ -420,7 +420,7 @@ def test_command_line_flags_and_quick_defaults():
         quality.main(["--methods", "random", "text"])
 
 
-def test_dtype_flag_picks_the_weights_dtype_and_the_report_says_where_the_model_ran(tiny_pipe):
+def test_dtype_flag_picks_the_weights_dtype_and_the_report_says_where_the_model_ran(tiny_pipe, monkeypatch):
     # no flag: load_pipeline's default (float16 on a GPU); float32 keeps a GPU run comparable with the CPU's
     assert quality.parse_args([]).dtype is None
     assert quality.DTYPES[quality.parse_args(["--dtype", "float32"]).dtype] is torch.float32
@@ -429,6 +429,20 @@ def test_dtype_flag_picks_the_weights_dtype_and_the_report_says_where_the_model_
         quality.parse_args(["--dtype", "bfloat8"])
     assert quality.machine(tiny_pipe).endswith(f"; model on cpu in {str(tiny_pipe.unet.dtype)[len('torch.'):]}")
     assert "model on" not in quality.machine()
+    # and main hands the dtype to load_pipeline (stopped there: nothing is run)
+    import noiseclr_lite.models
+
+    class Loaded(Exception):
+        pass
+
+    def fake_load(model, device=None, dtype=None):
+        raise Loaded(dtype)
+
+    monkeypatch.setattr(noiseclr_lite.models, "load_pipeline", fake_load)
+    for flag, dtype in ((["--dtype", "float32"], torch.float32), ([], None)):
+        with pytest.raises(Loaded) as loaded:
+            quality.main(["--quick", "--domains", "face", *flag])
+        assert loaded.value.args == (dtype,)
 
 
 def test_processes_split_the_domains_and_write_the_report_of_one_process(tmp_path):
