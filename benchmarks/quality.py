@@ -941,8 +941,24 @@ def _seed_order(seed: int | None) -> int:
     return -1 if seed is None else seed
 
 
+def _keep_methods(report: dict, methods, path: Path) -> dict:
+    """``report`` with only the runs (and scene rows) of ``methods``, as if it had run only those;
+    SystemExit names ``path`` if it holds none of them."""
+    kept = [m for m in report["settings"]["methods"] if m in methods]
+    if not kept:
+        raise SystemExit(f"benchmarks/quality.py --merge: {path} has none of --methods {' '.join(methods)} (it "
+                         f"has {' '.join(report['settings']['methods'])}); leave it out or name its methods")
+    domains = {d: {**scored, "runs": {m: runs for m, runs in scored["runs"].items() if m in kept}}
+               for d, scored in report["domains"].items()}
+    interference = report.get("interference")
+    if interference:
+        interference = {m: rows for m, rows in interference.items() if m in kept}
+    return {**report, "settings": {**report["settings"], "methods": kept}, "domains": domains,
+            "interference": interference}
+
+
 def merge_reports(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
-                  log: Callable[[str], None] = print) -> dict:
+                  log: Callable[[str], None] = print, methods=None) -> dict:
     """Pool reports of one protocol into one report, as if one run had scored every (method,
     seed) unit they hold: seeds 0 1 on one machine and 2 3 on another (or in another session) give
     the four-seed tables, and a peer scored later on the same seeds (``--methods h-space``) joins
@@ -956,7 +972,9 @@ def merge_reports(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
     the fix.  The deterministic text ceiling is taken from the first report that has it (a report
     whose text scores differ is named in the log and the Markdown); the scene interference is
     pooled when every report has it, else left out; each domain's figure is a link to the PNG of
-    the first report holding the smallest seed (renaming that report breaks it).  Writes
+    the first report holding the smallest seed (renaming that report breaks it).  ``methods`` (default:
+    all) pools only those methods' runs, e.g. NoiseCLR, random and text of a full report and of a
+    report of more seeds that skipped the peers.  Writes
     ``quality[-tag].md/.json`` (no new PNGs, nothing is rendered) and returns the report; it is
     partial (no bars) if the reports together still lack NoiseCLR, random or text.
     """
@@ -965,6 +983,8 @@ def merge_reports(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
         raise SystemExit(f"benchmarks/quality.py --merge: got {len(names)} report; pooling needs two or more")
     paths = [_find_report(n, out_dir) for n in names]
     reports = [json.loads(p.read_text()) for p in paths]
+    if methods is not None:
+        reports = [_keep_methods(report, methods, path) for path, report in zip(paths, reports)]
     first, first_path = reports[0], paths[0]
     for path, report in zip(paths, reports):
         if set(report["settings"]["domains"]) != set(first["settings"]["domains"]):
@@ -1148,7 +1168,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--merge", nargs="+", metavar="REPORT", default=None,
                      help="pool reports of one protocol and different seeds (their .json paths or tags) into "
                           "quality[-TAG].md/.json instead of running anything, e.g. --merge late late-seeds23 "
-                          "--tag late-4seeds")
+                          "--tag late-4seeds; with --methods, only those methods are pooled")
     run.add_argument("--sweep-table", action="store_true",
                      help="run nothing: tabulate every OUT/quality*.json (settings vs NoiseCLR's numbers) into "
                           "OUT/quality-sweep.md")
@@ -1280,7 +1300,9 @@ def main(argv=None) -> dict:
         print(sweep_table(args.out))
         return {}
     if args.merge:
-        return merge_reports(args.merge, args.out, tag=args.tag)
+        # --methods narrows a merge only when given: its default (every method) keeps what the reports hold
+        return merge_reports(args.merge, args.out, tag=args.tag,
+                             methods=None if args.methods == list(METHODS) else args.methods)
     if "random" in args.methods and "NoiseCLR" not in args.methods:
         raise SystemExit(f"benchmarks/quality.py: --methods {' '.join(args.methods)} has random but not NoiseCLR; "
                          f"random tokens are drawn at the norms of that seed's NoiseCLR set, so add NoiseCLR")

@@ -348,6 +348,31 @@ def test_a_peer_scored_later_merges_into_a_finished_report_as_one_run_of_every_m
     assert quality.merge_reports(["full", "peer9"], tmp_path, log=lambda _: None)["settings"]["hspace_max_scale"] == 9.0
 
 
+def test_merge_with_methods_pools_only_those_of_reports_that_ran_more(tiny_pipe, tmp_path):
+    # seed 0 ran every method, seed 1 skipped the peers (as a settings sweep does): pooled whole they
+    # would end with different seeds, pooled for NoiseCLR, random and text they are one run of both seeds
+    settings = tiny_settings(Path(quality.DEFAULT_SAMPLES), domains=["face"], calibration_iters=0, interference=False)
+    quiet = dict(resume=True, progress=False, log=lambda _: None)
+    quality.run_benchmark(tiny_pipe, StatsOracle(), dataclasses.replace(
+        settings, seeds=[0], methods=quality.REQUIRED_METHODS + ["h-space"]), tmp_path, tag="all0", **quiet)
+    quality.run_benchmark(tiny_pipe, StatsOracle(), dataclasses.replace(
+        settings, seeds=[1], methods=quality.REQUIRED_METHODS), tmp_path, tag="three1", **quiet)
+    with pytest.raises(SystemExit, match=r"different seeds .*h-space \[0\]"):
+        quality.merge_reports(["all0", "three1"], tmp_path)
+    merged = quality.main(["--merge", "all0", "three1", "--methods", *quality.REQUIRED_METHODS,
+                           "--out", str(tmp_path), "--tag", "three"])
+    together = quality.run_benchmark(tiny_pipe, StatsOracle(), dataclasses.replace(
+        settings, seeds=[0, 1], methods=quality.REQUIRED_METHODS), tmp_path, tag="together", **quiet)
+    together, merged = (json.loads(json.dumps(r, default=list)) for r in (together, merged))
+    assert merged["settings"]["methods"] == quality.REQUIRED_METHODS and merged["settings"]["seeds"] == [0, 1]
+    assert set(merged["domains"]["face"]["runs"]) == set(quality.REQUIRED_METHODS)
+    for key in ("overall", "comparisons", "bars"):
+        assert merged[key] == together[key], key
+    assert merged["domains"]["face"]["table"] == together["domains"]["face"]["table"]
+    with pytest.raises(SystemExit, match="quality-three1.json has none of --methods h-space"):
+        quality.merge_reports(["all0", "three1"], tmp_path, methods=["h-space"])
+
+
 def test_command_line_flags_and_quick_defaults():
     # both defaults calibrate in the log-spaced bracket the README's headline uses, not the [0, 16] of the
     # first reports (which saturated most directions and flattered NoiseCLR)
