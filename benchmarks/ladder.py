@@ -53,7 +53,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/ladder.py` from anywhere
 
 from benchmarks.quality import (BARS, CLEAR_MARGIN, METHODS, POOLED_FREELY, REQUIRED_METHODS,  # noqa: E402
                                 RESULTS, SEEDED, _find_report, _mean_std, _pm, _scale_bracket, check_one_protocol,
-                                is_clear)
+                                is_clear, read_report, report_stem)
 from noiseclr_lite.metrics import STRENGTH_MIN, DirectionScore, coverage, summary  # noqa: E402
 from noiseclr_lite.toyworld.domains import attribute_pixel_change, get_domain  # noqa: E402
 
@@ -86,7 +86,7 @@ def load_rungs(names, out_dir: str | os.PathLike = RESULTS) -> list[tuple[Path, 
     if len(names) < 2:
         _fail(f"got {len(names)} report; a ladder needs two or more (the same directions scored at different "
               f"--target-change values)")
-    rungs = [(path, json.loads(path.read_text())) for path in (_find_report(n, out_dir) for n in names)]
+    rungs = [(path, read_report(path)) for path in (_find_report(n, out_dir) for n in names)]
     first_path, first = rungs[0]
     for path, report in rungs:
         missing = [m for m in REQUIRED_METHODS if m not in report["settings"]["methods"]]
@@ -99,11 +99,11 @@ def load_rungs(names, out_dir: str | os.PathLike = RESULTS) -> list[tuple[Path, 
                                                  "grid_images"} | BRACKET)
     check_one_protocol([path for path, _ in rungs], [report for _, report in rungs], free, "benchmarks/ladder.py",
                        f"the rungs must score the same directions on the same images; re-run it with "
-                       f"{first_path.stem}'s flags and only --target-change (or --window) changed")
+                       f"{report_stem(first_path)}'s flags and only --target-change (or --window) changed")
     keys = [rung_key(report) for _, report in rungs]
     if len(set(keys)) != len(keys):
         _fail(f"two reports have the same target change and window ({[rung_label(*k) for k in keys]} from "
-              f"{[p.stem for p, _ in rungs]}); each rung is one --target-change value in one --window: leave the "
+              f"{[report_stem(p) for p, _ in rungs]}); each rung is one --target-change value in one --window: leave the "
               f"repeated one out")
     return sorted(rungs, key=lambda rung: _rung_order(rung_key(rung[1])))
 
@@ -438,13 +438,13 @@ def ladder_report(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
     rungs = load_rungs(names, out_dir)
     first = rungs[0][1]
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "weights": first.get("weights"),
-              "seeds": first["settings"]["seeds"], "reports": [path.stem for path, _ in rungs],
+              "seeds": first["settings"]["seeds"], "reports": [report_stem(path) for path, _ in rungs],
               "brackets": [_scale_bracket(r["settings"].get("min_scale", 0.0), r["settings"]["max_scale"])
                            for _, r in rungs],
               **ladder(rungs), "sizes": attribute_sizes(first["settings"]["domains"], size_images),
               "size_images": size_images}
     stem = "ladder" + (f"-{tag}" if tag else "")
-    out_dir.mkdir(parents=True, exist_ok=True)  # rungs given as .json paths may live elsewhere
+    out_dir.mkdir(parents=True, exist_ok=True)  # rungs given as paths may live elsewhere
     (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
     (out_dir / f"{stem}.md").write_text(markdown(result))
     overall = ", ".join(f"{m} {row['ladder'][0]:.2f} ({row['in_domain'][0]:.2f} in domain)"
@@ -456,7 +456,7 @@ def ladder_report(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
 def main(argv=None) -> dict:
     """``python benchmarks/ladder.py REPORT REPORT [...] [--tag TAG] [--out DIR]``."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("reports", nargs="+", help="quality reports (.json paths or --tag names), one per target change "
+    p.add_argument("reports", nargs="+", help="quality reports (.json.gz paths or --tag names), one per target change "
                                               "and edit window")
     p.add_argument("--out", default=str(RESULTS), help="folder of the reports and the output (default: %(default)s)")
     p.add_argument("--tag", default="", help="name the outputs ladder-TAG.md/.json")

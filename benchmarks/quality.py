@@ -28,8 +28,8 @@ Seeded methods run once per ``--seeds`` value; tables give mean ± standard devi
 seeds.  With face and cat among the domains, every face and cat direction is also applied
 (at the scale calibrated in its own domain) to face+cat scenes, to measure how much it
 leaks onto the other subject.  Outputs, under ``--out`` (default ``benchmarks/results/``):
-``quality.md`` (tables, bars, settings, date, wall time per stage), ``quality.json`` (every
-score) and ``quality_<domain>.png`` (each method's best and worst direction at -s, 0, +s).
+``quality.md`` (tables, bars, settings, date, wall time per stage), ``quality.json.gz`` (every
+score: gzip-compressed JSON, a seventh of its plain size; :func:`read_report` reads it) and ``quality_<domain>.png`` (each method's best and worst direction at -s, 0, +s).
 With ``--resume`` every finished (domain, method, seed) unit is read back from
 ``<out>/cache/`` instead of being recomputed.  Trained directions are kept apart from their
 scores, under a key of the training settings only (``Settings.training_fingerprint``), so a
@@ -40,6 +40,7 @@ directions again instead of retraining them.
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import os
@@ -873,8 +874,48 @@ def tabulate(per_domain: dict[str, dict[str, list[MethodRun]]], target_change: f
     return out
 
 
+#: a report's scores are written as gzip-compressed JSON: every score of every direction makes the
+#: plain text about 0.35 MB per domain and seed, and the repository keeps every report
+REPORT_SUFFIX = ".json.gz"
+
+
+def report_stem(path: str | os.PathLike) -> str:
+    """A report's name without its suffix: ``quality-late`` for ``quality-late.json.gz`` or ``.json``."""
+    name = Path(path).name
+    for suffix in (REPORT_SUFFIX, ".json"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem
+
+
+def write_report_json(report: dict, path: str | os.PathLike) -> Path:
+    """Write ``report`` as gzip-compressed JSON to ``path`` (which should end in ``.json.gz``).
+
+    The gzip header's time stamp is fixed at 0, so the same report gives the same bytes (git
+    sees no change when a run is repeated).  Sets and tuples are written as lists.
+    """
+    path = Path(path)
+    data = json.dumps(report, separators=(",", ":"), default=list).encode()
+    path.write_bytes(gzip.compress(data, mtime=0))
+    return path
+
+
+def read_report(path: str | os.PathLike) -> dict:
+    """A report written by :func:`write_report_json` (``.json.gz``), or a plain ``.json`` one (as
+    reports were written before 2026-12-05, and as hand-edited test reports are)."""
+    path = Path(path)
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":  # the gzip magic number, whatever the file is called
+        raw = gzip.decompress(raw)
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"benchmarks/quality.py: {path} is not a report ({error}); give a quality*.json.gz "
+                         f"written by this script") from None
+
+
 def _write_report(report: dict, out_dir: Path, stem: str) -> None:
-    (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=1, default=list))
+    write_report_json(report, out_dir / f"{stem}{REPORT_SUFFIX}")
     (out_dir / f"{stem}.md").write_text(markdown(report))
 
 
@@ -888,12 +929,15 @@ HSPACE_SETTINGS = ("hspace_max_scale", "hspace_min_scale", "hspace_timesteps")
 
 
 def _find_report(name: str | os.PathLike, out_dir: Path) -> Path:
-    """A report's JSON from its path or its tag (``late-4seeds`` -> ``<out_dir>/quality-late-4seeds.json``)."""
-    for candidate in (Path(name), out_dir / f"quality-{name}.json", out_dir / f"{name}.json"):
+    """A report's file from its path or its tag (``late-4seeds`` -> ``<out_dir>/quality-late-4seeds.json.gz``,
+    or the plain ``.json`` of a report written before reports were compressed)."""
+    candidates = [Path(name)] + [out_dir / f"{prefix}{name}{suffix}" for prefix in ("quality-", "")
+                                 for suffix in (REPORT_SUFFIX, ".json")]
+    for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise SystemExit(f"benchmarks/quality.py --merge: no report {name!r} (looked for {name}, "
-                     f"{out_dir / f'quality-{name}.json'} and {out_dir / f'{name}.json'}); give a report's .json path "
+    raise SystemExit(f"benchmarks/quality.py --merge: no report {name!r} (looked for "
+                     f"{', '.join(str(c) for c in candidates)}); give a report's .json.gz path "
                      f"or the --tag it was written with")
 
 
@@ -982,7 +1026,7 @@ def merge_reports(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
     if len(names) < 2:
         raise SystemExit(f"benchmarks/quality.py --merge: got {len(names)} report; pooling needs two or more")
     paths = [_find_report(n, out_dir) for n in names]
-    reports = [json.loads(p.read_text()) for p in paths]
+    reports = [read_report(p) for p in paths]
     if methods is not None:
         reports = [_keep_methods(report, methods, path) for path, report in zip(paths, reports)]
     first, first_path = reports[0], paths[0]
@@ -994,7 +1038,7 @@ def merge_reports(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
                              f"first (with --resume, finished units are read back)")
     check_one_protocol(paths, reports, POOLED_FREELY + ("domains", "methods"), "benchmarks/quality.py --merge",
                        f"only one protocol's reports can be pooled; run the missing seeds or methods with the same "
-                       f"flags as {first_path.stem} (its settings table lists them)")
+                       f"flags as {report_stem(first_path)} (its settings table lists them)")
     methods = [m for m in METHODS if any(m in r["settings"]["methods"] for r in reports)]
     # which report holds each method's runs: every report for a seeded method, the first for text
     holders = {m: [i for i, r in enumerate(reports) if m in r["settings"]["methods"]] for m in methods}
@@ -1025,12 +1069,12 @@ def merge_reports(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
             per_domain[domain][method] = sorted(runs, key=lambda run: _seed_order(run.seed))
         if "text" in per_domain[domain]:
             text_holder = reports[holders["text"][0]]
-            text_differs += [f"{path.stem} ({domain})" for path, report in zip(paths, reports)
+            text_differs += [f"{report_stem(path)} ({domain})" for path, report in zip(paths, reports)
                              if report is not text_holder and "text" in report["settings"]["methods"]
                              and report["domains"][domain]["runs"]["text"][0]["summary"]
                              != text_holder["domains"][domain]["runs"]["text"][0]["summary"]]
     if text_differs:
-        text_stem = paths[holders["text"][0]].stem
+        text_stem = report_stem(paths[holders["text"][0]])
         log(f"note: the text ceiling's scores differ from {text_stem}'s in {', '.join(text_differs)}; "
             f"the report uses {text_stem}'s")
     # the figures show each method's first seed: those of the first report holding the smallest seed
@@ -1045,7 +1089,7 @@ def merge_reports(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
                           key=lambda row: _seed_order(row["seed"]))
             interference[method] = {"runs": rows, **{key: _mean_std([row[key] for row in rows])
                                                      for key in ("face_leak", "cat_leak", "leak")}}
-    stems = [p.stem for p in paths]
+    stems = [report_stem(p) for p in paths]
     settings = dict(first["settings"], seeds=all_seeds, methods=methods, interference=interference is not None)
     if "h-space" in methods:  # the h-space settings of the reports that ran it (check_one_protocol compared them)
         settings.update({key: _protocol(reports[holders["h-space"][0]])[key] for key in HSPACE_SETTINGS})
@@ -1070,8 +1114,16 @@ def merge_reports(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
     return merged
 
 
+def _report_files(out_dir: Path) -> list[Path]:
+    """Every ``quality*.json.gz`` report in ``out_dir`` (and older plain ``quality*.json`` ones), once
+    each and sorted by name; a report kept both ways counts as its compressed file."""
+    found = {report_stem(p): p for p in out_dir.glob("quality*.json")}
+    found.update({report_stem(p): p for p in out_dir.glob(f"quality*{REPORT_SUFFIX}")})
+    return [found[stem] for stem in sorted(found)]
+
+
 def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
-    """One row per ``quality*.json`` in ``out_dir``: the weights it measured (:func:`cache_key`;
+    """One row per ``quality*.json.gz`` in ``out_dir``: the weights it measured (:func:`cache_key`;
     "?" for reports older than that field), its training settings (the images it trained on:
     :func:`_training_images`) and NoiseCLR's overall numbers (strength and saturation next to
     purity: a faint edit reads as pure; "-" where an older report lacks a number; the calibration
@@ -1087,8 +1139,8 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
                "coverage", "mean purity", "purity margin over random", "purity / text", "mean strength",
                "saturated", "purity of unsaturated"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for path in sorted(out_dir.glob("quality*.json")):
-        report = json.loads(path.read_text())
+    for path in _report_files(out_dir):
+        report = read_report(path)
         if report.get("lacks"):  # a peer scored for pooling: it has no NoiseCLR numbers
             continue
         s, rows = report["settings"], {r["method"]: r for r in report["overall"]}
@@ -1098,7 +1150,7 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
         nclr_total = nclr["directions"] * len(s["seeds"])
         margins = [c["mean_purity_margin_over_random"][0] for c in report["comparisons"].values()]
         share = nclr["mean_purity"][0] / text["mean_purity"][0] if text["mean_purity"][0] > 0 else float("nan")
-        lines.append(f"| {path.stem}{' (quick)' if s['quick'] else ''} | {report.get('weights', '?')} | "
+        lines.append(f"| {report_stem(path)}{' (quick)' if s['quick'] else ''} | {report.get('weights', '?')} | "
                      f"{', '.join(s['domains'])} | "
                      f"{len(s['seeds'])} | "
                      f"{s['num_directions']} | {s['steps']} | {s['learning_rate']:g} | {s['tau']:g} | {s['timestep_range']} | "
@@ -1166,7 +1218,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                           "--threads is given), then read their units back and write one report; needs --resume "
                           "(default: %(default)s)")
     run.add_argument("--merge", nargs="+", metavar="REPORT", default=None,
-                     help="pool reports of one protocol and different seeds (their .json paths or tags) into "
+                     help="pool reports of one protocol and different seeds (their .json.gz paths or tags) into "
                           "quality[-TAG].md/.json instead of running anything, e.g. --merge late late-seeds23 "
                           "--tag late-4seeds; with --methods, only those methods are pooled")
     run.add_argument("--sweep-table", action="store_true",

@@ -141,7 +141,7 @@ def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe
     logged = []
     report = quality.run_benchmark(tiny_pipe, StatsOracle(), settings, tmp_path, resume=True, progress=False,
                                    log=logged.append)
-    md, data = (tmp_path / "quality.md").read_text(), json.loads((tmp_path / "quality.json").read_text())
+    md, data = (tmp_path / "quality.md").read_text(), quality.read_report(tmp_path / "quality.json.gz")
     # the protocol line says how the scale was searched (plain halving here: min_scale 0)
     assert (f"token and text scales searched in [0, {settings.max_scale:g}], "
             f"h-space in [0, {settings.hspace_max_scale:g}]") in md
@@ -251,7 +251,7 @@ def test_merging_two_reports_of_different_seeds_gives_the_tables_of_one_run_of_b
     together = quality.run_benchmark(tiny_pipe, StatsOracle(), dataclasses.replace(settings, seeds=[0, 1]),
                                      tmp_path, tag="together", **quiet)
     # by tag and by path, in either order: seeds are sorted as one run orders them
-    merged = quality.main(["--merge", "seed1", str(tmp_path / "quality-seed0.json"), "--out", str(tmp_path),
+    merged = quality.main(["--merge", "seed1", str(tmp_path / "quality-seed0.json.gz"), "--out", str(tmp_path),
                            "--tag", "merged"])
     together, merged = (json.loads(json.dumps(r, default=list)) for r in (together, merged))  # tuples as lists
     for key in ("overall", "comparisons", "bars", "losses", "interference"):
@@ -266,21 +266,21 @@ def test_merging_two_reports_of_different_seeds_gives_the_tables_of_one_run_of_b
     assert "Pooled" in md and "`quality-seed0` (seeds [0]" in md and "`quality-seed1` (seeds [1]" in md
     assert "quality-seed1: face: train NoiseCLR seed 1" in merged["seconds"]
     # what cannot be pooled is refused with the setting, both values and the fix
-    other = json.loads((tmp_path / "quality-seed1.json").read_text())
+    other = quality.read_report(tmp_path / "quality-seed1.json.gz")
     other["settings"]["steps"] = 7
     (tmp_path / "quality-steps7.json").write_text(json.dumps(other))
-    with pytest.raises(SystemExit, match="has steps = 7 but .*quality-seed0.json has 2: only one protocol"):
+    with pytest.raises(SystemExit, match="has steps = 7 but .*quality-seed0.json.gz has 2: only one protocol"):
         quality.merge_reports(["seed0", "steps7"], tmp_path)
     with pytest.raises(SystemExit, match="seed 0 is in both .* leave one of the two reports out"):
         quality.merge_reports(["seed0", "together"], tmp_path)
-    other = json.loads((tmp_path / "quality-seed1.json").read_text())
+    other = quality.read_report(tmp_path / "quality-seed1.json.gz")
     other["settings"]["domains"] = ["face"]
     (tmp_path / "quality-face.json").write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="pooling adds seeds and methods, not domains"):
         quality.merge_reports(["seed0", "face"], tmp_path)
     # a report without the scene part pools, and the scenes are left out; an option the older report
     # predates reads as its default (here the calibration bracket's min_scale 0)
-    other = json.loads((tmp_path / "quality-seed1.json").read_text())
+    other = quality.read_report(tmp_path / "quality-seed1.json.gz")
     other["interference"], other["settings"]["interference"] = None, False
     del other["settings"]["min_scale"]
     other["settings"]["hspace_max_scale"] = 9.0  # h-space did not run, so its bracket does not count
@@ -289,7 +289,7 @@ def test_merging_two_reports_of_different_seeds_gives_the_tables_of_one_run_of_b
     assert unscened["interference"] is None and unscened["settings"]["interference"] is False
     assert json.loads(json.dumps(unscened["overall"], default=list)) == merged["overall"]
     # text is deterministic and taken from the first report; a report whose text scores differ is named
-    other = json.loads((tmp_path / "quality-seed1.json").read_text())
+    other = quality.read_report(tmp_path / "quality-seed1.json.gz")
     other["domains"]["cat"]["runs"]["text"][0]["summary"]["mean_purity"] += 0.5
     (tmp_path / "quality-text.json").write_text(json.dumps(other))
     said = []
@@ -340,10 +340,10 @@ def test_a_peer_scored_later_merges_into_a_finished_report_as_one_run_of_every_m
     with pytest.raises(SystemExit, match=r"different seeds \(NoiseCLR \[0, 1\]; random \[0, 1\]; h-space \[0\]\)"):
         quality.merge_reports(["full", "peer0"], tmp_path)
     # the h-space settings are compared between the reports that ran h-space only
-    other = json.loads((tmp_path / "quality-peer.json").read_text())
+    other = quality.read_report(tmp_path / "quality-peer.json.gz")
     other["settings"]["hspace_max_scale"] = 9.0
     (tmp_path / "quality-peer9.json").write_text(json.dumps(other))
-    with pytest.raises(SystemExit, match="has hspace_max_scale = 9.0 but .*quality-together.json has 1.0"):
+    with pytest.raises(SystemExit, match="has hspace_max_scale = 9.0 but .*quality-together.json.gz has 1.0"):
         quality.merge_reports(["full", "together", "peer9"], tmp_path)
     assert quality.merge_reports(["full", "peer9"], tmp_path, log=lambda _: None)["settings"]["hspace_max_scale"] == 9.0
 
@@ -369,7 +369,7 @@ def test_merge_with_methods_pools_only_those_of_reports_that_ran_more(tiny_pipe,
     for key in ("overall", "comparisons", "bars"):
         assert merged[key] == together[key], key
     assert merged["domains"]["face"]["table"] == together["domains"]["face"]["table"]
-    with pytest.raises(SystemExit, match="quality-three1.json has none of --methods h-space"):
+    with pytest.raises(SystemExit, match="quality-three1.json.gz has none of --methods h-space"):
         quality.merge_reports(["all0", "three1"], tmp_path, methods=["h-space"])
 
 
@@ -484,7 +484,7 @@ def test_processes_split_the_domains_and_write_the_report_of_one_process(tmp_pat
     split = quality.main(flags + ["--processes", "2", "--out", str(tmp_path / "split")])
     one = quality.main(flags + ["--out", str(tmp_path / "one")])
     assert sorted(p.name for p in (tmp_path / "split").iterdir()) == [
-        "cache", "quality-t.json", "quality-t.md", "quality-t_cat.png", "quality-t_face.png"]
+        "cache", "quality-t.json.gz", "quality-t.md", "quality-t_cat.png", "quality-t_face.png"]
     assert [k for k in split["seconds"] if "processes" in k] == ["2 processes: face | cat"]
     assert set(split["cached_seconds"]) == {"face: NoiseCLR seed 0", "cat: NoiseCLR seed 0"}  # trained by the parts
     for domain in ("face", "cat"):
@@ -553,3 +553,28 @@ def test_matched_random_draws_the_training_init_at_the_trained_norm(tiny_pipe):
         assert torch.allclose(torch.nn.functional.cosine_similarity(floor.embeddings, start, dim=1), torch.ones(3))
         assert torch.allclose(floor.embeddings.norm(dim=1), trained.embeddings.norm(dim=1).mean().expand(3))
         assert floor.tokens == ["<face_random1_0>", "<face_random1_1>", "<face_random1_2>"]
+
+
+def test_reports_are_written_compressed_and_read_either_way(tmp_path):
+    report = {"settings": {"seeds": (0, 1), "tau": 0.1}, "overall": [{"method": "NoiseCLR", "mean_purity": [0.6, 0.01]}]}
+    written = quality.write_report_json(report, tmp_path / "quality-a.json.gz")
+    assert written.read_bytes()[:2] == b"\x1f\x8b"                              # gzip, not text
+    assert quality.read_report(written) == {**report, "settings": {"seeds": [0, 1], "tau": 0.1}}  # tuples as lists
+    again = quality.write_report_json(report, tmp_path / "quality-b.json.gz")
+    assert again.read_bytes() == written.read_bytes()                           # same report, same bytes
+    (tmp_path / "quality-old.json").write_text(json.dumps(report, indent=1, default=list))  # a report before 2026-12-05
+    assert quality.read_report(tmp_path / "quality-old.json")["overall"] == report["overall"]
+    assert [quality.report_stem(p) for p in ("quality-a.json.gz", tmp_path / "quality-old.json")] == ["quality-a",
+                                                                                                      "quality-old"]
+    # a tag finds either kind; a report kept both ways counts once, as its compressed file
+    assert quality._find_report("old", tmp_path) == tmp_path / "quality-old.json"
+    assert quality._find_report("a", tmp_path) == written
+    quality.write_report_json(report, tmp_path / "quality-old.json.gz")
+    assert quality._find_report("old", tmp_path) == tmp_path / "quality-old.json.gz"
+    assert [p.name for p in quality._report_files(tmp_path)] == ["quality-a.json.gz", "quality-b.json.gz",
+                                                                 "quality-old.json.gz"]
+    (tmp_path / "quality-broken.json").write_text("{ not json")
+    with pytest.raises(SystemExit, match="quality-broken.json is not a report"):
+        quality.read_report(tmp_path / "quality-broken.json")
+    with pytest.raises(SystemExit, match="no report 'missing'.*quality-missing.json.gz"):
+        quality._find_report("missing", tmp_path)
