@@ -29,7 +29,8 @@ seeds.  With face and cat among the domains, every face and cat direction is als
 (at the scale calibrated in its own domain) to face+cat scenes, to measure how much it
 leaks onto the other subject.  Outputs, under ``--out`` (default ``benchmarks/results/``):
 ``quality.md`` (tables, bars, settings, date, wall time per stage), ``quality.json.gz`` (every
-score: gzip-compressed JSON, a seventh of its plain size; :func:`read_report` reads it) and ``quality_<domain>.png`` (each method's best and worst direction at -s, 0, +s).
+score: gzip-compressed JSON, about a sixth of its plain size; :func:`read_report` reads it) and
+``quality_<domain>.png`` (each method's best and worst direction at -s, 0, +s).
 With ``--resume`` every finished (domain, method, seed) unit is read back from
 ``<out>/cache/`` instead of being recomputed.  Trained directions are kept apart from their
 scores, under a key of the training settings only (``Settings.training_fingerprint``), so a
@@ -874,8 +875,8 @@ def tabulate(per_domain: dict[str, dict[str, list[MethodRun]]], target_change: f
     return out
 
 
-#: a report's scores are written as gzip-compressed JSON: every score of every direction makes the
-#: plain text about 0.35 MB per domain and seed, and the repository keeps every report
+#: a report's scores are written as gzip-compressed JSON: every score of every direction makes up
+#: to 1.4 MB of plain text per report (six seeds of every method), and the repository keeps every report
 REPORT_SUFFIX = ".json.gz"
 
 
