@@ -844,7 +844,7 @@ def run_benchmark(pipe, oracle, settings: Settings, out_dir: str | os.PathLike =
               "cached_seconds": {f"{r.domain}: {r.method}" + (f" seed {r.seed}" if r.seed is not None else ""): r.seconds
                                  for runs in per_domain.values() for rs in runs.values() for r in rs if r.cached}}
     _write_report(report, out_dir, stem)
-    log(f"wrote {out_dir / stem}.md, .json and {len(per_domain)} PNGs in {stages.total / 60:.1f} min")
+    log(f"wrote {out_dir / stem}.md, {REPORT_SUFFIX} and {len(per_domain)} PNGs in {stages.total / 60:.1f} min")
     return report
 
 
@@ -1110,7 +1110,7 @@ def merge_reports(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "quality" + (f"-{tag}" if tag else "")
     _write_report(merged, out_dir, stem)
-    log(f"wrote {out_dir / stem}.md and .json: seeds {settings['seeds']} of {', '.join(methods)} pooled from "
+    log(f"wrote {out_dir / stem}.md and {REPORT_SUFFIX}: seeds {settings['seeds']} of {', '.join(methods)} pooled from "
         f"{', '.join(stems)}")
     return merged
 
