@@ -906,11 +906,11 @@ def read_report(path: str | os.PathLike) -> dict:
     reports were written before 2026-12-05, and as hand-edited test reports are)."""
     path = Path(path)
     raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":  # the gzip magic number, whatever the file is called
-        raw = gzip.decompress(raw)
     try:
+        if raw[:2] == b"\x1f\x8b":  # the gzip magic number, whatever the file is called
+            raw = gzip.decompress(raw)
         return json.loads(raw)
-    except json.JSONDecodeError as error:
+    except (ValueError, EOFError, gzip.BadGzipFile) as error:  # bad JSON or UTF-8; a cut-off or corrupt gzip
         raise SystemExit(f"benchmarks/quality.py: {path} is not a report ({error}); give a quality*.json.gz "
                          f"written by this script") from None
 
@@ -1220,7 +1220,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                           "(default: %(default)s)")
     run.add_argument("--merge", nargs="+", metavar="REPORT", default=None,
                      help="pool reports of one protocol and different seeds (their .json.gz paths or tags) into "
-                          "quality[-TAG].md/.json instead of running anything, e.g. --merge late late-seeds23 "
+                          "quality[-TAG].md/.json.gz instead of running anything, e.g. --merge late late-seeds23 "
                           "--tag late-4seeds; with --methods, only those methods are pooled")
     run.add_argument("--sweep-table", action="store_true",
                      help="run nothing: tabulate every OUT/quality*.json (settings vs NoiseCLR's numbers) into "

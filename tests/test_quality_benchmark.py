@@ -576,5 +576,8 @@ def test_reports_are_written_compressed_and_read_either_way(tmp_path):
     (tmp_path / "quality-broken.json").write_text("{ not json")
     with pytest.raises(SystemExit, match="quality-broken.json is not a report"):
         quality.read_report(tmp_path / "quality-broken.json")
+    (tmp_path / "quality-cut.json.gz").write_bytes(written.read_bytes()[:20])   # a write cut off half-way
+    with pytest.raises(SystemExit, match="quality-cut.json.gz is not a report"):
+        quality.read_report(tmp_path / "quality-cut.json.gz")
     with pytest.raises(SystemExit, match="no report 'missing'.*quality-missing.json.gz"):
         quality._find_report("missing", tmp_path)
