@@ -374,15 +374,53 @@ def _load_unit(cache: Cache | None, domain: str, method: str, seed, text: Prompt
     return run
 
 
+TRAINED_LOSSES = {"NoiseCLR": "noiseclr", "InfoNCE": "infonce"}
+
+
+def training_latents(pipe, settings: Settings, domain: str) -> torch.Tensor:
+    """[N, 4, h, w] latents of the images the trained methods learn from: ``settings.samples/<domain>``,
+    its first ``settings.train_images`` when set."""
+    from noiseclr_lite.data import load_images
+    from noiseclr_lite.models import encode_images
+
+    pictures = load_images(Path(settings.samples) / domain, image_size(pipe))
+    return encode_images(pipe, pictures[:settings.train_images] if settings.train_images else pictures)
+
+
+def load_or_train(pipe, settings: Settings, domain: str, method: str, seed: int, latents: Callable[[], torch.Tensor],
+                  stages: Stages, cache: Cache | None = None, progress: bool = True):
+    """A trained method's directions for one domain and seed: read from the cache, or trained
+    (checkpointed into the cache, so an interrupted run resumes) and saved there.
+
+    Args:
+        method: ``"NoiseCLR"`` or ``"InfoNCE"``.
+        latents: called only when training is needed; returns the [N, 4, h, w] training latents.
+    Returns:
+        (``Directions``, training seconds, or None when read from the cache).
+    """
+    from noiseclr_lite.train import train_directions
+
+    trained = _load_directions(cache, domain, method, seed)
+    if trained is not None:
+        return trained, None
+    label = f"{domain}: train {method} seed {seed}"
+    checkpoints = cache.trained / f"{domain}_{method}_seed{seed}.ckpt" if cache is not None else None
+    training_latents = latents()
+    with stages(label):
+        trained = train_directions(pipe, latents=training_latents, progress=progress,
+                                   prefix=f"{domain}_{method.lower()}{seed}", output_dir=checkpoints,
+                                   resume=checkpoints is not None,
+                                   **settings.train_overrides(TRAINED_LOSSES[method], seed))
+    _save_directions(trained, cache, domain, method, seed)
+    return trained, stages.seconds[label]
+
+
 def run_domain(pipe, oracle, domain: str, settings: Settings, stages: Stages, cache: Cache | None = None,
                progress: bool = True) -> tuple[StartSet, dict[str, list[MethodRun]]]:
     """Every method on one domain: {method: [MethodRun per seed]} and the shared start set."""
     from tqdm.auto import tqdm
 
-    from noiseclr_lite.data import load_images
     from noiseclr_lite.hspace import hspace_directions
-    from noiseclr_lite.models import encode_images
-    from noiseclr_lite.train import train_directions
 
     size = image_size(pipe)
     with stages(f"{domain}: start images + inversion"):
@@ -410,28 +448,17 @@ def run_domain(pipe, oracle, domain: str, settings: Settings, stages: Stages, ca
         nonlocal latents
         if latents is None:
             with stages(f"{domain}: load + encode {settings.samples}/{domain}"):
-                pictures = load_images(Path(settings.samples) / domain, size)
-                latents = encode_images(pipe, pictures[:settings.train_images] if settings.train_images else pictures)
+                latents = training_latents(pipe, settings, domain)
         return latents
 
     for seed in settings.seeds:
-        for method, loss in (("NoiseCLR", "noiseclr"), ("InfoNCE", "infonce")):
+        for method in TRAINED_LOSSES:
             if method not in runs:
                 continue
             run = _load_unit(cache, domain, method, seed, text)
             if run is None:
-                trained, train_seconds = _load_directions(cache, domain, method, seed), None
-                if trained is None:  # train (checkpointed into the cache with --resume), save, then score
-                    sample_latents()
-                    label = f"{domain}: train {method} seed {seed}"
-                    checkpoints = cache.trained / f"{domain}_{method}_seed{seed}.ckpt" if cache is not None else None
-                    with stages(label):
-                        trained = train_directions(pipe, latents=sample_latents(), progress=progress,
-                                                   prefix=f"{domain}_{method.lower()}{seed}", output_dir=checkpoints,
-                                                   resume=checkpoints is not None,
-                                                   **settings.train_overrides(loss, seed))
-                    train_seconds = stages.seconds[label]
-                    _save_directions(trained, cache, domain, method, seed)
+                trained, train_seconds = load_or_train(pipe, settings, domain, method, seed, sample_latents, stages,
+                                                       cache, progress)
                 run = scored(method, seed, trained, train_seconds)
             runs[method].append(run)
         if "random" in runs:  # drawn from this seed's NoiseCLR set, rescaled to its norms

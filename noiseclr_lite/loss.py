@@ -142,6 +142,32 @@ def similarity_matrix(features: torch.Tensor) -> torch.Tensor:
     return unit @ unit.T
 
 
+def edit_consistency(features: torch.Tensor) -> torch.Tensor:
+    """How much each direction does the same thing to every image: the loss's positive term.
+
+    ``consistency[k] = mean_{i != j} cos(D_ik, D_jk)``, the mean cosine between what direction k
+    does to two different images.  Both losses raise it for every direction (they ask the same
+    direction to do the same thing everywhere), so it is the label-free score a user might rank
+    trained directions by.  ``benchmarks/consistency.py`` measures whether it predicts what an
+    oracle reads; on the bundled world it does not (see ``benchmarks/quality-findings.md``).
+
+    Args:
+        features: [N, K, ...] edit features (``train.direction_features``), N >= 2.
+    Returns:
+        [K] float32 in [-1, 1]: 1 when a direction's edit is the same on every image (up to its
+        size), 0 when unrelated from image to image.
+    """
+    if features.dim() < 3:
+        raise ValueError(f"edit features must be [N images, K directions, ...]; got shape {tuple(features.shape)}")
+    n = features.shape[0]
+    if n < 2:
+        raise ValueError(f"edit consistency compares images in pairs: it needs >= 2 images; got N={n}")
+    unit = F.normalize(features.flatten(2).float(), dim=-1)                           # [N, K, F]
+    across_images = torch.einsum("ikf,jkf->kij", unit, unit)                           # [K, N, N]
+    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=features.device)
+    return across_images[:, off_diagonal].mean(dim=1)
+
+
 def get_loss(name: str):
     """Look up a loss by name ("noiseclr" or "infonce")."""
     if name not in LOSSES:

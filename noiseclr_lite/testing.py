@@ -53,3 +53,22 @@ def tiny_pipeline(seed: int = 0, tokenizer_dir: str | Path | None = None) -> Sta
         module.eval().requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+class StatsOracle:
+    """A deterministic stand-in for the attribute oracle (``toyworld.oracle.Oracle``), for tests
+    of code that reads one: every attribute head reads a different image statistic (a channel's
+    mean in one quadrant), squashed by a sigmoid, and the domain logits are uniform (so every
+    image reads as the first domain, "face").  Same ``predict`` interface and output keys."""
+
+    def predict(self, images: torch.Tensor) -> dict:
+        """images [B, 3, H, W] in [-1, 1] -> {"domain": [B, 5] logits, "attributes": [B, len(HEADS)] in (0, 1)}."""
+        from .toyworld.oracle import HEADS
+
+        x = images.float()
+        b, _, h, w = x.shape
+        quadrants = [x[:, :, :h // 2, :w // 2], x[:, :, :h // 2, w // 2:], x[:, :, h // 2:, :w // 2],
+                     x[:, :, h // 2:, w // 2:]]
+        stats = torch.cat([q.mean((2, 3)) for q in quadrants], 1)  # [B, 12]
+        stats = torch.cat([stats, stats.flip(1)], 1)  # [B, 24]
+        return {"domain": torch.full((b, 5), 0.2), "attributes": torch.sigmoid(25 * stats[:, :len(HEADS)])}

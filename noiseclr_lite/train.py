@@ -20,13 +20,13 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from .directions import Directions, empty_conditioning
-from .loss import get_loss, push_strength_loss
+from .loss import edit_consistency, get_loss, push_strength_loss
 from .models import encode_images
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -151,6 +151,29 @@ def direction_features(pipe, directions: Directions, latents: torch.Tensor, time
     empty = empty_conditioning(pipe)
     empty_eps = pipe.unet(noisy, t.expand(len(noisy)), empty.expand(len(noisy), -1, -1)).sample
     return edit_features(pipe.unet, noisy, t, directions.conditioning(pipe), empty_eps).cpu()
+
+
+@torch.no_grad()
+def direction_consistency(pipe, directions, latents: torch.Tensor,
+                          timesteps: Sequence[int] = (50, 150, 300, 500, 700, 900)) -> torch.Tensor:
+    """Each direction's edit consistency (``loss.edit_consistency``), averaged over timesteps.
+
+    The latents are noised to each timestep with noise seeded by the timestep, so the score of
+    a direction does not depend on which other directions are scored with it.
+
+    Args:
+        directions: a ``Directions`` (or anything with ``conditioning(pipe)``, such as
+            ``metrics.PromptDirections``) for ``pipe``'s model.
+        latents: [N, 4, h, w] scaled VAE latents (``encode_images``), N >= 2.
+        timesteps: diffusion timesteps in [0, num_train_timesteps).
+    Returns:
+        [K] float32 in [-1, 1]: the mean over ``timesteps`` of ``mean_{i != j} cos(D_ik, D_jk)``.
+    """
+    if not timesteps:
+        raise ValueError("direction_consistency needs at least one timestep; got none")
+    per_timestep = [edit_consistency(direction_features(pipe, directions, latents, timestep=t, seed=t))
+                    for t in timesteps]
+    return torch.stack(per_timestep).mean(dim=0)
 
 
 def _sample_step(generator, num_images, num_directions, cfg, num_train_timesteps):

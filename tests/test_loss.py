@@ -143,3 +143,29 @@ def test_push_strength_loss_is_minus_the_mean_log_norm_and_blind_to_direction():
     assert math.isfinite(push_strength_loss(torch.zeros(2, 2, 3)).item())   # zero features: finite
     with pytest.raises(ValueError, match="N images, K directions"):
         push_strength_loss(torch.zeros(4, 3))
+
+
+def test_edit_consistency_is_the_mean_cosine_of_a_direction_across_images():
+    from noiseclr_lite.loss import edit_consistency
+
+    edit = torch.randn(4, 2, 2)
+    other = torch.randn(4, 2, 2)
+    features = torch.stack([
+        torch.stack([edit, edit, other]),            # image 0: directions 0, 1, 2
+        torch.stack([3 * edit, -edit, -other]),      # image 1: the same edit, bigger; its opposite; opposite
+    ])                                               # [N=2, K=3, 4, 2, 2]
+    assert torch.allclose(edit_consistency(features), torch.tensor([1.0, -1.0, -1.0]), atol=1e-6)
+    # three images: the mean over the six ordered pairs i != j, by hand
+    features = torch.randn(3, 2, 5)
+    by_hand = [sum(_cos(features[i, k], features[j, k]) for i in range(3) for j in range(3) if i != j) / 6
+               for k in range(2)]
+    assert torch.allclose(edit_consistency(features), torch.tensor(by_hand), atol=1e-6)
+    # it is the positives' cosine: the NoiseCLR loss is lower for a set whose consistency is higher
+    consistent = torch.stack([torch.eye(2), torch.eye(2)])             # the same edit on both images
+    scattered = torch.stack([torch.eye(2), torch.eye(2).flip(0)])      # each direction swaps edits
+    assert edit_consistency(consistent).min() > edit_consistency(scattered).max()
+    assert noiseclr_loss(consistent) < noiseclr_loss(scattered)
+    with pytest.raises(ValueError, match="needs >= 2 images; got N=1"):
+        edit_consistency(torch.randn(1, 3, 4))
+    with pytest.raises(ValueError, match="N images, K directions"):
+        edit_consistency(torch.randn(3, 4))

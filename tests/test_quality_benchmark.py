@@ -14,24 +14,10 @@ from noiseclr_lite.editing import denoise, edit
 from noiseclr_lite.hspace import collect_hspace, edit_hspace, hspace_directions, hspace_edit
 from noiseclr_lite.metrics import balanced_start_images, prepare_start, score_direction
 from noiseclr_lite.models import encode_images
-from noiseclr_lite.toyworld.oracle import HEADS
+from noiseclr_lite.testing import StatsOracle
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import quality  # noqa: E402
-
-
-class StatsOracle:
-    """A deterministic stand-in for the attribute oracle: every head reads a different image
-    statistic (a channel's mean in one quadrant), squashed by a sigmoid."""
-
-    def predict(self, images):
-        x = images.float()
-        b, _, h, w = x.shape
-        quadrants = [x[:, :, :h // 2, :w // 2], x[:, :, :h // 2, w // 2:], x[:, :, h // 2:, :w // 2],
-                     x[:, :, h // 2:, w // 2:]]
-        stats = torch.cat([q.mean((2, 3)) for q in quadrants], 1)  # [B, 12]
-        stats = torch.cat([stats, stats.flip(1)], 1)  # [B, 24]
-        return {"domain": torch.full((b, 5), 0.2), "attributes": torch.sigmoid(25 * stats[:, :len(HEADS)])}
 
 
 def tiny_settings(samples, **overrides):

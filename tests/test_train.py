@@ -288,6 +288,28 @@ def test_direction_features_are_what_one_training_step_contrasts(tiny_pipe):
         direction_features(tiny_pipe, directions, latents, timestep=1000)
 
 
+def test_direction_consistency_is_edit_consistency_averaged_over_timesteps(tiny_pipe):
+    from noiseclr_lite.loss import edit_consistency
+    from noiseclr_lite.metrics import PromptDirections
+    from noiseclr_lite.train import direction_consistency
+
+    directions = Directions.create(tiny_pipe, 3, seed=0)
+    latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    scores = direction_consistency(tiny_pipe, directions, latents, timesteps=(100, 700))
+    by_hand = [edit_consistency(direction_features(tiny_pipe, directions, latents, timestep=t, seed=t))
+               for t in (100, 700)]
+    assert scores.shape == (3,) and torch.allclose(scores, (by_hand[0] + by_hand[1]) / 2, atol=1e-6)
+    assert bool(((scores >= -1) & (scores <= 1)).all())
+    # a direction's score does not depend on the others scored with it
+    alone = Directions(directions.embeddings[1:2].clone(), ["<solo>"])
+    assert torch.allclose(direction_consistency(tiny_pipe, alone, latents, timesteps=(100, 700)), scores[1:2],
+                          atol=1e-5)
+    # prompts are scored the same way (the attributes' own words in benchmarks/consistency.py)
+    assert direction_consistency(tiny_pipe, PromptDirections(["smiling", "striped"]), latents, (300,)).shape == (2,)
+    with pytest.raises(ValueError, match="at least one timestep"):
+        direction_consistency(tiny_pipe, directions, latents, timesteps=())
+
+
 def test_all_anchors_contrast_every_direction_and_match_chunked(tmp_path, monkeypatch):
     import noiseclr_lite.train as train_module
     from noiseclr_lite.loss import noiseclr_loss

@@ -1,0 +1,360 @@
+"""Does the loss know its good directions?  Edit consistency against what the oracle reads.
+
+    python benchmarks/consistency.py k10-tau0.1-with-peers-step8000-6seeds \\
+        k10-tau0.1-late-with-peers-step8000-6seeds --tag k10-tau0.1-6seeds
+
+Both contrastive losses ask a direction to do the same thing to every image: their positive term
+is the cosine between a direction's edit features on two different images
+(:func:`noiseclr_lite.loss.edit_consistency`).  Training raises it, and it needs no labels, so it
+is the score a user would rank discovered directions by.  This script asks whether it predicts
+what the attribute oracle reads of the same directions in ``benchmarks/quality.py`` reports.
+
+It reads one or more quality reports that scored the *same* trained directions (same weights and
+training settings; they may differ in how they were read: ``--target-change``, ``--window``),
+rebuilds every token direction they scored -- NoiseCLR and InfoNCE from the ``--resume`` cache
+(training, exactly as ``quality.py`` does, any that are missing), random tokens drawn again from
+their seed, the attributes' own words -- and measures each one's consistency on ``--images``
+training images at ``--timesteps`` (:func:`noiseclr_lite.train.direction_consistency`).  h-space
+directions edit the UNet's bottleneck, not the prompt, so they have no edit feature under a prompt
+and are left out.  Then, for every report (a *reading*) and method:
+
+* the Spearman rank correlation, within each set of directions (one domain and seed), between
+  consistency and the oracle's purity and strength; mean and spread over the sets;
+* the set split into its more and its less consistent half: each half's mean strength, share of
+  strong directions (strength >= 0.5), mean purity and coverage.
+
+Writes ``results/consistency[-tag].md`` and ``.json``.  About 6 s per set of 10 directions on
+2 CPU cores, plus training time for directions not in the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `python benchmarks/consistency.py` from anywhere
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.quality import (DEFAULT_ORACLE, RESULTS, TRAINED_LOSSES, Cache, Settings, Stages,  # noqa: E402
+                                _find_report, _mean_std, _pm, _protocol, cache_key, load_or_train, machine,
+                                matched_random, read_report, report_stem, text_directions, training_latents)
+from noiseclr_lite.metrics import STRENGTH_MIN, DirectionScore, summary  # noqa: E402
+
+#: the methods whose directions are prompt tokens or phrases (h-space edits the UNet instead)
+SCORED_METHODS = ("NoiseCLR", "InfoNCE", "random", "text")
+#: the seeded methods, whose sets are compared within themselves (text is one set of 4 phrases per domain)
+RANKED_METHODS = ("NoiseCLR", "InfoNCE", "random")
+DEFAULT_TIMESTEPS = (50, 150, 300, 500, 700, 900)
+DEFAULT_IMAGES = 16
+#: seeds the draw of the images consistency is measured on (the same for every set of a domain)
+IMAGE_SEED = 123
+
+
+def _fail(message: str):
+    raise SystemExit(f"benchmarks/consistency.py: {message}")
+
+
+def settings_of(report: dict) -> Settings:
+    """The :class:`benchmarks.quality.Settings` a report was measured with (defaults filled in for
+    options it predates)."""
+    protocol = _protocol(report)
+    return Settings(**{key: tuple(value) if key in ("timestep_range", "window", "hspace_timesteps") else value
+                       for key, value in protocol.items()})
+
+
+def load_readings(names, out_dir: str | os.PathLike = RESULTS) -> list[tuple[Path, dict]]:
+    """The reports ``names`` (paths or ``--tag`` names) as (path, report); SystemExit unless they
+    measured the same weights with the same training settings (so the same trained directions)."""
+    if not names:
+        _fail("give at least one quality report (a .json.gz path or its --tag)")
+    readings = [(path, read_report(path)) for path in (_find_report(name, Path(out_dir)) for name in names)]
+    first_path, first = readings[0]
+    key = settings_of(first).training_fingerprint(first["weights"])
+    for path, report in readings[1:]:
+        if report["weights"] != first["weights"]:
+            _fail(f"{path} measured weights {report['weights']} and {first_path} weights {first['weights']}: "
+                  f"these are different models or oracles; give reports of one")
+        if settings_of(report).training_fingerprint(report["weights"]) != key:
+            _fail(f"{path} and {first_path} trained their directions with different settings (training key "
+                  f"{settings_of(report).training_fingerprint(report['weights'])} against {key}); give reports "
+                  f"that read the same trained directions")
+    return readings
+
+
+def consistency_latents(pipe, settings: Settings, domain: str, num_images: int = DEFAULT_IMAGES) -> torch.Tensor:
+    """[num_images, 4, h, w] latents of a seeded draw of the domain's training images."""
+    from noiseclr_lite.data import load_images
+    from noiseclr_lite.models import encode_images, image_size
+
+    folder = Path(settings.samples) / domain
+    if not folder.is_dir():
+        _fail(f"the report's training images {folder} are not here; run from the checkout that measured it, or "
+              f"give the reports of a run on this machine")
+    pictures = load_images(folder, image_size(pipe))
+    if settings.train_images:
+        pictures = pictures[:settings.train_images]
+    if len(pictures) < 2:
+        _fail(f"{folder} has {len(pictures)} image(s); consistency compares images in pairs: it needs >= 2")
+    order = torch.randperm(len(pictures), generator=torch.Generator().manual_seed(IMAGE_SEED))
+    return encode_images(pipe, pictures[order[:num_images]])
+
+
+def units_of(readings: list[tuple[Path, dict]]) -> dict[str, list[tuple[str, int | None]]]:
+    """{domain: [(method, seed), ...]}: every scored token set in the reports, each once."""
+    units: dict[str, list] = {}
+    for _, report in readings:
+        for domain, scored in report["domains"].items():
+            for method, runs in scored["runs"].items():
+                for run in runs:
+                    unit = (method, run["seed"])
+                    if method in SCORED_METHODS and unit not in units.setdefault(domain, []):
+                        units[domain].append(unit)
+    order = {m: i for i, m in enumerate(SCORED_METHODS)}
+    return {d: sorted(u, key=lambda mu: (order[mu[0]], -1 if mu[1] is None else mu[1])) for d, u in units.items()}
+
+
+def token_sets(pipe, settings: Settings, domain: str, units, latents: Callable[[], torch.Tensor], stages: Stages,
+               cache: Cache | None, progress: bool = True) -> dict:
+    """{(method, seed): directions} for ``units``, rebuilt as ``quality.py`` built them."""
+    sets = {}
+    for method, seed in units:
+        if method in TRAINED_LOSSES or method == "random":
+            trained_method = method if method in TRAINED_LOSSES else "NoiseCLR"  # random is drawn at its norms
+            if (trained_method, seed) not in sets:
+                sets[(trained_method, seed)] = load_or_train(pipe, settings, domain, trained_method, seed, latents,
+                                                             stages, cache, progress)[0]
+    for method, seed in units:
+        if method == "random":
+            sets[(method, seed)] = matched_random(pipe, sets[("NoiseCLR", seed)], seed, f"{domain}_random{seed}",
+                                                  settings.init)
+        elif method == "text":
+            sets[(method, seed)] = text_directions(domain, settings.text_phrases)
+    return {unit: sets[unit] for unit in units}
+
+
+# ===================================================================================== statistics
+def ranks(values) -> list[float]:
+    """Ranks 0..n-1 of ``values``, ties given their mean rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    result = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for position in range(start, end + 1):
+            result[order[position]] = (start + end) / 2
+        start = end + 1
+    return result
+
+
+def spearman(a, b) -> float | None:
+    """Spearman's rank correlation of two equal-length sequences; None when either is constant
+    (or has fewer than 3 values), where it is undefined."""
+    if len(a) != len(b):
+        raise ValueError(f"spearman needs sequences of one length; got {len(a)} and {len(b)}")
+    if len(a) < 3:
+        return None
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
+    covariance = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    spread = (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
+    return covariance / spread if spread > 0 else None
+
+
+def halves(consistency: list[float], scores: list[DirectionScore], domain: str) -> dict:
+    """The set split by consistency: ``{"more": ..., "less": ...}``, each half's mean strength,
+    share of strong directions, mean purity and coverage (an odd set leaves its middle one out)."""
+    order = sorted(range(len(scores)), key=lambda i: -consistency[i])
+    half = len(order) // 2
+    result = {}
+    for name, picked in (("more", order[:half]), ("less", order[len(order) - half:])):
+        chosen = [scores[i] for i in picked]
+        summed = summary(chosen, domain)
+        result[name] = {"consistency": statistics.fmean(consistency[i] for i in picked),
+                        "strength": summed["mean_strength"], "purity": summed["mean_purity"],
+                        "strong": sum(s.strength >= STRENGTH_MIN for s in chosen) / len(chosen),
+                        "coverage": summed["coverage"]}
+    return result
+
+
+def _defined_mean_std(values) -> tuple[float | None, float]:
+    """(mean, std) of the values that are not None; (None, 0.0) when none is."""
+    defined = [v for v in values if v is not None]
+    return _mean_std(defined) if defined else (None, 0.0)
+
+
+def analyse(readings: list[tuple[Path, dict]], consistency: dict) -> list[dict]:
+    """Per reading and ranked method: the within-set correlations and the halves, as (mean, std)
+    over the sets.  ``consistency``: {domain: {method: {seed: [K floats]}}}."""
+    measures = ("consistency", "strength", "strong", "purity", "coverage")
+    result = []
+    for path, report in readings:
+        methods = {}
+        for method in RANKED_METHODS:
+            rho_purity, rho_strength, split = [], [], {"more": [], "less": []}
+            for domain, scored in report["domains"].items():
+                for run in scored["runs"].get(method, []):
+                    values = consistency[domain][method][str(run["seed"])]
+                    scores = [DirectionScore(**s) for s in run["scores"]]
+                    if len(values) != len(scores):
+                        _fail(f"{path}: {domain} {method} seed {run['seed']} scored {len(scores)} directions "
+                              f"but the set has {len(values)}; the trained cache does not match the report")
+                    rho_purity.append(spearman(values, [s.purity for s in scores]))
+                    rho_strength.append(spearman(values, [s.strength for s in scores]))
+                    for name, half in halves(values, scores, domain).items():
+                        split[name].append(half)
+            if not split["more"]:
+                continue
+            methods[method] = {
+                "sets": len(split["more"]),
+                "rho_purity": _defined_mean_std(rho_purity), "rho_strength": _defined_mean_std(rho_strength),
+                "halves": {name: {m: _mean_std([h[m] for h in rows]) for m in measures} for name, rows in split.items()}}
+        settings = report["settings"]
+        result.append({"report": report_stem(path), "target_change": settings["target_change"],
+                       "window": settings["window"], "methods": methods})
+    return result
+
+
+def consistency_table(consistency: dict) -> dict:
+    """{method: {domain or "all": (mean, std) over the method's sets}} of the mean consistency of a set."""
+    table: dict[str, dict] = {}
+    for method in SCORED_METHODS:
+        per_domain = {d: [statistics.fmean(v) for v in by_method.get(method, {}).values()]
+                      for d, by_method in consistency.items()}
+        if any(per_domain.values()):
+            table[method] = {d: _mean_std(v) for d, v in per_domain.items() if v}
+            table[method]["all"] = _mean_std([x for v in per_domain.values() for x in v])
+    return table
+
+
+# ===================================================================================== the page
+def _cell(value, digits: int = 2) -> str:
+    mean, std = value
+    return "-" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _signed(value) -> str:
+    mean, std = value
+    return "-" if mean is None else f"{_pm(mean)} ± {std:.2f}"
+
+
+def markdown(result: dict) -> str:
+    """The ``consistency[-tag].md`` page of a :func:`consistency_report` result."""
+    domains = list(next(iter(result["table"].values())))
+    lines = [f"# Edit consistency against the oracle{' (' + result['tag'] + ')' if result['tag'] else ''}", "",
+             f"{result['date']} · {result['machine']} · weights {result['weights']} · "
+             f"{result['seconds'] / 60:.1f} min. Written by `benchmarks/consistency.py` (what it measures and why: its "
+             f"docstring and [`README.md`](README.md#edit-consistency-benchmarksconsistencypy)).", "",
+             f"Consistency of a direction: the mean cosine between its edit features on two different images "
+             f"(the losses' positive term), on {result['images']} training images per domain at timesteps "
+             f"{', '.join(map(str, result['timesteps']))}. Readings: "
+             + ", ".join(f"[`{r['report']}`]({r['report']}.md)" for r in result["readings"]) + ".", "",
+             "## How consistent each method's edits are", "",
+             "Mean consistency of a set, mean ± std over its sets (seeds).", "",
+             "| method | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
+    for method, row in result["table"].items():
+        lines.append(f"| {method} | " + " | ".join(_cell(row[d]) for d in domains) + " |")
+    lines += ["", "## Does consistency predict what the oracle reads?", "",
+              "Per reading: the Spearman correlation of consistency with purity and with strength within each set "
+              "of directions (mean ± std over the sets), and each set's more and less consistent half "
+              "(strength / share of strong directions / purity / coverage of the attributes).", ""]
+    for reading in result["readings"]:
+        window = reading["window"]
+        lines += [f"### [`{reading['report']}`]({reading['report']}.md): target change "
+                  f"{reading['target_change']:g}, window {window[0]:g}:{window[1]:g}", "",
+                  "| method | sets | ρ with purity | ρ with strength | more consistent half | less consistent half |",
+                  "|---|---|---|---|---|---|"]
+        for method, row in reading["methods"].items():
+            cells = [" / ".join(f"{row['halves'][name][m][0]:.2f}" for m in ("strength", "strong", "purity", "coverage"))
+                     for name in ("more", "less")]
+            lines.append(f"| {method} | {row['sets']} | {_signed(row['rho_purity'])} | {_signed(row['rho_strength'])} "
+                         f"| {cells[0]} | {cells[1]} |")
+        lines.append("")
+    lines += ["## Settings", "", "```json", json.dumps(result["settings"], indent=1, default=list), "```", ""]
+    return "\n".join(lines)
+
+
+def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, tag: str = "",
+                       images: int = DEFAULT_IMAGES, timesteps=DEFAULT_TIMESTEPS, progress: bool = True,
+                       log: Callable[[str], None] = print) -> dict:
+    """Measure the consistency of every token direction the reports ``names`` scored, relate it to
+    their scores and write ``consistency[-tag].md`` and ``.json`` into ``out_dir``; returns the result."""
+    from tqdm.auto import tqdm
+
+    from noiseclr_lite.train import direction_consistency
+
+    out_dir = Path(out_dir)
+    readings = load_readings(names, out_dir)
+    weights = readings[0][1]["weights"]
+    if cache_key(pipe, oracle) != weights:
+        _fail(f"the reports measured weights {weights}, the loaded model and oracle are {cache_key(pipe, oracle)}; "
+              f"load the model and oracle they measured (--model, --oracle)")
+    settings = settings_of(readings[0][1])
+    cache = Cache.for_settings(out_dir / "cache", settings, weights)
+    stages = Stages(log)
+    consistency: dict = {}
+    for domain, units in units_of(readings).items():
+        sets = token_sets(pipe, settings, domain, units, lambda: training_latents(pipe, settings, domain), stages,
+                          cache, progress)
+        scored_on = consistency_latents(pipe, settings, domain, images)
+        with stages(f"{domain}: consistency of {len(sets)} sets"):
+            for (method, seed), directions in tqdm(sets.items(), desc=domain, disable=not progress):
+                values = direction_consistency(pipe, directions, scored_on, timesteps)
+                consistency.setdefault(domain, {}).setdefault(method, {})[str(seed)] = values.tolist()
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(pipe), "weights": weights, "tag": tag,
+              "images": images, "timesteps": list(timesteps), "settings": _protocol(readings[0][1]),
+              "table": consistency_table(consistency), "readings": analyse(readings, consistency),
+              "consistency": consistency, "seconds": stages.total}
+    stem = "consistency" + (f"-{tag}" if tag else "")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1, default=list))
+    (out_dir / f"{stem}.md").write_text(markdown(result))
+    log(f"wrote {out_dir / stem}.md and .json in {stages.total / 60:.1f} min")
+    return result
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("reports", nargs="+", help="quality reports (.json.gz paths or --tag names) that scored "
+                                                   "the same trained directions")
+    parser.add_argument("--tag", default="", help="writes results/consistency-TAG.md and .json")
+    parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="training images per domain")
+    parser.add_argument("--timesteps", type=int, nargs="+", default=list(DEFAULT_TIMESTEPS))
+    parser.add_argument("--model", default=None, help="the model folder or hub id (default: the bundled model)")
+    parser.add_argument("--oracle", default=DEFAULT_ORACLE, help="the oracle folder (default: %(default)s)")
+    parser.add_argument("--out", default=str(RESULTS), help="where the reports, the cache and the outputs are")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.images < 2:
+        parser.error(f"--images {args.images}: consistency compares images in pairs; give 2 or more")
+    return args
+
+
+def main(argv=None) -> dict:
+    """Run what ``argv`` asks; returns the result (the record written to ``consistency*.json``)."""
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from noiseclr_lite.models import BUNDLED_MODEL, load_pipeline
+    from noiseclr_lite.toyworld.oracle import Oracle
+
+    pipe = load_pipeline(args.model or BUNDLED_MODEL)
+    oracle = Oracle.load(args.oracle).to(pipe.device)
+    return consistency_report(args.reports, pipe, oracle, args.out, tag=args.tag, images=args.images,
+                              timesteps=args.timesteps, progress=not args.no_progress)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""benchmarks/consistency.py: its statistics on known cases, and end to end on the tiny pipeline."""
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from noiseclr_lite.metrics import DirectionScore
+from noiseclr_lite.testing import StatsOracle
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import consistency, quality  # noqa: E402
+
+
+def _score(target: str, strength: float, purity: float) -> DirectionScore:
+    effects = {"expression": 0.0, "hair": 0.0, "glasses": 0.0, "skin": 0.0}
+    effects[target] = strength
+    rest = [name for name in effects if name != target]
+    # the rest of the effect spread evenly, so that largest / sum == purity
+    for name in rest:
+        effects[name] = strength * (1 / purity - 1) / len(rest)
+    return DirectionScore(name=target, token=target, domain="face", scale=1.0, effects=effects,
+                          signed_effects=effects, plus_effects=effects, minus_effects=effects, purity=purity,
+                          strength=strength, target=target, pixel_change=0.05, off_target=0.0)
+
+
+def test_spearman_and_ranks_on_known_cases():
+    assert consistency.ranks([0.3, 0.1, 0.2]) == [2, 0, 1]
+    assert consistency.ranks([1.0, 2.0, 1.0, 3.0]) == [0.5, 2, 0.5, 3]          # ties share their mean rank
+    assert consistency.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert consistency.spearman([1, 2, 3, 4], [9, 4, 1, 0]) == pytest.approx(-1.0)  # monotone, not linear
+    assert consistency.spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)  # 1 - 6*4/(5*24)
+    assert consistency.spearman([1, 2, 3], [5, 5, 5]) is None                     # undefined on a constant
+    assert consistency.spearman([1, 2], [1, 2]) is None
+    with pytest.raises(ValueError, match="one length; got 3 and 2"):
+        consistency.spearman([1, 2, 3], [1, 2])
+
+
+def test_halves_split_a_set_by_consistency():
+    scores = [_score("expression", 0.9, 0.9), _score("hair", 0.2, 0.5), _score("glasses", 0.8, 0.7),
+              _score("skin", 0.1, 0.4), _score("hair", 0.6, 0.8)]
+    values = [0.1, 0.9, 0.2, 0.8, 0.5]              # the weak, impure directions are the consistent ones
+    split = consistency.halves(values, scores, "face")
+    # an odd set leaves its middle one (consistency 0.5) out
+    assert split["more"]["consistency"] == pytest.approx(0.85) and split["less"]["consistency"] == pytest.approx(0.15)
+    assert split["more"]["strength"] == pytest.approx(0.15) and split["less"]["strength"] == pytest.approx(0.85)
+    assert split["more"]["strong"] == 0.0 and split["less"]["strong"] == 1.0
+    assert split["more"]["purity"] == pytest.approx(0.45) and split["less"]["purity"] == pytest.approx(0.8)
+    # coverage: strength >= 0.5 and purity >= 0.6 -> expression and glasses, 2 of the 4 face attributes
+    assert split["more"]["coverage"] == 0.0 and split["less"]["coverage"] == 0.5
+
+
+def test_consistency_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path):
+    from test_quality_benchmark import tiny_settings
+
+    settings = tiny_settings(Path(quality.DEFAULT_SAMPLES), domains=["face"], calibration_iters=0, num_directions=3,
+                             methods=["NoiseCLR", "InfoNCE", "random", "text"], interference=False)
+    quality.run_benchmark(tiny_pipe, StatsOracle(), settings, tmp_path, tag="a", resume=True, progress=False,
+                          log=lambda _: None)
+    logged = []
+    result = consistency.consistency_report(["a"], tiny_pipe, StatsOracle(), tmp_path, tag="t", images=3,
+                                            timesteps=(200, 600), progress=False, log=logged.append)
+    # the trained directions come from quality.py's cache: nothing is trained again
+    assert logged and not any("train" in line for line in logged)
+    values = result["consistency"]["face"]
+    assert set(values) == {"NoiseCLR", "InfoNCE", "random", "text"}
+    assert [len(values[m]["0"]) for m in ("NoiseCLR", "InfoNCE", "random")] == [3, 3, 3]
+    assert len(values["text"]["None"]) == 4                          # the words: one set, seed None
+    assert all(-1 <= v <= 1 for by_seed in values.values() for set_ in by_seed.values() for v in set_)
+    # the random tokens are rebuilt as quality.py drew them: the same set gives the same numbers
+    from noiseclr_lite.train import direction_consistency
+
+    cache = quality.Cache.for_settings(tmp_path / "cache", settings, quality.cache_key(tiny_pipe, StatsOracle()))
+    noiseclr = quality._load_directions(cache, "face", "NoiseCLR", 0)
+    drawn = quality.matched_random(tiny_pipe, noiseclr, 0, "face_random0", settings.init)
+    latents = consistency.consistency_latents(tiny_pipe, settings, "face", 3)
+    again = direction_consistency(tiny_pipe, drawn, latents, (200, 600))
+    assert torch.allclose(again, torch.tensor(values["random"]["0"]), atol=1e-5)
+    # one reading, one set per ranked method, within-set correlations defined for a set of 3
+    (reading,) = result["readings"]
+    assert reading["report"] == "quality-a" and set(reading["methods"]) == {"NoiseCLR", "InfoNCE", "random"}
+    for row in reading["methods"].values():
+        assert row["sets"] == 1 and set(row["halves"]) == {"more", "less"}
+        more, less = row["halves"]["more"], row["halves"]["less"]
+        assert more["consistency"][0] >= less["consistency"][0]
+    assert set(result["table"]) == {"NoiseCLR", "InfoNCE", "random", "text"}
+    md = (tmp_path / "consistency-t.md").read_text()
+    for text in ("# Edit consistency against the oracle (t)", "## How consistent each method's edits are",
+                 "### [`quality-a`](quality-a.md)", "| NoiseCLR | 1 |", "| text |"):
+        assert text in md
+    assert json.loads((tmp_path / "consistency-t.json").read_text())["readings"] == json.loads(json.dumps(
+        result["readings"]))
+
+    # reports of other trained directions are refused, naming both
+    other = dataclasses.replace(settings, steps=3, methods=["NoiseCLR"])
+    quality.run_benchmark(tiny_pipe, StatsOracle(), other, tmp_path, tag="b", resume=True, progress=False,
+                          log=lambda _: None)
+    with pytest.raises(SystemExit, match="quality-b.json.gz and .*quality-a.json.gz trained their directions with "
+                                         "different settings"):
+        consistency.load_readings(["a", "b"], tmp_path)
+    with pytest.raises(SystemExit, match="give at least one quality report"):
+        consistency.load_readings([], tmp_path)
+
