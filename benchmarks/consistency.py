@@ -46,13 +46,16 @@ if str(REPO) not in sys.path:  # `python benchmarks/consistency.py` from anywher
 
 from benchmarks.quality import (DEFAULT_ORACLE, RESULTS, TRAINED_LOSSES, Cache, Settings, Stages,  # noqa: E402
                                 _find_report, _mean_std, _pm, _protocol, cache_key, load_or_train, machine,
-                                matched_random, read_report, report_stem, text_directions, training_latents)
+                                matched_random, read_report, report_stem, text_directions, training_latents,
+                                write_atomically)
 from noiseclr_lite.metrics import STRENGTH_MIN, DirectionScore, summary  # noqa: E402
 
 #: the methods whose directions are prompt tokens or phrases (h-space edits the UNet instead)
 SCORED_METHODS = ("NoiseCLR", "InfoNCE", "random", "text")
 #: the seeded methods, whose sets are compared within themselves (text is one set of 4 phrases per domain)
 RANKED_METHODS = ("NoiseCLR", "InfoNCE", "random")
+#: what the halves table gives of each half, in order
+HALF_COLUMNS = ("strength", "strong", "purity", "coverage")
 DEFAULT_TIMESTEPS = (50, 150, 300, 500, 700, 900)
 DEFAULT_IMAGES = 16
 #: seeds the draw of the images consistency is measured on (the same for every set of a domain)
@@ -76,7 +79,8 @@ def load_readings(names, out_dir: str | os.PathLike = RESULTS) -> list[tuple[Pat
     measured the same weights with the same training settings (so the same trained directions)."""
     if not names:
         _fail("give at least one quality report (a .json.gz path or its --tag)")
-    readings = [(path, read_report(path)) for path in (_find_report(name, Path(out_dir)) for name in names)]
+    paths = [_find_report(name, Path(out_dir), "benchmarks/consistency.py") for name in names]
+    readings = [(path, read_report(path)) for path in paths]
     first_path, first = readings[0]
     key = settings_of(first).training_fingerprint(first["weights"])
     for path, report in readings[1:]:
@@ -217,8 +221,10 @@ def analyse(readings: list[tuple[Path, dict]], consistency: dict) -> list[dict]:
                 continue
             methods[method] = {
                 "sets": len(split["more"]),
-                "rho_purity": _defined_mean_std(rho_purity), "rho_strength": _defined_mean_std(rho_strength),
-                "halves": {name: {m: _mean_std([h[m] for h in rows]) for m in measures} for name, rows in split.items()}}
+                "rho_purity": _defined_mean_std(rho_purity),
+                "rho_strength": _defined_mean_std(rho_strength),
+                "halves": {name: {m: _mean_std([h[m] for h in rows]) for m in measures}
+                           for name, rows in split.items()}}
         settings = report["settings"]
         result.append({"report": report_stem(path), "target_change": settings["target_change"],
                        "window": settings["window"], "methods": methods})
@@ -275,8 +281,7 @@ def markdown(result: dict) -> str:
                   "| method | sets | ρ with purity | ρ with strength | more consistent half | less consistent half |",
                   "|---|---|---|---|---|---|"]
         for method, row in reading["methods"].items():
-            cells = [" / ".join(f"{row['halves'][name][m][0]:.2f}" for m in ("strength", "strong", "purity", "coverage"))
-                     for name in ("more", "less")]
+            cells = [" / ".join(f"{row['halves'][name][m][0]:.2f}" for m in HALF_COLUMNS) for name in ("more", "less")]
             lines.append(f"| {method} | {row['sets']} | {_signed(row['rho_purity'])} | {_signed(row['rho_strength'])} "
                          f"| {cells[0]} | {cells[1]} |")
         lines.append("")
@@ -317,8 +322,8 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
               "consistency": consistency, "seconds": stages.total}
     stem = "consistency" + (f"-{tag}" if tag else "")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1, default=list))
-    (out_dir / f"{stem}.md").write_text(markdown(result))
+    write_atomically(out_dir / f"{stem}.json", json.dumps(result, indent=1, default=list))
+    write_atomically(out_dir / f"{stem}.md", markdown(result))
     log(f"wrote {out_dir / stem}.md and .json in {stages.total / 60:.1f} min")
     return result
 

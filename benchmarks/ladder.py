@@ -53,7 +53,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/ladder.py` from anywhere
 
 from benchmarks.quality import (BARS, CLEAR_MARGIN, METHODS, POOLED_FREELY, REQUIRED_METHODS,  # noqa: E402
                                 RESULTS, SEEDED, _find_report, _mean_std, _pm, _scale_bracket, check_one_protocol,
-                                is_clear, read_report, report_stem)
+                                is_clear, read_report, report_stem, write_atomically)
 from noiseclr_lite.metrics import STRENGTH_MIN, DirectionScore, coverage, summary  # noqa: E402
 from noiseclr_lite.toyworld.domains import attribute_pixel_change, get_domain  # noqa: E402
 
@@ -86,7 +86,7 @@ def load_rungs(names, out_dir: str | os.PathLike = RESULTS) -> list[tuple[Path, 
     if len(names) < 2:
         _fail(f"got {len(names)} report; a ladder needs two or more (the same directions scored at different "
               f"--target-change values)")
-    rungs = [(path, read_report(path)) for path in (_find_report(n, out_dir) for n in names)]
+    rungs = [(path, read_report(path)) for path in (_find_report(n, out_dir, "benchmarks/ladder.py") for n in names)]
     first_path, first = rungs[0]
     for path, report in rungs:
         missing = [m for m in REQUIRED_METHODS if m not in report["settings"]["methods"]]
@@ -445,8 +445,8 @@ def ladder_report(names, out_dir: str | os.PathLike = RESULTS, tag: str = "",
               "size_images": size_images}
     stem = "ladder" + (f"-{tag}" if tag else "")
     out_dir.mkdir(parents=True, exist_ok=True)  # rungs given as paths may live elsewhere
-    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
-    (out_dir / f"{stem}.md").write_text(markdown(result))
+    write_atomically(out_dir / f"{stem}.json", json.dumps(result, indent=1))
+    write_atomically(out_dir / f"{stem}.md", markdown(result))
     overall = ", ".join(f"{m} {row['ladder'][0]:.2f} ({row['in_domain'][0]:.2f} in domain)"
                         for m, row in result["overall"].items())
     log(f"wrote {out_dir / stem}.md and .json: coverage over the ladder {overall}")

@@ -359,9 +359,8 @@ def _save_unit(run: MethodRun, cache: Cache | None) -> None:
         return
     _save_directions(run.directions, cache, run.domain, run.method, run.seed)
     scores_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = scores_file.with_name(scores_file.name + ".tmp")
-    tmp.write_text(json.dumps(run.to_json(), indent=1))
-    os.replace(tmp, scores_file)  # written last: a unit counts as done only once its scores are saved
+    # written last: a unit counts as done only once its scores are saved
+    write_atomically(scores_file, json.dumps(run.to_json(), indent=1))
 
 
 def _load_unit(cache: Cache | None, domain: str, method: str, seed, text: PromptDirections | None) -> MethodRun | None:
@@ -916,16 +915,27 @@ def report_stem(path: str | os.PathLike) -> str:
     return Path(path).stem
 
 
+def write_atomically(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename it, so
+    a run stopped mid-write leaves the previous file whole, never a cut-off one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if isinstance(data, str):
+        tmp.write_text(data)
+    else:
+        tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
 def write_report_json(report: dict, path: str | os.PathLike) -> Path:
     """Write ``report`` as gzip-compressed JSON to ``path`` (which should end in ``.json.gz``).
 
     The gzip header's time stamp is fixed at 0, so the same report gives the same bytes (git
     sees no change when a run is repeated).  Sets and tuples are written as lists.
     """
-    path = Path(path)
     data = json.dumps(report, separators=(",", ":"), default=list).encode()
-    path.write_bytes(gzip.compress(data, mtime=0))
-    return path
+    return write_atomically(path, gzip.compress(data, mtime=0))
 
 
 def read_report(path: str | os.PathLike) -> dict:
@@ -944,7 +954,7 @@ def read_report(path: str | os.PathLike) -> dict:
 
 def _write_report(report: dict, out_dir: Path, stem: str) -> None:
     write_report_json(report, out_dir / f"{stem}{REPORT_SUFFIX}")
-    (out_dir / f"{stem}.md").write_text(markdown(report))
+    write_atomically(out_dir / f"{stem}.md", markdown(report))
 
 
 # ===================================================================================== pooling reports
@@ -956,15 +966,16 @@ POOLED_FREELY = ("seeds", "interference", "model", "oracle", "samples")
 HSPACE_SETTINGS = ("hspace_max_scale", "hspace_min_scale", "hspace_timesteps")
 
 
-def _find_report(name: str | os.PathLike, out_dir: Path) -> Path:
+def _find_report(name: str | os.PathLike, out_dir: Path, tool: str = "benchmarks/quality.py --merge") -> Path:
     """A report's file from its path or its tag (``late-4seeds`` -> ``<out_dir>/quality-late-4seeds.json.gz``,
-    or the plain ``.json`` of a report written before reports were compressed)."""
+    or the plain ``.json`` of a report written before reports were compressed); SystemExit,
+    starting with ``tool`` (the script the user ran), when there is none."""
     candidates = [Path(name)] + [out_dir / f"{prefix}{name}{suffix}" for prefix in ("quality-", "")
                                  for suffix in (REPORT_SUFFIX, ".json")]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise SystemExit(f"benchmarks/quality.py --merge: no report {name!r} (looked for "
+    raise SystemExit(f"{tool}: no report {name!r} (looked for "
                      f"{', '.join(str(c) for c in candidates)}); give a report's .json.gz path "
                      f"or the --tag it was written with")
 

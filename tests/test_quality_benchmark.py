@@ -565,5 +565,17 @@ def test_reports_are_written_compressed_and_read_either_way(tmp_path):
     (tmp_path / "quality-cut.json.gz").write_bytes(written.read_bytes()[:20])   # a write cut off half-way
     with pytest.raises(SystemExit, match="quality-cut.json.gz is not a report"):
         quality.read_report(tmp_path / "quality-cut.json.gz")
-    with pytest.raises(SystemExit, match="no report 'missing'.*quality-missing.json.gz"):
+    with pytest.raises(SystemExit, match="^benchmarks/quality.py --merge: no report 'missing'.*quality-missing.json.gz"):
         quality._find_report("missing", tmp_path)
+    with pytest.raises(SystemExit, match="^benchmarks/ladder.py: no report 'missing'"):  # names the script run
+        quality._find_report("missing", tmp_path, "benchmarks/ladder.py")
+
+
+def test_reports_are_replaced_whole_or_not_at_all(tmp_path):
+    target = quality.write_atomically(tmp_path / "quality-x.md", "first")
+    assert target.read_text() == "first" and quality.write_atomically(target, b"second").read_bytes() == b"second"
+    assert [p.name for p in tmp_path.iterdir()] == ["quality-x.md"]                # no temporary file left
+    (tmp_path / "quality-x.md.tmp").mkdir()                                        # the write cannot happen
+    with pytest.raises(OSError):
+        quality.write_atomically(target, "third")
+    assert target.read_text() == "second"                                          # the old file is whole
