@@ -565,7 +565,7 @@ def test_reports_are_written_compressed_and_read_either_way(tmp_path):
     (tmp_path / "quality-cut.json.gz").write_bytes(written.read_bytes()[:20])   # a write cut off half-way
     with pytest.raises(SystemExit, match="quality-cut.json.gz is not a report"):
         quality.read_report(tmp_path / "quality-cut.json.gz")
-    with pytest.raises(SystemExit, match="^benchmarks/quality.py --merge: no report 'missing'.*quality-missing.json.gz"):
+    with pytest.raises(SystemExit, match="^benchmarks/quality.py --merge: no report 'missing'.*quality-missing.json"):
         quality._find_report("missing", tmp_path)
     with pytest.raises(SystemExit, match="^benchmarks/ladder.py: no report 'missing'"):  # names the script run
         quality._find_report("missing", tmp_path, "benchmarks/ladder.py")
