@@ -23,8 +23,9 @@ and are left out.  Then, for every report (a *reading*) and method:
 * the set split into its more and its less consistent half: each half's mean strength, share of
   strong directions (strength >= 0.5), mean purity and coverage.
 
-Writes ``results/consistency[-tag].md`` and ``.json``.  About 6 s per set of 10 directions on
-2 CPU cores, plus training time for directions not in the cache.
+Writes ``results/consistency[-tag].md``, ``.json`` and a ``.png`` of each domain's most and least
+consistent NoiseCLR direction.  About 6 s per set of 10 directions on 2 CPU cores, plus training
+time for directions not in the cache.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ if str(REPO) not in sys.path:  # `python benchmarks/consistency.py` from anywher
 
 from benchmarks.quality import (DEFAULT_ORACLE, RESULTS, TRAINED_LOSSES, Cache, Settings, Stages,  # noqa: E402
                                 _find_report, _mean_std, _pm, _protocol, cache_key, load_or_train, machine,
-                                matched_random, read_report, report_stem, text_directions, training_latents,
-                                write_atomically)
+                                domain_start, matched_random, read_report, render, report_stem, save_small_png,
+                                text_directions, training_latents, write_atomically)
 from noiseclr_lite.metrics import STRENGTH_MIN, DirectionScore, summary  # noqa: E402
 
 #: the methods whose directions are prompt tokens or phrases (h-space edits the UNet instead)
@@ -243,6 +244,42 @@ def consistency_table(consistency: dict) -> dict:
     return table
 
 
+# ===================================================================================== the figure
+def figure(pipe, report: dict, consistency: dict, sets: dict, settings: Settings, method: str = "NoiseCLR",
+           images: int = 3):
+    """Per domain, the most and the least consistent direction of ``method``'s first seed in
+    ``report``, on ``images`` of its held-out starting images at -s, 0 and +s (its calibrated
+    scale in that report); rows labelled with consistency, target, purity, strength and scale.
+    ``sets``: {domain: {(method, seed): directions}} (:func:`token_sets`).  None when ``report``
+    has no set of ``method``."""
+    from noiseclr_lite.data import to_pil
+    from noiseclr_lite.grid import image_grid
+
+    rows, labels = [], []
+    for domain, scored in report["domains"].items():
+        runs = scored["runs"].get(method)
+        if not runs:
+            continue
+        run = runs[0]
+        values = consistency[domain][method][str(run["seed"])]
+        directions = sets[domain][(method, run["seed"])]
+        start = domain_start(pipe, settings, domain)
+        few = start.subset(min(images, len(start)))
+        ordered = sorted(range(len(values)), key=lambda k: -values[k])
+        for label, k in (("most", ordered[0]), ("least", ordered[-1])):
+            score = run["scores"][k]
+            scales = (-score["scale"], 0.0, score["scale"])
+            pictures = {s: render(pipe, directions, k, s, few, tuple(settings.window))
+                        for s in scales}
+            rows.append([to_pil(pictures[s][i]) for i in range(len(few)) for s in scales])
+            labels.append(f"{domain} {label} consistent: c={values[k]:.2f} {score['target']} p={score['purity']:.2f} "
+                          f"st={score['strength']:.2f} s={score['scale']:.2g}")
+    if not rows:
+        return None
+    columns = [f"img{i} {c}" for i in range(len(rows[0]) // 3) for c in ("-s", "0", "+s")]
+    return image_grid(rows, labels, columns, cell=80)
+
+
 # ===================================================================================== the page
 def _cell(value, digits: int = 2) -> str:
     mean, std = value
@@ -285,6 +322,13 @@ def markdown(result: dict) -> str:
             lines.append(f"| {method} | {row['sets']} | {_signed(row['rho_purity'])} | {_signed(row['rho_strength'])} "
                          f"| {cells[0]} | {cells[1]} |")
         lines.append("")
+    if result.get("figure"):
+        first = result["readings"][0]
+        lines += ["## The most and the least consistent direction", "",
+                  f"NoiseCLR's first seed in [`{first['report']}`]({first['report']}.md), per domain: its most and its "
+                  f"least consistent direction on three held-out images at -s, 0 and +s (its calibrated scale "
+                  f"there; c = consistency, p = purity, st = strength).", "",
+                  f"![the most and the least consistent direction per domain]({result['figure']})", ""]
     lines += ["## Settings", "", "```json", json.dumps(result["settings"], indent=1, default=list), "```", ""]
     return "\n".join(lines)
 
@@ -293,7 +337,8 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
                        images: int = DEFAULT_IMAGES, timesteps=DEFAULT_TIMESTEPS, progress: bool = True,
                        log: Callable[[str], None] = print) -> dict:
     """Measure the consistency of every token direction the reports ``names`` scored, relate it to
-    their scores and write ``consistency[-tag].md`` and ``.json`` into ``out_dir``; returns the result."""
+    their scores and write ``consistency[-tag].md``, ``.json`` and ``.png`` (:func:`figure`) into
+    ``out_dir``; returns the result."""
     from tqdm.auto import tqdm
 
     from noiseclr_lite.train import direction_consistency
@@ -308,9 +353,12 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
     cache = Cache.for_settings(out_dir / "cache", settings, weights)
     stages = Stages(log)
     consistency: dict = {}
+    sets_by_domain: dict = {}
     for domain, units in units_of(readings).items():
-        sets = token_sets(pipe, settings, domain, units, lambda: training_latents(pipe, settings, domain), stages,
-                          cache, progress)
+        sets = sets_by_domain[domain] = token_sets(pipe, settings, domain, units,
+                                                   lambda domain=domain: training_latents(pipe, settings, domain),
+                                                   stages, cache,
+                                                   progress)
         scored_on = consistency_latents(pipe, settings, domain, images)
         with stages(f"{domain}: consistency of {len(sets)} sets"):
             for (method, seed), directions in tqdm(sets.items(), desc=domain, disable=not progress):
@@ -319,9 +367,16 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(pipe), "weights": weights, "tag": tag,
               "images": images, "timesteps": list(timesteps), "settings": _protocol(readings[0][1]),
               "table": consistency_table(consistency), "readings": analyse(readings, consistency),
-              "consistency": consistency, "seconds": stages.total}
+              "consistency": consistency, "figure": None}
     stem = "consistency" + (f"-{tag}" if tag else "")
     out_dir.mkdir(parents=True, exist_ok=True)
+    # the first reading's protocol (its edit window) renders the figure, at that report's scales
+    with stages("figure"):
+        picture = figure(pipe, readings[0][1], consistency, sets_by_domain, settings)
+    if picture is not None:
+        save_small_png(picture, out_dir / f"{stem}.png")
+        result["figure"] = f"{stem}.png"
+    result["seconds"] = stages.total
     write_atomically(out_dir / f"{stem}.json", json.dumps(result, indent=1, default=list))
     write_atomically(out_dir / f"{stem}.md", markdown(result))
     log(f"wrote {out_dir / stem}.md and .json in {stages.total / 60:.1f} min")

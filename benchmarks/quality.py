@@ -414,6 +414,13 @@ def load_or_train(pipe, settings: Settings, domain: str, method: str, seed: int,
     return trained, stages.seconds[label]
 
 
+def domain_start(pipe, settings: Settings, domain: str) -> StartSet:
+    """The held-out starting images every direction of ``domain`` is scored on, inverted once:
+    ``settings.eval_images`` images balanced over every attribute's values."""
+    images, _ = balanced_start_images(domain, settings.eval_images, seed=settings.start_seed, size=image_size(pipe))
+    return prepare_start(pipe, images, num_inference_steps=settings.inference_steps, seed=settings.start_seed)
+
+
 def run_domain(pipe, oracle, domain: str, settings: Settings, stages: Stages, cache: Cache | None = None,
                progress: bool = True) -> tuple[StartSet, dict[str, list[MethodRun]]]:
     """Every method on one domain: {method: [MethodRun per seed]} and the shared start set."""
@@ -421,10 +428,8 @@ def run_domain(pipe, oracle, domain: str, settings: Settings, stages: Stages, ca
 
     from noiseclr_lite.hspace import hspace_directions
 
-    size = image_size(pipe)
     with stages(f"{domain}: start images + inversion"):
-        images, _ = balanced_start_images(domain, settings.eval_images, seed=settings.start_seed, size=size)
-        start = prepare_start(pipe, images, num_inference_steps=settings.inference_steps, seed=settings.start_seed)
+        start = domain_start(pipe, settings, domain)
     latents = None
     text = text_directions(domain, settings.text_phrases)
     runs: dict[str, list[MethodRun]] = {m: [] for m in settings.methods}

@@ -89,8 +89,13 @@ def test_consistency_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_pa
     assert set(result["table"]) == {"NoiseCLR", "InfoNCE", "random", "text"}
     md = (tmp_path / "consistency-t.md").read_text()
     for text in ("# Edit consistency against the oracle (t)", "## How consistent each method's edits are",
-                 "### [`quality-a`](quality-a.md)", "| NoiseCLR | 1 |", "| text |"):
+                 "### [`quality-a`](quality-a.md)", "| NoiseCLR | 1 |", "| text |", "![the most and the least",
+                 "(consistency-t.png)"):
         assert text in md
+    from PIL import Image
+
+    with Image.open(tmp_path / "consistency-t.png") as picture:     # one face row each: most, least consistent
+        assert picture.mode == "P" and picture.height > 2 * 80 and picture.width > 2 * 3 * 80
     assert json.loads((tmp_path / "consistency-t.json").read_text())["readings"] == json.loads(json.dumps(
         result["readings"]))
 
