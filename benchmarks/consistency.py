@@ -46,7 +46,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/consistency.py` from anywher
     sys.path.insert(0, str(REPO))
 
 from benchmarks.quality import (DEFAULT_ORACLE, RESULTS, TRAINED_LOSSES, Cache, Settings, Stages,  # noqa: E402
-                                _find_report, _mean_std, _pm, _protocol, cache_key, load_or_train, machine,
+                                _find_report, _mean_std, _protocol, cache_key, load_or_train, machine,
                                 domain_start, matched_random, read_report, render, report_stem, save_small_png,
                                 text_directions, training_latents, write_atomically)
 from noiseclr_lite.metrics import STRENGTH_MIN, DirectionScore, summary  # noqa: E402
@@ -288,7 +288,7 @@ def _cell(value, digits: int = 2) -> str:
 
 def _signed(value) -> str:
     mean, std = value
-    return "-" if mean is None else f"{_pm(mean)} ± {std:.2f}"
+    return "-" if mean is None else f"{mean:+.2f} ± {std:.2f}"
 
 
 def markdown(result: dict) -> str:
