@@ -31,6 +31,8 @@ time for directions not in the cache.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import os
 import statistics
@@ -46,10 +48,11 @@ if str(REPO) not in sys.path:  # `python benchmarks/consistency.py` from anywher
     sys.path.insert(0, str(REPO))
 
 from benchmarks.quality import (DEFAULT_ORACLE, RESULTS, TRAINED_LOSSES, Cache, Settings, Stages,  # noqa: E402
-                                _find_report, _mean_std, _protocol, cache_key, load_or_train, machine,
-                                domain_start, matched_random, read_report, render, report_stem, save_small_png,
-                                text_directions, training_latents, write_atomically)
-from noiseclr_lite.metrics import STRENGTH_MIN, DirectionScore, summary  # noqa: E402
+                                _find_report, _load_directions, _mean_std, _protocol, _seed_order, cache_key,
+                                load_or_train, machine, matched_random, read_report, render, report_stem,
+                                save_small_png, text_directions, training_latents, write_atomically)
+from noiseclr_lite.metrics import STRENGTH_MIN, DirectionScore, balanced_start_images, prepare_start, summary  # noqa: E402
+from noiseclr_lite.train import CONSISTENCY_TIMESTEPS  # noqa: E402
 
 #: the methods whose directions are prompt tokens or phrases (h-space edits the UNet instead)
 SCORED_METHODS = ("NoiseCLR", "InfoNCE", "random", "text")
@@ -57,14 +60,16 @@ SCORED_METHODS = ("NoiseCLR", "InfoNCE", "random", "text")
 RANKED_METHODS = ("NoiseCLR", "InfoNCE", "random")
 #: what the halves table gives of each half, in order
 HALF_COLUMNS = ("strength", "strong", "purity", "coverage")
-DEFAULT_TIMESTEPS = (50, 150, 300, 500, 700, 900)
 DEFAULT_IMAGES = 16
 #: seeds the draw of the images consistency is measured on (the same for every set of a domain)
 IMAGE_SEED = 123
 
 
+TOOL = "benchmarks/consistency.py"
+
+
 def _fail(message: str):
-    raise SystemExit(f"benchmarks/consistency.py: {message}")
+    raise SystemExit(f"{TOOL}: {message}")
 
 
 def settings_of(report: dict) -> Settings:
@@ -77,17 +82,21 @@ def settings_of(report: dict) -> Settings:
 
 def load_readings(names, out_dir: str | os.PathLike = RESULTS) -> list[tuple[Path, dict]]:
     """The reports ``names`` (paths or ``--tag`` names) as (path, report); SystemExit unless they
-    measured the same weights with the same training settings (so the same trained directions)."""
+    measured the same weights with the same training settings (so the same trained directions)
+    and the same words (``text_phrases``)."""
     if not names:
         _fail("give at least one quality report (a .json.gz path or its --tag)")
-    paths = [_find_report(name, Path(out_dir), "benchmarks/consistency.py") for name in names]
-    readings = [(path, read_report(path)) for path in paths]
+    paths = [_find_report(name, Path(out_dir), TOOL) for name in names]
+    readings = [(path, read_report(path, TOOL)) for path in paths]
     first_path, first = readings[0]
     key = settings_of(first).training_fingerprint(first["weights"])
     for path, report in readings[1:]:
         if report["weights"] != first["weights"]:
             _fail(f"{path} measured weights {report['weights']} and {first_path} weights {first['weights']}: "
                   f"these are different models or oracles; give reports of one")
+        if settings_of(report).text_phrases != settings_of(first).text_phrases:
+            _fail(f"{path} read the words as --text-phrases {settings_of(report).text_phrases} and {first_path} as "
+                  f"{settings_of(first).text_phrases}: their text rows are different directions; give reports of one")
         if settings_of(report).training_fingerprint(report["weights"]) != key:
             _fail(f"{path} and {first_path} trained their directions with different settings (training key "
                   f"{settings_of(report).training_fingerprint(report['weights'])} against {key}); give reports "
@@ -95,15 +104,22 @@ def load_readings(names, out_dir: str | os.PathLike = RESULTS) -> list[tuple[Pat
     return readings
 
 
+def check_samples(settings: Settings, domain: str) -> Path:
+    """The folder of the domain's training images; SystemExit naming it and the fix when it is not here."""
+    folder = Path(settings.samples) / domain
+    if not folder.is_dir():
+        _fail(f"the report's training images {folder} are not here (reports record the path they ran with); "
+              f"give --samples with the folder that holds {domain}/ (data/samples for the shipped images)")
+    return folder
+
+
 def consistency_latents(pipe, settings: Settings, domain: str, num_images: int = DEFAULT_IMAGES) -> torch.Tensor:
-    """[num_images, 4, h, w] latents of a seeded draw of the domain's training images."""
+    """[M, 4, h, w] latents of a seeded draw of M = min(num_images, available) of the domain's
+    training images."""
     from noiseclr_lite.data import load_images
     from noiseclr_lite.models import encode_images, image_size
 
-    folder = Path(settings.samples) / domain
-    if not folder.is_dir():
-        _fail(f"the report's training images {folder} are not here; run from the checkout that measured it, or "
-              f"give the reports of a run on this machine")
+    folder = check_samples(settings, domain)
     pictures = load_images(folder, image_size(pipe))
     if settings.train_images:
         pictures = pictures[:settings.train_images]
@@ -124,26 +140,37 @@ def units_of(readings: list[tuple[Path, dict]]) -> dict[str, list[tuple[str, int
                     if method in SCORED_METHODS and unit not in units.setdefault(domain, []):
                         units[domain].append(unit)
     order = {m: i for i, m in enumerate(SCORED_METHODS)}
-    return {d: sorted(u, key=lambda mu: (order[mu[0]], -1 if mu[1] is None else mu[1])) for d, u in units.items()}
+    return {d: sorted(u, key=lambda mu: (order[mu[0]], _seed_order(mu[1]))) for d, u in units.items()}
 
 
 def token_sets(pipe, settings: Settings, domain: str, units, latents: Callable[[], torch.Tensor], stages: Stages,
-               cache: Cache | None, progress: bool = True) -> dict:
-    """{(method, seed): directions} for ``units``, rebuilt as ``quality.py`` built them."""
-    sets = {}
+               cache: Cache | None, progress: bool = True) -> tuple[dict, list]:
+    """The directions of ``units`` as ``quality.py`` scored them: trained sets from the cache (or
+    trained, exactly as ``quality.py`` trains them), random sets as saved there (or drawn again
+    from NoiseCLR's set of the seed), and the words.
+
+    Returns:
+        ({(method, seed): directions}, [(method, seed) of every set trained here]).
+    """
+    sets, trained = {}, []
+    random_saved = {seed: _load_directions(cache, domain, "random", seed)
+                    for method, seed in units if method == "random"}
     for method, seed in units:
-        if method in TRAINED_LOSSES or method == "random":
+        if method in TRAINED_LOSSES or (method == "random" and random_saved[seed] is None):
             trained_method = method if method in TRAINED_LOSSES else "NoiseCLR"  # random is drawn at its norms
             if (trained_method, seed) not in sets:
-                sets[(trained_method, seed)] = load_or_train(pipe, settings, domain, trained_method, seed, latents,
-                                                             stages, cache, progress)[0]
+                sets[(trained_method, seed)], seconds = load_or_train(pipe, settings, domain, trained_method, seed,
+                                                                      latents, stages, cache, progress)
+                if seconds is not None:
+                    trained.append((trained_method, seed))
     for method, seed in units:
         if method == "random":
-            sets[(method, seed)] = matched_random(pipe, sets[("NoiseCLR", seed)], seed, f"{domain}_random{seed}",
-                                                  settings.init)
+            saved = random_saved[seed]
+            sets[(method, seed)] = saved if saved is not None else matched_random(
+                pipe, sets[("NoiseCLR", seed)], seed, f"{domain}_random{seed}", settings.init)
         elif method == "text":
             sets[(method, seed)] = text_directions(domain, settings.text_phrases)
-    return {unit: sets[unit] for unit in units}
+    return {unit: sets[unit] for unit in units}, trained
 
 
 # ===================================================================================== statistics
@@ -222,6 +249,7 @@ def analyse(readings: list[tuple[Path, dict]], consistency: dict) -> list[dict]:
                 continue
             methods[method] = {
                 "sets": len(split["more"]),
+                "rho_sets": sum(r is not None for r in rho_purity),
                 "rho_purity": _defined_mean_std(rho_purity),
                 "rho_strength": _defined_mean_std(rho_strength),
                 "halves": {name: {m: _mean_std([h[m] for h in rows]) for m in measures}
@@ -254,6 +282,7 @@ def figure(pipe, report: dict, consistency: dict, sets: dict, settings: Settings
     has no set of ``method``."""
     from noiseclr_lite.data import to_pil
     from noiseclr_lite.grid import image_grid
+    from noiseclr_lite.models import image_size
 
     rows, labels = [], []
     for domain, scored in report["domains"].items():
@@ -263,8 +292,12 @@ def figure(pipe, report: dict, consistency: dict, sets: dict, settings: Settings
         run = runs[0]
         values = consistency[domain][method][str(run["seed"])]
         directions = sets[domain][(method, run["seed"])]
-        start = domain_start(pipe, settings, domain)
-        few = start.subset(min(images, len(start)))
+        # the report's held-out images, of which only the shown ones are inverted (as the report did
+        # them all together, the reconstructions may differ from its own in the last digits)
+        shown, _ = balanced_start_images(domain, settings.eval_images, seed=settings.start_seed,
+                                         size=image_size(pipe))
+        few = prepare_start(pipe, shown[:images], num_inference_steps=settings.inference_steps,
+                            seed=settings.start_seed)
         ordered = sorted(range(len(values)), key=lambda k: -values[k])
         for label, k in (("most", ordered[0]), ("least", ordered[-1])):
             score = run["scores"][k]
@@ -291,6 +324,11 @@ def _signed(value) -> str:
     return "-" if mean is None else f"{mean:+.2f} ± {std:.2f}"
 
 
+def _images(used: dict) -> str:
+    counts = sorted(set(used.values()))
+    return str(counts[0]) if len(counts) == 1 else ", ".join(f"{n} ({d})" for d, n in used.items())
+
+
 def markdown(result: dict) -> str:
     """The ``consistency[-tag].md`` page of a :func:`consistency_report` result."""
     domains = list(next(iter(result["table"].values())))
@@ -299,9 +337,14 @@ def markdown(result: dict) -> str:
              f"{result['seconds'] / 60:.1f} min. Written by `benchmarks/consistency.py` (what it measures and why: its "
              f"docstring and [`README.md`](README.md#edit-consistency-benchmarksconsistencypy)).", "",
              f"Consistency of a direction: the mean cosine between its edit features on two different images "
-             f"(the losses' positive term), on {result['images']} training images per domain at timesteps "
+             f"(the cosines the losses' positive term is built from), on {_images(result['images'])} training "
+             f"images per domain at timesteps "
              f"{', '.join(map(str, result['timesteps']))}. Readings: "
-             + ", ".join(f"[`{r['report']}`]({r['report']}.md)" for r in result["readings"]) + ".", "",
+             + ", ".join(f"[`{r['report']}`]({r['report']}.md)" for r in result["readings"]) + ". "
+             + ("Every trained set was read from the cache the reports were measured with."
+                if not result["trained_here"] else
+                f"Not in the cache, so trained here as `quality.py` trains them (the same directions only on "
+                f"the same torch build and threads): {', '.join(result['trained_here'])}."), "",
              "## How consistent each method's edits are", "",
              "Mean consistency of a set, mean ± std over its sets (seeds).", "",
              "| method | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
@@ -319,7 +362,8 @@ def markdown(result: dict) -> str:
                   "|---|---|---|---|---|---|"]
         for method, row in reading["methods"].items():
             cells = [" / ".join(f"{row['halves'][name][m][0]:.2f}" for m in HALF_COLUMNS) for name in ("more", "less")]
-            lines.append(f"| {method} | {row['sets']} | {_signed(row['rho_purity'])} | {_signed(row['rho_strength'])} "
+            sets = str(row["sets"]) + (f" ({row['rho_sets']} with ρ)" if row["rho_sets"] != row["sets"] else "")
+            lines.append(f"| {method} | {sets} | {_signed(row['rho_purity'])} | {_signed(row['rho_strength'])} "
                          f"| {cells[0]} | {cells[1]} |")
         lines.append("")
     if result.get("figure"):
@@ -333,12 +377,18 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _staged_latents(pipe, settings: Settings, domain: str, stages: Stages) -> torch.Tensor:
+    with stages(f"{domain}: load + encode {settings.samples}/{domain}"):
+        return training_latents(pipe, settings, domain)
+
+
 def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, tag: str = "",
-                       images: int = DEFAULT_IMAGES, timesteps=DEFAULT_TIMESTEPS, progress: bool = True,
-                       log: Callable[[str], None] = print) -> dict:
+                       images: int = DEFAULT_IMAGES, timesteps=CONSISTENCY_TIMESTEPS, progress: bool = True,
+                       log: Callable[[str], None] = print, samples: str | os.PathLike | None = None) -> dict:
     """Measure the consistency of every token direction the reports ``names`` scored, relate it to
     their scores and write ``consistency[-tag].md``, ``.json`` and ``.png`` (:func:`figure`) into
-    ``out_dir``; returns the result."""
+    ``out_dir``; returns the result.  ``samples``: where the training images are on this machine,
+    when not at the path the reports recorded."""
     from tqdm.auto import tqdm
 
     from noiseclr_lite.train import direction_consistency
@@ -350,22 +400,29 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
         _fail(f"the reports measured weights {weights}, the loaded model and oracle are {cache_key(pipe, oracle)}; "
               f"load the model and oracle they measured (--model, --oracle)")
     settings = settings_of(readings[0][1])
-    cache = Cache.for_settings(out_dir / "cache", settings, weights)
+    cache = Cache.for_settings(out_dir / "cache", settings, weights)  # keyed by the report's own settings
+    if samples is not None:  # where the images are here: reading them elsewhere changes no cache key
+        settings = dataclasses.replace(settings, samples=str(samples))
     stages = Stages(log)
     consistency: dict = {}
     sets_by_domain: dict = {}
+    trained_here: list = []
+    used_images = {}
     for domain, units in units_of(readings).items():
-        sets = sets_by_domain[domain] = token_sets(pipe, settings, domain, units,
-                                                   lambda domain=domain: training_latents(pipe, settings, domain),
-                                                   stages, cache,
-                                                   progress)
+        check_samples(settings, domain)
+        train_latents = functools.cache(lambda domain=domain: _staged_latents(pipe, settings, domain, stages))
+        sets, trained = token_sets(pipe, settings, domain, units, train_latents, stages, cache, progress)
+        sets_by_domain[domain] = sets
+        trained_here += [f"{domain} {method} seed {seed}" for method, seed in trained]
         scored_on = consistency_latents(pipe, settings, domain, images)
+        used_images[domain] = len(scored_on)
         with stages(f"{domain}: consistency of {len(sets)} sets"):
             for (method, seed), directions in tqdm(sets.items(), desc=domain, disable=not progress):
                 values = direction_consistency(pipe, directions, scored_on, timesteps)
                 consistency.setdefault(domain, {}).setdefault(method, {})[str(seed)] = values.tolist()
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(pipe), "weights": weights, "tag": tag,
-              "images": images, "timesteps": list(timesteps), "settings": _protocol(readings[0][1]),
+              "images": used_images, "timesteps": list(timesteps), "settings": _protocol(readings[0][1]),
+              "trained_here": trained_here,
               "table": consistency_table(consistency), "readings": analyse(readings, consistency),
               "consistency": consistency, "figure": None}
     stem = "consistency" + (f"-{tag}" if tag else "")
@@ -390,10 +447,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                    "the same trained directions")
     parser.add_argument("--tag", default="", help="writes results/consistency-TAG.md and .json")
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="training images per domain")
-    parser.add_argument("--timesteps", type=int, nargs="+", default=list(DEFAULT_TIMESTEPS))
+    parser.add_argument("--timesteps", type=int, nargs="+", default=list(CONSISTENCY_TIMESTEPS))
     parser.add_argument("--model", default=None, help="the model folder or hub id (default: the bundled model)")
     parser.add_argument("--oracle", default=DEFAULT_ORACLE, help="the oracle folder (default: %(default)s)")
     parser.add_argument("--out", default=str(RESULTS), help="where the reports, the cache and the outputs are")
+    parser.add_argument("--samples", default=None,
+                        help="the folder of training images (one subfolder per domain) when it is not at the path "
+                             "the reports recorded, e.g. in a clone at another path")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -413,7 +473,7 @@ def main(argv=None) -> dict:
     pipe = load_pipeline(args.model or BUNDLED_MODEL)
     oracle = Oracle.load(args.oracle).to(pipe.device)
     return consistency_report(args.reports, pipe, oracle, args.out, tag=args.tag, images=args.images,
-                              timesteps=args.timesteps, progress=not args.no_progress)
+                              timesteps=args.timesteps, progress=not args.no_progress, samples=args.samples)
 
 
 if __name__ == "__main__":

@@ -86,7 +86,8 @@ def load_rungs(names, out_dir: str | os.PathLike = RESULTS) -> list[tuple[Path, 
     if len(names) < 2:
         _fail(f"got {len(names)} report; a ladder needs two or more (the same directions scored at different "
               f"--target-change values)")
-    rungs = [(path, read_report(path)) for path in (_find_report(n, out_dir, "benchmarks/ladder.py") for n in names)]
+    paths = [_find_report(n, out_dir, "benchmarks/ladder.py") for n in names]
+    rungs = [(path, read_report(path, "benchmarks/ladder.py")) for path in paths]
     first_path, first = rungs[0]
     for path, report in rungs:
         missing = [m for m in REQUIRED_METHODS if m not in report["settings"]["methods"]]

@@ -387,7 +387,7 @@ def training_latents(pipe, settings: Settings, domain: str) -> torch.Tensor:
 
 
 def load_or_train(pipe, settings: Settings, domain: str, method: str, seed: int, latents: Callable[[], torch.Tensor],
-                  stages: Stages, cache: Cache | None = None, progress: bool = True):
+                  stages: Stages, cache: Cache | None = None, progress: bool = True) -> tuple:
     """A trained method's directions for one domain and seed: read from the cache, or trained
     (checkpointed into the cache, so an interrupted run resumes) and saved there.
 
@@ -404,9 +404,9 @@ def load_or_train(pipe, settings: Settings, domain: str, method: str, seed: int,
         return trained, None
     label = f"{domain}: train {method} seed {seed}"
     checkpoints = cache.trained / f"{domain}_{method}_seed{seed}.ckpt" if cache is not None else None
-    training_latents = latents()
+    train_latents = latents()  # before the stage opens: encoding is not training time
     with stages(label):
-        trained = train_directions(pipe, latents=training_latents, progress=progress,
+        trained = train_directions(pipe, latents=train_latents, progress=progress,
                                    prefix=f"{domain}_{method.lower()}{seed}", output_dir=checkpoints,
                                    resume=checkpoints is not None,
                                    **settings.train_overrides(TRAINED_LOSSES[method], seed))
@@ -922,14 +922,21 @@ def report_stem(path: str | os.PathLike) -> str:
 
 def write_atomically(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename it, so
-    a run stopped mid-write leaves the previous file whole, never a cut-off one."""
+    a run stopped mid-write leaves the previous file whole, never a cut-off one.  The temporary
+    file has a name of its own (two processes writing one file do not share it) and is removed
+    if the write fails."""
+    import tempfile
+
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    if isinstance(data, str):
-        tmp.write_text(data)
-    else:
-        tmp.write_bytes(data)
-    os.replace(tmp, path)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is as readable as any file written here
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -943,9 +950,10 @@ def write_report_json(report: dict, path: str | os.PathLike) -> Path:
     return write_atomically(path, gzip.compress(data, mtime=0))
 
 
-def read_report(path: str | os.PathLike) -> dict:
+def read_report(path: str | os.PathLike, tool: str = "benchmarks/quality.py") -> dict:
     """A report written by :func:`write_report_json` (``.json.gz``), or a plain ``.json`` one (as
-    reports were written before 2026-12-05, and as hand-edited test reports are)."""
+    reports were written before 2026-12-05, and as hand-edited test reports are); SystemExit,
+    starting with ``tool`` (the script the user ran), when it is not one."""
     path = Path(path)
     raw = path.read_bytes()
     try:
@@ -953,8 +961,8 @@ def read_report(path: str | os.PathLike) -> dict:
             raw = gzip.decompress(raw)
         return json.loads(raw)
     except (ValueError, EOFError, gzip.BadGzipFile) as error:  # bad JSON or UTF-8; a cut-off or corrupt gzip
-        raise SystemExit(f"benchmarks/quality.py: {path} is not a report ({error}); give a quality*.json.gz "
-                         f"written by this script") from None
+        raise SystemExit(f"{tool}: {path} is not a report ({error}); give a quality*.json.gz written by "
+                         f"benchmarks/quality.py") from None
 
 
 def _write_report(report: dict, out_dir: Path, stem: str) -> None:

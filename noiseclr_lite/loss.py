@@ -143,13 +143,14 @@ def similarity_matrix(features: torch.Tensor) -> torch.Tensor:
 
 
 def edit_consistency(features: torch.Tensor) -> torch.Tensor:
-    """How much each direction does the same thing to every image: the loss's positive term.
+    """How much each direction does the same thing to every image.
 
     ``consistency[k] = mean_{i != j} cos(D_ik, D_jk)``, the mean cosine between what direction k
-    does to two different images.  Both losses raise it for every direction (they ask the same
-    direction to do the same thing everywhere), so it is the label-free score a user might rank
-    trained directions by.  ``benchmarks/consistency.py`` measures whether it predicts what an
-    oracle reads; on the bundled world it does not (see ``benchmarks/quality-findings.md``).
+    does to two different images: the cosines the losses' positive term is built from (as
+    ``exp(cos / tau)``).  Both losses raise it for every direction (they ask the same direction to
+    do the same thing everywhere), so it is the label-free score a user might rank trained
+    directions by.  ``benchmarks/consistency.py`` measures whether it predicts what an oracle
+    reads of them.
 
     Args:
         features: [N, K, ...] edit features (``train.direction_features``), N >= 2.

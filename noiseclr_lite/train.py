@@ -130,10 +130,12 @@ def direction_features(pipe, directions: Directions, latents: torch.Tensor, time
     """The edit features of every direction on every image at one timestep (no gradients).
 
     What the loss sees in one training step, for plots and analysis
-    (``loss.similarity_matrix(direction_features(...))``).
+    (``loss.similarity_matrix(direction_features(...))``).  All N x K (image, direction) pairs go
+    through the UNet in one call.
 
     Args:
-        directions: a ``Directions`` for ``pipe``'s model.
+        directions: a ``Directions`` for ``pipe``'s model (or anything with ``conditioning(pipe)``,
+            such as ``metrics.PromptDirections``).
         latents: [N, 4, h, w] scaled VAE latents (``encode_images``).
         timestep: the diffusion timestep in [0, num_train_timesteps) the latents are noised to.
         seed: seeds the noise.
@@ -153,9 +155,13 @@ def direction_features(pipe, directions: Directions, latents: torch.Tensor, time
     return edit_features(pipe.unet, noisy, t, directions.conditioning(pipe), empty_eps).cpu()
 
 
+#: the timesteps :func:`direction_consistency` averages over by default: the whole range, both edit windows
+CONSISTENCY_TIMESTEPS = (50, 150, 300, 500, 700, 900)
+
+
 @torch.no_grad()
 def direction_consistency(pipe, directions, latents: torch.Tensor,
-                          timesteps: Sequence[int] = (50, 150, 300, 500, 700, 900)) -> torch.Tensor:
+                          timesteps: Sequence[int] = CONSISTENCY_TIMESTEPS) -> torch.Tensor:
     """Each direction's edit consistency (``loss.edit_consistency``), averaged over timesteps.
 
     The latents are noised to each timestep with noise seeded by the timestep, so the score of

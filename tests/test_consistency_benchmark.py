@@ -70,15 +70,21 @@ def test_consistency_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_pa
     assert [len(values[m]["0"]) for m in ("NoiseCLR", "InfoNCE", "random")] == [3, 3, 3]
     assert len(values["text"]["None"]) == 4                          # the words: one set, seed None
     assert all(-1 <= v <= 1 for by_seed in values.values() for set_ in by_seed.values() for v in set_)
-    # the random tokens are rebuilt as quality.py drew them: the same set gives the same numbers
+    # the random tokens are the set quality.py scored (saved in its cache), and drawn again the same
+    # way when that file is gone
+    from noiseclr_lite.directions import Directions
     from noiseclr_lite.train import direction_consistency
 
     cache = quality.Cache.for_settings(tmp_path / "cache", settings, quality.cache_key(tiny_pipe, StatsOracle()))
-    noiseclr = quality._load_directions(cache, "face", "NoiseCLR", 0)
-    drawn = quality.matched_random(tiny_pipe, noiseclr, 0, "face_random0", settings.init)
+    saved = Directions.load(cache.trained / "face_random_seed0.safetensors")
     latents = consistency.consistency_latents(tiny_pipe, settings, "face", 3)
-    again = direction_consistency(tiny_pipe, drawn, latents, (200, 600))
-    assert torch.allclose(again, torch.tensor(values["random"]["0"]), atol=1e-5)
+    assert torch.allclose(direction_consistency(tiny_pipe, saved, latents, (200, 600)),
+                          torch.tensor(values["random"]["0"]), atol=1e-5)
+    (cache.trained / "face_random_seed0.safetensors").unlink()
+    sets, trained = consistency.token_sets(tiny_pipe, settings, "face", [("random", 0)], lambda: None,
+                                           quality.Stages(lambda _: None), cache, progress=False)
+    assert trained == [] and torch.equal(sets[("random", 0)].embeddings, saved.embeddings)
+    assert result["trained_here"] == [] and result["images"] == {"face": 3}
     # one reading, one set per ranked method, within-set correlations defined for a set of 3
     (reading,) = result["readings"]
     assert reading["report"] == "quality-a" and set(reading["methods"]) == {"NoiseCLR", "InfoNCE", "random"}
@@ -108,4 +114,37 @@ def test_consistency_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_pa
         consistency.load_readings(["a", "b"], tmp_path)
     with pytest.raises(SystemExit, match="give at least one quality report"):
         consistency.load_readings([], tmp_path)
+    # the words must be the same phrases in every reading
+    words = dataclasses.replace(settings, text_phrases="both", methods=["NoiseCLR", "random", "text"])
+    quality.run_benchmark(tiny_pipe, StatsOracle(), words, tmp_path, tag="c", resume=True, progress=False,
+                          log=lambda _: None)
+    with pytest.raises(SystemExit, match="--text-phrases both and .*positive"):
+        consistency.load_readings(["a", "c"], tmp_path)
+
+
+def test_sets_missing_from_the_cache_are_trained_and_named_and_images_found_with_samples(tiny_pipe, tmp_path):
+    from test_quality_benchmark import tiny_settings
+
+    settings = tiny_settings(Path(quality.DEFAULT_SAMPLES), domains=["face"], calibration_iters=0, num_directions=2,
+                             methods=["NoiseCLR", "random"], interference=False)
+    quality.run_benchmark(tiny_pipe, StatsOracle(), settings, tmp_path, tag="a", resume=True, progress=False,
+                          log=lambda _: None)
+    # the report recorded a samples path that is not on this machine (a clone elsewhere)
+    report = quality.read_report(tmp_path / "quality-a.json.gz")
+    report["settings"]["samples"] = str(tmp_path / "elsewhere" / "samples")
+    quality.write_report_json(report, tmp_path / "quality-moved.json.gz")
+    with pytest.raises(SystemExit, match="elsewhere/samples/face are not here.*give --samples"):
+        consistency.consistency_report(["moved"], tiny_pipe, StatsOracle(), tmp_path, images=2, timesteps=(500,),
+                                       progress=False, log=lambda _: None)
+    # the cache is keyed by the recorded path, so its sets are not found: NoiseCLR is trained, and named
+    result = consistency.consistency_report(["moved"], tiny_pipe, StatsOracle(), tmp_path, tag="moved", images=2,
+                                            timesteps=(500,), progress=False, log=lambda _: None,
+                                            samples=quality.DEFAULT_SAMPLES)
+    assert result["trained_here"] == ["face NoiseCLR seed 0"]
+    assert "trained here as `quality.py` trains them" in (tmp_path / "consistency-moved.md").read_text()
+    # training is deterministic: the set trained again reads as the one the report scored
+    first = consistency.consistency_report(["a"], tiny_pipe, StatsOracle(), tmp_path, tag="a", images=2,
+                                           timesteps=(500,), progress=False, log=lambda _: None)
+    assert first["trained_here"] == [] and first["consistency"]["face"]["NoiseCLR"] == result["consistency"]["face"][
+        "NoiseCLR"]
 

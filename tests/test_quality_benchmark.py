@@ -571,11 +571,16 @@ def test_reports_are_written_compressed_and_read_either_way(tmp_path):
         quality._find_report("missing", tmp_path, "benchmarks/ladder.py")
 
 
-def test_reports_are_replaced_whole_or_not_at_all(tmp_path):
+def test_reports_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     target = quality.write_atomically(tmp_path / "quality-x.md", "first")
     assert target.read_text() == "first" and quality.write_atomically(target, b"second").read_bytes() == b"second"
     assert [p.name for p in tmp_path.iterdir()] == ["quality-x.md"]                # no temporary file left
-    (tmp_path / "quality-x.md.tmp").mkdir()                                        # the write cannot happen
-    with pytest.raises(OSError):
+    assert target.stat().st_mode & 0o777 == 0o644
+
+    def stopped(*_):                                                               # the run stops before the rename
+        raise KeyboardInterrupt
+    monkeypatch.setattr(quality.os, "replace", stopped)
+    with pytest.raises(KeyboardInterrupt):
         quality.write_atomically(target, "third")
     assert target.read_text() == "second"                                          # the old file is whole
+    assert [p.name for p in tmp_path.iterdir()] == ["quality-x.md"]                # and the half-written one gone
