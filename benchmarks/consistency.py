@@ -335,7 +335,7 @@ def markdown(result: dict) -> str:
     lines = [f"# Edit consistency against the oracle{' (' + result['tag'] + ')' if result['tag'] else ''}", "",
              f"{result['date']} · {result['machine']} · weights {result['weights']} · "
              f"{result['seconds'] / 60:.1f} min. Written by `benchmarks/consistency.py` (what it measures and why: its "
-             f"docstring and [`README.md`](README.md#edit-consistency-benchmarksconsistencypy)).", "",
+             f"docstring and [`benchmarks/README.md`](../README.md#edit-consistency-benchmarksconsistencypy)).", "",
              f"Consistency of a direction: the mean cosine between its edit features on two different images "
              f"(the cosines the losses' positive term is built from), on {_images(result['images'])} training "
              f"images per domain at timesteps "
