@@ -89,18 +89,20 @@ def load_readings(names, out_dir: str | os.PathLike = RESULTS) -> list[tuple[Pat
     paths = [_find_report(name, Path(out_dir), TOOL) for name in names]
     readings = [(path, read_report(path, TOOL)) for path in paths]
     first_path, first = readings[0]
-    key = settings_of(first).training_fingerprint(first["weights"])
+    ours = settings_of(first)
+    key = ours.training_fingerprint(first["weights"])
     for path, report in readings[1:]:
+        theirs = settings_of(report)
         if report["weights"] != first["weights"]:
             _fail(f"{path} measured weights {report['weights']} and {first_path} weights {first['weights']}: "
                   f"these are different models or oracles; give reports of one")
-        if settings_of(report).text_phrases != settings_of(first).text_phrases:
-            _fail(f"{path} read the words as --text-phrases {settings_of(report).text_phrases} and {first_path} as "
-                  f"{settings_of(first).text_phrases}: their text rows are different directions; give reports of one")
-        if settings_of(report).training_fingerprint(report["weights"]) != key:
+        if theirs.text_phrases != ours.text_phrases:
+            _fail(f"{path} read the words as --text-phrases {theirs.text_phrases} and {first_path} as "
+                  f"{ours.text_phrases}: their text rows are different directions; give reports of one")
+        their_key = theirs.training_fingerprint(report["weights"])
+        if their_key != key:
             _fail(f"{path} and {first_path} trained their directions with different settings (training key "
-                  f"{settings_of(report).training_fingerprint(report['weights'])} against {key}); give reports "
-                  f"that read the same trained directions")
+                  f"{their_key} against {key}); give reports that read the same trained directions")
     return readings
 
 
@@ -113,20 +115,14 @@ def check_samples(settings: Settings, domain: str) -> Path:
     return folder
 
 
-def consistency_latents(pipe, settings: Settings, domain: str, num_images: int = DEFAULT_IMAGES) -> torch.Tensor:
-    """[M, 4, h, w] latents of a seeded draw of M = min(num_images, available) of the domain's
-    training images."""
-    from noiseclr_lite.data import load_images
-    from noiseclr_lite.models import encode_images, image_size
-
-    folder = check_samples(settings, domain)
-    pictures = load_images(folder, image_size(pipe))
-    if settings.train_images:
-        pictures = pictures[:settings.train_images]
-    if len(pictures) < 2:
-        _fail(f"{folder} has {len(pictures)} image(s); consistency compares images in pairs: it needs >= 2")
-    order = torch.randperm(len(pictures), generator=torch.Generator().manual_seed(IMAGE_SEED))
-    return encode_images(pipe, pictures[order[:num_images]])
+def consistency_latents(train_latents: torch.Tensor, num_images: int = DEFAULT_IMAGES) -> torch.Tensor:
+    """[M, 4, h, w]: a seeded draw of M = min(num_images, N) of the [N, 4, h, w] training latents
+    (``quality.training_latents``), the same draw for every set of a domain."""
+    if len(train_latents) < 2:
+        _fail(f"the training images give {len(train_latents)} latent(s); consistency compares images in pairs: "
+              f"it needs >= 2")
+    order = torch.randperm(len(train_latents), generator=torch.Generator().manual_seed(IMAGE_SEED))
+    return train_latents[order[:num_images]]
 
 
 def units_of(readings: list[tuple[Path, dict]]) -> dict[str, list[tuple[str, int | None]]]:
@@ -414,7 +410,7 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
         sets, trained = token_sets(pipe, settings, domain, units, train_latents, stages, cache, progress)
         sets_by_domain[domain] = sets
         trained_here += [f"{domain} {method} seed {seed}" for method, seed in trained]
-        scored_on = consistency_latents(pipe, settings, domain, images)
+        scored_on = consistency_latents(train_latents(), images)  # the images training learns from
         used_images[domain] = len(scored_on)
         with stages(f"{domain}: consistency of {len(sets)} sets"):
             for (method, seed), directions in tqdm(sets.items(), desc=domain, disable=not progress):

@@ -21,6 +21,11 @@ import torch
 import torch.nn.functional as F
 
 
+def _cosines_across_images(unit: torch.Tensor) -> torch.Tensor:
+    """[N, K, F] unit edit features -> [K, N, N]: ``cos(D_ik, D_jk)`` for every direction k."""
+    return torch.einsum("ikf,jkf->kij", unit, unit)
+
+
 def _anchor_blocks(features: torch.Tensor, tau: float, anchor: int | None, loss_name: str, sign_blind: bool = False):
     """Per anchor direction k: (positives [N, N], negatives [N, K-1], off-diagonal mask [N, N]).
 
@@ -37,7 +42,7 @@ def _anchor_blocks(features: torch.Tensor, tau: float, anchor: int | None, loss_
         raise ValueError(f"anchor {anchor} is outside the {k} directions in the batch; give an index in "
                          f"[0, {k - 1}] or None (every direction is an anchor)")
     unit = F.normalize(features.flatten(2).float(), dim=-1)               # [N, K, F]
-    across_images = torch.einsum("ikf,jkf->kij", unit, unit) / tau        # [K, N, N]
+    across_images = _cosines_across_images(unit) / tau                    # [K, N, N]
     across_directions = torch.einsum("ikf,ilf->ikl", unit, unit) / tau    # [N, K, K]
     if sign_blind:  # opposite edits are one two-way slider: as bad a negative as equal ones
         across_directions = across_directions.abs()
@@ -163,8 +168,8 @@ def edit_consistency(features: torch.Tensor) -> torch.Tensor:
     n = features.shape[0]
     if n < 2:
         raise ValueError(f"edit consistency compares images in pairs: it needs >= 2 images; got N={n}")
-    unit = F.normalize(features.flatten(2).float(), dim=-1)                           # [N, K, F]
-    across_images = torch.einsum("ikf,jkf->kij", unit, unit)                           # [K, N, N]
+    # the same cosines as the positives of the losses (_anchor_blocks), before the temperature
+    across_images = _cosines_across_images(F.normalize(features.flatten(2).float(), dim=-1))  # [K, N, N]
     off_diagonal = ~torch.eye(n, dtype=torch.bool, device=features.device)
     return across_images[:, off_diagonal].mean(dim=1)
 

@@ -77,7 +77,8 @@ def test_consistency_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_pa
 
     cache = quality.Cache.for_settings(tmp_path / "cache", settings, quality.cache_key(tiny_pipe, StatsOracle()))
     saved = Directions.load(cache.trained / "face_random_seed0.safetensors")
-    latents = consistency.consistency_latents(tiny_pipe, settings, "face", 3)
+    latents = consistency.consistency_latents(quality.training_latents(tiny_pipe, settings, "face"), 3)
+    assert len(latents) == 3 and len(consistency.consistency_latents(latents, 16)) == 3   # at most what there is
     assert torch.allclose(direction_consistency(tiny_pipe, saved, latents, (200, 600)),
                           torch.tensor(values["random"]["0"]), atol=1e-5)
     (cache.trained / "face_random_seed0.safetensors").unlink()
