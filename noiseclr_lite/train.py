@@ -126,12 +126,13 @@ def edit_features(unet, noisy_latents: torch.Tensor, timestep: torch.Tensor, dir
 
 @torch.no_grad()
 def direction_features(pipe, directions: Directions, latents: torch.Tensor, timestep: int = 500,
-                       seed: int = 0) -> torch.Tensor:
+                       seed: int = 0, chunk_size: int | None = None) -> torch.Tensor:
     """The edit features of every direction on every image at one timestep (no gradients).
 
     What the loss sees in one training step, for plots and analysis
-    (``loss.similarity_matrix(direction_features(...))``).  All N x K (image, direction) pairs go
-    through the UNet in one call.
+    (``loss.similarity_matrix(direction_features(...))``).  By default all N x K (image, direction)
+    pairs go through the UNet in one call; on a large model (SD 1.5 at 512 x 512) give
+    ``chunk_size`` to bound the memory of that call.
 
     Args:
         directions: a ``Directions`` for ``pipe``'s model (or anything with ``conditioning(pipe)``,
@@ -139,6 +140,8 @@ def direction_features(pipe, directions: Directions, latents: torch.Tensor, time
         latents: [N, 4, h, w] scaled VAE latents (``encode_images``).
         timestep: the diffusion timestep in [0, num_train_timesteps) the latents are noised to.
         seed: seeds the noise.
+        chunk_size: at most this many (image, direction) pairs per UNet call (``edit_features``);
+            ``None`` = all in one call.  The result does not depend on it.
     Returns:
         [N, K, 4, h, w] float32: ``eps(x_t, t, c_k) - eps(x_t, t, c_empty)``.
     """
@@ -152,7 +155,10 @@ def direction_features(pipe, directions: Directions, latents: torch.Tensor, time
     t = t.to(pipe.device)
     empty = empty_conditioning(pipe)
     empty_eps = pipe.unet(noisy, t.expand(len(noisy)), empty.expand(len(noisy), -1, -1)).sample
-    return edit_features(pipe.unet, noisy, t, directions.conditioning(pipe), empty_eps).cpu()
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size} must be a positive number of (image, direction) pairs, "
+                         "or None for one UNet call")
+    return edit_features(pipe.unet, noisy, t, directions.conditioning(pipe), empty_eps, chunk_size=chunk_size).cpu()
 
 
 #: the timesteps :func:`direction_consistency` averages over by default: the whole range, both edit windows
@@ -161,7 +167,8 @@ CONSISTENCY_TIMESTEPS = (50, 150, 300, 500, 700, 900)
 
 @torch.no_grad()
 def direction_consistency(pipe, directions, latents: torch.Tensor,
-                          timesteps: Sequence[int] = CONSISTENCY_TIMESTEPS) -> torch.Tensor:
+                          timesteps: Sequence[int] = CONSISTENCY_TIMESTEPS,
+                          chunk_size: int | None = None) -> torch.Tensor:
     """Each direction's edit consistency (``loss.edit_consistency``), averaged over timesteps.
 
     The latents are noised to each timestep with noise seeded by the timestep, so the score of
@@ -172,12 +179,14 @@ def direction_consistency(pipe, directions, latents: torch.Tensor,
             ``metrics.PromptDirections``) for ``pipe``'s model.
         latents: [N, 4, h, w] scaled VAE latents (``encode_images``), N >= 2.
         timesteps: diffusion timesteps in [0, num_train_timesteps).
+        chunk_size: at most this many (image, direction) pairs per UNet call (``direction_features``).
     Returns:
         [K] float32 in [-1, 1]: the mean over ``timesteps`` of ``mean_{i != j} cos(D_ik, D_jk)``.
     """
     if not timesteps:
         raise ValueError("direction_consistency needs at least one timestep; got none")
-    per_timestep = [edit_consistency(direction_features(pipe, directions, latents, timestep=t, seed=t))
+    per_timestep = [edit_consistency(direction_features(pipe, directions, latents, timestep=t, seed=t,
+                                                        chunk_size=chunk_size))
                     for t in timesteps]
     return torch.stack(per_timestep).mean(dim=0)
 

@@ -284,8 +284,19 @@ def test_direction_features_are_what_one_training_step_contrasts(tiny_pipe):
         empty = tiny_pipe.unet(noisy, t.expand(2), empty_conditioning(tiny_pipe).expand(2, -1, -1)).sample
         expected = edit_features(tiny_pipe.unet, noisy, t, directions.conditioning(tiny_pipe), empty)
     assert torch.allclose(features, expected, atol=1e-6)
+    # chunking bounds the UNet batch (for SD 1.5) and must not change the features
+    calls = []
+    hook = tiny_pipe.unet.register_forward_hook(lambda module, args, output: calls.append(len(args[0])))
+    try:
+        chunked = direction_features(tiny_pipe, directions, latents, timestep=300, seed=1, chunk_size=4)
+    finally:
+        hook.remove()
+    assert calls == [2, 4, 2]       # the empty prompt on both images, then 6 pairs in chunks of 4
+    assert torch.allclose(chunked, features, atol=1e-5)
     with pytest.raises(ValueError, match=r"timestep=1000 is outside \[0, 1000\)"):
         direction_features(tiny_pipe, directions, latents, timestep=1000)
+    with pytest.raises(ValueError, match="chunk_size=0 must be a positive number"):
+        direction_features(tiny_pipe, directions, latents, chunk_size=0)
 
 
 def test_direction_consistency_is_edit_consistency_averaged_over_timesteps(tiny_pipe):
@@ -306,6 +317,8 @@ def test_direction_consistency_is_edit_consistency_averaged_over_timesteps(tiny_
                           atol=1e-5)
     # prompts are scored the same way (the attributes' own words in benchmarks/consistency.py)
     assert direction_consistency(tiny_pipe, PromptDirections(["smiling", "striped"]), latents, (300,)).shape == (2,)
+    assert torch.allclose(direction_consistency(tiny_pipe, directions, latents, timesteps=(100, 700), chunk_size=2),
+                          scores, atol=1e-5)
     with pytest.raises(ValueError, match="at least one timestep"):
         direction_consistency(tiny_pipe, directions, latents, timesteps=())
 
