@@ -119,7 +119,7 @@ class Settings:
     calibration_iters: int = 7
     window: tuple = (1.0, 0.0)
     hspace_timesteps: tuple = (800, 600, 400, 200)
-    text_phrases: str = "positive"        # "positive" (value-1 phrase per attribute) or "both"
+    text_phrases: str = "positive"        # "positive", "both" or "caption" (text_directions)
     interference_images: int = 8
     grid_images: int = 3
     # where things are
@@ -147,6 +147,9 @@ class Settings:
                             ("hspace_min_scale", 0.0), ("sign_blind_negatives", False)):
             if kept[key] == before:  # the setting before the option existed: keep those caches valid
                 del kept[key]
+        # the words change only the text units, whose file names carry any other phrase set
+        # (Cache.text_name): hashed as the default, so every other method's scores are shared
+        kept["text_phrases"] = "positive"
         return hashlib.sha256(json.dumps(kept, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
     def training_fingerprint(self, weights: str = "") -> str:
@@ -165,16 +168,22 @@ class Settings:
 class Cache:
     """Where ``--resume`` keeps things: ``scores`` (one folder per :meth:`Settings.fingerprint`)
     and ``trained`` directions with their training checkpoints (one folder per
-    :meth:`Settings.training_fingerprint`, named ``trained-<key>``)."""
+    :meth:`Settings.training_fingerprint`, named ``trained-<key>``).  ``text_name`` names the text
+    units' files: the words are left out of the scores' key, so that other phrase sets share
+    every other method's scores, and a phrase set other than the default names its own
+    (``text-caption``)."""
 
     scores: Path
     trained: Path
+    text_name: str = "text"
 
     @classmethod
     def for_settings(cls, root: Path, settings: Settings, weights: str) -> "Cache":
         """The cache of one protocol under ``root``: scores keyed by every setting and the weights,
         trained directions by the training settings and the weights only."""
-        return cls(root / settings.fingerprint(weights), root / f"trained-{settings.training_fingerprint(weights)}")
+        text_name = "text" if settings.text_phrases == "positive" else f"text-{settings.text_phrases}"
+        return cls(root / settings.fingerprint(weights), root / f"trained-{settings.training_fingerprint(weights)}",
+                   text_name)
 
 
 def cache_key(pipe, oracle) -> str:
@@ -261,17 +270,27 @@ def score_one(pipe, oracle, directions, index: int, start: StartSet, domain: str
 
 
 # ===================================================================================== the methods
+#: the phrase sets of the text ceiling (``--text-phrases``, :func:`text_directions`)
+TEXT_PHRASES = ("positive", "both", "caption")
+
+
 def text_directions(domain: str, phrases: str = "positive") -> PromptDirections:
     """Each attribute's own words as directions (the supervised ceiling).
 
     ``"positive"``: the phrase of value 1 of each attribute ("smiling", "striped"), the value
     whose probability the oracle reads (two-sided scoring covers the other side);
-    ``"both"``: both phrases of every attribute ("frowning" and "smiling", ...).
+    ``"both"``: both phrases of every attribute ("frowning" and "smiling", ...);
+    ``"caption"``: the value-1 phrase as the bundled model's captions put it, after the domain's
+    noun ("a car, night"): every training caption starts with the noun, so the bare word is a
+    prompt the model never saw alone (the bare "night" barely darkens an inverted day car).
+    The directions are named by the phrase alone in every case.
     """
-    if phrases not in ("positive", "both"):
-        raise ValueError(f"text phrases must be 'positive' or 'both'; got {phrases!r}")
-    chosen = [v for values in get_domain(domain).attributes.values()
-              for v in (values[1:2] if phrases == "positive" else values)]
+    if phrases not in TEXT_PHRASES:
+        raise ValueError(f"text phrases must be one of {', '.join(TEXT_PHRASES)}; got {phrases!r}")
+    dom = get_domain(domain)
+    chosen = [v for values in dom.attributes.values() for v in (values if phrases == "both" else values[1:2])]
+    if phrases == "caption":
+        return PromptDirections([f"{dom.noun}, {v}" for v in chosen], names=chosen)
     return PromptDirections(chosen)
 
 
@@ -317,8 +336,9 @@ class MethodRun:
 def _cache_paths(cache: Cache | None, domain: str, method: str, seed):
     if cache is None:
         return None, None
-    stem = f"{domain}_{method}_seed{seed}"
+    stem = f"{domain}_{cache.text_name if method == 'text' else method}_seed{seed}"
     return cache.scores / f"{stem}.json", (cache.trained / f"{stem}.safetensors" if method != "text" else None)
+
 
 
 def _save_directions(directions, cache: Cache | None, domain: str, method: str, seed) -> None:
@@ -1331,8 +1351,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="step window of every edit, fractions of diffusion time (default: %(default)s)")
     proto.add_argument("--hspace-timesteps", nargs="+", type=int, default=list(defaults.hspace_timesteps),
                        help="timesteps at which h-space is read for the PCA (default: %(default)s)")
-    proto.add_argument("--text-phrases", choices=["positive", "both"], default=defaults.text_phrases,
-                       help="text ceiling: each attribute's value-1 phrase, or both phrases (default: %(default)s)")
+    proto.add_argument("--text-phrases", choices=TEXT_PHRASES, default=defaults.text_phrases,
+                       help="text ceiling: each attribute's value-1 phrase, both phrases, or the value-1 phrase "
+                            "after the domain's noun as in the model's captions, 'a car, night' (default: "
+                            "%(default)s)")
     proto.add_argument("--interference-images", type=int, default=None, help=f"face+cat scenes (default "
                        f"{FULL['interference_images']}; --quick {QUICK['interference_images']})")
     proto.add_argument("--grid-images", type=int, default=None, help=f"held-out images per figure row (default "

@@ -225,6 +225,19 @@ def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe
     assert not any(runs[0]["cached"] for runs in rescored["domains"]["cat"]["runs"].values())
     assert len(list((tmp_path / "cache").iterdir())) == 3                         # two scores keys, one trained key
 
+    # another phrase set for the words shares every other method's scores: only text is scored again,
+    # into a unit of its own, and the default words' unit is left as it was
+    captions = dataclasses.replace(settings, domains=["cat"], interference=False, text_phrases="caption")
+    assert captions.fingerprint("w") == settings.fingerprint("w")
+    default_words = (cache / "cat_text_seedNone.json").read_text()
+    worded = quality.run_benchmark(tiny_pipe, StatsOracle(), captions, tmp_path, tag="captions", resume=True,
+                                   progress=False, log=lambda _: None)
+    assert [stage for stage in worded["seconds"] if "score" in stage] == ["cat: score text"]
+    assert (cache / "cat_text-caption_seedNone.json").exists()
+    assert (cache / "cat_text_seedNone.json").read_text() == default_words
+    caption_tokens = [s["token"] for s in worded["domains"]["cat"]["runs"]["text"][0]["scores"]]
+    assert caption_tokens == ["a cat, orange fur", "a cat, striped", "a cat, pointy ears", "a cat, green eyes"]
+
 
 def test_merging_two_reports_of_different_seeds_gives_the_tables_of_one_run_of_both(tiny_pipe, tmp_path):
     settings = tiny_settings(Path(quality.DEFAULT_SAMPLES), domains=["face", "cat"], calibration_iters=0,
@@ -425,6 +438,12 @@ def test_command_line_flags_and_quick_defaults():
     assert settings.fingerprint() == legacy_key
     assert quality.text_directions("cat").prompts == ["orange fur", "striped", "pointy ears", "green eyes"]
     assert len(quality.text_directions("car", "both").prompts) == 8
+    captions = quality.text_directions("car", "caption")
+    assert captions.prompts == ["a car, red", "a car, big wheels", "a car, hardtop", "a car, night"]
+    assert captions.names == ["red", "big wheels", "hardtop", "night"]     # named by the attribute's phrase
+    with pytest.raises(ValueError, match="one of positive, both, caption; got 'nouns'"):
+        quality.text_directions("car", "nouns")
+    assert quality.parse_args(["--text-phrases", "caption"]).text_phrases == "caption"
     assert quality.settings_from_args(quality.parse_args(["--methods", "text", "random", "NoiseCLR"]),
                                       "m").methods == ["NoiseCLR", "random", "text"]      # report order
     with pytest.raises(SystemExit, match="has random but not NoiseCLR; .* so add NoiseCLR"):
