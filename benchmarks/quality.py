@@ -527,7 +527,8 @@ def run_interference(pipe, oracle, face_runs, cat_runs, settings: Settings, stag
     for method in settings.methods:
         per_seed = []
         for face_run, cat_run in zip(face_runs[method], cat_runs[method]):
-            saved = (cache.scores / f"scene{settings.interference_images}_{method}_seed{face_run.seed}.json"
+            unit = cache.text_name if cache is not None and method == "text" else method
+            saved = (cache.scores / f"scene{settings.interference_images}_{unit}_seed{face_run.seed}.json"
                      if cache is not None else None)
             if saved is not None and saved.exists():
                 per_seed.append(json.loads(saved.read_text()))

@@ -227,14 +227,17 @@ def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe
 
     # another phrase set for the words shares every other method's scores: only text is scored again,
     # into a unit of its own, and the default words' unit is left as it was
-    captions = dataclasses.replace(settings, domains=["cat"], interference=False, text_phrases="caption")
+    captions = dataclasses.replace(settings, text_phrases="caption")
     assert captions.fingerprint("w") == settings.fingerprint("w")
-    default_words = (cache / "cat_text_seedNone.json").read_text()
+    scene_words = f"scene{settings.interference_images}_text_seedNone.json"
+    default_words = [(cache / name).read_text() for name in ("cat_text_seedNone.json", scene_words)]
     worded = quality.run_benchmark(tiny_pipe, StatsOracle(), captions, tmp_path, tag="captions", resume=True,
                                    progress=False, log=lambda _: None)
-    assert [stage for stage in worded["seconds"] if "score" in stage] == ["cat: score text"]
+    assert [stage for stage in worded["seconds"] if "score" in stage] == ["face: score text", "cat: score text"]
+    assert not any(method in stage for stage in worded["seconds"] for method in quality.METHODS if method != "text")
     assert (cache / "cat_text-caption_seedNone.json").exists()
-    assert (cache / "cat_text_seedNone.json").read_text() == default_words
+    assert (cache / f"scene{settings.interference_images}_text-caption_seedNone.json").exists()   # the scenes too
+    assert [(cache / name).read_text() for name in ("cat_text_seedNone.json", scene_words)] == default_words
     caption_tokens = [s["token"] for s in worded["domains"]["cat"]["runs"]["text"][0]["scores"]]
     assert caption_tokens == ["a cat, orange fur", "a cat, striped", "a cat, pointy ears", "a cat, green eyes"]
 
