@@ -387,8 +387,11 @@ def _load_unit(cache: Cache | None, domain: str, method: str, seed, text: Prompt
     scores_file, directions_file = _cache_paths(cache, domain, method, seed)
     if scores_file is None or not scores_file.exists():
         return None
+    directions = text if method == "text" else _load_directions(cache, domain, method, seed)
+    if directions is None:  # its directions file is gone: score the unit again (figures render its directions)
+        return None
     run = MethodRun.from_json(json.loads(scores_file.read_text()))
-    run.directions = text if method == "text" else _load_directions(cache, domain, method, seed)
+    run.directions = directions
     run.cached = True
     return run
 

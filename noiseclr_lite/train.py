@@ -148,6 +148,9 @@ def direction_features(pipe, directions: Directions, latents: torch.Tensor, time
     num_train_timesteps = pipe.scheduler.config.num_train_timesteps
     if not 0 <= timestep < num_train_timesteps:
         raise ValueError(f"timestep={timestep} is outside [0, {num_train_timesteps})")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size} must be a positive number of (image, direction) pairs, "
+                         "or None for one UNet call")
     latents = latents.float().cpu()
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
     t = torch.tensor([timestep])
@@ -155,9 +158,6 @@ def direction_features(pipe, directions: Directions, latents: torch.Tensor, time
     t = t.to(pipe.device)
     empty = empty_conditioning(pipe)
     empty_eps = pipe.unet(noisy, t.expand(len(noisy)), empty.expand(len(noisy), -1, -1)).sample
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size} must be a positive number of (image, direction) pairs, "
-                         "or None for one UNet call")
     return edit_features(pipe.unet, noisy, t, directions.conditioning(pipe), empty_eps, chunk_size=chunk_size).cpu()
 
 

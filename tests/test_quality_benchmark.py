@@ -205,6 +205,13 @@ def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe
     assert (tmp_path / "quality-resumed.md").exists() and (tmp_path / "quality-resumed_cat.png").exists()
     cached = {m: runs[0]["cached"] for m, runs in resumed["domains"]["cat"]["runs"].items()}
     assert cached == {m: m != "InfoNCE" for m in quality.METHODS}
+    # scores whose directions file is gone are scored again (a random set is drawn again, the same one)
+    (trained / "cat_random_seed0.safetensors").unlink()
+    redrawn = quality.run_benchmark(tiny_pipe, StatsOracle(), dataclasses.replace(settings, domains=["cat"]),
+                                    tmp_path, tag="redrawn", resume=True, progress=False, log=lambda _: None)
+    assert [stage for stage in redrawn["seconds"] if "score" in stage] == ["cat: score random seed 0"]
+    assert redrawn["domains"]["cat"]["table"] == report["domains"]["cat"]["table"]
+    assert (trained / "cat_random_seed0.safetensors").exists()
 
     # a sweep-style run of fewer methods shares the cache (methods are not part of its key) and
     # reports only what it ran, the scene part included
