@@ -185,6 +185,10 @@ class Cache:
         return cls(root / settings.fingerprint(weights), root / f"trained-{settings.training_fingerprint(weights)}",
                    text_name)
 
+    def unit_name(self, method: str) -> str:
+        """The name ``method``'s units are cached under (``text_name`` for the words)."""
+        return self.text_name if method == "text" else method
+
 
 def cache_key(pipe, oracle) -> str:
     """``models.weights_key`` of everything a score depends on: the text encoder, the UNet, the VAE
@@ -336,9 +340,8 @@ class MethodRun:
 def _cache_paths(cache: Cache | None, domain: str, method: str, seed):
     if cache is None:
         return None, None
-    stem = f"{domain}_{cache.text_name if method == 'text' else method}_seed{seed}"
+    stem = f"{domain}_{cache.unit_name(method)}_seed{seed}"
     return cache.scores / f"{stem}.json", (cache.trained / f"{stem}.safetensors" if method != "text" else None)
-
 
 
 def _save_directions(directions, cache: Cache | None, domain: str, method: str, seed) -> None:
@@ -384,7 +387,7 @@ def _save_unit(run: MethodRun, cache: Cache | None) -> None:
 
 
 def _load_unit(cache: Cache | None, domain: str, method: str, seed, text: PromptDirections | None) -> MethodRun | None:
-    scores_file, directions_file = _cache_paths(cache, domain, method, seed)
+    scores_file, _ = _cache_paths(cache, domain, method, seed)
     if scores_file is None or not scores_file.exists():
         return None
     directions = text if method == "text" else _load_directions(cache, domain, method, seed)
@@ -530,9 +533,8 @@ def run_interference(pipe, oracle, face_runs, cat_runs, settings: Settings, stag
     for method in settings.methods:
         per_seed = []
         for face_run, cat_run in zip(face_runs[method], cat_runs[method]):
-            unit = cache.text_name if cache is not None and method == "text" else method
-            saved = (cache.scores / f"scene{settings.interference_images}_{unit}_seed{face_run.seed}.json"
-                     if cache is not None else None)
+            saved = (cache.scores / f"scene{settings.interference_images}_{cache.unit_name(method)}_seed"
+                     f"{face_run.seed}.json" if cache is not None else None)
             if saved is not None and saved.exists():
                 per_seed.append(json.loads(saved.read_text()))
                 continue
