@@ -105,6 +105,7 @@ class Settings:
     init: str = "random"                  # "random" or "vocab" (directions.Directions.create)
     strength_weight: float = 0.0          # > 0: the push-strength term (train.TrainConfig.strength_weight)
     sign_blind_negatives: bool = False    # True: negatives scored by |cos| (train.TrainConfig.sign_blind_negatives)
+    context: str = "alone"                # "alone" or "caption": the prompt tokens are used in (direction_context)
     train_images: int | None = None       # None = the whole sample folder
     # the protocol
     eval_images: int = 16
@@ -144,7 +145,7 @@ class Settings:
         kept = {k: v for k, v in asdict(self).items() if k not in skip}
         kept["weights"] = weights
         for key, before in (("anchors", "one"), ("init", "random"), ("strength_weight", 0.0), ("min_scale", 0.0),
-                            ("hspace_min_scale", 0.0), ("sign_blind_negatives", False)):
+                            ("hspace_min_scale", 0.0), ("sign_blind_negatives", False), ("context", "alone")):
             if kept[key] == before:  # the setting before the option existed: keep those caches valid
                 del kept[key]
         # the words change only the text units, whose file names carry any other phrase set
@@ -159,6 +160,8 @@ class Settings:
         kept = {k: v for k, v in self.train_overrides("noiseclr", 0).items() if k not in ("loss", "seed")}
         if not kept["sign_blind_negatives"]:  # the setting before the option existed: keep those caches valid
             del kept["sign_blind_negatives"]
+        if self.context != "alone":  # the same: directions trained alone keep their cache
+            kept["context"] = self.context
         kept.update(train_images=self.train_images, hspace_timesteps=self.hspace_timesteps, model=self.model,
                     samples=self.samples, weights=weights)
         return hashlib.sha256(json.dumps(kept, sort_keys=True, default=list).encode()).hexdigest()[:12]
@@ -298,12 +301,27 @@ def text_directions(domain: str, phrases: str = "positive") -> PromptDirections:
     return PromptDirections(chosen)
 
 
+CONTEXTS = ("alone", "caption")
+
+
+def direction_context(domain: str, context: str = "alone") -> str:
+    """The prompt a trained (or random) direction's token is used in, ``{}`` for the token:
+    ``"alone"``: ``"{}"``, the token is the whole prompt (the official NoiseCLR);
+    ``"caption"``: after the domain's noun, as the bundled model's captions put their words
+    (``"a car, {}"``), the context the words' ``"caption"`` ceiling is scored in."""
+    if context not in CONTEXTS:
+        raise ValueError(f"context must be one of {', '.join(CONTEXTS)}; got {context!r}")
+    return f"{get_domain(domain).noun}, {{}}" if context == "caption" else "{}"
+
+
 def matched_random(pipe, reference, seed: int, prefix: str, init: str = "random"):
     """Random token rows (the init ``train_directions`` starts from with ``seed`` and ``init``),
-    each rescaled to the mean row norm of ``reference`` (the trained directions)."""
+    each rescaled to the mean row norm of ``reference`` (the trained directions) and used in the
+    same prompt context."""
     from noiseclr_lite.directions import Directions
 
-    rows = Directions.create(pipe, reference.num_directions, prefix=prefix, init=init, seed=seed)
+    rows = Directions.create(pipe, reference.num_directions, prefix=prefix, init=init, seed=seed,
+                             context=reference.context)
     target = reference.embeddings.norm(dim=1).mean()
     rows.embeddings = rows.embeddings / rows.embeddings.norm(dim=1, keepdim=True) * target
     rows.metadata["matched_norm"] = float(target)
@@ -434,7 +452,7 @@ def load_or_train(pipe, settings: Settings, domain: str, method: str, seed: int,
     with stages(label):
         trained = train_directions(pipe, latents=train_latents, progress=progress,
                                    prefix=f"{domain}_{method.lower()}{seed}", output_dir=checkpoints,
-                                   resume=checkpoints is not None,
+                                   resume=checkpoints is not None, context=direction_context(domain, settings.context),
                                    **settings.train_overrides(TRAINED_LOSSES[method], seed))
     _save_directions(trained, cache, domain, method, seed)
     return trained, stages.seconds[label]
@@ -783,7 +801,11 @@ def markdown(report: dict) -> str:
              "Methods: **NoiseCLR** (official loss), **InfoNCE** (the variant loss, same settings), **random** "
              "(NoiseCLR's own random init rows, rescaled to its trained norm: the floor), **text** (the attribute's "
              f"own phrase, {s['text_phrases']} phrases: the supervised ceiling), **h-space** (PCA of the UNet "
-             "middle block, Haas et al. 2023, `noiseclr_lite.hspace`).", ""]
+             "middle block, Haas et al. 2023, `noiseclr_lite.hspace`)." +
+             ("" if s.get("context", "alone") == "alone" else
+              " NoiseCLR's, InfoNCE's and random tokens are trained and applied after the domain's noun, as the "
+              "model's captions put words (`--context caption`: the prompt \"a car, <token>\", not the token "
+              "alone)."), ""]
     lines += ["## Settings", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in s.items()]
     lines += ["", "## Overall (mean over domains)", "", format_table(report["overall"], QUALITY_COLUMNS), ""]
@@ -1233,7 +1255,8 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
                      f"{len(s['seeds'])} | "
                      f"{s['num_directions']} | {s['steps']} | {s['learning_rate']:g} | {s['tau']:g} | {s['timestep_range']} | "
                      f"{s['batch_size']} | {_training_images(s)} | "
-                     f"{s.get('anchors', 'one')} | {s.get('init', 'random')} | "
+                     f"{s.get('anchors', 'one')} | {s.get('init', 'random')}"
+                     f"{'' if s.get('context', 'alone') == 'alone' else ', in ' + s['context']} | "
                      f"{s.get('strength_weight', 0.0):g} | "
                      f"{'sign-blind' if s.get('sign_blind_negatives') else 'signed'} | {_scale_bracket(s.get('min_scale', 0.0), s['max_scale'])} | "
                      f"{s['target_change']:g} on {s['calibration_images']} | "
@@ -1327,6 +1350,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="score the loss's negatives by |cos|, so that two directions that are opposite ends "
                             "of one attribute count as one slider (NoiseCLR and InfoNCE; default: the official, "
                             "signed negatives)")
+    train.add_argument("--context", choices=CONTEXTS, default=defaults.context,
+                       help="the prompt NoiseCLR's and InfoNCE's tokens are trained and applied in (random ones "
+                            "too): alone (the official) or caption, after the domain's noun as the model's "
+                            "captions put words, 'a car, <token>' (default: %(default)s)")
     train.add_argument("--train-images", type=int, default=None, help="use the first N sample images (default: all)")
     proto = p.add_argument_group("the protocol")
     proto.add_argument("--eval-images", type=int, default=None, help=f"held-out starting images per domain "
@@ -1378,7 +1405,7 @@ def settings_from_args(args: argparse.Namespace, model: str) -> Settings:
         num_directions=pick("num_directions"), steps=pick("steps"), learning_rate=args.lr,
         timestep_range=tuple(args.timestep_range), batch_size=args.batch_size, negatives=args.negatives,
         tau=args.tau, anchors=args.anchors, init=args.init, strength_weight=args.strength_weight,
-        sign_blind_negatives=args.sign_blind_negatives,
+        sign_blind_negatives=args.sign_blind_negatives, context=args.context,
         train_images=args.train_images, eval_images=pick("eval_images"),
         start_seed=args.start_seed,
         inference_steps=pick("inference_steps"), target_change=args.target_change,

@@ -60,6 +60,10 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--sign-blind-negatives", action="store_true",
                        help="score negatives by |cos|: two directions that are opposite ends of one attribute "
                             "count as the same slider (default: the official, signed negatives)")
+    train.add_argument("--context", default="{}",
+                       help="the prompt each direction's token is used in, {} for the token: '{}' (alone, the "
+                            "official, default) or e.g. 'a photo of a face, {}' to train (and later edit) in the "
+                            "words your model's captions use")
     train.add_argument("--t-min", type=int, default=0, help="lowest training timestep (default 0)")
     train.add_argument("--t-max", type=int, default=1000, help="highest training timestep, exclusive (default 1000)")
     train.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default 1)")
@@ -177,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             num_directions=args.num_directions, steps=args.steps, learning_rate=args.lr, tau=args.tau,
             loss=args.loss, batch_size=args.batch_size, negatives_per_step=args.negatives or None,
             anchors=args.anchors, init=args.init, strength_weight=args.strength_weight,
-            sign_blind_negatives=args.sign_blind_negatives,
+            sign_blind_negatives=args.sign_blind_negatives, context=args.context,
             timestep_range=(args.t_min, args.t_max), grad_accum=args.grad_accum, chunk_size=args.chunk_size,
             mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
             seed=args.seed, prefix=args.prefix, checkpoint_every=args.checkpoint_every)

@@ -2,8 +2,10 @@
 
 A direction ``d_k`` is one new row of the text encoder's token-embedding matrix, reached
 through a placeholder token such as ``<face_3>`` (textual-inversion style).  Its
-conditioning ``c_k`` is the text encoder's output for a prompt made of that token alone.
-Only these K rows are ever trained or written; every other weight stays as it was.
+conditioning ``c_k`` is the text encoder's output for a prompt made of that token alone,
+or of the token in a fixed *context* such as ``"a car, {}"`` (the way the model's training
+captions put their words, after the domain's noun).  Only these K rows are ever trained or
+written; every other weight stays as it was.
 
     d = Directions.create(pipe, 8, prefix="face")   # random rows, seeded
     d.install(pipe)                                 # tokens usable in any prompt
@@ -26,6 +28,17 @@ from safetensors.torch import save_file
 
 FORMAT = "noiseclr_lite.directions"
 FORMAT_VERSION = "1"
+#: the default context: the token alone is the whole prompt (as in the official NoiseCLR)
+ALONE = "{}"
+
+
+def check_context(context: str, where: str = "context") -> str:
+    """``context`` if it is a prompt template with exactly one ``{}`` (where the token goes), else ValueError."""
+    # any other brace would make str.format fail or eat the token
+    if not isinstance(context, str) or context.count("{}") != 1 or set("{}") & set(context.replace("{}", "")):
+        raise ValueError(f"{where} must be a prompt with exactly one '{{}}' where the direction's token goes, "
+                         f"e.g. 'a car, {{}}' or '{{}}' (the token alone); got {context!r}")
+    return context
 
 
 def tokenizer_fingerprint(tokenizer) -> tuple[str, int]:
@@ -87,7 +100,8 @@ class Directions:
 
     ``names`` are free labels (default: the tokens) that users may rename, e.g. "smile";
     ``metadata`` (JSON-able) records the base model, hidden size, tokenizer fingerprint
-    and training settings; ``source`` is the file it was loaded from, if any.
+    and training settings, and ``"context"``, the prompt each token is used in (see
+    :attr:`context`); ``source`` is the file it was loaded from, if any.
     """
 
     embeddings: torch.Tensor
@@ -106,10 +120,19 @@ class Directions:
             repeated = sorted({t for t in self.tokens if self.tokens.count(t) > 1})
             raise ValueError(f"Directions tokens must be distinct; {repeated} appear more than once in "
                              f"{self.tokens}. Give each direction its own token (Directions.create numbers them)")
+        where = f"the context in {self.source}" if self.source else "Directions context"
+        check_context(self.context, where)
+
+    @property
+    def context(self) -> str:
+        """The prompt each token is used in, ``{}`` standing for the token: ``"{}"`` (the
+        token alone, the default) or e.g. ``"a car, {}"``.  Directions are applied in the
+        context they were trained in (``metadata["context"]``)."""
+        return self.metadata.get("context", ALONE)
 
     @classmethod
     def create(cls, pipe, num_directions: int, prefix: str = "d", init: str = "random", seed: int = 0,
-               base_model: str | None = None) -> "Directions":
+               base_model: str | None = None, context: str = ALONE) -> "Directions":
         """New directions for ``pipe``'s text encoder, tokens ``<{prefix}_0>`` .. ``<{prefix}_{K-1}>``.
 
         Args:
@@ -122,6 +145,8 @@ class Directions:
                 of that scale (so the K directions start apart).
             seed: seeds the ``torch.Generator`` that draws the rows.
             base_model: recorded in ``metadata`` (default: the pipeline's hub id or folder).
+            context: the prompt each token is used in (:attr:`context`); recorded in
+                ``metadata`` only when it is not the default ``"{}"``.
         """
         if num_directions < 1:
             raise ValueError(f"num_directions must be at least 1; got {num_directions}")
@@ -149,7 +174,7 @@ class Directions:
         fingerprint, vocab_size = tokenizer_fingerprint(pipe.tokenizer)
         metadata = {"base_model": base_model or _model_name(pipe), "hidden_size": hidden,
                     "tokenizer_vocab_size": vocab_size, "tokenizer_fingerprint": fingerprint,
-                    "init": init, "seed": seed}
+                    "init": init, "seed": seed, **({} if context == ALONE else {"context": context})}
         return cls(embeddings, [f"<{prefix}_{k}>" for k in range(num_directions)], metadata=metadata)
 
     @property
@@ -214,7 +239,8 @@ class Directions:
         return ids
 
     def conditioning(self, pipe, embeddings: torch.Tensor | None = None) -> torch.Tensor:
-        """``c_k``: the text encoder's output [K, L, H] for each token alone (as SD tokenizes it).
+        """``c_k``: the text encoder's output [K, L, H] for each token in :attr:`context` (alone
+        by default), tokenized as SD does.
 
         Installs the tokens first if ``pipe`` lacks them.  With ``embeddings`` ([K, H],
         possibly requiring grad) the K tokens read those rows instead of the stored ones and
@@ -233,7 +259,7 @@ class Directions:
         text_encoder.set_input_embeddings(_RowOverride(original, ids, rows))
         try:
             with torch.set_grad_enabled(embeddings is not None and torch.is_grad_enabled()):
-                return _encode(pipe, self.tokens)
+                return _encode(pipe, [self.context.format(token) for token in self.tokens])
         finally:
             text_encoder.set_input_embeddings(original)
 
@@ -291,7 +317,9 @@ class Directions:
         (folder / "README.md").write_text(
             f"Textual-inversion embeddings {self.tokens} (names {self.names}) for "
             f"{self.metadata.get('base_model') or 'an unnamed model'}, hidden size {self.hidden_size}; load with "
-            f"pipe.load_textual_inversion(files, token=tokens, use_safetensors=True).\n")
+            f"pipe.load_textual_inversion(files, token=tokens, use_safetensors=True).\n"
+            + ("" if self.context == ALONE else f"They were trained in the prompt {self.context!r} ({{}} is the "
+                                                f"token): use them in that prompt.\n"))
         return files
 
     @classmethod

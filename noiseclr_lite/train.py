@@ -2,7 +2,7 @@
 
 One step, in words: take ``batch_size`` cached image latents, noise them all to one
 random timestep t, ask the frozen UNet for its noise prediction under the empty prompt
-and under each direction's token, and contrast the differences ``D[i, k]``
+and under each direction's token (alone, or in ``TrainConfig.context``), and contrast the differences ``D[i, k]``
 (see ``noiseclr_lite.loss``).  Only the K token embeddings receive gradients; the UNet,
 the VAE and every other row of the text encoder stay untouched.
 
@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .directions import Directions, empty_conditioning
+from .directions import Directions, check_context, empty_conditioning
 from .loss import edit_consistency, get_loss, push_strength_loss
 from .models import encode_images
 
@@ -58,6 +58,8 @@ class TrainConfig:
     seed: int = 0
     prefix: str = "d"
     init: str = "random"
+    context: str = "{}"                      # the prompt each token is used in ("{}": alone, official;
+                                             # "a car, {}": after the domain's noun, as the captions put words)
     checkpoint_every: int = 50
     extra: dict = field(default_factory=dict)
 
@@ -226,6 +228,7 @@ def _check_config(cfg: TrainConfig, num_images: int) -> None:
     if not (cfg.strength_weight >= 0 and math.isfinite(cfg.strength_weight)):
         raise ValueError(f"strength_weight={cfg.strength_weight}; use 0 (the official loss) or a small positive "
                          "weight such as 0.25")
+    check_context(cfg.context, "TrainConfig.context")
     if cfg.mixed_precision not in ("no", "fp16", "bf16"):
         raise ValueError(f"mixed_precision={cfg.mixed_precision!r}; use 'no', 'fp16' or 'bf16'")
 
@@ -271,7 +274,8 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
 
-    directions = Directions.create(pipe, cfg.num_directions, prefix=cfg.prefix, init=cfg.init, seed=cfg.seed)
+    directions = Directions.create(pipe, cfg.num_directions, prefix=cfg.prefix, init=cfg.init, seed=cfg.seed,
+                                   context=cfg.context)
     directions.install(pipe)
     params = _DirectionParameters(directions.embeddings)
     optimizer = torch.optim.AdamW(params.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -292,9 +296,10 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
         saved_cfg.setdefault("init", "random")
         saved_cfg.setdefault("strength_weight", 0.0)
         saved_cfg.setdefault("sign_blind_negatives", False)
+        saved_cfg.setdefault("context", "{}")
         # the learning rate too: the optimizer state loaded below would silently bring back the saved one
         for key in ("num_directions", "seed", "prefix", "loss", "batch_size", "anchors", "init", "strength_weight",
-                    "sign_blind_negatives", "learning_rate"):
+                    "sign_blind_negatives", "learning_rate", "context"):
             if saved_cfg[key] != getattr(cfg, key):
                 raise ValueError(f"{ckpt_path} was written with {key}={saved_cfg[key]!r} but this run has "
                                  f"{key}={getattr(cfg, key)!r}; use the same settings or another output folder")

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from noiseclr_lite.directions import Directions, empty_conditioning, textual_inversion_files, tokenizer_fingerprint
+from noiseclr_lite.directions import (Directions, check_context, empty_conditioning, textual_inversion_files,
+                                     tokenizer_fingerprint)
 from noiseclr_lite.testing import tiny_pipeline
 from noiseclr_lite.toyworld.tokenizer import save_word_tokenizer
 
@@ -134,6 +135,39 @@ def test_conditioning_is_what_the_pipeline_encodes(tiny_pipe):
     assert empty.shape == (1, 16, 32)
     torch.testing.assert_close(empty, prompt_embeds(tiny_pipe, ""), rtol=0, atol=1e-6)
     assert not torch.allclose(c[0], empty[0])
+
+
+def test_conditioning_in_a_context_is_the_token_in_that_prompt(tiny_pipe, tmp_path):
+    alone = Directions.create(tiny_pipe, 3)
+    d = Directions.create(tiny_pipe, 3, context="a face, {}")
+    assert alone.context == "{}" and "context" not in alone.metadata  # the default is not written
+    assert d.context == "a face, {}" and d.metadata["context"] == "a face, {}"
+    c = d.conditioning(tiny_pipe)
+    for k, token in enumerate(d.tokens):
+        torch.testing.assert_close(c[k:k + 1], prompt_embeds(tiny_pipe, f"a face, {token}"), rtol=0, atol=1e-6)
+    assert not torch.allclose(c, alone.conditioning(tiny_pipe))
+    # the context travels with the file, and trained rows read in it stay differentiable
+    loaded = Directions.load(d.save(tmp_path / "faces.safetensors"))
+    assert loaded.context == "a face, {}"
+    torch.testing.assert_close(loaded.conditioning(tiny_pipe), c)
+    rows = torch.nn.Parameter(d.embeddings.clone())
+    d.conditioning(tiny_pipe, rows).sum().backward()
+    assert rows.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("context", ["a face", "{} and {}", "a {face}, {}", "}{}", 3])
+def test_a_context_needs_exactly_one_slot_for_the_token(tiny_pipe, tmp_path, context):
+    with pytest.raises(ValueError, match=r"exactly one '\{\}'.*got"):
+        check_context(context)
+    with pytest.raises(ValueError, match="Directions context"):
+        Directions.create(tiny_pipe, 2, context=context)
+    # a file with a broken context (edited by hand) names the file when it is read
+    d = Directions.create(tiny_pipe, 2)
+    d.metadata["context"] = context
+    path = d.save(tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match=f"the context in {path}"):
+        Directions.load(path)
+    assert check_context("a face, {}") == "a face, {}" and check_context("{}") == "{}"
 
 
 def test_conditioning_from_float32_parameter_rows_keeps_fp16_weights_dtype(tiny_pipe):

@@ -248,6 +248,20 @@ def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe
     caption_tokens = [s["token"] for s in worded["domains"]["cat"]["runs"]["text"][0]["scores"]]
     assert caption_tokens == ["a cat, orange fur", "a cat, striped", "a cat, pointy ears", "a cat, green eyes"]
 
+    # tokens trained in the captions' context are other directions: new keys for both the trained
+    # directions and the scores; NoiseCLR, InfoNCE and the random floor all live in "a cat, {}"
+    placed = dataclasses.replace(settings, domains=["cat"], interference=False, context="caption")
+    assert placed.training_fingerprint("w") != settings.training_fingerprint("w")
+    assert placed.fingerprint("w") != settings.fingerprint("w")
+    in_context = quality.run_benchmark(tiny_pipe, StatsOracle(), placed, tmp_path, tag="context", resume=True,
+                                       progress=False, log=lambda _: None)
+    assert {"cat: train NoiseCLR seed 0", "cat: train InfoNCE seed 0"} <= set(in_context["seconds"])
+    [placed_trained] = set((tmp_path / "cache").glob("trained-*")) - {trained}
+    for method in ("NoiseCLR", "InfoNCE", "random"):
+        assert Directions.load(placed_trained / f"cat_{method}_seed0.safetensors").context == "a cat, {}"
+    assert Directions.load(trained / "cat_NoiseCLR_seed0.safetensors").context == "{}"   # left as it was
+    assert "the prompt \"a car, <token>\"" in (tmp_path / "quality-context.md").read_text()
+
 
 def test_merging_two_reports_of_different_seeds_gives_the_tables_of_one_run_of_both(tiny_pipe, tmp_path):
     settings = tiny_settings(Path(quality.DEFAULT_SAMPLES), domains=["face", "cat"], calibration_iters=0,
@@ -429,6 +443,12 @@ def test_command_line_flags_and_quick_defaults():
     unblind = dataclasses.replace(blind, sign_blind_negatives=False)
     assert blind.fingerprint() != unblind.fingerprint()
     assert blind.training_fingerprint() != unblind.training_fingerprint()
+    # the prompt context: "alone" (the official) keeps both keys; "caption" changes both
+    assert settings.context == "alone"
+    placed = quality.settings_from_args(quality.parse_args(["--context", "caption"]), "m")
+    assert placed.context == "caption"
+    alone = dataclasses.replace(placed, context="alone")
+    assert placed.fingerprint() != alone.fingerprint() and placed.training_fingerprint() != alone.training_fingerprint()
     # the log-spaced calibration bracket: a protocol setting, so a new scores key but the same trained directions
     assert settings.min_scale == 0.0 and settings.hspace_min_scale == 0.0
     logged = quality.settings_from_args(quality.parse_args(["--quick", "--steps", "7", "--negatives", "all",
@@ -440,7 +460,7 @@ def test_command_line_flags_and_quick_defaults():
     assert logged.training_fingerprint() == settings.training_fingerprint() != vocab.training_fingerprint()
     legacy = {k: v for k, v in dataclasses.asdict(settings).items()
               if k not in ("anchors", "init", "strength_weight", "min_scale", "hspace_min_scale",
-                           "sign_blind_negatives")}
+                           "sign_blind_negatives", "context")}
     legacy_key = hashlib.sha256(json.dumps({**{k: v for k, v in legacy.items() if k not in
                                                {"domains", "seeds", "methods", "interference", "grid_images",
                                                 "interference_images", "quick"}}, "weights": ""},
@@ -568,6 +588,18 @@ def test_matched_random_draws_the_training_init_at_the_trained_norm(tiny_pipe):
         assert torch.allclose(torch.nn.functional.cosine_similarity(floor.embeddings, start, dim=1), torch.ones(3))
         assert torch.allclose(floor.embeddings.norm(dim=1), trained.embeddings.norm(dim=1).mean().expand(3))
         assert floor.tokens == ["<face_random1_0>", "<face_random1_1>", "<face_random1_2>"]
+        assert floor.context == "{}"
+    # the floor is used in the trained set's prompt context
+    placed = Directions.create(tiny_pipe, 3, prefix="face", seed=5, context="a face, {}")
+    assert quality.matched_random(tiny_pipe, placed, seed=1, prefix="face_random1").context == "a face, {}"
+
+
+def test_direction_context_puts_the_token_after_the_domains_noun():
+    assert quality.direction_context("car") == "{}"
+    assert quality.direction_context("car", "caption") == "a car, {}"
+    assert quality.direction_context("face", "caption").format("<face_0>") == "a face, <face_0>"
+    with pytest.raises(ValueError, match="context must be one of alone, caption; got 'prompt'"):
+        quality.direction_context("car", "prompt")
 
 
 def test_reports_are_written_compressed_and_read_either_way(tmp_path):

@@ -162,6 +162,28 @@ def test_bad_settings_are_refused(tiny_pipe):
         train_directions(tiny_pipe, _images(), progress=False, **{**FAST, "batch_size": 1})
     with pytest.raises(ValueError, match="give images"):
         train_directions(tiny_pipe, progress=False, **FAST)
+    with pytest.raises(ValueError, match="TrainConfig.context must be a prompt with exactly one"):
+        train_directions(tiny_pipe, _images(), progress=False, **{**FAST, "context": "a face"})
+
+
+def test_a_context_trains_the_tokens_in_that_prompt(tmp_path):
+    """Directions trained in "a face, {}" carry that context, and their steps contrast the
+    tokens in it: the run differs from the same seed trained alone."""
+    from noiseclr_lite.testing import tiny_pipeline
+
+    alone = train_directions(tiny_pipeline(0, tmp_path / "a"), _images(), progress=False, **FAST)
+    pipe = tiny_pipeline(0, tmp_path / "b")
+    seen = []
+    original = Directions.conditioning
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Directions, "conditioning", lambda self, *a, **k: seen.append(self.context) or
+                      original(self, *a, **k))
+        placed = train_directions(pipe, _images(), progress=False, **{**FAST, "context": "a face, {}"})
+    assert seen and set(seen) == {"a face, {}"}
+    assert placed.context == "a face, {}" and json.loads(placed.metadata["training"])["context"] == "a face, {}"
+    assert alone.context == "{}"
+    assert not torch.allclose(placed.embeddings, alone.embeddings)
+    assert json.loads(placed.metadata["loss_history"]) != json.loads(alone.metadata["loss_history"])
 
 
 _RUN = textwrap.dedent("""
@@ -233,6 +255,9 @@ def test_resume_refuses_other_settings(tiny_pipe, tmp_path):
     with pytest.raises(ValueError, match="sign_blind_negatives=False but this run has sign_blind_negatives=True"):
         train_directions(tiny_pipe, _images(), output_dir=tmp_path, resume=True, progress=False,
                          **{**FAST, "sign_blind_negatives": True})
+    with pytest.raises(ValueError, match=r"context='\{\}' but this run has context='a face, \{\}'"):
+        train_directions(tiny_pipe, _images(), output_dir=tmp_path, resume=True, progress=False,
+                         **{**FAST, "context": "a face, {}"})
     with pytest.raises(ValueError, match="learning_rate=0.05 but this run has learning_rate=0.001"):
         train_directions(tiny_pipe, _images(), output_dir=tmp_path, resume=True, progress=False,
                          **{**FAST, "learning_rate": 1e-3})
