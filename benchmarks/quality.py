@@ -148,6 +148,8 @@ class Settings:
                             ("hspace_min_scale", 0.0), ("sign_blind_negatives", False), ("context", "alone")):
             if kept[key] == before:  # the setting before the option existed: keep those caches valid
                 del kept[key]
+        if "context" in kept:
+            kept["context"] = CONTEXT_KEYS[self.context]
         # the words change only the text units, whose file names carry any other phrase set
         # (Cache.text_name): hashed as the default, so every other method's scores are shared
         kept["text_phrases"] = "positive"
@@ -161,7 +163,7 @@ class Settings:
         if not kept["sign_blind_negatives"]:  # the setting before the option existed: keep those caches valid
             del kept["sign_blind_negatives"]
         if self.context != "alone":  # the same: directions trained alone keep their cache
-            kept["context"] = self.context
+            kept["context"] = CONTEXT_KEYS[self.context]
         kept.update(train_images=self.train_images, hspace_timesteps=self.hspace_timesteps, model=self.model,
                     samples=self.samples, weights=weights)
         return hashlib.sha256(json.dumps(kept, sort_keys=True, default=list).encode()).hexdigest()[:12]
@@ -302,13 +304,18 @@ def text_directions(domain: str, phrases: str = "positive") -> PromptDirections:
 
 
 CONTEXTS = ("alone", "caption")
+#: what the cache keys hash for a context other than "alone": the first "caption" runs measured the
+#: push from the empty prompt (commit a5cea54); since then the push is measured from the context without
+#: the token ("a car"): other directions and other scores, so another key
+CONTEXT_KEYS = {"caption": {"context": "caption", "reference": "the context without the token"}}
 
 
 def direction_context(domain: str, context: str = "alone") -> str:
     """The prompt a trained (or random) direction's token is used in, ``{}`` for the token:
     ``"alone"``: ``"{}"``, the token is the whole prompt (the official NoiseCLR);
     ``"caption"``: after the domain's noun, as the bundled model's captions put their words
-    (``"a car, {}"``), the context the words' ``"caption"`` ceiling is scored in."""
+    (``"a car, {}"``, the words' ``"caption"`` phrases); the token's push is then measured
+    from the noun alone (``Directions.reference_prompt``)."""
     if context not in CONTEXTS:
         raise ValueError(f"context must be one of {', '.join(CONTEXTS)}; got {context!r}")
     return f"{get_domain(domain).noun}, {{}}" if context == "caption" else "{}"
@@ -805,7 +812,8 @@ def markdown(report: dict) -> str:
              ("" if s.get("context", "alone") == "alone" else
               " NoiseCLR's, InfoNCE's and random tokens are trained and applied after the domain's noun, as the "
               "model's captions put words (`--context caption`: the prompt \"a car, <token>\", not the token "
-              "alone)."), ""]
+              "alone), and their push is measured from the noun alone (\"a car\"); the words' is measured from "
+              "the empty prompt."), ""]
     lines += ["## Settings", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in s.items()]
     lines += ["", "## Overall (mean over domains)", "", format_table(report["overall"], QUALITY_COLUMNS), ""]

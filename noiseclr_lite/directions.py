@@ -4,8 +4,10 @@ A direction ``d_k`` is one new row of the text encoder's token-embedding matrix,
 through a placeholder token such as ``<face_3>`` (textual-inversion style).  Its
 conditioning ``c_k`` is the text encoder's output for a prompt made of that token alone,
 or of the token in a fixed *context* such as ``"a car, {}"`` (the way the model's training
-captions put their words, after the domain's noun).  Only these K rows are ever trained or
-written; every other weight stays as it was.
+captions put their words, after the domain's noun).  Its edit is what the token adds to the
+prompt without it, its *reference*: ``eps(c_k) - eps(c_ref)``, with ``c_ref`` the empty
+prompt for a token used alone (the official NoiseCLR) and ``"a car"`` for ``"a car, {}"``.
+Only these K rows are ever trained or written; every other weight stays as it was.
 
     d = Directions.create(pipe, 8, prefix="face")   # random rows, seeded
     d.install(pipe)                                 # tokens usable in any prompt
@@ -39,6 +41,15 @@ def check_context(context: str, where: str = "context") -> str:
         raise ValueError(f"{where} must be a prompt with exactly one '{{}}' where the direction's token goes, "
                          f"e.g. 'a car, {{}}' or '{{}}' (the token alone); got {context!r}")
     return context
+
+
+def reference_prompt(context: str) -> str:
+    """``context`` without its ``{}`` slot and the comma that joins the slot to the words before
+    it (or, with none before, to those after), spaces tidied: ``"a car, {}"`` -> ``"a car"``,
+    ``"{}, a car"`` -> ``"a car"``, ``"a {} face"`` -> ``"a face"``, ``"{}"`` -> ``""``."""
+    before, after = check_context(context).split("{}")
+    joined = f"{before.rstrip(' ,')}{after}" if before.strip() else after.lstrip(" ,")
+    return " ".join(joined.split())
 
 
 def tokenizer_fingerprint(tokenizer) -> tuple[str, int]:
@@ -129,6 +140,19 @@ class Directions:
         token alone, the default) or e.g. ``"a car, {}"``.  Directions are applied in the
         context they were trained in (``metadata["context"]``)."""
         return self.metadata.get("context", ALONE)
+
+    @property
+    def reference_prompt(self) -> str:
+        """The context without its token: the prompt a direction's push is measured from
+        (``eps(c_k) - eps(c_ref)``).  ``""`` for tokens used alone, ``"a car"`` for
+        ``"a car, {}"``: the token's slot, the spaces and commas around it are dropped."""
+        return reference_prompt(self.context)
+
+    @torch.no_grad()
+    def reference_conditioning(self, pipe) -> torch.Tensor:
+        """``c_ref``: the text encoder's output [1, L, H] for :attr:`reference_prompt` (the
+        empty prompt's, :func:`empty_conditioning`, for tokens used alone)."""
+        return _encode(pipe, [self.reference_prompt])
 
     @classmethod
     def create(cls, pipe, num_directions: int, prefix: str = "d", init: str = "random", seed: int = 0,

@@ -1,10 +1,12 @@
 """Editing with NoiseCLR directions: direction-conditioned denoising.
 
 A direction ``k`` is a learned token whose text conditioning ``c_k`` pushes the UNet's
-noise prediction away from the unconditional one.  Editing denoises an image while adding
-each direction's push, scaled by its slider ``s_k``::
+noise prediction away from its reference one ``c_ref(k)``: the unconditional one for a token
+used alone (the official NoiseCLR), the context without the token (``"a car"``) for a token
+trained in a context (``"a car, {}"``, :attr:`~noiseclr_lite.directions.Directions.context`).
+Editing denoises an image while adding each direction's push, scaled by its slider ``s_k``::
 
-    eps_hat(x, t) = eps(x, t, c) + sum_k s_k * (eps(x, t, c_k) - eps(x, t, c_empty))
+    eps_hat(x, t) = eps(x, t, c) + sum_k s_k * (eps(x, t, c_k) - eps(x, t, c_ref(k)))
 
 where ``eps(x, t, c)`` is the ordinary prediction (the unconditional one for the empty
 prompt, classifier-free guidance ``eps_u + g (eps_c - eps_u)`` for a prompt with g > 1),
@@ -22,8 +24,9 @@ Starting points:
   an exact reconstruction when all scales are 0).
 
 Each step makes **one** batched UNet call on the stacked rows ``[empty?, prompt?, active
-directions...]``; directions with scale 0 or outside their window are left out of it, so
-zero scales give bit-for-bit the unedited result.  The loop is written out step by step
+directions' references other than the empty prompt..., active directions...]``; directions
+with scale 0 or outside their window are left out of it, so zero scales give bit-for-bit the
+unedited result.  The loop is written out step by step
 (diffusers style) in :func:`denoise`.
 """
 
@@ -75,10 +78,12 @@ class DirectionEdit:
         return self.scale != 0 and end <= t / num_train_timesteps <= start
 
 
-def _direction_conditionings(pipe, edits) -> list:
-    """Text conditioning [1, L, H] for each edit's direction (installs each Directions once)."""
+def _direction_conditionings(pipe, edits) -> tuple[list, list, dict]:
+    """Text conditioning [1, L, H] for each edit's direction (installs each Directions once), each
+    edit's reference prompt (``""`` = the empty prompt) and {reference prompt: its conditioning
+    [1, L, H]} for the non-empty ones."""
     per_set = {}  # id(Directions) -> its conditioning [K, L, H]
-    conds = []
+    conds, references, reference_conds = [], [], {}
     for e in edits:
         key = id(e.directions)
         if key not in per_set:
@@ -86,7 +91,11 @@ def _direction_conditionings(pipe, edits) -> list:
             per_set[key] = e.directions.conditioning(pipe)
         k = e.directions.index(e.direction)
         conds.append(per_set[key][k:k + 1])
-    return conds
+        reference = e.directions.reference_prompt
+        if reference and reference not in reference_conds:
+            reference_conds[reference] = e.directions.reference_conditioning(pipe)
+        references.append(reference)
+    return conds, references, reference_conds
 
 
 def _expand(cond: torch.Tensor, batch: int, pipe) -> torch.Tensor:
@@ -101,7 +110,7 @@ def split_regions(pushes: list, owners: list) -> list[torch.Tensor]:
     """Settle the latent pixels where two sets' pushes oppose: the set that pushes hardest there wins.
 
     Args:
-        pushes: each edit's push ``s_k * (eps_k - eps_empty)``, float [B, C, h, w].
+        pushes: each edit's push ``s_k * (eps_k - eps_ref(k))``, float [B, C, h, w].
         owners: for each push, its group, any hashable value (e.g. its ``Directions`` object):
             pushes of one group are summed first and move together.
 
@@ -171,7 +180,7 @@ def denoise(pipe, edits=(), *, latents_T: torch.Tensor | None = None,
     x = x.to(device, torch.float32).contiguous()
     batch = x.shape[0]
 
-    # 2. conditionings: c_empty, the prompt's c, each edit's c_k  (all [B, L, H])
+    # 2. conditionings: c_empty, the prompt's c, each edit's c_k and its reference  (all [B, L, H])
     if prompt and prompt_embeds is None:
         prompt_embeds = encode_prompt(pipe, prompt)
     has_prompt = prompt_embeds is not None
@@ -179,28 +188,34 @@ def denoise(pipe, edits=(), *, latents_T: torch.Tensor | None = None,
     empty = _expand(encode_prompt(pipe, ""), batch, pipe)
     cond_prompt = _expand(prompt_embeds, batch, pipe) if has_prompt else None
     edits = [e for e in edits if e.scale != 0]
-    cond_edits = [_expand(c, batch, pipe) for c in _direction_conditionings(pipe, edits)]
+    cond_edits, references, reference_conds = _direction_conditionings(pipe, edits)
+    cond_edits = [_expand(c, batch, pipe) for c in cond_edits]
+    reference_conds = {prompt: _expand(c, batch, pipe) for prompt, c in reference_conds.items()}
 
     # 3. the loop
     for i, t in enumerate(tqdm(timesteps, desc="editing", disable=not progress)):
         t = int(t)
         live = [k for k, e in enumerate(edits) if e.active(t, num_train)]
-        # 3a. one batched UNet call on the rows [empty?, prompt?, live directions...]
-        need_empty = not has_prompt or use_cfg or bool(live)
-        rows = ([empty] if need_empty else []) + ([cond_prompt] if has_prompt else []) + [cond_edits[k] for k in live]
+        # 3a. one batched UNet call on the rows [empty?, prompt?, live references..., live directions...]
+        live_references = list(dict.fromkeys(references[k] for k in live if references[k]))
+        need_empty = not has_prompt or use_cfg or any(not references[k] for k in live)
+        rows = (([empty] if need_empty else []) + ([cond_prompt] if has_prompt else [])
+                + [reference_conds[r] for r in live_references] + [cond_edits[k] for k in live])
         eps = predict_noise(pipe, x.repeat(len(rows), 1, 1, 1), t, torch.cat(rows)).split(batch)
         eps_empty = eps[0] if need_empty else None
         eps_prompt = eps[int(need_empty)] if has_prompt else None
-        eps_dirs = eps[int(need_empty) + int(has_prompt):]
+        first_reference = int(need_empty) + int(has_prompt)
+        eps_references = {"": eps_empty, **dict(zip(live_references, eps[first_reference:]))}
+        eps_dirs = eps[first_reference + len(live_references):]
 
-        # 3b. eps_hat = eps(x, t, c) + sum_k s_k (eps(x, t, c_k) - eps(x, t, c_empty))
+        # 3b. eps_hat = eps(x, t, c) + sum_k s_k (eps(x, t, c_k) - eps(x, t, c_ref(k)))
         if not has_prompt:
             noise_pred = eps_empty
         elif use_cfg:
             noise_pred = eps_empty + guidance_scale * (eps_prompt - eps_empty)
         else:
             noise_pred = eps_prompt
-        pushes = [edits[k].scale * (eps_k - eps_empty) for k, eps_k in zip(live, eps_dirs)]
+        pushes = [edits[k].scale * (eps_k - eps_references[references[k]]) for k, eps_k in zip(live, eps_dirs)]
         if composition == "regions":
             pushes = split_regions(pushes, [id(edits[k].directions) for k in live])
         for push in pushes:

@@ -374,9 +374,12 @@ class PromptDirections:
     The baseline "the attribute's own word as the direction" (e.g. ``"smiling"``): editing
     with it adds ``s * (eps(x, t, c_"smiling") - eps(x, t, c_empty))``.  It has what
     :func:`~noiseclr_lite.editing.edit` needs of a ``Directions`` (``install``,
-    ``conditioning``, ``index``, ``names``, ``num_directions``), so it goes into a
+    ``conditioning``, ``reference_conditioning``, ``index``, ``names``, ``num_directions``), so it goes into a
     :class:`~noiseclr_lite.editing.DirectionEdit` and into :func:`score_direction`.
     """
+
+    #: prompts are measured from the empty prompt (a ``Directions`` in a context, from that context)
+    reference_prompt = ""
 
     def __init__(self, prompts: Sequence[str], names: Sequence[str] | None = None):
         self.prompts = list(prompts)
@@ -409,6 +412,13 @@ class PromptDirections:
         from .inversion import encode_prompt
 
         return torch.cat([encode_prompt(pipe, p) for p in self.prompts])
+
+    @torch.no_grad()
+    def reference_conditioning(self, pipe) -> torch.Tensor:
+        """[1, L, H]: the empty prompt's, the reference every prompt's push is measured from."""
+        from .inversion import encode_prompt
+
+        return encode_prompt(pipe, "")
 
 
 def attribute_probabilities(oracle, images: torch.Tensor, domain: str) -> torch.Tensor:

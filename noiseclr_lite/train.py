@@ -1,9 +1,10 @@
 """Learning K directions with the NoiseCLR loss: the training loop.
 
 One step, in words: take ``batch_size`` cached image latents, noise them all to one
-random timestep t, ask the frozen UNet for its noise prediction under the empty prompt
-and under each direction's token (alone, or in ``TrainConfig.context``), and contrast the differences ``D[i, k]``
-(see ``noiseclr_lite.loss``).  Only the K token embeddings receive gradients; the UNet,
+random timestep t, ask the frozen UNet for its noise prediction under the reference
+prompt (the empty one; with ``TrainConfig.context`` such as ``"a car, {}"``, the context
+without the token, ``"a car"``) and under each direction's token in that context, and
+contrast the differences ``D[i, k]`` (see ``noiseclr_lite.loss``).  Only the K token embeddings receive gradients; the UNet,
 the VAE and every other row of the text encoder stay untouched.
 
 It runs the same on a laptop CPU (the bundled model) and on one or several GPUs
@@ -25,7 +26,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .directions import Directions, check_context, empty_conditioning
+from .directions import Directions, check_context
 from .loss import edit_consistency, get_loss, push_strength_loss
 from .models import encode_images
 
@@ -101,14 +102,15 @@ def _atomic_save(obj, path: Path) -> None:
 
 
 def edit_features(unet, noisy_latents: torch.Tensor, timestep: torch.Tensor, direction_cond: torch.Tensor,
-                  empty_eps: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
-    """The edit features ``D[i, k] = eps(x_t^i, t, c_k) - eps(x_t^i, t, c_empty)``.
+                  reference_eps: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+    """The edit features ``D[i, k] = eps(x_t^i, t, c_k) - eps(x_t^i, t, c_ref)``.
 
     Args:
         noisy_latents: [N, C, h, w] the images' latents noised to ``timestep``.
         timestep: a 0-d or [1] long tensor, shared by all images.
         direction_cond: [S, L, H] the text-encoder states of S direction prompts.
-        empty_eps: [N, C, h, w] the prediction under the empty prompt (no grad needed).
+        reference_eps: [N, C, h, w] the prediction under the reference prompt ``c_ref``: the
+            empty prompt, or the directions' context without the token (no grad needed).
         chunk_size: at most this many (image, direction) pairs per UNet call
             (direction-major, so ``chunk_size=N`` is one call per direction).
     Returns:
@@ -123,7 +125,7 @@ def edit_features(unet, noisy_latents: torch.Tensor, timestep: torch.Tensor, dir
         unet(latents[a:a + step], timestep.expand(len(latents[a:a + step])), cond[a:a + step]).sample
         for a in range(0, len(latents), step)])
     eps = eps.float().view(s, n, *noisy_latents.shape[1:]).transpose(0, 1)
-    return eps - empty_eps.float().unsqueeze(1)
+    return eps - reference_eps.float().unsqueeze(1)
 
 
 @torch.no_grad()
@@ -137,15 +139,15 @@ def direction_features(pipe, directions: Directions, latents: torch.Tensor, time
     ``chunk_size`` to bound the memory of that call.
 
     Args:
-        directions: a ``Directions`` for ``pipe``'s model (or anything with ``conditioning(pipe)``,
-            such as ``metrics.PromptDirections``).
+        directions: a ``Directions`` for ``pipe``'s model (or anything with ``conditioning(pipe)``
+            and ``reference_conditioning(pipe)``, such as ``metrics.PromptDirections``).
         latents: [N, 4, h, w] scaled VAE latents (``encode_images``).
         timestep: the diffusion timestep in [0, num_train_timesteps) the latents are noised to.
         seed: seeds the noise.
         chunk_size: at most this many (image, direction) pairs per UNet call (``edit_features``);
             ``None`` = all in one call.  The result does not depend on it.
     Returns:
-        [N, K, 4, h, w] float32: ``eps(x_t, t, c_k) - eps(x_t, t, c_empty)``.
+        [N, K, 4, h, w] float32: ``eps(x_t, t, c_k) - eps(x_t, t, c_ref)``.
     """
     num_train_timesteps = pipe.scheduler.config.num_train_timesteps
     if not 0 <= timestep < num_train_timesteps:
@@ -158,9 +160,10 @@ def direction_features(pipe, directions: Directions, latents: torch.Tensor, time
     t = torch.tensor([timestep])
     noisy = pipe.scheduler.add_noise(latents, noise, t).to(pipe.device, pipe.unet.dtype)
     t = t.to(pipe.device)
-    empty = empty_conditioning(pipe)
-    empty_eps = pipe.unet(noisy, t.expand(len(noisy)), empty.expand(len(noisy), -1, -1)).sample
-    return edit_features(pipe.unet, noisy, t, directions.conditioning(pipe), empty_eps, chunk_size=chunk_size).cpu()
+    reference = directions.reference_conditioning(pipe)
+    reference_eps = pipe.unet(noisy, t.expand(len(noisy)), reference.expand(len(noisy), -1, -1)).sample
+    return edit_features(pipe.unet, noisy, t, directions.conditioning(pipe), reference_eps,
+                         chunk_size=chunk_size).cpu()
 
 
 #: the timesteps :func:`direction_consistency` averages over by default: the whole range, both edit windows
@@ -309,8 +312,8 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
         start_step, history = int(state["step"]), state["history"].tolist()
         earlier_seconds = float(state["train_seconds"]) if "train_seconds" in state else None
 
-    with torch.no_grad():
-        empty_cond = empty_conditioning(pipe)
+    with torch.no_grad():  # the empty prompt, or the context without the token
+        reference_cond = directions.reference_conditioning(pipe)
     num_train_timesteps = scheduler.config.num_train_timesteps
     bar = tqdm(total=cfg.steps, initial=start_step, desc="NoiseCLR", disable=not (progress and accelerator.is_main_process))
     began = time.perf_counter()
@@ -330,8 +333,10 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
             try:
                 with accelerator.autocast():
                     with torch.no_grad():
-                        empty_eps = unet(noisy, t.expand(len(noisy)), empty_cond.expand(len(noisy), -1, -1)).sample
-                    loss = _contrast(pipe, directions, params(), chosen, noisy, t, empty_eps, loss_fn, cfg, accelerator)
+                        reference_eps = unet(noisy, t.expand(len(noisy)),
+                                             reference_cond.expand(len(noisy), -1, -1)).sample
+                    loss = _contrast(pipe, directions, params(), chosen, noisy, t, reference_eps, loss_fn, cfg,
+                                     accelerator)
             except torch.cuda.OutOfMemoryError as error:
                 pairs = len(noisy) * len(chosen)
                 raise torch.cuda.OutOfMemoryError(
@@ -372,7 +377,7 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
     return directions
 
 
-def _contrast(pipe, directions, embeddings, chosen, noisy, t, empty_eps, loss_fn, cfg, accelerator):
+def _contrast(pipe, directions, embeddings, chosen, noisy, t, reference_eps, loss_fn, cfg, accelerator):
     """Loss for one micro-batch, back-propagated into ``embeddings``; returns the loss value.
 
     ``chosen[0]`` is the step's anchor.  With ``cfg.anchors == "all"`` every chosen direction
@@ -383,7 +388,7 @@ def _contrast(pipe, directions, embeddings, chosen, noisy, t, empty_eps, loss_fn
     anchor = 0 if cfg.anchors == "one" else None
     def features_for(emb):
         cond = directions.conditioning(pipe, embeddings=emb)[chosen]
-        return edit_features(pipe.unet, noisy, t, cond, empty_eps, cfg.chunk_size)
+        return edit_features(pipe.unet, noisy, t, cond, reference_eps, cfg.chunk_size)
 
     def objective(features):
         loss = loss_fn(features, cfg.tau, anchor=anchor, sign_blind=cfg.sign_blind_negatives)
@@ -419,7 +424,7 @@ def _contrast(pipe, directions, embeddings, chosen, noisy, t, empty_eps, loss_fn
         pieces = [(slice(a, a + cfg.chunk_size), slice(k, k + 1))
                   for k in range(len(chosen)) for a in range(0, n, cfg.chunk_size)]
     for images, dirs in pieces:
-        part = edit_features(pipe.unet, noisy[images], t, cond_all[dirs], empty_eps[images])
+        part = edit_features(pipe.unet, noisy[images], t, cond_all[dirs], reference_eps[images])
         torch.autograd.backward((part * feature_grad[images, dirs]).sum(), inputs=[leaf], retain_graph=True)
     embeddings.backward(leaf.grad)
     return loss.detach()

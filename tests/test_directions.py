@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from noiseclr_lite.directions import (Directions, check_context, empty_conditioning, textual_inversion_files,
-                                     tokenizer_fingerprint)
+from noiseclr_lite.directions import (Directions, check_context, empty_conditioning, reference_prompt,
+                                     textual_inversion_files, tokenizer_fingerprint)
 from noiseclr_lite.testing import tiny_pipeline
 from noiseclr_lite.toyworld.tokenizer import save_word_tokenizer
 
@@ -146,6 +146,10 @@ def test_conditioning_in_a_context_is_the_token_in_that_prompt(tiny_pipe, tmp_pa
     for k, token in enumerate(d.tokens):
         torch.testing.assert_close(c[k:k + 1], prompt_embeds(tiny_pipe, f"a face, {token}"), rtol=0, atol=1e-6)
     assert not torch.allclose(c, alone.conditioning(tiny_pipe))
+    # its edits are measured from the context without the token
+    assert alone.reference_prompt == "" and d.reference_prompt == "a face"
+    torch.testing.assert_close(alone.reference_conditioning(tiny_pipe), empty_conditioning(tiny_pipe))
+    torch.testing.assert_close(d.reference_conditioning(tiny_pipe), prompt_embeds(tiny_pipe, "a face"))
     # the context travels with the file, and trained rows read in it stay differentiable
     loaded = Directions.load(d.save(tmp_path / "faces.safetensors"))
     assert loaded.context == "a face, {}"
@@ -153,6 +157,13 @@ def test_conditioning_in_a_context_is_the_token_in_that_prompt(tiny_pipe, tmp_pa
     rows = torch.nn.Parameter(d.embeddings.clone())
     d.conditioning(tiny_pipe, rows).sum().backward()
     assert rows.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("context, reference", [
+    ("a car, {}", "a car"), ("{}", ""), ("{}, a car", "a car"), ("a {} face", "a face"),
+    ("a  photo of {},  smiling", "a photo of, smiling"), (" {} ", "")])
+def test_the_reference_is_the_context_without_the_token_and_its_comma(context, reference):
+    assert reference_prompt(context) == reference
 
 
 @pytest.mark.parametrize("context", ["a face", "{} and {}", "a {face}, {}", "}{}", 3])

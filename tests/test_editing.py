@@ -94,6 +94,36 @@ def test_two_direction_sets_and_a_prompt_follow_the_formula(world):
     torch.testing.assert_close(latents, x, atol=1e-4, rtol=1e-4)
 
 
+def test_directions_in_a_context_push_from_that_context(world):
+    """A set trained in "a face, {}" pushes by eps(c_k) - eps("a face") (its reference), a set used
+    alone by eps(c_k) - eps(""); two sets of one context share one reference row."""
+    pipe = world.pipe
+    placed = Directions.create(pipe, 2, prefix="placed", seed=3, context="a face, {}")
+    twin = Directions.create(pipe, 2, prefix="twin", seed=4, context="a face, {}")
+    z = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(6))
+    edits = [DirectionEdit(placed, 0, 2.0), DirectionEdit(world.cats, 1, -1.0), DirectionEdit(twin, 1, 0.5)]
+    with unet_batches(pipe) as sizes:
+        _, latents = edit(pipe, edits, latents_T=z, num_inference_steps=2, return_latents=True)
+    assert sizes == [5, 5]  # [empty, "a face", placed_0, cat_1, twin_1] in one call per step
+
+    conds = {"u": empty_conditioning(pipe), "face": encode_prompt(pipe, "a face"),
+             "p": placed.conditioning(pipe)[0:1], "k": world.cats.conditioning(pipe)[1:2],
+             "t": twin.conditioning(pipe)[1:2]}
+    torch.testing.assert_close(placed.reference_conditioning(pipe), conds["face"])
+    scheduler = make_scheduler(pipe, 2)
+    x = z.clone()
+    for t in scheduler.timesteps:
+        eps = {name: pipe.unet(x, t, encoder_hidden_states=c).sample for name, c in conds.items()}
+        eps_hat = (eps["u"] + 2.0 * (eps["p"] - eps["face"]) - 1.0 * (eps["k"] - eps["u"])
+                   + 0.5 * (eps["t"] - eps["face"]))
+        x = scheduler.step(eps_hat, t, x).prev_sample
+    torch.testing.assert_close(latents, x, atol=1e-4, rtol=1e-4)
+    # a set in a context alone, under a prompt without guidance: no empty row is needed
+    with unet_batches(pipe) as sizes:
+        edit(pipe, [DirectionEdit(placed, 1, 1.0)], latents_T=z, num_inference_steps=2, prompt="a face")
+    assert sizes == [3, 3]  # [prompt, "a face", placed_1]
+
+
 def test_split_regions_settles_conflicts_by_relative_strength_and_keeps_agreeing_pushes():
     left, middle, right = (torch.zeros(1, 4, 2, 6) for _ in range(3))
     left[..., :2], middle[..., 2:4], right[..., 4:] = 1.0, 1.0, 1.0

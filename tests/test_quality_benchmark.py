@@ -258,7 +258,8 @@ def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe
     assert {"cat: train NoiseCLR seed 0", "cat: train InfoNCE seed 0"} <= set(in_context["seconds"])
     [placed_trained] = set((tmp_path / "cache").glob("trained-*")) - {trained}
     for method in ("NoiseCLR", "InfoNCE", "random"):
-        assert Directions.load(placed_trained / f"cat_{method}_seed0.safetensors").context == "a cat, {}"
+        placed_set = Directions.load(placed_trained / f"cat_{method}_seed0.safetensors")
+        assert placed_set.context == "a cat, {}" and placed_set.reference_prompt == "a cat"
     assert Directions.load(trained / "cat_NoiseCLR_seed0.safetensors").context == "{}"   # left as it was
     assert "the prompt \"a car, <token>\"" in (tmp_path / "quality-context.md").read_text()
 

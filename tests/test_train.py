@@ -318,6 +318,14 @@ def test_direction_features_are_what_one_training_step_contrasts(tiny_pipe):
         hook.remove()
     assert calls == [2, 4, 2]       # the empty prompt on both images, then 6 pairs in chunks of 4
     assert torch.allclose(chunked, features, atol=1e-5)
+    # directions in a context: the features are measured from the context without the token
+    placed = Directions.create(tiny_pipe, 3, seed=0, context="a face, {}")
+    with torch.no_grad():
+        reference_cond = placed.reference_conditioning(tiny_pipe).expand(2, -1, -1)
+        reference = tiny_pipe.unet(noisy, t.expand(2), reference_cond).sample
+        expected = edit_features(tiny_pipe.unet, noisy, t, placed.conditioning(tiny_pipe), reference)
+    torch.testing.assert_close(direction_features(tiny_pipe, placed, latents, timestep=300, seed=1), expected,
+                               atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match=r"timestep=1000 is outside \[0, 1000\)"):
         direction_features(tiny_pipe, directions, latents, timestep=1000)
     with pytest.raises(ValueError, match="chunk_size=0 must be a positive number"):
