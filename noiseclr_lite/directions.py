@@ -145,7 +145,7 @@ class Directions:
     def reference_prompt(self) -> str:
         """The context without its token: the prompt a direction's push is measured from
         (``eps(c_k) - eps(c_ref)``).  ``""`` for tokens used alone, ``"a car"`` for
-        ``"a car, {}"``: the token's slot, the spaces and commas around it are dropped."""
+        ``"a car, {}"``: the rule is :func:`reference_prompt`'s."""
         return reference_prompt(self.context)
 
     @torch.no_grad()
