@@ -24,7 +24,7 @@ Starting points:
   an exact reconstruction when all scales are 0).
 
 Each step makes **one** batched UNet call on the stacked rows ``[empty?, prompt?, active
-directions' references other than the empty prompt..., active directions...]``; directions
+directions' references other than the empty prompt and the prompt..., active directions...]``; directions
 with scale 0 or outside their window are left out of it, so zero scales give bit-for-bit the
 unedited result.  The loop is written out step by step
 (diffusers style) in :func:`denoise`.
@@ -191,13 +191,17 @@ def denoise(pipe, edits=(), *, latents_T: torch.Tensor | None = None,
     cond_edits, references, reference_conds = _direction_conditionings(pipe, edits)
     cond_edits = [_expand(c, batch, pipe) for c in cond_edits]
     reference_conds = {prompt: _expand(c, batch, pipe) for prompt, c in reference_conds.items()}
+    # a reference that is the prompt itself (editing under "a face" with "a face, {}" directions)
+    # reuses the prompt's row rather than predicting the same noise twice
+    references_at_prompt = {r for r, c in reference_conds.items() if has_prompt and torch.equal(c, cond_prompt)}
 
     # 3. the loop
     for i, t in enumerate(tqdm(timesteps, desc="editing", disable=not progress)):
         t = int(t)
         live = [k for k, e in enumerate(edits) if e.active(t, num_train)]
         # 3a. one batched UNet call on the rows [empty?, prompt?, live references..., live directions...]
-        live_references = list(dict.fromkeys(references[k] for k in live if references[k]))
+        live_references = list(dict.fromkeys(references[k] for k in live
+                                             if references[k] and references[k] not in references_at_prompt))
         need_empty = not has_prompt or use_cfg or any(not references[k] for k in live)
         rows = (([empty] if need_empty else []) + ([cond_prompt] if has_prompt else [])
                 + [reference_conds[r] for r in live_references] + [cond_edits[k] for k in live])
@@ -205,7 +209,8 @@ def denoise(pipe, edits=(), *, latents_T: torch.Tensor | None = None,
         eps_empty = eps[0] if need_empty else None
         eps_prompt = eps[int(need_empty)] if has_prompt else None
         first_reference = int(need_empty) + int(has_prompt)
-        eps_references = {"": eps_empty, **dict(zip(live_references, eps[first_reference:]))}
+        eps_references = {"": eps_empty, **dict.fromkeys(references_at_prompt, eps_prompt),
+                          **dict(zip(live_references, eps[first_reference:]))}
         eps_dirs = eps[first_reference + len(live_references):]
 
         # 3b. eps_hat = eps(x, t, c) + sum_k s_k (eps(x, t, c_k) - eps(x, t, c_ref(k)))

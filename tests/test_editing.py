@@ -120,8 +120,33 @@ def test_directions_in_a_context_push_from_that_context(world):
     torch.testing.assert_close(latents, x, atol=1e-4, rtol=1e-4)
     # a set in a context alone, under a prompt without guidance: no empty row is needed
     with unet_batches(pipe) as sizes:
-        edit(pipe, [DirectionEdit(placed, 1, 1.0)], latents_T=z, num_inference_steps=2, prompt="a face")
+        edit(pipe, [DirectionEdit(placed, 1, 1.0)], latents_T=z, num_inference_steps=2, prompt="a cat")
     assert sizes == [3, 3]  # [prompt, "a face", placed_1]
+
+
+def test_a_reference_that_is_the_prompt_reuses_the_prompts_row(world):
+    """Under the prompt "a face", directions trained in "a face, {}" push from the prompt's own
+    prediction: the batch holds no second copy of it, and the result follows the formula."""
+    pipe = world.pipe
+    placed = Directions.create(pipe, 2, prefix="placed", seed=3, context="a face, {}")
+    z = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(6))
+    with unet_batches(pipe) as sizes:
+        _, latents = edit(pipe, [DirectionEdit(placed, 1, 1.5)], latents_T=z, num_inference_steps=2,
+                          prompt="a face", return_latents=True)
+    assert sizes == [2, 2]  # ["a face" (prompt and reference), placed_1]
+    face, direction = encode_prompt(pipe, "a face"), placed.conditioning(pipe)[1:2]
+    scheduler = make_scheduler(pipe, 2)
+    x = z.clone()
+    for t in scheduler.timesteps:
+        eps_face = pipe.unet(x, t, encoder_hidden_states=face).sample
+        eps_direction = pipe.unet(x, t, encoder_hidden_states=direction).sample
+        x = scheduler.step(eps_face + 1.5 * (eps_direction - eps_face), t, x).prev_sample
+    torch.testing.assert_close(latents, x, atol=1e-4, rtol=1e-4)
+    # with guidance the empty row comes back for the guidance, still without a second "a face"
+    with unet_batches(pipe) as sizes:
+        edit(pipe, [DirectionEdit(placed, 0, 1.0)], latents_T=z, num_inference_steps=2, prompt="a face",
+             guidance_scale=3.0)
+    assert sizes == [3, 3]  # [empty, "a face", placed_0]
 
 
 def test_split_regions_settles_conflicts_by_relative_strength_and_keeps_agreeing_pushes():
