@@ -811,9 +811,10 @@ def markdown(report: dict) -> str:
              "middle block, Haas et al. 2023, `noiseclr_lite.hspace`)." +
              ("" if s.get("context", "alone") == "alone" else
               " NoiseCLR's, InfoNCE's and random tokens are trained and applied after the domain's noun, as the "
-              "model's captions put words (`--context caption`: the prompt \"a car, <token>\", not the token "
-              "alone), and their push is measured from the noun alone (\"a car\"); the words' is measured from "
-              "the empty prompt."), ""]
+              "model's captions put words (`--context caption`: the prompt \""
+              + direction_context(s["domains"][0], "caption").format("<token>") + "\", not the token alone), and "
+              "their push is measured from the noun alone (\"" + get_domain(s["domains"][0]).noun + "\"); the "
+              "words' is measured from the empty prompt."), ""]
     lines += ["## Settings", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in s.items()]
     lines += ["", "## Overall (mean over domains)", "", format_table(report["overall"], QUALITY_COLUMNS), ""]

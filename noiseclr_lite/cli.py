@@ -25,6 +25,16 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
 
 
+def _context(text: str) -> str:
+    """argparse type of ``--context``: checked at parse time, so a bad one fails before a model loads."""
+    from .directions import check_context
+
+    try:
+        return check_context(text, "--context")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m noiseclr_lite", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,7 +70,7 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--sign-blind-negatives", action="store_true",
                        help="score negatives by |cos|: two directions that are opposite ends of one attribute "
                             "count as the same slider (default: the official, signed negatives)")
-    train.add_argument("--context", default="{}",
+    train.add_argument("--context", default="{}", type=_context,
                        help="the prompt each direction's token is used in, {} for the token: '{}' (alone, the "
                             "official, default) or e.g. 'a photo of a face, {}' to train (and later edit) in the "
                             "words your model's captions use")

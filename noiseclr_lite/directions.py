@@ -283,9 +283,23 @@ class Directions:
         text_encoder.set_input_embeddings(_RowOverride(original, ids, rows))
         try:
             with torch.set_grad_enabled(embeddings is not None and torch.is_grad_enabled()):
-                return _encode(pipe, [self.context.format(token) for token in self.tokens])
+                return _encode(pipe, self._prompts(pipe, ids))
         finally:
             text_encoder.set_input_embeddings(original)
+
+    def _prompts(self, pipe, token_ids: list[int]) -> list[str]:
+        """Each token in :attr:`context`; ValueError when the tokenizer's length limit cuts a token off
+        (its prompt would then equal the reference, and its push would be zero without a word)."""
+        prompts = [self.context.format(token) for token in self.tokens]
+        if self.context != ALONE:
+            limit = pipe.tokenizer.model_max_length
+            kept = pipe.tokenizer(prompts, max_length=limit, truncation=True).input_ids
+            cut = [p for p, ids, token_id in zip(prompts, kept, token_ids) if token_id not in ids]
+            if cut:
+                raise ValueError(f"the context {self.context!r} is too long for its tokens: the tokenizer keeps "
+                                 f"{limit} tokens and cuts the token off {cut[0]!r}; shorten the context or put "
+                                 f"'{{}}' earlier (Directions.create(..., context=...) or TrainConfig.context)")
+        return prompts
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write one safetensors file ("embeddings" [K, H] + tokens, names, metadata); atomic."""

@@ -1,9 +1,9 @@
 """The NoiseCLR contrastive loss over edit features.
 
 An *edit feature* is what a direction does to the noise prediction of one image:
-``D[i, k] = eps(x_t^i, t, c_k) - eps(x_t^i, t, c_empty)``, flattened (``c_empty`` is the
-reference prompt: the context without the token for directions trained in a context,
-``train.TrainConfig.context``).  NoiseCLR asks
+``D[i, k] = eps(x_t^i, t, c_k) - eps(x_t^i, t, c_ref)``, flattened (``c_ref`` is the reference
+prompt: the empty prompt for tokens used alone, as in the official NoiseCLR, or the context
+without the token, ``"a car"`` for ``"a car, {}"``, ``train.TrainConfig.context``).  NoiseCLR asks
 that the same direction do the same thing to every image (positives) and that different
 directions do different things to the same image (negatives).
 

@@ -374,7 +374,8 @@ class PromptDirections:
     The baseline "the attribute's own word as the direction" (e.g. ``"smiling"``): editing
     with it adds ``s * (eps(x, t, c_"smiling") - eps(x, t, c_empty))``.  It has what
     :func:`~noiseclr_lite.editing.edit` needs of a ``Directions`` (``install``,
-    ``conditioning``, ``reference_conditioning``, ``index``, ``names``, ``num_directions``), so it goes into a
+    ``conditioning``, ``reference_prompt``, ``reference_conditioning``, ``index``, ``names``,
+    ``num_directions``), so it goes into a
     :class:`~noiseclr_lite.editing.DirectionEdit` and into :func:`score_direction`.
     """
 

@@ -56,6 +56,14 @@ def test_anchors_and_context_flags_reach_the_training_settings(tiny_pipe_dir, im
     assert trained.context == "a face, {}"   # saved with the directions, so edits use the same prompt
 
 
+def test_a_bad_context_is_a_usage_error_before_the_model_loads(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--model", str(tmp_path / "no-model-here"), "--images", str(tmp_path), "--context", "a face",
+              "--out", str(tmp_path / "x.safetensors")])
+    assert stop.value.code == 2
+    assert "--context must be a prompt with exactly one '{}'" in capsys.readouterr().err
+
+
 def test_edit_by_name_token_and_index(trained, tiny_pipe_dir, image_folder, tmp_path):
     base = ["edit", "--model", str(tiny_pipe_dir), "--device", "cpu", "--directions", str(trained),
             "--image", str(image_folder / "0.png"), "--steps", "4"]

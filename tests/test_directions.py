@@ -181,6 +181,15 @@ def test_a_context_needs_exactly_one_slot_for_the_token(tiny_pipe, tmp_path, con
     assert check_context("a face, {}") == "a face, {}" and check_context("{}") == "{}"
 
 
+def test_a_context_that_cuts_the_token_off_is_refused_when_encoded(tiny_pipe):
+    limit = tiny_pipe.tokenizer.model_max_length
+    late = Directions.create(tiny_pipe, 2, context="a face " * limit + "{}")   # the token after the limit
+    with pytest.raises(ValueError, match=f"too long for its tokens: the tokenizer keeps {limit} tokens"):
+        late.conditioning(tiny_pipe)
+    early = Directions.create(tiny_pipe, 2, context="{} " + "a face " * limit)  # cut after the token: fine
+    assert early.conditioning(tiny_pipe).shape[0] == 2
+
+
 def test_conditioning_from_float32_parameter_rows_keeps_fp16_weights_dtype(tiny_pipe):
     """Training passes its rows as a float32 nn.Parameter; the text encoder must still read as
     (and return) fp16, so the conditioning fits an fp16 UNet without autocast."""

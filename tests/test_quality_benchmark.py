@@ -261,7 +261,7 @@ def test_quality_benchmark_end_to_end_on_the_tiny_pipeline_with_resume(tiny_pipe
         placed_set = Directions.load(placed_trained / f"cat_{method}_seed0.safetensors")
         assert placed_set.context == "a cat, {}" and placed_set.reference_prompt == "a cat"
     assert Directions.load(trained / "cat_NoiseCLR_seed0.safetensors").context == "{}"   # left as it was
-    assert "the prompt \"a car, <token>\"" in (tmp_path / "quality-context.md").read_text()
+    assert "the prompt \"a cat, <token>\"" in (tmp_path / "quality-context.md").read_text()   # its own domain
 
 
 def test_merging_two_reports_of_different_seeds_gives_the_tables_of_one_run_of_both(tiny_pipe, tmp_path):

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from noiseclr_lite.directions import Directions
+from noiseclr_lite.inversion import encode_prompt
 from noiseclr_lite.toyworld.domains import render_batch
 from noiseclr_lite.models import encode_images
 from noiseclr_lite.train import TrainConfig, direction_features, edit_features, train_directions
@@ -173,13 +174,23 @@ def test_a_context_trains_the_tokens_in_that_prompt(tmp_path):
 
     alone = train_directions(tiny_pipeline(0, tmp_path / "a"), _images(), progress=False, **FAST)
     pipe = tiny_pipeline(0, tmp_path / "b")
-    seen = []
+    seen, hidden_states = [], []
     original = Directions.conditioning
+    # every text conditioning the UNet receives during training, one row per image or direction
+    hook = pipe.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: hidden_states.append(kwargs.get("encoder_hidden_states", None)
+                                                          if len(args) < 3 else args[2]), with_kwargs=True)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Directions, "conditioning", lambda self, *a, **k: seen.append(self.context) or
                       original(self, *a, **k))
         placed = train_directions(pipe, _images(), progress=False, **{**FAST, "context": "a face, {}"})
+    hook.remove()
     assert seen and set(seen) == {"a face, {}"}
+    # the pushes are measured from "a face", never from the empty prompt
+    face, empty = (encode_prompt(pipe, prompt)[0] for prompt in ("a face", ""))
+    rows = [row for batch in hidden_states for row in batch.detach()]
+    assert any(torch.equal(row, face) for row in rows)
+    assert not any(torch.equal(row, empty) for row in rows)
     assert placed.context == "a face, {}" and json.loads(placed.metadata["training"])["context"] == "a face, {}"
     assert alone.context == "{}"
     assert not torch.allclose(placed.embeddings, alone.embeddings)
