@@ -120,6 +120,9 @@ class Directions:
     names: list[str] | None = None
     metadata: dict = field(default_factory=dict)
     source: str | None = None
+    # what _prompts last checked (context, tokens, ids, tokenizer): training encodes every step,
+    # and the check only needs to run again when one of these changes
+    _checked_prompts: tuple | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         self.embeddings = self.embeddings.detach().to("cpu", torch.float32).contiguous()
@@ -291,7 +294,9 @@ class Directions:
         """Each token in :attr:`context`; ValueError when the tokenizer's length limit cuts a token off
         (its prompt would then equal the reference, and its push would be zero without a word)."""
         prompts = [self.context.format(token) for token in self.tokens]
-        if self.context != ALONE:
+        checked = (self.context, tuple(self.tokens), tuple(token_ids), id(pipe.tokenizer),
+                   pipe.tokenizer.model_max_length)
+        if self.context != ALONE and checked != self._checked_prompts:
             limit = pipe.tokenizer.model_max_length
             kept = pipe.tokenizer(prompts, max_length=limit, truncation=True).input_ids
             cut = [p for p, ids, token_id in zip(prompts, kept, token_ids) if token_id not in ids]
@@ -299,6 +304,7 @@ class Directions:
                 raise ValueError(f"the context {self.context!r} is too long for its tokens: the tokenizer keeps "
                                  f"{limit} tokens and cuts the token off {cut[0]!r}; shorten the context or put "
                                  f"'{{}}' earlier (Directions.create(..., context=...) or TrainConfig.context)")
+            self._checked_prompts = checked
         return prompts
 
     def save(self, path: str | os.PathLike) -> Path:

@@ -190,6 +190,22 @@ def test_a_context_that_cuts_the_token_off_is_refused_when_encoded(tiny_pipe):
     assert early.conditioning(tiny_pipe).shape[0] == 2
 
 
+def test_the_context_check_runs_once_per_context_not_once_per_encoding(tiny_pipe, monkeypatch):
+    """Training encodes the K prompts every step; the length check tokenizes them too, so it must
+    run only when the context, tokens or tokenizer change."""
+    d = Directions.create(tiny_pipe, 2, context="a face, {}")
+    d.conditioning(tiny_pipe)
+    calls = []
+    tokenize = type(tiny_pipe.tokenizer).__call__
+    monkeypatch.setattr(type(tiny_pipe.tokenizer), "__call__",
+                        lambda self, *args, **kwargs: calls.append(args) or tokenize(self, *args, **kwargs))
+    d.conditioning(tiny_pipe)
+    assert len(calls) == 1                                  # the encoding's own, no second for the check
+    d.metadata["context"] = "a face " * tiny_pipe.tokenizer.model_max_length + "{}"
+    with pytest.raises(ValueError, match="too long for its tokens"):
+        d.conditioning(tiny_pipe)                           # a new context is checked again
+
+
 def test_conditioning_from_float32_parameter_rows_keeps_fp16_weights_dtype(tiny_pipe):
     """Training passes its rows as a float32 nn.Parameter; the text encoder must still read as
     (and return) fp16, so the conditioning fits an fp16 UNet without autocast."""
