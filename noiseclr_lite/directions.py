@@ -294,10 +294,9 @@ class Directions:
         """Each token in :attr:`context`; ValueError when the tokenizer's length limit cuts a token off
         (its prompt would then equal the reference, and its push would be zero without a word)."""
         prompts = [self.context.format(token) for token in self.tokens]
-        checked = (self.context, tuple(self.tokens), tuple(token_ids), id(pipe.tokenizer),
-                   pipe.tokenizer.model_max_length)
+        limit = pipe.tokenizer.model_max_length
+        checked = (self.context, tuple(self.tokens), tuple(token_ids), id(pipe.tokenizer), limit)
         if self.context != ALONE and checked != self._checked_prompts:
-            limit = pipe.tokenizer.model_max_length
             kept = pipe.tokenizer(prompts, max_length=limit, truncation=True).input_ids
             cut = [p for p, ids, token_id in zip(prompts, kept, token_ids) if token_id not in ids]
             if cut:
