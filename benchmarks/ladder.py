@@ -208,7 +208,9 @@ def ladder(rungs: list[tuple[Path, dict]]) -> dict:
     NoiseCLR's ladder coverage (or working-strength purity) minus random's, seed by seed, (mean, std)
     overall ("all") and per domain, "text_purity_share": {"all" and per domain: NoiseCLR's mean
     working-strength purity over the text ceiling's}, "clear": {domain: whether both the coverage
-    and the purity margin are at least CLEAR_MARGIN and above their spread}, "peer_gap": {peer:
+    and the purity margin are at least CLEAR_MARGIN and above their spread}, "text_margin": {"ladder" |
+    "purity": {domain: the text ceiling's value minus random's, for each of random's seeds, (mean,
+    std)}} and "text_clear": {domain: the same rule applied to the words}, "peer_gap": {peer:
     {"ladder" | "in_domain" | "purity": {"all" and per domain: NoiseCLR's mean over seeds minus the
     peer's}}} for every method beyond NoiseCLR, random and text on every rung, "peer_margin": the same
     gaps seed by seed, (mean, std), for the peers in SAME_INIT_PEERS}.  The text ceiling has one
@@ -273,6 +275,14 @@ def ladder(rungs: list[tuple[Path, dict]]) -> dict:
         **{d: share(statistics.mean(out["domains"][d]["NoiseCLR"]["purity"]), out["domains"][d]["text"]["purity"][0])
            for d in domains}}
     out["clear"] = {d: is_clear(out["margin"][d], out["margin_purity"][d]) for d in domains}
+    # The same rule for the words against the same floor: where the supervised ceiling cannot clear
+    # it, the bar measures how high random tokens reach on this model more than any method. The
+    # words' one run (seed None) is paired with each of random's seeds, so the spread is random's.
+    out["text_margin"] = {key: {d: _mean_std([out["domains"][d]["text"][key][0] - floor
+                                              for floor in out["domains"][d]["random"][key]])
+                                for d in domains}
+                          for key in ("ladder", "purity")}
+    out["text_clear"] = {d: is_clear(out["text_margin"]["ladder"][d], out["text_margin"]["purity"][d]) for d in domains}
     # the unsupervised peers on the same rungs (h-space, InfoNCE): differences of the means over
     # seeds for every peer, and seed by seed for InfoNCE, whose seed s starts from NoiseCLR's
     # seed-s rows on the same image draws (h-space's seed only draws the images its PCA reads)
@@ -323,7 +333,8 @@ def _read_at_sentence(result: dict) -> str:
 
 def bars_section(result: dict) -> list[str]:
     """The issue's bars read on the ladder: coverage over it, purity at the working strength, and
-    the clear margin over random in every domain (both margins >= CLEAR_MARGIN and above their spread)."""
+    the clear margin over random in every domain (both margins >= CLEAR_MARGIN and above their
+    spread), with the words held to the same rule beside NoiseCLR."""
     mine = result["overall"]["NoiseCLR"]
     rows = [("coverage of all attributes, over the ladder", mine["ladder"][0], BARS["coverage"]),
             ("mean purity at the working strength", mine["purity"][0], BARS["mean_purity"]),
@@ -331,11 +342,25 @@ def bars_section(result: dict) -> list[str]:
     lines = ["## The issue's bars on the ladder", "", "| bar | NoiseCLR | at least | met? |", "|---|---|---|---|"]
     lines += [f"| {bar} | {value:.2f} | {goal} | {'yes' if value >= goal else f'**no** (short by {goal - value:.2f})'} |"
               for bar, value, goal in rows]
+    # ladders written before the words were held to the rule have no "text_clear"
+    words = "text_clear" in result
     lines += ["", f"| domain | coverage margin over random | purity margin over random | clear (both >= {CLEAR_MARGIN} "
-                  f"and above their spread)? | purity / text purity |", "|---|---|---|---|---|"]
-    lines += [f"| {d} | {_pm(result['margin'][d])} | {_pm(result['margin_purity'][d])} | "
-              f"{'yes' if result['clear'][d] else '**no**'} | {result['text_purity_share'][d]:.2f} |"
-              for d in result["domains"]]
+                  f"and above their spread)? | purity / text purity |"
+              + (" the words' margins over random (coverage / purity) | the words clear? |" if words else ""),
+              "|---|---|---|---|---|" + ("---|---|" if words else "")]
+    for d in result["domains"]:
+        row = (f"| {d} | {_pm(result['margin'][d])} | {_pm(result['margin_purity'][d])} | "
+               f"{'yes' if result['clear'][d] else '**no**'} | {result['text_purity_share'][d]:.2f} |")
+        if words:
+            row += (f" {_pm(result['text_margin']['ladder'][d])} / {_pm(result['text_margin']['purity'][d])} | "
+                    f"{'yes' if result['text_clear'][d] else '**no**'} |")
+        lines.append(row)
+    if words:
+        not_clear = sum(not clear for clear in result["text_clear"].values())
+        lines += ["", ("The last two columns hold the attributes' own words (the supervised ceiling, one run) to "
+                       "the same rule against the same random floor, seed by seed: a domain where even they are "
+                       f"not clear ({not_clear} of {len(result['text_clear'])} here) tells how high random tokens "
+                       "reach on this model.")]
     return lines + [""]
 
 

@@ -130,7 +130,32 @@ def test_each_direction_is_read_at_the_weakest_rung_where_it_shows_and_the_bars_
     assert "| mean purity at the working strength | 0.85 | 0.7 | yes |" in md
     assert "| coverage of all attributes, over the ladder | 0.38 | 0.75 | **no** (short by 0.38) |" in md
     assert "| face | +0.38 ± 0.18 | +0.10 ± 0.49 | **no** | 1.13 |" in md
+    # the words (one run, skin at 0.05: coverage 0.25, purity 0.75) against random's two seeds
+    # (coverage 0 and 0, purity 0.5 and 1.0): their purity margin 0 ± 0.35 is not clear either
+    assert result["text_margin"]["ladder"]["face"] == pytest.approx((0.25, 0.0))
+    assert result["text_margin"]["purity"]["face"] == pytest.approx((0.0, 0.5 ** 0.5 / 2))
+    assert result["text_clear"] == {"face": False}
+    assert "| 1.13 | +0.25 ± 0.00 / +0.00 ± 0.35 | **no** |" in md and "(1 of 1 here)" in md
     assert "NoiseCLR 2 / 2 (purity 0.75 / 0.94); random 1 / 3 (purity" in md and "; text 1 / 1 (purity" in md
+
+
+def test_the_words_are_held_to_the_same_clear_margin_rule_against_the_same_random_floor(tmp_path):
+    # random (and NoiseCLR, the same here) move expression and hair together in both seeds; the words
+    # move skin alone and hair alone: the words clear the bar, NoiseCLR does not
+    impure, skin, hair = score(expression=0.6, hair=0.6), score(skin=0.9), score(hair=0.8)
+    floor = {0: [impure, impure], 1: [impure, impure]}
+    for name, target in (("low", 0.02), ("high", 0.05)):
+        report(tmp_path / f"quality-{name}.json", target, {"NoiseCLR": floor, "random": floor, "text": {None: [skin, hair]}})
+    result = ladder.ladder_report(["low", "high"], tmp_path, log=lambda _: None, size_images=8)
+    assert result["text_margin"]["ladder"]["face"] == pytest.approx((0.5, 0.0))
+    assert result["text_margin"]["purity"]["face"] == pytest.approx((0.5, 0.0))
+    assert result["text_clear"] == {"face": True} and result["clear"] == {"face": False}
+    md = (tmp_path / "ladder.md").read_text()
+    assert "| face | +0.00 ± 0.00 | +0.00 ± 0.00 | **no** | 0.50 | +0.50 ± 0.00 / +0.50 ± 0.00 | yes |" in md
+    assert "(0 of 1 here)" in md
+    # a ladder written before the words were held to the rule still renders, without their columns
+    del result["text_margin"], result["text_clear"]
+    assert ladder.bars_section(result)[-2] == "| face | +0.00 ± 0.00 | +0.00 ± 0.00 | **no** | 0.50 |"
 
 
 def test_a_peer_on_every_rung_is_compared_with_noiseclr_by_its_means(tmp_path):
