@@ -275,8 +275,8 @@ def ladder(rungs: list[tuple[Path, dict]]) -> dict:
         **{d: share(statistics.mean(out["domains"][d]["NoiseCLR"]["purity"]), out["domains"][d]["text"]["purity"][0])
            for d in domains}}
     out["clear"] = {d: is_clear(out["margin"][d], out["margin_purity"][d]) for d in domains}
-    # The same rule for the words against the same floor: where the supervised ceiling cannot clear
-    # it, the bar measures how high random tokens reach on this model more than any method. The
+    # The same rule for the words against the same floor: where even the supervised ceiling cannot
+    # clear it, the bar is measuring how high random tokens reach on this model, not a method. The
     # words' one run (seed None) is paired with each of random's seeds, so the spread is random's.
     out["text_margin"] = {key: {d: _mean_std([out["domains"][d]["text"][key][0] - floor
                                               for floor in out["domains"][d]["random"][key]])
