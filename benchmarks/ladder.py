@@ -53,7 +53,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/ladder.py` from anywhere
 
 from benchmarks.quality import (BARS, CLEAR_MARGIN, METHODS, POOLED_FREELY, REQUIRED_METHODS,  # noqa: E402
                                 RESULTS, SEEDED, _find_report, _mean_std, _pm, _scale_bracket, check_one_protocol,
-                                is_clear, read_report, report_stem, write_atomically)
+                                is_clear, margin_over_each, read_report, report_stem, write_atomically)
 from noiseclr_lite.metrics import STRENGTH_MIN, DirectionScore, coverage, summary  # noqa: E402
 from noiseclr_lite.toyworld.domains import attribute_pixel_change, get_domain  # noqa: E402
 
@@ -278,8 +278,7 @@ def ladder(rungs: list[tuple[Path, dict]]) -> dict:
     # The same rule for the words against the same floor: where even the supervised ceiling cannot
     # clear it, the bar is measuring how high random tokens reach on this model, not a method. The
     # words' one run (seed None) is paired with each of random's seeds, so the spread is random's.
-    out["text_margin"] = {key: {d: _mean_std([out["domains"][d]["text"][key][0] - floor
-                                              for floor in out["domains"][d]["random"][key]])
+    out["text_margin"] = {key: {d: margin_over_each(out["domains"][d]["text"][key][0], out["domains"][d]["random"][key])
                                 for d in domains}
                           for key in ("ladder", "purity")}
     out["text_clear"] = {d: is_clear(out["text_margin"]["ladder"][d], out["text_margin"]["purity"][d]) for d in domains}
