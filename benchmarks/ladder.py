@@ -53,7 +53,8 @@ if str(REPO) not in sys.path:  # `python benchmarks/ladder.py` from anywhere
 
 from benchmarks.quality import (BARS, CLEAR_MARGIN, METHODS, POOLED_FREELY, REQUIRED_METHODS,  # noqa: E402
                                 RESULTS, SEEDED, _find_report, _mean_std, _pm, _scale_bracket, check_one_protocol,
-                                is_clear, margin_over_each, read_report, report_stem, write_atomically)
+                                direction_coverage, is_clear, margin_over_each, read_report, report_stem,
+                                words_rule_lines, words_sized_floor, write_atomically)
 from noiseclr_lite.metrics import STRENGTH_MIN, DirectionScore, coverage, summary  # noqa: E402
 from noiseclr_lite.toyworld.domains import attribute_pixel_change, get_domain  # noqa: E402
 
@@ -210,7 +211,9 @@ def ladder(rungs: list[tuple[Path, dict]]) -> dict:
     working-strength purity over the text ceiling's}, "clear": {domain: whether both the coverage
     and the purity margin are at least CLEAR_MARGIN and above their spread}, "text_margin": {"ladder" |
     "purity": {domain: the text ceiling's value minus random's, for each of random's seeds, (mean,
-    std)}} and "text_clear": {domain: the same rule applied to the words}, "peer_gap": {peer:
+    std), and "sized": the same for coverage against random sets of the words' size}}, "text_clear" and
+    "text_sized_clear": {domain: the same rule applied to the words, against either floor}; per domain
+    "directions" for text and random and random's "words_sized_floor" per seed, "peer_gap": {peer:
     {"ladder" | "in_domain" | "purity": {"all" and per domain: NoiseCLR's mean over seeds minus the
     peer's}}} for every method beyond NoiseCLR, random and text on every rung, "peer_margin": the same
     gaps seed by seed, (mean, std), for the peers in SAME_INIT_PEERS}.  The text ceiling has one
@@ -226,9 +229,11 @@ def ladder(rungs: list[tuple[Path, dict]]) -> dict:
     for domain in report["settings"]["domains"]:
         names = get_domain(domain).attribute_names
         out["domains"][domain] = {}
+        scores_of = {}
         for method in methods:
             method_seeds = seeds if method in SEEDED else [None]
-            rung_scores = [[_scores(r, domain, method, seed) for _, r in rungs] for seed in method_seeds]
+            rung_scores = scores_of[method] = [[_scores(r, domain, method, seed) for _, r in rungs]
+                                               for seed in method_seeds]
             per_rung = [[summary(per_seed[k], domain)["coverage"] for per_seed in rung_scores] for k in range(len(rungs))]
             climbed = [[s for scores in per_seed for s in scores] for per_seed in rung_scores]
             working = [working_strength_scores(per_seed, targets=out["targets"]) for per_seed in rung_scores]
@@ -244,6 +249,15 @@ def ladder(rungs: list[tuple[Path, dict]]) -> dict:
                 "purity": [statistics.mean(s.purity for s in picked) for picked, _ in working],
                 "read_purity": [[s.purity for picked, at in working for s, rung in zip(picked, at) if rung == k]
                                 for k in range(len(rungs))]}
+        # the floor for a set as small as the words: what that many of random's tokens cover over
+        # the ladder on average (a token covers an attribute if it does at some rung)
+        words = len(scores_of["text"][0][0])
+        over_ladder = [[set().union(*covers)
+                        for covers in zip(*(direction_coverage(scores, domain) for scores in per_seed))]
+                       for per_seed in scores_of["random"]]
+        out["domains"][domain]["text"]["directions"] = words
+        out["domains"][domain]["random"]["directions"] = len(scores_of["random"][0][0])
+        out["domains"][domain]["random"]["words_sized_floor"] = words_sized_floor(over_ladder, words, domain)
     domains = list(out["domains"])
     for method in methods:
         rows = [out["domains"][d][method] for d in domains]
@@ -282,6 +296,12 @@ def ladder(rungs: list[tuple[Path, dict]]) -> dict:
                                 for d in domains}
                           for key in ("ladder", "purity")}
     out["text_clear"] = {d: is_clear(out["text_margin"]["ladder"][d], out["text_margin"]["purity"][d]) for d in domains}
+    # and against random sets of the words' size (a subset's mean purity is the set's: the same purity margin)
+    out["text_margin"]["sized"] = {d: margin_over_each(out["domains"][d]["text"]["ladder"][0],
+                                                       out["domains"][d]["random"]["words_sized_floor"])
+                                   for d in domains}
+    out["text_sized_clear"] = {d: is_clear(out["text_margin"]["sized"][d], out["text_margin"]["purity"][d])
+                               for d in domains}
     # the unsupervised peers on the same rungs (h-space, InfoNCE): differences of the means over
     # seeds for every peer, and seed by seed for InfoNCE, whose seed s starts from NoiseCLR's
     # seed-s rows on the same image draws (h-space's seed only draws the images its PCA reads)
@@ -341,25 +361,20 @@ def bars_section(result: dict) -> list[str]:
     lines = ["## The issue's bars on the ladder", "", "| bar | NoiseCLR | at least | met? |", "|---|---|---|---|"]
     lines += [f"| {bar} | {value:.2f} | {goal} | {'yes' if value >= goal else f'**no** (short by {goal - value:.2f})'} |"
               for bar, value, goal in rows]
-    # ladders written before the words were held to the rule have no "text_clear"
-    words = "text_clear" in result
     lines += ["", f"| domain | coverage margin over random | purity margin over random | clear (both >= {CLEAR_MARGIN} "
-                  f"and above their spread)? | purity / text purity |"
-              + (" the words' margins over random (coverage / purity) | the words clear? |" if words else ""),
-              "|---|---|---|---|---|" + ("---|---|" if words else "")]
-    for d in result["domains"]:
-        row = (f"| {d} | {_pm(result['margin'][d])} | {_pm(result['margin_purity'][d])} | "
-               f"{'yes' if result['clear'][d] else '**no**'} | {result['text_purity_share'][d]:.2f} |")
-        if words:
-            row += (f" {_pm(result['text_margin']['ladder'][d])} / {_pm(result['text_margin']['purity'][d])} | "
-                    f"{'yes' if result['text_clear'][d] else '**no**'} |")
-        lines.append(row)
-    if words:
-        not_clear = sum(not clear for clear in result["text_clear"].values())
-        lines += ["", ("The last two columns hold the attributes' own words (the supervised ceiling, one run) to "
-                       "the same rule against the same random floor, seed by seed: a domain where even they are "
-                       f"not clear ({not_clear} of {len(result['text_clear'])} here) tells how high random tokens "
-                       "reach on this model.")]
+                  f"and above their spread)? | purity / text purity |", "|---|---|---|---|---|"]
+    lines += [f"| {d} | {_pm(result['margin'][d])} | {_pm(result['margin_purity'][d])} | "
+              f"{'yes' if result['clear'][d] else '**no**'} | {result['text_purity_share'][d]:.2f} |"
+              for d in result["domains"]]
+    if "text_clear" in result:  # ladders written before the words were held to the rule lack it
+        sized = "text_sized_clear" in result
+        lines += ["", "### The words against the floor", ""] + words_rule_lines({
+            d: {"coverage": result["text_margin"]["ladder"][d], "purity": result["text_margin"]["purity"][d],
+                "clear": result["text_clear"][d],
+                **({"sized_coverage": result["text_margin"]["sized"][d], "sized_clear": result["text_sized_clear"][d],
+                    "words": result["domains"][d]["text"]["directions"],
+                    "tokens": result["domains"][d]["random"]["directions"]} if sized else {})}
+            for d in result["domains"]})
     return lines + [""]
 
 

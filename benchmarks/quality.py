@@ -62,8 +62,9 @@ if str(REPO) not in sys.path:  # `python benchmarks/quality.py` from anywhere
     sys.path.insert(0, str(REPO))
 
 from noiseclr_lite.metrics import (STRENGTH_MIN, PURITY_MIN, DirectionScore, PromptDirections, StartSet,  # noqa: E402
-                                   aggregate_summaries, balanced_start_images, cross_domain_interference,
-                                   format_table, images_to_tensor, prepare_start, reached_purity, score_direction,
+                                   aggregate_summaries, balanced_start_images, coverage,
+                                   cross_domain_interference, expected_subset_coverage, format_table,
+                                   images_to_tensor, prepare_start, reached_purity, score_direction,
                                    score_rendered, summary)
 from noiseclr_lite.models import image_size  # noqa: E402
 from noiseclr_lite.toyworld.domains import get_domain  # noqa: E402
@@ -631,31 +632,92 @@ def margin_over_each(value: float, floors) -> tuple[float, float]:
     return _mean_std([value - floor for floor in floors])
 
 
+def direction_coverage(scores: list[DirectionScore], domain: str) -> list[set[str]]:
+    """The attributes each direction covers on its own (``metrics.coverage`` of its one row): its
+    target, or nothing if it is too weak or too impure."""
+    names = get_domain(domain).attribute_names
+    return [set(coverage([[s.effects[n] for n in names]], names)[1]) for s in scores]
+
+
+def words_sized_floor(covered_per_seed: list[list[set[str]]], words: int, domain: str) -> list[float]:
+    """Per seed of random tokens, the coverage that ``words`` of its tokens reach on average
+    (``metrics.expected_subset_coverage``): the floor for a set as small as the domain's words.
+
+    ``covered_per_seed`` holds, per seed, what each random token covers (:func:`direction_coverage`,
+    or its union over the rungs of a ladder). A seed with fewer tokens than ``words`` gives its
+    whole set's coverage: no larger draw exists."""
+    names = get_domain(domain).attribute_names
+    return [expected_subset_coverage(covered, names, min(words, len(covered))) for covered in covered_per_seed]
+
+
 def compare(runs: dict[str, list[MethodRun]]) -> dict:
     """NoiseCLR against the floor and the ceiling on one domain (paired by seed).
 
     Returns {"coverage_margin_over_random", "mean_purity_margin_over_random": (mean, std) of
     NoiseCLR minus random, seed by seed; "clear_margin": both clear (:func:`is_clear`);
-    "text_purity_share": NoiseCLR's mean purity over the words', (mean, std) over seeds;
-    "text_coverage_margin_over_random", "text_mean_purity_margin_over_random" and
-    "text_clear_margin": the words held to the same rule against the same floor}.
+    "text_purity_share": NoiseCLR's mean purity over the words', (mean, std) over seeds; and the
+    words held to the same rule against the same floor: "text_coverage_margin_over_random",
+    "text_mean_purity_margin_over_random", "text_clear_margin"; against random sets of the words'
+    own size, "text_coverage_margin_over_sized_random" and "text_sized_clear_margin"; and
+    "text_directions", "random_directions": the two set sizes}.
     """
-    nclr, rand, text = runs["NoiseCLR"], runs["random"], runs["text"][0].summary
-    text_purity = text["mean_purity"]
+    nclr, rand, text = runs["NoiseCLR"], runs["random"], runs["text"][0]
+    text_purity = text.summary["mean_purity"]
     out = {}
     for key in ("coverage", "mean_purity"):
         diffs = [a.summary[key] - b.summary[key] for a, b in zip(nclr, rand)]
         out[f"{key}_margin_over_random"] = _mean_std(diffs)
     out["clear_margin"] = is_clear(out["coverage_margin_over_random"], out["mean_purity_margin_over_random"])
+    shares = [r.summary["mean_purity"] / text_purity if text_purity > 0 else float("nan") for r in nclr]
+    out["text_purity_share"] = _mean_std(shares)
     # The words against the same floor by the same rule: where even the supervised ceiling is not
     # clear, the bar measures how high random tokens reach on this model rather than a method.
     for key in ("coverage", "mean_purity"):
-        out[f"text_{key}_margin_over_random"] = margin_over_each(text[key], [r.summary[key] for r in rand])
+        out[f"text_{key}_margin_over_random"] = margin_over_each(text.summary[key], [r.summary[key] for r in rand])
     out["text_clear_margin"] = is_clear(out["text_coverage_margin_over_random"],
                                         out["text_mean_purity_margin_over_random"])
-    shares = [r.summary["mean_purity"] / text_purity if text_purity > 0 else float("nan") for r in nclr]
-    out["text_purity_share"] = _mean_std(shares)
+    # Coverage grows with the size of a set, so the words (one per attribute) are also held against
+    # random sets of their own size. A random subset's mean purity has the random set's mean as its
+    # expectation, so the purity margin is the same one.
+    out["text_directions"], out["random_directions"] = len(text.scores), len(rand[0].scores)
+    floors = words_sized_floor([direction_coverage(r.scores, r.domain) for r in rand], len(text.scores), text.domain)
+    out["text_coverage_margin_over_sized_random"] = margin_over_each(text.summary["coverage"], floors)
+    out["text_sized_clear_margin"] = is_clear(out["text_coverage_margin_over_sized_random"],
+                                              out["text_mean_purity_margin_over_random"])
     return out
+
+
+def words_rule_lines(rows: dict[str, dict]) -> list[str]:
+    """Markdown: the attributes' own words held to the clear-margin rule against random tokens, per
+    domain. ``rows`` maps a domain to {"coverage", "purity": the words' margins over random, (mean,
+    std); "clear"; and, where measured, "sized_coverage" and "sized_clear": against random sets of
+    the words' size, "words" and "tokens": the two sizes}."""
+    sized = all("sized_coverage" in row for row in rows.values())
+    lines = ["| domain | the words' coverage margin over random | their purity margin | clear? |"
+             + (" coverage margin over random sets of the words' size | clear against those? |" if sized else ""),
+             "|---|---|---|---|" + ("---|---|" if sized else "")]
+    for domain, row in rows.items():
+        line = (f"| {domain} | {_pm(row['coverage'])} | {_pm(row['purity'])} | "
+                f"{'yes' if row['clear'] else '**no**'} |")
+        if sized:
+            line += (f" {_pm(row['sized_coverage'])} ({min(row['words'], row['tokens'])} tokens of {row['tokens']}) | "
+                     f"{'yes' if row['sized_clear'] else '**no**'} |")
+        lines.append(line)
+    not_clear = sum(not row["clear"] for row in rows.values())
+    text = (f"The attributes' own words (the supervised ceiling, one run) held to the same rule against the same "
+            f"random floor, their value minus each of random's seeds (so the spread is random's): a domain where "
+            f"even they are not clear ({not_clear} of {len(rows)} here) tells how high random tokens reach on this "
+            f"model.")
+    if sized:
+        not_sized = sum(not row["sized_clear"] for row in rows.values())
+        sizes = sorted({(row["words"], row["tokens"]) for row in rows.values()})
+        text += (" Coverage counts what some direction of a set covers, so a larger set gets more tries ("
+                 + ", ".join(f"{words} words against {tokens} random tokens" for words, tokens in sizes)
+                 + "); the last two columns compare the words with the coverage that random sets of the words' size "
+                   "reach on average, drawn from each seed's tokens (`metrics.expected_subset_coverage`; a subset's "
+                   "mean purity is on average the set's, so the purity margin is the same): not clear in "
+                 + f"{not_sized} of {len(rows)}.")
+    return lines + ["", text]
 
 
 def losses(domain: str, rows: list[dict]) -> list[str]:
@@ -769,23 +831,21 @@ def _comparison_sections(report: dict) -> list[str]:
     lines += [f"- {line}" for line in report["losses"]] or ["- nowhere: NoiseCLR has the best coverage and mean "
                                                              "purity of every method in every domain"]
     lines += ["", "## NoiseCLR against the floor and the ceiling", "",
-              ("| domain | coverage margin over random | purity margin over random | clear? | purity / text purity "
-               "| the words' margins over random (coverage / purity) | the words clear? |"),
-              "|---|---|---|---|---|---|---|"]
+              "| domain | coverage margin over random | purity margin over random | clear? | purity / text purity |",
+              "|---|---|---|---|---|"]
     for domain, c in report["comparisons"].items():
         lines.append(f"| {domain} | {_pm(c['coverage_margin_over_random'])} | "
                      f"{_pm(c['mean_purity_margin_over_random'])}"
                      f" | {'yes' if c['clear_margin'] else '**no**'} | {c['text_purity_share'][0]:.2f} ± "
-                     f"{c['text_purity_share'][1]:.2f} | {_pm(c['text_coverage_margin_over_random'])} / "
-                     f"{_pm(c['text_mean_purity_margin_over_random'])} | "
-                     f"{'yes' if c['text_clear_margin'] else '**no**'} |")
-    not_clear = sum(not c["text_clear_margin"] for c in report["comparisons"].values())
-    lines += ["", (f"A margin is clear when it is at least {CLEAR_MARGIN} and above its seed spread, on coverage "
-                   f"and purity both. The last two columns hold the attributes' own words (the supervised ceiling, "
-                   f"one run) to the same rule against the same random floor, seed by seed: a domain where even "
-                   f"they are not clear ({not_clear} of {len(report['comparisons'])} here) tells how high random "
-                   f"tokens reach on this model.")]
-    return lines
+                     f"{c['text_purity_share'][1]:.2f} |")
+    lines += ["", f"A margin is clear when it is at least {CLEAR_MARGIN} and above its seed spread, on coverage "
+                  f"and purity both.", "", "## The words against the floor", ""]
+    return lines + words_rule_lines({
+        domain: {"coverage": c["text_coverage_margin_over_random"], "purity": c["text_mean_purity_margin_over_random"],
+                 "clear": c["text_clear_margin"], "sized_coverage": c["text_coverage_margin_over_sized_random"],
+                 "sized_clear": c["text_sized_clear_margin"], "words": c["text_directions"],
+                 "tokens": c["random_directions"]}
+        for domain, c in report["comparisons"].items()})
 
 
 def _partial_sections(report: dict) -> list[str]:

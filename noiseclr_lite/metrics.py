@@ -30,8 +30,8 @@ not at a matched raw scale.
 The module has two halves:
 
 (a) scoring math on oracle probabilities -- :func:`two_sided_effects`, :func:`purity`,
-    :func:`strength`, :func:`target_attribute`, :func:`coverage`, :func:`preservation`,
-    :func:`cross_domain_interference`, :func:`pixel_change`, :func:`calibrate_scale` --
+    :func:`strength`, :func:`target_attribute`, :func:`coverage`, :func:`expected_subset_coverage`,
+    :func:`preservation`, :func:`cross_domain_interference`, :func:`pixel_change`, :func:`calibrate_scale` --
     plain tensors in, numbers out, testable without any model;
 (b) the measurement on a pipeline that produces those probabilities --
     :func:`balanced_start_images`, :func:`prepare_start`, :func:`score_direction`,
@@ -50,7 +50,7 @@ import math
 import random
 import statistics
 from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -61,9 +61,9 @@ from .toyworld.oracle import HEADS
 __all__ = [
     "Calibration", "DirectionScore", "Interference", "Preservation", "PromptDirections", "StartSet",
     "aggregate_summaries", "attribute_probabilities", "balanced_start_images", "calibrate_scale", "coverage",
-    "cross_domain_interference", "format_table", "images_to_tensor", "pixel_change", "prepare_start",
-    "preservation", "purity", "reached_purity", "score_direction", "score_directions", "strength", "summary",
-    "target_attribute", "two_sided_effects",
+    "cross_domain_interference", "expected_subset_coverage", "format_table", "images_to_tensor", "pixel_change",
+    "prepare_start", "preservation", "purity", "reached_purity", "score_direction", "score_directions", "strength",
+    "summary", "target_attribute", "two_sided_effects",
 ]
 
 #: defaults of the coverage rule (issue 5): a direction "covers" its target attribute when
@@ -168,6 +168,36 @@ def coverage(effect_table, attribute_names: Sequence[str], strength_min: float =
             covered.add(int(row.abs().argmax()))
     names = [attribute_names[a] for a in sorted(covered)]
     return len(covered) / len(attribute_names), names
+
+
+def expected_subset_coverage(covered_by_direction: Sequence[Collection[str]], attribute_names: Sequence[str],
+                             size: int) -> float:
+    """The coverage that ``size`` directions drawn at random from a set reach, on average over every draw.
+
+    Coverage counts what *some* direction of a set covers, so a larger set of anything covers
+    more: ten random tokens get more tries than the four words of a domain. This is the fair
+    floor for a set of ``size`` directions, computed exactly rather than by sampling: an
+    attribute covered by n of the D directions is missed by a draw of ``size`` with probability
+    C(D - n, size) / C(D, size).
+
+    Args:
+        covered_by_direction: for each of the D directions, the attributes it covers (a
+            direction read at one strength covers at most one, its target; read at several, it
+            may cover one per strength), e.g. ``coverage([row], names)[1]`` per effect row.
+        attribute_names: the domain's A attribute names.
+        size: how many directions a draw holds, 1 <= size <= D.
+
+    Returns:
+        The expected share of the A attributes covered, in [0, 1]; with ``size`` = D, the set's
+        own coverage.
+    """
+    count = len(covered_by_direction)
+    if not 1 <= size <= count:
+        raise ValueError(f"expected_subset_coverage: size={size} directions cannot be drawn from a set of {count}; "
+                         f"give a size from 1 to {count}")
+    missed = [math.comb(count - sum(name in covered for covered in covered_by_direction), size)
+              / math.comb(count, size) for name in attribute_names]
+    return 1.0 - statistics.mean(missed) if attribute_names else 0.0
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from noiseclr_lite.metrics import DirectionScore, purity, strength
+from noiseclr_lite.metrics import DirectionScore, purity, strength, summary
 from noiseclr_lite.toyworld.domains import attribute_pixel_change
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -135,7 +135,8 @@ def test_each_direction_is_read_at_the_weakest_rung_where_it_shows_and_the_bars_
     assert result["text_margin"]["ladder"]["face"] == pytest.approx((0.25, 0.0))
     assert result["text_margin"]["purity"]["face"] == pytest.approx((0.0, 0.5 ** 0.5 / 2))
     assert result["text_clear"] == {"face": False}
-    assert "| 1.13 | +0.25 ± 0.00 / +0.00 ± 0.35 | **no** |" in md and "(1 of 1 here)" in md
+    assert "| face | +0.25 ± 0.00 | +0.00 ± 0.35 | **no** | +0.25 ± 0.00 (2 tokens of 2) | **no** |" in md
+    assert "(1 of 1 here)" in md and "2 words against 2 random tokens" in md
     assert "NoiseCLR 2 / 2 (purity 0.75 / 0.94); random 1 / 3 (purity" in md and "; text 1 / 1 (purity" in md
 
 
@@ -151,11 +152,68 @@ def test_the_words_are_held_to_the_same_clear_margin_rule_against_the_same_rando
     assert result["text_margin"]["purity"]["face"] == pytest.approx((0.5, 0.0))
     assert result["text_clear"] == {"face": True} and result["clear"] == {"face": False}
     md = (tmp_path / "ladder.md").read_text()
-    assert "| face | +0.00 ± 0.00 | +0.00 ± 0.00 | **no** | 0.50 | +0.50 ± 0.00 / +0.50 ± 0.00 | yes |" in md
+    assert "| face | +0.00 ± 0.00 | +0.00 ± 0.00 | **no** | 0.50 |" in md
+    assert "| face | +0.50 ± 0.00 | +0.50 ± 0.00 | yes | +0.50 ± 0.00 (2 tokens of 2) | yes |" in md
     assert "(0 of 1 here)" in md
-    # a ladder written before the words were held to the rule still renders, without their columns
+    # ladders written before the words were held against sets of their size, or to the rule at all, still render
+    del result["text_sized_clear"]
+    assert "| face | +0.50 ± 0.00 | +0.50 ± 0.00 | yes |" in ladder.bars_section(result)
     del result["text_margin"], result["text_clear"]
     assert ladder.bars_section(result)[-2] == "| face | +0.00 ± 0.00 | +0.00 ± 0.00 | **no** | 0.50 |"
+
+
+def test_the_words_are_also_held_against_random_sets_of_their_own_size(tmp_path):
+    # random seed 0: token 0 covers expression at 0.02 and hair at 0.05, three tokens move two attributes at
+    # once; seed 1: all four do. The words: two phrases, glasses and skin, covering half the attributes.
+    impure = score(expression=0.6, hair=0.6)
+    rung = {"low": (0.02, score(expression=0.9)), "high": (0.05, score(hair=0.9))}
+    for name, (target, first) in rung.items():
+        floor = {0: [first, impure, impure, impure], 1: [impure] * 4}
+        report(tmp_path / f"quality-{name}.json", target, {"NoiseCLR": floor, "random": floor,
+                                                             "text": {None: [score(glasses=0.9), score(skin=0.9)]}})
+    result = ladder.ladder_report(["low", "high"], tmp_path, log=lambda _: None, size_images=8)
+    # ten tokens' worth of tries: seed 0 covers 0.5 over the ladder, seed 1 nothing; the words 0.5
+    assert result["text_margin"]["ladder"]["face"] == pytest.approx((0.25, 0.5 ** 0.5 / 2))
+    # two of seed 0's four tokens hold token 0 in half the draws: expression and hair 0.5 each, 0.25 in all
+    assert result["domains"]["face"]["random"]["words_sized_floor"] == pytest.approx([0.25, 0.0])
+    assert result["text_margin"]["sized"]["face"] == pytest.approx((0.375, 0.125 ** 0.5 / 2))
+    # purity at the working strength: random 0.625 and 0.5, the words 1.0
+    assert result["text_margin"]["purity"]["face"] == pytest.approx((0.4375, 0.125 / 2 ** 0.5))
+    assert result["text_clear"] == {"face": False} and result["text_sized_clear"] == {"face": True}
+    assert "| +0.38 ± 0.18 (2 tokens of 4) | yes |" in (tmp_path / "ladder.md").read_text()
+
+
+def test_compare_holds_noiseclr_and_the_words_to_the_rule_against_random_and_random_sets_of_the_words_size():
+    def runs(method, by_seed):
+        return [quality.MethodRun(method, "face", seed, None, scores, summary(scores, "face"))
+                for seed, scores in by_seed.items()]
+
+    weak = DirectionScore(**score(expression=0.2, hair=0.2))                   # purity 0.5, covers nothing
+    expression, hair, glasses, skin = (DirectionScore(**score(**{a: 0.9})) for a in FACE)
+    face = {"NoiseCLR": runs("NoiseCLR", {0: [expression, hair, glasses, weak], 1: [expression, hair, weak, weak]}),
+            "random": runs("random", {0: [expression, hair, weak, weak], 1: [expression, weak, weak, weak]}),
+            "text": runs("text", {None: [glasses, skin]})}
+    c = quality.compare(face)
+    # NoiseCLR - random, by seed: coverage 0.25 and 0.25, purity 0.875 - 0.75 and 0.75 - 0.625
+    assert c["coverage_margin_over_random"] == pytest.approx((0.25, 0.0))
+    assert c["mean_purity_margin_over_random"] == pytest.approx((0.125, 0.0)) and c["clear_margin"]
+    assert c["text_purity_share"] == pytest.approx((0.8125, 0.125 / 2 ** 0.5))
+    # the words (coverage 0.5, purity 1) minus random's seeds: coverage 0 and 0.25, purity 0.25 and 0.375
+    assert c["text_coverage_margin_over_random"] == pytest.approx((0.125, 0.125 * 2 ** 0.5))
+    assert c["text_mean_purity_margin_over_random"] == pytest.approx((0.3125, 0.125 / 2 ** 0.5))
+    assert not c["text_clear_margin"]                                          # 0.125 is under its spread
+    # random sets of two: seed 0 covers expression and hair in 5 draws of 6 between them, (0.5 + 0.5) / 4;
+    # seed 1 expression in half the draws, 0.5 / 4
+    assert (c["text_directions"], c["random_directions"]) == (2, 4)
+    assert c["text_coverage_margin_over_sized_random"] == pytest.approx((0.3125, 0.125 / 2 ** 0.5))
+    assert c["text_sized_clear_margin"]
+    lines = quality._comparison_sections({"bars": [], "losses": [], "comparisons": {"face": c}})
+    assert "| face | +0.25 ± 0.00 | +0.12 ± 0.00 | yes | 0.81 ± 0.09 |" in lines
+    assert "| face | +0.12 ± 0.18 | +0.31 ± 0.09 | **no** | +0.31 ± 0.09 (2 tokens of 4) | yes |" in lines
+    assert "(1 of 1 here)" in lines[-1] and "not clear in 0 of 1" in lines[-1]
+    # fewer random tokens than words: no larger draw exists, so the floor is each seed's whole set
+    few = quality.compare({**face, "random": runs("random", {0: [expression], 1: [weak]})})
+    assert few["text_coverage_margin_over_sized_random"] == pytest.approx(few["text_coverage_margin_over_random"])
 
 
 def test_a_peer_on_every_rung_is_compared_with_noiseclr_by_its_means(tmp_path):

@@ -1,8 +1,10 @@
 """Scoring directions: the math on constructed cases with known answers, and one end-to-end run."""
 
 import dataclasses
+import itertools
 import json
 import math
+import statistics
 from dataclasses import asdict
 
 import pytest
@@ -13,8 +15,9 @@ from noiseclr_lite.editing import DirectionEdit, edit
 from noiseclr_lite.inversion import encode_prompt
 from noiseclr_lite.metrics import (DirectionScore, PromptDirections, StartSet, aggregate_summaries,
                                    attribute_probabilities, balanced_start_images, calibrate_scale, coverage,
-                                   cross_domain_interference, format_table, images_to_tensor, oracle_read,
-                                   pixel_change, prepare_start, preservation, purity, score_direction,
+                                   cross_domain_interference, expected_subset_coverage, format_table,
+                                   images_to_tensor, oracle_read, pixel_change, prepare_start, preservation,
+                                   purity, score_direction,
                                    score_directions, score_rendered, strength, summary, target_attribute,
                                    two_sided_effects)
 from noiseclr_lite.models import decode_latents, encode_images
@@ -87,6 +90,20 @@ def test_coverage_counts_strong_pure_directions_only():
     assert covered == FACE_NAMES and share == 1.0
     with pytest.raises(ValueError, match="A = 4"):
         coverage(table[:, :3], FACE_NAMES)
+
+
+def test_expected_subset_coverage_is_the_mean_coverage_over_every_draw_of_that_size():
+    covered = [["expression"], ["expression"], [], ["hair", "glasses"]]   # D = 4 directions
+    # size 2 by hand: expression is missed by 1 draw of 6, hair and glasses by 3 of 6, skin always
+    assert expected_subset_coverage(covered, FACE_NAMES, 2) == pytest.approx((5 / 6 + 1 / 2 + 1 / 2 + 0) / 4)
+    for size in (1, 2, 3, 4):                                              # the same, counted draw by draw
+        draws = list(itertools.combinations(covered, size))
+        counted = statistics.mean(len(set().union(*draw)) / 4 for draw in draws)
+        assert expected_subset_coverage(covered, FACE_NAMES, size) == pytest.approx(counted)
+    assert expected_subset_coverage(covered, FACE_NAMES, 4) == pytest.approx(0.75)  # the whole set's own
+    for size in (0, 5):
+        with pytest.raises(ValueError, match=f"size={size} directions cannot be drawn from a set of 4"):
+            expected_subset_coverage(covered, FACE_NAMES, size)
 
 
 # ----------------------------------------------------------------------------- preservation, pixels
