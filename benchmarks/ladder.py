@@ -211,7 +211,7 @@ def ladder(rungs: list[tuple[Path, dict]]) -> dict:
     working-strength purity over the text ceiling's}, "clear": {domain: whether both the coverage
     and the purity margin are at least CLEAR_MARGIN and above their spread}, "text_margin": {"ladder" |
     "purity": {domain: the text ceiling's value minus random's, for each of random's seeds, (mean,
-    std), and "sized": the same for coverage against random sets of the words' size}}, "text_clear" and
+    std), and "sized": the coverage margin against random sets of the words' size}}, "text_clear" and
     "text_sized_clear": {domain: the same rule applied to the words, against either floor}; per domain
     "directions" for text and random and random's "words_sized_floor" per seed, "peer_gap": {peer:
     {"ladder" | "in_domain" | "purity": {"all" and per domain: NoiseCLR's mean over seeds minus the
@@ -251,13 +251,13 @@ def ladder(rungs: list[tuple[Path, dict]]) -> dict:
                                 for k in range(len(rungs))]}
         # the floor for a set as small as the words: what that many of random's tokens cover over
         # the ladder on average (a token covers an attribute if it does at some rung)
-        words = len(scores_of["text"][0][0])
+        n_words = len(scores_of["text"][0][0])
         over_ladder = [[set().union(*covers)
                         for covers in zip(*(direction_coverage(scores, domain) for scores in per_seed))]
                        for per_seed in scores_of["random"]]
-        out["domains"][domain]["text"]["directions"] = words
+        out["domains"][domain]["text"]["directions"] = n_words
         out["domains"][domain]["random"]["directions"] = len(scores_of["random"][0][0])
-        out["domains"][domain]["random"]["words_sized_floor"] = words_sized_floor(over_ladder, words, domain)
+        out["domains"][domain]["random"]["words_sized_floor"] = words_sized_floor(over_ladder, n_words, domain)
     domains = list(out["domains"])
     for method in methods:
         rows = [out["domains"][d][method] for d in domains]

@@ -53,7 +53,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -626,7 +626,7 @@ def is_clear(*margins: tuple[float, float]) -> bool:
     return all(mean >= CLEAR_MARGIN and mean > spread for mean, spread in margins)
 
 
-def margin_over_each(value: float, floors) -> tuple[float, float]:
+def margin_over_each(value: float, floors: Sequence[float]) -> tuple[float, float]:
     """A one-run method's margin over a seeded one: ``value`` minus each of ``floors`` (one per
     seed), as (mean, std). The words' text ceiling is deterministic, so its spread is the floor's."""
     return _mean_std([value - floor for floor in floors])
@@ -639,15 +639,18 @@ def direction_coverage(scores: list[DirectionScore], domain: str) -> list[set[st
     return [set(coverage([[s.effects[n] for n in names]], names)[1]) for s in scores]
 
 
-def words_sized_floor(covered_per_seed: list[list[set[str]]], words: int, domain: str) -> list[float]:
-    """Per seed of random tokens, the coverage that ``words`` of its tokens reach on average
+def words_sized_floor(covered_per_seed: list[list[set[str]]], n_words: int, domain: str) -> list[float]:
+    """Per seed of random tokens, the coverage that ``n_words`` of its tokens reach on average
     (``metrics.expected_subset_coverage``): the floor for a set as small as the domain's words.
 
     ``covered_per_seed`` holds, per seed, what each random token covers (:func:`direction_coverage`,
-    or its union over the rungs of a ladder). A seed with fewer tokens than ``words`` gives its
-    whole set's coverage: no larger draw exists."""
+    or its union over the rungs of a ladder). A seed with fewer tokens than ``n_words`` gives its
+    whole set's coverage: no larger draw exists.
+
+    The floor is an expectation over draws, so its spread over seeds is smaller than that of one
+    actual draw of ``n_words`` tokens: "above its spread" is the looser test against this floor."""
     names = get_domain(domain).attribute_names
-    return [expected_subset_coverage(covered, names, min(words, len(covered))) for covered in covered_per_seed]
+    return [expected_subset_coverage(covered, names, min(n_words, len(covered))) for covered in covered_per_seed]
 
 
 def compare(runs: dict[str, list[MethodRun]]) -> dict:
@@ -692,6 +695,8 @@ def words_rule_lines(rows: dict[str, dict]) -> list[str]:
     domain. ``rows`` maps a domain to {"coverage", "purity": the words' margins over random, (mean,
     std); "clear"; and, where measured, "sized_coverage" and "sized_clear": against random sets of
     the words' size, "words" and "tokens": the two sizes}."""
+    if not rows:
+        return []
     sized = all("sized_coverage" in row for row in rows.values())
     lines = ["| domain | the words' coverage margin over random | their purity margin | clear? |"
              + (" coverage margin over random sets of the words' size | clear against those? |" if sized else ""),
@@ -707,7 +712,7 @@ def words_rule_lines(rows: dict[str, dict]) -> list[str]:
     text = (f"The attributes' own words (the supervised ceiling, one run) held to the same rule against the same "
             f"random floor, their value minus each of random's seeds (so the spread is random's): a domain where "
             f"even they are not clear ({not_clear} of {len(rows)} here) tells how high random tokens reach on this "
-            f"model.")
+            f"model. The rule reads the unrounded margins (a purity margin of 0.098 shows as +0.10 and is not clear).")
     if sized:
         not_sized = sum(not row["sized_clear"] for row in rows.values())
         sizes = sorted({(row["words"], row["tokens"]) for row in rows.values()})
@@ -716,7 +721,8 @@ def words_rule_lines(rows: dict[str, dict]) -> list[str]:
                  + "); the last two columns compare the words with the coverage that random sets of the words' size "
                    "reach on average, drawn from each seed's tokens (`metrics.expected_subset_coverage`; a subset's "
                    "mean purity is on average the set's, so the purity margin is the same): not clear in "
-                 + f"{not_sized} of {len(rows)}.")
+                 + f"{not_sized} of {len(rows)}. That floor is an average over draws, so its spread over seeds is "
+                   "smaller than one draw's, and \"above its spread\" is the looser test against it.")
     return lines + ["", text]
 
 

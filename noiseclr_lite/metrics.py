@@ -192,6 +192,9 @@ def expected_subset_coverage(covered_by_direction: Sequence[Collection[str]], at
         own coverage.
     """
     count = len(covered_by_direction)
+    if count == 0:
+        raise ValueError("expected_subset_coverage: got no directions to draw from; pass the set's directions "
+                         "(one collection of covered attributes each)")
     if not 1 <= size <= count:
         raise ValueError(f"expected_subset_coverage: size={size} directions cannot be drawn from a set of {count}; "
                          f"give a size from 1 to {count}")

@@ -104,6 +104,8 @@ def test_expected_subset_coverage_is_the_mean_coverage_over_every_draw_of_that_s
     for size in (0, 5):
         with pytest.raises(ValueError, match=f"size={size} directions cannot be drawn from a set of 4"):
             expected_subset_coverage(covered, FACE_NAMES, size)
+    with pytest.raises(ValueError, match="got no directions"):
+        expected_subset_coverage([], FACE_NAMES, 1)
 
 
 # ----------------------------------------------------------------------------- preservation, pixels
