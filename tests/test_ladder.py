@@ -146,7 +146,8 @@ def test_the_words_are_held_to_the_same_clear_margin_rule_against_the_same_rando
     impure, skin, hair = score(expression=0.6, hair=0.6), score(skin=0.9), score(hair=0.8)
     floor = {0: [impure, impure], 1: [impure, impure]}
     for name, target in (("low", 0.02), ("high", 0.05)):
-        report(tmp_path / f"quality-{name}.json", target, {"NoiseCLR": floor, "random": floor, "text": {None: [skin, hair]}})
+        report(tmp_path / f"quality-{name}.json", target,
+               {"NoiseCLR": floor, "random": floor, "text": {None: [skin, hair]}})
     result = ladder.ladder_report(["low", "high"], tmp_path, log=lambda _: None, size_images=8)
     assert result["text_margin"]["ladder"]["face"] == pytest.approx((0.5, 0.0))
     assert result["text_margin"]["purity"]["face"] == pytest.approx((0.5, 0.0))

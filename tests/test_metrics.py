@@ -17,9 +17,8 @@ from noiseclr_lite.metrics import (DirectionScore, PromptDirections, StartSet, a
                                    attribute_probabilities, balanced_start_images, calibrate_scale, coverage,
                                    cross_domain_interference, expected_subset_coverage, format_table,
                                    images_to_tensor, oracle_read, pixel_change, prepare_start, preservation,
-                                   purity, score_direction,
-                                   score_directions, score_rendered, strength, summary, target_attribute,
-                                   two_sided_effects)
+                                   purity, score_direction, score_directions, score_rendered, strength, summary,
+                                   target_attribute, two_sided_effects)
 from noiseclr_lite.models import decode_latents, encode_images
 from noiseclr_lite.toyworld.domains import CAT, FACE, SCENE
 from noiseclr_lite.toyworld.oracle import HEADS
