@@ -106,6 +106,7 @@ class Settings:
     init: str = "random"                  # "random" or "vocab" (directions.Directions.create)
     strength_weight: float = 0.0          # > 0: the push-strength term (train.TrainConfig.strength_weight)
     sign_blind_negatives: bool = False    # True: negatives scored by |cos| (train.TrainConfig.sign_blind_negatives)
+    center_edits: bool = False            # True: contrast the centred edits (train.TrainConfig.center_edits)
     context: str = "alone"                # "alone" or "caption": the prompt tokens are used in (direction_context)
     train_images: int | None = None       # None = the whole sample folder
     # the protocol
@@ -136,7 +137,7 @@ class Settings:
                 "timestep_range": tuple(self.timestep_range), "batch_size": self.batch_size,
                 "negatives_per_step": self.negatives, "tau": self.tau, "anchors": self.anchors, "loss": loss,
                 "init": self.init, "strength_weight": self.strength_weight,
-                "sign_blind_negatives": self.sign_blind_negatives, "seed": seed}
+                "sign_blind_negatives": self.sign_blind_negatives, "center_edits": self.center_edits, "seed": seed}
 
     def fingerprint(self, weights: str = "") -> str:
         """Hash of every setting that changes a (domain, method, seed) result (for ``--resume``),
@@ -146,7 +147,8 @@ class Settings:
         kept = {k: v for k, v in asdict(self).items() if k not in skip}
         kept["weights"] = weights
         for key, before in (("anchors", "one"), ("init", "random"), ("strength_weight", 0.0), ("min_scale", 0.0),
-                            ("hspace_min_scale", 0.0), ("sign_blind_negatives", False), ("context", "alone")):
+                            ("hspace_min_scale", 0.0), ("sign_blind_negatives", False), ("context", "alone"),
+                            ("center_edits", False)):
             if kept[key] == before:  # the setting before the option existed: keep those caches valid
                 del kept[key]
         if "context" in kept:
@@ -161,8 +163,9 @@ class Settings:
         random ones are drawn from the NoiseCLR set), not how they are scored: the key of the
         trained-directions cache, shared by every protocol."""
         kept = {k: v for k, v in self.train_overrides("noiseclr", 0).items() if k not in ("loss", "seed")}
-        if not kept["sign_blind_negatives"]:  # the setting before the option existed: keep those caches valid
-            del kept["sign_blind_negatives"]
+        for option in ("sign_blind_negatives", "center_edits"):
+            if not kept[option]:  # the setting before the option existed: keep those caches valid
+                del kept[option]
         if self.context != "alone":  # the same: directions trained alone keep their cache
             kept["context"] = CONTEXT_KEYS[self.context]
         kept.update(train_images=self.train_images, hspace_timesteps=self.hspace_timesteps, model=self.model,
@@ -1361,7 +1364,8 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
                      f"{s.get('anchors', 'one')} | {s.get('init', 'random')}"
                      f"{'' if s.get('context', 'alone') == 'alone' else ', in ' + s['context']} | "
                      f"{s.get('strength_weight', 0.0):g} | "
-                     f"{'sign-blind' if s.get('sign_blind_negatives') else 'signed'} | {_scale_bracket(s.get('min_scale', 0.0), s['max_scale'])} | "
+                     f"{'sign-blind' if s.get('sign_blind_negatives') else 'signed'}{', centred' if s.get('center_edits') else ''} | "
+                     f"{_scale_bracket(s.get('min_scale', 0.0), s['max_scale'])} | "
                      f"{s['target_change']:g} on {s['calibration_images']} | "
                      f"{':'.join(f'{x:g}' for x in s.get('window', (1.0, 0.0)))} | "
                      f"{_pm(nclr['coverage'], sign='')} | "
@@ -1453,6 +1457,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="score the loss's negatives by |cos|, so that two directions that are opposite ends "
                             "of one attribute count as one slider (NoiseCLR and InfoNCE; default: the official, "
                             "signed negatives)")
+    train.add_argument("--center-edits", action="store_true",
+                       help="contrast what is specific to each direction: every edit feature minus the mean over "
+                            "the step's directions on that image (loss.center_edit_features; NoiseCLR and InfoNCE; "
+                            "default: the official, uncentred features)")
     train.add_argument("--context", choices=CONTEXTS, default=defaults.context,
                        help="the prompt NoiseCLR's and InfoNCE's tokens are trained and applied in (random ones "
                             "too): alone (the official) or caption, after the domain's noun as the model's "
@@ -1508,7 +1516,7 @@ def settings_from_args(args: argparse.Namespace, model: str) -> Settings:
         num_directions=pick("num_directions"), steps=pick("steps"), learning_rate=args.lr,
         timestep_range=tuple(args.timestep_range), batch_size=args.batch_size, negatives=args.negatives,
         tau=args.tau, anchors=args.anchors, init=args.init, strength_weight=args.strength_weight,
-        sign_blind_negatives=args.sign_blind_negatives, context=args.context,
+        sign_blind_negatives=args.sign_blind_negatives, center_edits=args.center_edits, context=args.context,
         train_images=args.train_images, eval_images=pick("eval_images"),
         start_seed=args.start_seed,
         inference_steps=pick("inference_steps"), target_change=args.target_change,

@@ -70,6 +70,9 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--sign-blind-negatives", action="store_true",
                        help="score negatives by |cos|: two directions that are opposite ends of one attribute "
                             "count as the same slider (default: the official, signed negatives)")
+    train.add_argument("--center-edits", action="store_true",
+                       help="contrast what is specific to each direction: every edit feature minus the mean over "
+                            "the step's directions on the same image (default: the official, uncentred features)")
     train.add_argument("--context", default="{}", type=_context,
                        help="the prompt each direction's token is used in, {} for the token: '{}' (alone, the "
                             "official, default) or e.g. 'a photo of a face, {}' to train (and later edit) in the "
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             num_directions=args.num_directions, steps=args.steps, learning_rate=args.lr, tau=args.tau,
             loss=args.loss, batch_size=args.batch_size, negatives_per_step=args.negatives or None,
             anchors=args.anchors, init=args.init, strength_weight=args.strength_weight,
-            sign_blind_negatives=args.sign_blind_negatives, context=args.context,
+            sign_blind_negatives=args.sign_blind_negatives, center_edits=args.center_edits, context=args.context,
             timestep_range=(args.t_min, args.t_max), grad_accum=args.grad_accum, chunk_size=args.chunk_size,
             mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
             seed=args.seed, prefix=args.prefix, checkpoint_every=args.checkpoint_every)

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .directions import Directions, check_context
-from .loss import edit_consistency, get_loss, push_strength_loss
+from .loss import center_edit_features, edit_consistency, get_loss, push_strength_loss
 from .models import encode_images
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -50,6 +50,8 @@ class TrainConfig:
     strength_weight: float = 0.0             # > 0 adds strength_weight * loss.push_strength_loss (0: official);
                                              # the logged loss then includes that term
     sign_blind_negatives: bool = False       # True: negatives scored by |cos| (loss module docstring; False: official)
+    center_edits: bool = False               # True: contrast loss.center_edit_features(D), what is specific to each
+                                             # direction (False: official)
     grad_accum: int = 1
     chunk_size: int | None = None            # max images x directions per UNet call; None = one call
     grad_cache: bool = True                  # with chunks: recompute them for a bounded-memory backward
@@ -299,10 +301,11 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
         saved_cfg.setdefault("init", "random")
         saved_cfg.setdefault("strength_weight", 0.0)
         saved_cfg.setdefault("sign_blind_negatives", False)
+        saved_cfg.setdefault("center_edits", False)
         saved_cfg.setdefault("context", "{}")
         # the learning rate too: the optimizer state loaded below would silently bring back the saved one
         for key in ("num_directions", "seed", "prefix", "loss", "batch_size", "anchors", "init", "strength_weight",
-                    "sign_blind_negatives", "learning_rate", "context"):
+                    "sign_blind_negatives", "center_edits", "learning_rate", "context"):
             if saved_cfg[key] != getattr(cfg, key):
                 raise ValueError(f"{ckpt_path} was written with {key}={saved_cfg[key]!r} but this run has "
                                  f"{key}={getattr(cfg, key)!r}; use the same settings or another output folder")
@@ -391,7 +394,8 @@ def _contrast(pipe, directions, embeddings, chosen, noisy, t, reference_eps, los
         return edit_features(pipe.unet, noisy, t, cond, reference_eps, cfg.chunk_size)
 
     def objective(features):
-        loss = loss_fn(features, cfg.tau, anchor=anchor, sign_blind=cfg.sign_blind_negatives)
+        contrasted = center_edit_features(features) if cfg.center_edits else features
+        loss = loss_fn(contrasted, cfg.tau, anchor=anchor, sign_blind=cfg.sign_blind_negatives)
         return loss + cfg.strength_weight * push_strength_loss(features) if cfg.strength_weight else loss
 
     chunked = cfg.chunk_size is not None and cfg.chunk_size < len(noisy) * len(chosen)

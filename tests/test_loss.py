@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from noiseclr_lite.loss import get_loss, infonce_loss, noiseclr_loss, push_strength_loss
+from noiseclr_lite.loss import center_edit_features, get_loss, infonce_loss, noiseclr_loss, push_strength_loss
 
 
 def _cos(a, b):
@@ -169,3 +169,29 @@ def test_edit_consistency_is_the_mean_cosine_of_a_direction_across_images():
         edit_consistency(torch.randn(1, 3, 4))
     with pytest.raises(ValueError, match="N images, K directions"):
         edit_consistency(torch.randn(3, 4))
+
+
+def test_center_edit_features_subtracts_each_images_mean_over_directions():
+    # one image, three directions, two numbers each: the mean is (2, 1)
+    features = torch.tensor([[[1.0, 0.0], [3.0, 3.0], [2.0, 0.0]]])
+    centred = center_edit_features(features)
+    assert torch.equal(centred, torch.tensor([[[-1.0, -1.0], [1.0, 2.0], [0.0, -1.0]]]))
+    many = torch.randn(4, 5, 2, 3, 3, generator=torch.Generator().manual_seed(3))
+    assert center_edit_features(many).shape == many.shape
+    assert torch.allclose(center_edit_features(many).sum(dim=1), torch.zeros(4, 2, 3, 3), atol=1e-5)
+    with pytest.raises(ValueError, match="K=1"):
+        center_edit_features(torch.randn(3, 1, 4))
+    with pytest.raises(ValueError, match=r"\[N images, K directions"):
+        center_edit_features(torch.randn(3, 4))
+
+
+@pytest.mark.parametrize("loss", [noiseclr_loss, infonce_loss])
+def test_centred_losses_do_not_see_what_every_direction_does_to_an_image(loss):
+    # what is specific to each direction, plus an edit every direction makes (other on every image):
+    # raw, the shared part lifts every negative cosine and the loss rises; centred, it is invisible
+    generator = torch.Generator().manual_seed(4)
+    specific = torch.randn(3, 4, 8, generator=generator)
+    shared = 3 * torch.randn(3, 1, 8, generator=generator)
+    assert loss(specific + shared, 0.5).item() > loss(specific, 0.5).item() + 0.1
+    assert loss(center_edit_features(specific + shared), 0.5).item() == pytest.approx(
+        loss(center_edit_features(specific), 0.5).item(), abs=1e-5)

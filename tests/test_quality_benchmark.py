@@ -446,6 +446,13 @@ def test_command_line_flags_and_quick_defaults():
     unblind = dataclasses.replace(blind, sign_blind_negatives=False)
     assert blind.fingerprint() != unblind.fingerprint()
     assert blind.training_fingerprint() != unblind.training_fingerprint()
+    # centred edits likewise: off (the official loss) keeps both keys; on, both change and reach train_directions
+    centred = quality.settings_from_args(quality.parse_args(["--center-edits"]), "m")
+    assert settings.center_edits is False and centred.center_edits is True
+    assert centred.train_overrides("infonce", 0)["center_edits"] is True
+    uncentred = dataclasses.replace(centred, center_edits=False)
+    assert centred.fingerprint() != uncentred.fingerprint()
+    assert centred.training_fingerprint() != uncentred.training_fingerprint()
     # the prompt context: "alone" (the official) keeps both keys; "caption" changes both
     assert settings.context == "alone"
     placed = quality.settings_from_args(quality.parse_args(["--context", "caption"]), "m")
@@ -463,7 +470,7 @@ def test_command_line_flags_and_quick_defaults():
     assert logged.training_fingerprint() == settings.training_fingerprint() != vocab.training_fingerprint()
     legacy = {k: v for k, v in dataclasses.asdict(settings).items()
               if k not in ("anchors", "init", "strength_weight", "min_scale", "hspace_min_scale",
-                           "sign_blind_negatives", "context")}
+                           "sign_blind_negatives", "context", "center_edits")}
     legacy_key = hashlib.sha256(json.dumps({**{k: v for k, v in legacy.items() if k not in
                                                {"domains", "seeds", "methods", "interference", "grid_images",
                                                 "interference_images", "quick"}}, "weights": ""},

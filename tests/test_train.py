@@ -266,6 +266,9 @@ def test_resume_refuses_other_settings(tiny_pipe, tmp_path):
     with pytest.raises(ValueError, match="sign_blind_negatives=False but this run has sign_blind_negatives=True"):
         train_directions(tiny_pipe, _images(), output_dir=tmp_path, resume=True, progress=False,
                          **{**FAST, "sign_blind_negatives": True})
+    with pytest.raises(ValueError, match="center_edits=False but this run has center_edits=True"):
+        train_directions(tiny_pipe, _images(), output_dir=tmp_path, resume=True, progress=False,
+                         **{**FAST, "center_edits": True})
     with pytest.raises(ValueError, match=r"context='\{\}' but this run has context='a face, \{\}'"):
         train_directions(tiny_pipe, _images(), output_dir=tmp_path, resume=True, progress=False,
                          **{**FAST, "context": "a face, {}"})
@@ -433,3 +436,32 @@ def test_sign_blind_negatives_train_towards_unrelated_edits(tiny_pipe):
                 for name, d in [("official", official), ("blind", blind)]}
     blind_objective = {name: noiseclr_loss(f, sign_blind=True).item() for name, f in features.items()}
     assert blind_objective["blind"] < blind_objective["official"]
+
+
+def test_center_edits_contrasts_the_centred_features_and_is_kept(tmp_path, monkeypatch):
+    import noiseclr_lite.train as train_module
+    from noiseclr_lite.loss import noiseclr_loss
+    from noiseclr_lite.testing import tiny_pipeline
+
+    sums_over_directions = []
+
+    def recording_loss(name):
+        def loss(features, tau, anchor, sign_blind):
+            sums_over_directions.append(float(features.sum(dim=1).abs().max() / features.abs().max()))
+            return noiseclr_loss(features, tau, anchor=anchor, sign_blind=sign_blind)
+        return loss
+
+    monkeypatch.setattr(train_module, "get_loss", recording_loss)
+    official = train_directions(tiny_pipeline(0, tmp_path / "a"), _images(), progress=False, **FAST)
+    assert min(sums_over_directions) > 1e-3          # the official loss sees the raw edit features
+    sums_over_directions.clear()
+    centred = train_directions(tiny_pipeline(0, tmp_path / "b"), _images(), progress=False, center_edits=True,
+                               **FAST)
+    assert max(sums_over_directions) < 1e-5          # each image's features sum to zero over the directions
+    assert not torch.allclose(centred.embeddings, official.embeddings)
+    assert json.loads(centred.metadata["training"])["center_edits"] is True
+    sums_over_directions.clear()   # the chunked, gradient-cached path centres the whole step's features too
+    chunked = train_directions(tiny_pipeline(0, tmp_path / "c"), _images(), progress=False, center_edits=True,
+                               chunk_size=3, **FAST)
+    assert max(sums_over_directions) < 1e-5
+    assert torch.allclose(centred.embeddings, chunked.embeddings, atol=1e-5)
