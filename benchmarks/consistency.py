@@ -23,6 +23,10 @@ and are left out.  Then, for every report (a *reading*) and method:
 * the set split into its more and its less consistent half: each half's mean strength, share of
   strong directions (strength >= 0.5), mean purity and coverage.
 
+It also measures, per set, how much of its edits every direction makes alike (its shared edit
+share, :func:`noiseclr_lite.loss.shared_edit_share`): what ``--center-edits`` takes out of the
+contrast.
+
 Writes ``results/consistency[-tag].md``, ``.json`` and a ``.png`` of each domain's most and least
 consistent NoiseCLR direction.  About 6 s per set of 10 directions on 2 CPU cores, plus training
 time for directions not in the cache.
@@ -256,12 +260,15 @@ def analyse(readings: list[tuple[Path, dict]], consistency: dict) -> list[dict]:
     return result
 
 
-def consistency_table(consistency: dict) -> dict:
-    """{method: {domain or "all": (mean, std) over the method's sets}} of the mean consistency of a set."""
+def set_table(values: dict) -> dict:
+    """{method: {domain or "all": (mean, std) over the method's sets}} of the mean of each set's values.
+
+    ``values``: {domain: {method: {seed: [floats]}}}: each direction's consistency, or one number
+    for the whole set (its shared edit share)."""
     table: dict[str, dict] = {}
     for method in SCORED_METHODS:
         per_domain = {d: [statistics.fmean(v) for v in by_method.get(method, {}).values()]
-                      for d, by_method in consistency.items()}
+                      for d, by_method in values.items()}
         if any(per_domain.values()):
             table[method] = {d: _mean_std(v) for d, v in per_domain.items() if v}
             table[method]["all"] = _mean_std([x for v in per_domain.values() for x in v])
@@ -346,6 +353,16 @@ def markdown(result: dict) -> str:
              "| method | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
     for method, row in result["table"].items():
         lines.append(f"| {method} | " + " | ".join(_cell(row[d]) for d in domains) + " |")
+    if result.get("shared_table"):  # reports written before it was measured have none
+        lines += ["", "## How much of its edits a set makes alike", "",
+                  "Shared edit share of a set: per image, the energy of the mean edit over the set's directions "
+                  "against the mean energy of one edit (`noiseclr_lite.loss.shared_edit_share`), averaged over the "
+                  "images and the same timesteps; 1 when every direction does the same thing, about 1/K when "
+                  "their edits are unrelated (K directions in the set: 4 words, 10 tokens at K = 10), 0 when they "
+                  "cancel. Mean ± std over the sets (seeds).", "",
+                  "| method | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
+        for method, row in result["shared_table"].items():
+            lines.append(f"| {method} | " + " | ".join(_cell(row[d]) for d in domains) + " |")
     lines += ["", "## Does consistency predict what the oracle reads?", "",
               "Per reading: the Spearman correlation of consistency with purity and with strength within each set "
               "of directions (mean ± std over the sets), and each set's more and less consistent half "
@@ -387,7 +404,8 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
     when not at the path the reports recorded."""
     from tqdm.auto import tqdm
 
-    from noiseclr_lite.train import direction_consistency
+    from noiseclr_lite.loss import shared_edit_share
+    from noiseclr_lite.train import direction_consistency, over_timesteps
 
     out_dir = Path(out_dir)
     readings = load_readings(names, out_dir)
@@ -401,6 +419,7 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
         settings = dataclasses.replace(settings, samples=str(samples))
     stages = Stages(log)
     consistency: dict = {}
+    shared: dict = {}
     sets_by_domain: dict = {}
     trained_here: list = []
     used_images = {}
@@ -416,11 +435,16 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
             for (method, seed), directions in tqdm(sets.items(), desc=domain, disable=not progress):
                 values = direction_consistency(pipe, directions, scored_on, timesteps)
                 consistency.setdefault(domain, {}).setdefault(method, {})[str(seed)] = values.tolist()
+                share = over_timesteps(shared_edit_share, pipe, directions, scored_on, timesteps)
+                shared.setdefault(domain, {}).setdefault(method, {})[str(seed)] = [share.item()]
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(pipe), "weights": weights, "tag": tag,
               "images": used_images, "timesteps": list(timesteps), "settings": _protocol(readings[0][1]),
               "trained_here": trained_here,
-              "table": consistency_table(consistency), "readings": analyse(readings, consistency),
-              "consistency": consistency, "figure": None}
+              "table": set_table(consistency), "shared_table": set_table(shared),
+              "readings": analyse(readings, consistency), "consistency": consistency,
+              "shared": {d: {m: {seed: v[0] for seed, v in by_seed.items()} for m, by_seed in by_method.items()}
+                         for d, by_method in shared.items()},
+              "figure": None}
     stem = "consistency" + (f"-{tag}" if tag else "")
     out_dir.mkdir(parents=True, exist_ok=True)
     # the first reading's protocol (its edit window) renders the figure, at that report's scales

@@ -15,11 +15,11 @@ directions to do *unrelated* things (orthogonal edits), not opposite ones.  It i
 off by default; the official loss is signed.
 
 Any token moves the noise prediction partly the same way, whatever it means: on the bundled
-model about 60% of the energy of the attribute words' edits (and of random tokens') is their mean
-over the set, and two words' edits have a cosine near +0.55.  The official negatives ask every
-pair of directions for a cosine near -1, so training cancels that shared part (10% of the energy
-is left in trained sets, pairwise cosine near 0), which real one-attribute edits do not do.
-:func:`center_edit_features` removes the shared part before the contrast, so the loss compares
+model about half of the energy of the attribute words' edits, and of random tokens', is their
+mean over the set (:func:`shared_edit_share`; ``benchmarks/consistency.py`` reports it).  The
+official negatives ask every pair of directions for a cosine near -1, so training cancels that
+shared part (a trained set of ten keeps about 1/10, what unrelated edits share), which real
+one-attribute edits do not do.  :func:`center_edit_features` removes the shared part before the contrast, so the loss compares
 only what is *specific* to each direction (``TrainConfig.center_edits``; off by default).
 """
 
@@ -156,6 +156,30 @@ def center_edit_features(features: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"centring over directions needs >= 2 directions; got K={features.shape[1]} "
                          "(with one, every centred feature is zero)")
     return features - features.mean(dim=1, keepdim=True)
+
+
+def shared_edit_share(features: torch.Tensor) -> torch.Tensor:
+    r"""How much of a set's edits every direction of the set makes alike.
+
+    Per image, the energy of the mean edit over the K directions against the mean energy of one::
+
+        share_i = || mean_k D_ik ||^2 / mean_k || D_ik ||^2,      share = mean_i share_i
+
+    It is 1 when every direction does the same thing, about 1/K when their edits are unrelated
+    (orthogonal, of one size) and 0 when they cancel.  :func:`center_edit_features` removes the
+    numerator's part; ``benchmarks/consistency.py`` reports it for trained, random and word sets.
+
+    Args:
+        features: [N, K, ...] edit features (``train.direction_features``), K >= 1.
+    Returns:
+        A 0-d float32 tensor in [0, 1] (0 for a set whose edits are all zero).
+    """
+    if features.dim() < 3:
+        raise ValueError(f"edit features must be [N images, K directions, ...]; got shape {tuple(features.shape)}")
+    flat = features.flatten(2).float()                                   # [N, K, F]
+    shared = flat.mean(dim=1).pow(2).sum(dim=-1)                         # [N]
+    each = flat.pow(2).sum(dim=-1).mean(dim=1)                           # [N]
+    return (shared / each.clamp_min(1e-30)).mean()
 
 
 LOSSES = {"noiseclr": noiseclr_loss, "infonce": infonce_loss}

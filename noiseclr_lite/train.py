@@ -173,13 +173,37 @@ CONSISTENCY_TIMESTEPS = (50, 150, 300, 500, 700, 900)
 
 
 @torch.no_grad()
+def over_timesteps(measure: Callable[[torch.Tensor], torch.Tensor], pipe, directions, latents: torch.Tensor,
+                   timesteps: Sequence[int] = CONSISTENCY_TIMESTEPS, chunk_size: int | None = None) -> torch.Tensor:
+    """``measure`` of the edit features at each timestep, averaged over the timesteps.
+
+    The latents are noised to each timestep with noise seeded by the timestep, so what a
+    direction scores does not depend on which other directions are scored with it.
+
+    Args:
+        measure: [N, K, 4, h, w] edit features -> a tensor (``loss.edit_consistency``: [K];
+            ``loss.shared_edit_share``: 0-d).
+        directions: a ``Directions`` (or anything with ``conditioning(pipe)``, such as
+            ``metrics.PromptDirections``) for ``pipe``'s model.
+        latents: [N, 4, h, w] scaled VAE latents (``encode_images``).
+        timesteps: diffusion timesteps in [0, num_train_timesteps).
+        chunk_size: at most this many (image, direction) pairs per UNet call (``direction_features``).
+    Returns:
+        The mean over ``timesteps`` of ``measure``'s value, in its shape.
+    """
+    if not timesteps:
+        raise ValueError(f"{getattr(measure, '__name__', 'measure')} over timesteps needs at least one timestep; "
+                         "got none")
+    per_timestep = [measure(direction_features(pipe, directions, latents, timestep=t, seed=t, chunk_size=chunk_size))
+                    for t in timesteps]
+    return torch.stack(per_timestep).mean(dim=0)
+
+
 def direction_consistency(pipe, directions, latents: torch.Tensor,
                           timesteps: Sequence[int] = CONSISTENCY_TIMESTEPS,
                           chunk_size: int | None = None) -> torch.Tensor:
-    """Each direction's edit consistency (``loss.edit_consistency``), averaged over timesteps.
-
-    The latents are noised to each timestep with noise seeded by the timestep, so the score of
-    a direction does not depend on which other directions are scored with it.
+    """Each direction's edit consistency (``loss.edit_consistency``), averaged over timesteps
+    (:func:`over_timesteps`).
 
     Args:
         directions: a ``Directions`` (or anything with ``conditioning(pipe)``, such as
@@ -190,12 +214,7 @@ def direction_consistency(pipe, directions, latents: torch.Tensor,
     Returns:
         [K] float32 in [-1, 1]: the mean over ``timesteps`` of ``mean_{i != j} cos(D_ik, D_jk)``.
     """
-    if not timesteps:
-        raise ValueError("direction_consistency needs at least one timestep; got none")
-    per_timestep = [edit_consistency(direction_features(pipe, directions, latents, timestep=t, seed=t,
-                                                        chunk_size=chunk_size))
-                    for t in timesteps]
-    return torch.stack(per_timestep).mean(dim=0)
+    return over_timesteps(edit_consistency, pipe, directions, latents, timesteps, chunk_size)
 
 
 def _sample_step(generator, num_images, num_directions, cfg, num_train_timesteps):

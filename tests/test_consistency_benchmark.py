@@ -94,8 +94,19 @@ def test_consistency_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_pa
         more, less = row["halves"]["more"], row["halves"]["less"]
         assert more["consistency"][0] >= less["consistency"][0]
     assert set(result["table"]) == {"NoiseCLR", "InfoNCE", "random", "text"}
+    # each set's shared edit share, over the same images and timesteps as its consistency
+    from noiseclr_lite.loss import shared_edit_share
+    from noiseclr_lite.train import over_timesteps
+
+    assert set(result["shared_table"]) == {"NoiseCLR", "InfoNCE", "random", "text"}
+    assert result["shared"]["face"]["random"]["0"] == pytest.approx(
+        over_timesteps(shared_edit_share, tiny_pipe, saved, latents, (200, 600)).item(), rel=1e-5)
+    assert result["shared_table"]["text"]["face"] == (pytest.approx(result["shared"]["face"]["text"]["None"]), 0.0)
+    assert all(0 <= v <= 1 for by_method in result["shared"].values() for by_seed in by_method.values()
+               for v in by_seed.values())
     md = (tmp_path / "consistency-t.md").read_text()
     for text in ("# Edit consistency against the oracle (t)", "## How consistent each method's edits are",
+                 "## How much of its edits a set makes alike",
                  "### [`quality-a`](quality-a.md)", "| NoiseCLR | 1 |", "| text |", "![the most and the least",
                  "(consistency-t.png)"):
         assert text in md

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from noiseclr_lite.loss import center_edit_features, get_loss, infonce_loss, noiseclr_loss, push_strength_loss
+from noiseclr_lite.loss import (center_edit_features, get_loss, infonce_loss, noiseclr_loss, push_strength_loss,
+                               shared_edit_share)
 
 
 def _cos(a, b):
@@ -195,3 +196,21 @@ def test_centred_losses_do_not_see_what_every_direction_does_to_an_image(loss):
     assert loss(specific + shared, 0.5).item() > loss(specific, 0.5).item() + 0.1
     assert loss(center_edit_features(specific + shared), 0.5).item() == pytest.approx(
         loss(center_edit_features(specific), 0.5).item(), abs=1e-5)
+
+
+def test_shared_edit_share_is_one_for_equal_edits_one_over_k_for_unrelated_and_zero_when_they_cancel():
+    def share(*rows):  # one image, one direction per row
+        return shared_edit_share(torch.tensor([rows], dtype=torch.float32)).item()
+
+    assert share([1.0, 2.0], [1.0, 2.0], [1.0, 2.0]) == pytest.approx(1.0)
+    assert share([1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]) == pytest.approx(1 / 3)
+    assert share([1.0, 0.0], [-1.0, 0.0]) == pytest.approx(0.0)
+    assert share([0.0, 0.0], [0.0, 0.0]) == 0.0                       # no edit shares nothing
+    # (3, 1) and (1, -1): mean (2, 0), energy 4; mean energy (10 + 2) / 2 = 6
+    assert share([3.0, 1.0], [1.0, -1.0]) == pytest.approx(4 / 6)
+    # the mean over images, and nothing is left once the edits are centred
+    two_images = torch.tensor([[[1.0, 0.0], [1.0, 0.0]], [[1.0, 0.0], [-1.0, 0.0]]])
+    assert shared_edit_share(two_images).item() == pytest.approx(0.5)
+    assert shared_edit_share(center_edit_features(torch.randn(3, 4, 5))).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match=r"\[N images, K directions"):
+        shared_edit_share(torch.randn(3, 4))

@@ -370,6 +370,21 @@ def test_direction_consistency_is_edit_consistency_averaged_over_timesteps(tiny_
         direction_consistency(tiny_pipe, directions, latents, timesteps=())
 
 
+def test_over_timesteps_averages_any_measure_of_the_edit_features(tiny_pipe):
+    from noiseclr_lite.loss import shared_edit_share
+    from noiseclr_lite.train import over_timesteps
+
+    directions = Directions.create(tiny_pipe, 3, seed=0)
+    latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    share = over_timesteps(shared_edit_share, tiny_pipe, directions, latents, timesteps=(100, 700))
+    by_hand = [shared_edit_share(direction_features(tiny_pipe, directions, latents, timestep=t, seed=t))
+               for t in (100, 700)]
+    assert share.shape == () and share.item() == pytest.approx((by_hand[0].item() + by_hand[1].item()) / 2, rel=1e-5)
+    assert 0.0 <= share.item() <= 1.0
+    with pytest.raises(ValueError, match="shared_edit_share over timesteps needs at least one timestep"):
+        over_timesteps(shared_edit_share, tiny_pipe, directions, latents, timesteps=())
+
+
 def test_all_anchors_contrast_every_direction_and_match_chunked(tmp_path, monkeypatch):
     import noiseclr_lite.train as train_module
     from noiseclr_lite.loss import noiseclr_loss
