@@ -263,11 +263,12 @@ def analyse(readings: list[tuple[Path, dict]], consistency: dict) -> list[dict]:
 def set_table(values: dict) -> dict:
     """{method: {domain or "all": (mean, std) over the method's sets}} of the mean of each set's values.
 
-    ``values``: {domain: {method: {seed: [floats]}}}: each direction's consistency, or one number
-    for the whole set (its shared edit share)."""
+    ``values``: {domain: {method: {seed: [floats] or a float}}}: each direction's consistency, or
+    one number for the whole set (its shared edit share)."""
     table: dict[str, dict] = {}
     for method in SCORED_METHODS:
-        per_domain = {d: [statistics.fmean(v) for v in by_method.get(method, {}).values()]
+        per_domain = {d: [statistics.fmean(v) if isinstance(v, list) else v
+                          for v in by_method.get(method, {}).values()]
                       for d, by_method in values.items()}
         if any(per_domain.values()):
             table[method] = {d: _mean_std(v) for d, v in per_domain.items() if v}
@@ -332,6 +333,16 @@ def _images(used: dict) -> str:
     return str(counts[0]) if len(counts) == 1 else ", ".join(f"{n} ({d})" for d, n in used.items())
 
 
+def _set_sizes(result: dict) -> str:
+    """"10 tokens, 4 words": how many directions the sets of ``result['consistency']`` hold."""
+    sizes = {}
+    for by_method in result["consistency"].values():
+        for method, by_seed in by_method.items():
+            for values in by_seed.values():
+                sizes.setdefault("words" if method == "text" else "tokens", set()).add(len(values))
+    return ", ".join(f"{'/'.join(map(str, sorted(n)))} {kind}" for kind, n in sizes.items())
+
+
 def markdown(result: dict) -> str:
     """The ``consistency[-tag].md`` page of a :func:`consistency_report` result."""
     domains = list(next(iter(result["table"].values())))
@@ -358,7 +369,7 @@ def markdown(result: dict) -> str:
                   "Shared edit share of a set: per image, the energy of the mean edit over the set's directions "
                   "against the mean energy of one edit (`noiseclr_lite.loss.shared_edit_share`), averaged over the "
                   "images and the same timesteps; 1 when every direction does the same thing, about 1/K when "
-                  "their edits are unrelated (K directions in the set: 4 words, 10 tokens at K = 10), 0 when they "
+                  f"their edits are unrelated (K directions in the set: {_set_sizes(result)}), 0 when they "
                   "cancel. Mean ± std over the sets (seeds).", "",
                   "| method | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
         for method, row in result["shared_table"].items():
@@ -395,6 +406,13 @@ def _staged_latents(pipe, settings: Settings, domain: str, stages: Stages) -> to
         return training_latents(pipe, settings, domain)
 
 
+def _consistency_and_share(features: torch.Tensor) -> torch.Tensor:
+    """[N, K, ...] edit features -> [K + 1]: each direction's edit consistency, then the set's shared edit share."""
+    from noiseclr_lite.loss import edit_consistency, shared_edit_share
+
+    return torch.cat([edit_consistency(features), shared_edit_share(features).view(1)])
+
+
 def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, tag: str = "",
                        images: int = DEFAULT_IMAGES, timesteps=CONSISTENCY_TIMESTEPS, progress: bool = True,
                        log: Callable[[str], None] = print, samples: str | os.PathLike | None = None) -> dict:
@@ -404,8 +422,7 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
     when not at the path the reports recorded."""
     from tqdm.auto import tqdm
 
-    from noiseclr_lite.loss import shared_edit_share
-    from noiseclr_lite.train import direction_consistency, over_timesteps
+    from noiseclr_lite.train import over_timesteps
 
     out_dir = Path(out_dir)
     readings = load_readings(names, out_dir)
@@ -433,17 +450,16 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
         used_images[domain] = len(scored_on)
         with stages(f"{domain}: consistency of {len(sets)} sets"):
             for (method, seed), directions in tqdm(sets.items(), desc=domain, disable=not progress):
-                values = direction_consistency(pipe, directions, scored_on, timesteps)
-                consistency.setdefault(domain, {}).setdefault(method, {})[str(seed)] = values.tolist()
-                share = over_timesteps(shared_edit_share, pipe, directions, scored_on, timesteps)
-                shared.setdefault(domain, {}).setdefault(method, {})[str(seed)] = [share.item()]
+                # one UNet pass per timestep for both: [K] consistencies, then the set's shared share
+                both = over_timesteps(_consistency_and_share, pipe, directions, scored_on, timesteps)
+                consistency.setdefault(domain, {}).setdefault(method, {})[str(seed)] = both[:-1].tolist()
+                shared.setdefault(domain, {}).setdefault(method, {})[str(seed)] = both[-1].item()
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(pipe), "weights": weights, "tag": tag,
               "images": used_images, "timesteps": list(timesteps), "settings": _protocol(readings[0][1]),
               "trained_here": trained_here,
               "table": set_table(consistency), "shared_table": set_table(shared),
               "readings": analyse(readings, consistency), "consistency": consistency,
-              "shared": {d: {m: {seed: v[0] for seed, v in by_seed.items()} for m, by_seed in by_method.items()}
-                         for d, by_method in shared.items()},
+              "shared": shared,
               "figure": None}
     stem = "consistency" + (f"-{tag}" if tag else "")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -820,6 +820,15 @@ def _training_images(s: dict) -> str:
     return name + (f"[:{s['train_images']}]" if s.get("train_images") else "")
 
 
+def _loss_options(s: dict) -> str:
+    """How NoiseCLR's loss was set, in words: "official loss", or the options that change it."""
+    options = [name for key, name in (("sign_blind_negatives", "sign-blind negatives"),
+                                      ("center_edits", "centred edits")) if s.get(key)]
+    if s.get("strength_weight"):
+        options.append(f"strength term {s['strength_weight']:g}")
+    return "official loss" if not options else "official loss with " + " and ".join(options)
+
+
 def _protocol_bracket(s: dict) -> str:
     """How the calibration searched the scale, in words (reports from before ``min_scale`` lack it: 0)."""
     return (f"token and text scales searched in {_scale_bracket(s.get('min_scale', 0.0), s['max_scale'])}, "
@@ -902,7 +911,7 @@ def markdown(report: dict) -> str:
              f"whose pixel change ended more than {MISCALIBRATION:.0%} away from the target. \"stays in domain\" is the "
              "share of +s and -s edits that the oracle still reads as the starting domain: an edit that turns a face "
              "into a car moves every attribute at once (\"-\": scores cached before it was measured).", "",
-             "Methods: **NoiseCLR** (official loss), **InfoNCE** (the variant loss, same settings), **random** "
+             f"Methods: **NoiseCLR** ({_loss_options(s)}), **InfoNCE** (the variant loss, same settings), **random** "
              "(NoiseCLR's own random init rows, rescaled to its trained norm: the floor), **text** (the attribute's "
              f"own phrase, {s['text_phrases']} phrases: the supervised ceiling), **h-space** (PCA of the UNet "
              "middle block, Haas et al. 2023, `noiseclr_lite.hspace`)." +
@@ -1364,7 +1373,8 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
                      f"{s.get('anchors', 'one')} | {s.get('init', 'random')}"
                      f"{'' if s.get('context', 'alone') == 'alone' else ', in ' + s['context']} | "
                      f"{s.get('strength_weight', 0.0):g} | "
-                     f"{'sign-blind' if s.get('sign_blind_negatives') else 'signed'}{', centred' if s.get('center_edits') else ''} | "
+                     f"{'sign-blind' if s.get('sign_blind_negatives') else 'signed'}"
+                     f"{', centred' if s.get('center_edits') else ''} | "
                      f"{_scale_bracket(s.get('min_scale', 0.0), s['max_scale'])} | "
                      f"{s['target_change']:g} on {s['calibration_images']} | "
                      f"{':'.join(f'{x:g}' for x in s.get('window', (1.0, 0.0)))} | "

@@ -16,11 +16,12 @@ off by default; the official loss is signed.
 
 Any token moves the noise prediction partly the same way, whatever it means: on the bundled
 model about half of the energy of the attribute words' edits, and of random tokens', is their
-mean over the set (:func:`shared_edit_share`; ``benchmarks/consistency.py`` reports it).  The
+mean over the set (:func:`shared_edit_share`, in ``benchmarks/consistency.py``'s reports).  The
 official negatives ask every pair of directions for a cosine near -1, so training cancels that
 shared part (a trained set of ten keeps about 1/10, what unrelated edits share), which real
-one-attribute edits do not do.  :func:`center_edit_features` removes the shared part before the contrast, so the loss compares
-only what is *specific* to each direction (``TrainConfig.center_edits``; off by default).
+one-attribute edits do not do.  :func:`center_edit_features` removes the shared part before
+the contrast, so the loss compares only what is *specific* to each direction
+(``TrainConfig.center_edits``; off by default).
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+
+def _check_edit_features(features: torch.Tensor) -> None:
+    if features.dim() < 3:
+        raise ValueError(f"edit features must be [N images, K directions, ...]; got shape {tuple(features.shape)}")
 
 
 def _cosines_across_images(unit: torch.Tensor) -> torch.Tensor:
@@ -43,8 +49,7 @@ def _anchor_blocks(features: torch.Tensor, tau: float, anchor: int | None, loss_
     ``negatives[i] = cos(D_ik, D_il) / tau`` for the other directions l != k (``|cos|`` when
     ``sign_blind``).
     """
-    if features.dim() < 3:
-        raise ValueError(f"edit features must be [N images, K directions, ...]; got shape {tuple(features.shape)}")
+    _check_edit_features(features)
     n, k = features.shape[:2]
     if n < 2 or k < 2:
         raise ValueError(f"the {loss_name} loss needs >= 2 images and >= 2 directions; got N={n}, K={k}")
@@ -132,8 +137,7 @@ def push_strength_loss(features: torch.Tensor) -> torch.Tensor:
     Returns:
         A scalar tensor (no lower bound: weigh it well below the contrastive loss).
     """
-    if features.dim() < 3:
-        raise ValueError(f"edit features must be [N images, K directions, ...]; got shape {tuple(features.shape)}")
+    _check_edit_features(features)
     return -features.flatten(2).float().norm(dim=-1).clamp_min(1e-12).log().mean()
 
 
@@ -146,12 +150,12 @@ def center_edit_features(features: torch.Tensor) -> torch.Tensor:
     features' norm term (:func:`push_strength_loss`) are unchanged.
 
     Args:
-        features: [N, K, ...] edit features, K >= 2 (with one direction nothing is left).
+        features: [N, K, ...] edit features, K >= 2 (with one direction nothing is left; training
+            asks for >= 3 contrasted directions, since two centred edits are always opposite).
     Returns:
-        [N, K, ...] float tensor, summing to zero over K for every image.
+        [N, K, ...] in ``features``' dtype, summing to zero over K for every image.
     """
-    if features.dim() < 3:
-        raise ValueError(f"edit features must be [N images, K directions, ...]; got shape {tuple(features.shape)}")
+    _check_edit_features(features)
     if features.shape[1] < 2:
         raise ValueError(f"centring over directions needs >= 2 directions; got K={features.shape[1]} "
                          "(with one, every centred feature is zero)")
@@ -174,8 +178,7 @@ def shared_edit_share(features: torch.Tensor) -> torch.Tensor:
     Returns:
         A 0-d float32 tensor in [0, 1] (0 for a set whose edits are all zero).
     """
-    if features.dim() < 3:
-        raise ValueError(f"edit features must be [N images, K directions, ...]; got shape {tuple(features.shape)}")
+    _check_edit_features(features)
     flat = features.flatten(2).float()                                   # [N, K, F]
     shared = flat.mean(dim=1).pow(2).sum(dim=-1)                         # [N]
     each = flat.pow(2).sum(dim=-1).mean(dim=1)                           # [N]
@@ -196,8 +199,7 @@ def similarity_matrix(features: torch.Tensor) -> torch.Tensor:
         positives) high and, within each image, the entries between directions (the
         negatives) low.
     """
-    if features.dim() < 3:
-        raise ValueError(f"edit features must be [N images, K directions, ...]; got shape {tuple(features.shape)}")
+    _check_edit_features(features)
     unit = F.normalize(features.transpose(0, 1).flatten(2).flatten(0, 1).float(), dim=-1)   # [K*N, F]
     return unit @ unit.T
 
@@ -218,8 +220,7 @@ def edit_consistency(features: torch.Tensor) -> torch.Tensor:
         [K] float32 in [-1, 1]: 1 when a direction's edit is the same on every image (up to its
         size), 0 when unrelated from image to image.
     """
-    if features.dim() < 3:
-        raise ValueError(f"edit features must be [N images, K directions, ...]; got shape {tuple(features.shape)}")
+    _check_edit_features(features)
     n = features.shape[0]
     if n < 2:
         raise ValueError(f"edit consistency compares images in pairs: it needs >= 2 images; got N={n}")

@@ -177,8 +177,8 @@ def over_timesteps(measure: Callable[[torch.Tensor], torch.Tensor], pipe, direct
                    timesteps: Sequence[int] = CONSISTENCY_TIMESTEPS, chunk_size: int | None = None) -> torch.Tensor:
     """``measure`` of the edit features at each timestep, averaged over the timesteps.
 
-    The latents are noised to each timestep with noise seeded by the timestep, so what a
-    direction scores does not depend on which other directions are scored with it.
+    The latents are noised to each timestep with noise seeded by the timestep alone, so a
+    per-direction measure gives a direction the same score whichever directions share its set.
 
     Args:
         measure: [N, K, 4, h, w] edit features -> a tensor (``loss.edit_consistency``: [K];
@@ -192,8 +192,7 @@ def over_timesteps(measure: Callable[[torch.Tensor], torch.Tensor], pipe, direct
         The mean over ``timesteps`` of ``measure``'s value, in its shape.
     """
     if not timesteps:
-        raise ValueError(f"{getattr(measure, '__name__', 'measure')} over timesteps needs at least one timestep; "
-                         "got none")
+        raise ValueError("averaging over timesteps needs at least one timestep; got none")
     per_timestep = [measure(direction_features(pipe, directions, latents, timestep=t, seed=t, chunk_size=chunk_size))
                     for t in timesteps]
     return torch.stack(per_timestep).mean(dim=0)
@@ -252,6 +251,12 @@ def _check_config(cfg: TrainConfig, num_images: int) -> None:
     if not (cfg.strength_weight >= 0 and math.isfinite(cfg.strength_weight)):
         raise ValueError(f"strength_weight={cfg.strength_weight}; use 0 (the official loss) or a small positive "
                          "weight such as 0.25")
+    contrasted = cfg.num_directions if cfg.negatives_per_step is None else min(cfg.num_directions,
+                                                                                1 + cfg.negatives_per_step)
+    if cfg.center_edits and contrasted < 3:
+        raise ValueError(f"center_edits=True with {contrasted} directions per step (num_directions="
+                         f"{cfg.num_directions}, negatives_per_step={cfg.negatives_per_step}): two centred edits are "
+                         "always opposite, so nothing would keep them apart; contrast >= 3 directions per step")
     check_context(cfg.context, "TrainConfig.context")
     if cfg.mixed_precision not in ("no", "fp16", "bf16"):
         raise ValueError(f"mixed_precision={cfg.mixed_precision!r}; use 'no', 'fp16' or 'bf16'")

@@ -453,6 +453,11 @@ def test_command_line_flags_and_quick_defaults():
     uncentred = dataclasses.replace(centred, center_edits=False)
     assert centred.fingerprint() != uncentred.fingerprint()
     assert centred.training_fingerprint() != uncentred.training_fingerprint()
+    # and a report names the loss it trained with
+    assert quality._loss_options(dataclasses.asdict(settings)) == "official loss"
+    assert quality._loss_options(dataclasses.asdict(centred)) == "official loss with centred edits"
+    assert quality._loss_options({"sign_blind_negatives": True, "center_edits": True, "strength_weight": 0.25}) == (
+        "official loss with sign-blind negatives and centred edits and strength term 0.25")
     # the prompt context: "alone" (the official) keeps both keys; "caption" changes both
     assert settings.context == "alone"
     placed = quality.settings_from_args(quality.parse_args(["--context", "caption"]), "m")

@@ -381,7 +381,7 @@ def test_over_timesteps_averages_any_measure_of_the_edit_features(tiny_pipe):
                for t in (100, 700)]
     assert share.shape == () and share.item() == pytest.approx((by_hand[0].item() + by_hand[1].item()) / 2, rel=1e-5)
     assert 0.0 <= share.item() <= 1.0
-    with pytest.raises(ValueError, match="shared_edit_share over timesteps needs at least one timestep"):
+    with pytest.raises(ValueError, match="needs at least one timestep"):
         over_timesteps(shared_edit_share, tiny_pipe, directions, latents, timesteps=())
 
 
@@ -480,3 +480,7 @@ def test_center_edits_contrasts_the_centred_features_and_is_kept(tmp_path, monke
                                chunk_size=3, **FAST)
     assert max(sums_over_directions) < 1e-5
     assert torch.allclose(centred.embeddings, chunked.embeddings, atol=1e-5)
+    # two centred edits are always opposite: centring needs three or more directions per step
+    with pytest.raises(ValueError, match="center_edits=True with 2 directions per step"):
+        train_directions(tiny_pipeline(0, tmp_path / "d"), _images(), progress=False, center_edits=True,
+                         **{**FAST, "negatives_per_step": 1})
