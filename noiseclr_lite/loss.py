@@ -15,13 +15,15 @@ directions to do *unrelated* things (orthogonal edits), not opposite ones.  It i
 off by default; the official loss is signed.
 
 Any token moves the noise prediction partly the same way, whatever it means: on the bundled
-model about half of the energy of the attribute words' edits, and of random tokens', is their
-mean over the set (:func:`shared_edit_share`, in ``benchmarks/consistency.py``'s reports).  The
-official negatives ask every pair of directions for a cosine near -1, so training cancels that
-shared part (a trained set of ten keeps about 1/10, what unrelated edits share), which real
-one-attribute edits do not do.  :func:`center_edit_features` removes the shared part before
-the contrast, so the loss compares only what is *specific* to each direction
-(``TrainConfig.center_edits``; off by default).
+model about 0.58 of the energy of the attribute words' edits is their mean over the set, 0.55 for
+random tokens, against 0.10 for trained sets of ten (:func:`shared_edit_share`, about 1/K for
+unrelated edits; ``benchmarks/results/consistency-k10-tau0.1-context-noun-seeds4567.md``).  The official
+negatives ask every pair of directions for a cosine near -1, which would cancel such a part.
+:func:`center_edit_features` removes it before the contrast, so the loss compares only what is
+*specific* to each direction (``TrainConfig.center_edits``; off by default).  Measured on the
+bundled model it does not bring the part back (0.14 after centred training) and does not raise
+purity (``benchmarks/quality-findings.md``, "Contrasting centred edits"): the negatives are not
+what removes it.
 """
 
 from __future__ import annotations
