@@ -439,20 +439,15 @@ def test_command_line_flags_and_quick_defaults():
     pushed = quality.settings_from_args(quality.parse_args(["--strength-weight", "0.25"]), "m")
     assert pushed.strength_weight == 0.25 and pushed.train_overrides("infonce", 1)["strength_weight"] == 0.25
     assert pushed.fingerprint() != dataclasses.replace(pushed, strength_weight=0.0).fingerprint()
-    # sign-blind negatives: off (the official loss) keeps both keys; on, both change and reach train_directions
-    blind = quality.settings_from_args(quality.parse_args(["--sign-blind-negatives"]), "m")
-    assert settings.sign_blind_negatives is False and blind.sign_blind_negatives is True
-    assert blind.train_overrides("noiseclr", 0)["sign_blind_negatives"] is True
-    unblind = dataclasses.replace(blind, sign_blind_negatives=False)
-    assert blind.fingerprint() != unblind.fingerprint()
-    assert blind.training_fingerprint() != unblind.training_fingerprint()
-    # centred edits likewise: off (the official loss) keeps both keys; on, both change and reach train_directions
+    # sign-blind negatives and centred edits: off (the official loss) keeps both keys; on, both change
+    # and reach train_directions
+    for flag, option in (("--sign-blind-negatives", "sign_blind_negatives"), ("--center-edits", "center_edits")):
+        on = quality.settings_from_args(quality.parse_args([flag]), "m")
+        assert getattr(settings, option) is False and getattr(on, option) is True
+        assert on.train_overrides("noiseclr", 0)[option] is True
+        off = dataclasses.replace(on, **{option: False})
+        assert on.fingerprint() != off.fingerprint() and on.training_fingerprint() != off.training_fingerprint()
     centred = quality.settings_from_args(quality.parse_args(["--center-edits"]), "m")
-    assert settings.center_edits is False and centred.center_edits is True
-    assert centred.train_overrides("infonce", 0)["center_edits"] is True
-    uncentred = dataclasses.replace(centred, center_edits=False)
-    assert centred.fingerprint() != uncentred.fingerprint()
-    assert centred.training_fingerprint() != uncentred.training_fingerprint()
     # and a report names the loss it trained with
     assert quality._loss_options(dataclasses.asdict(settings)) == "official loss"
     assert quality._loss_options(dataclasses.asdict(centred)) == "official loss with centred edits"
