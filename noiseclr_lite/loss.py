@@ -21,9 +21,9 @@ unrelated edits; ``benchmarks/results/consistency-k10-tau0.1-context-noun-seeds4
 negatives ask every pair of directions for a cosine near -1, which would cancel such a part.
 :func:`center_edit_features` removes it before the contrast, so the loss compares only what is
 *specific* to each direction (``TrainConfig.center_edits``; off by default).  Measured on the
-bundled model it does not bring the part back (0.14 after centred training) and does not raise
-purity (``benchmarks/quality-findings.md``, "Contrasting centred edits"): the negatives are not
-what removes it.
+bundled model it does not bring the part back (0.14 after centred training) and lowers both
+coverage and purity (``benchmarks/quality-findings.md``, "Contrasting centred edits"): the
+negatives are not what removes it.
 """
 
 from __future__ import annotations
