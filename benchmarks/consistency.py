@@ -28,7 +28,7 @@ share, :func:`noiseclr_lite.loss.shared_edit_share`): what ``--center-edits`` ta
 contrast.
 
 Writes ``results/consistency[-tag].md``, ``.json`` and a ``.png`` of each domain's most and least
-consistent NoiseCLR direction.  About 6 s per set of 10 directions on 2 CPU cores, plus training
+consistent NoiseCLR direction.  About 7 s per set of 10 directions on 2 CPU cores, plus training
 time for directions not in the cache.
 """
 
