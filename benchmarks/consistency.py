@@ -25,7 +25,10 @@ and are left out.  Then, for every report (a *reading*) and method:
 
 It also measures, per set, how much of its edits every direction makes alike (its shared edit
 share, :func:`noiseclr_lite.loss.shared_edit_share`): what ``--center-edits`` takes out of the
-contrast.
+contrast.  And where a report holds two or more seeds of a method, each direction's *agreement*
+(:func:`seed_agreement`): how closely the other seeds' sets reproduce its edit.  Another
+label-free score a user could rank by (train twice, keep what both runs found), related to the
+oracle the same way, and computed from the same UNet passes.
 
 Writes ``results/consistency[-tag].md``, ``.json`` and a ``.png`` of each domain's most and least
 consistent NoiseCLR direction.  About 7 s per set of 10 directions on 2 CPU cores, plus training
@@ -39,6 +42,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -108,6 +112,12 @@ def load_readings(names, out_dir: str | os.PathLike = RESULTS) -> list[tuple[Pat
             _fail(f"{path} and {first_path} trained their directions with different settings (training key "
                   f"{their_key} against {key}); give reports that read the same trained directions")
     return readings
+
+
+def report_threads(report: dict) -> int | None:
+    """The torch CPU threads a report ran with, from its machine line (None if it does not say)."""
+    found = re.search(r"(\d+) torch threads", report.get("machine", ""))
+    return int(found.group(1)) if found else None
 
 
 def check_samples(settings: Settings, domain: str) -> Path:
@@ -203,16 +213,17 @@ def spearman(a, b) -> float | None:
     return covariance / spread if spread > 0 else None
 
 
-def halves(consistency: list[float], scores: list[DirectionScore], domain: str) -> dict:
-    """The set split by consistency: ``{"more": ..., "less": ...}``, each half's mean strength,
-    share of strong directions, mean purity and coverage (an odd set leaves its middle one out)."""
+def halves(consistency: list[float], scores: list[DirectionScore], domain: str, score: str = "consistency") -> dict:
+    """The set split by consistency (or another per-direction ``score``, named so in the result):
+    ``{"more": ..., "less": ...}``, each half's mean score, mean strength, share of strong
+    directions, mean purity and coverage (an odd set leaves its middle one out)."""
     order = sorted(range(len(scores)), key=lambda i: -consistency[i])
     half = len(order) // 2
     result = {}
     for name, picked in (("more", order[:half]), ("less", order[len(order) - half:])):
         chosen = [scores[i] for i in picked]
         summed = summary(chosen, domain)
-        result[name] = {"consistency": statistics.fmean(consistency[i] for i in picked),
+        result[name] = {score: statistics.fmean(consistency[i] for i in picked),
                         "strength": summed["mean_strength"], "purity": summed["mean_purity"],
                         "strong": sum(s.strength >= STRENGTH_MIN for s in chosen) / len(chosen),
                         "coverage": summed["coverage"]}
@@ -225,10 +236,12 @@ def _defined_mean_std(values) -> tuple[float | None, float]:
     return _mean_std(defined) if defined else (None, 0.0)
 
 
-def analyse(readings: list[tuple[Path, dict]], consistency: dict) -> list[dict]:
+def analyse(readings: list[tuple[Path, dict]], consistency: dict, score: str = "consistency") -> list[dict]:
     """Per reading and ranked method: the within-set correlations and the halves, as (mean, std)
-    over the sets.  ``consistency``: {domain: {method: {seed: [K floats]}}}."""
-    measures = ("consistency", "strength", "strong", "purity", "coverage")
+    over the sets.  ``consistency``: {domain: {method: {seed: [K floats]}}}, each direction's
+    consistency (or another per-direction ``score``, such as :func:`seed_agreement`'s); a set it
+    has no values for is left out."""
+    measures = (score, "strength", "strong", "purity", "coverage")
     result = []
     for path, report in readings:
         methods = {}
@@ -236,14 +249,16 @@ def analyse(readings: list[tuple[Path, dict]], consistency: dict) -> list[dict]:
             rho_purity, rho_strength, split = [], [], {"more": [], "less": []}
             for domain, scored in report["domains"].items():
                 for run in scored["runs"].get(method, []):
-                    values = consistency[domain][method][str(run["seed"])]
+                    values = consistency.get(domain, {}).get(method, {}).get(str(run["seed"]))
+                    if values is None:  # e.g. no agreement for a method with one seed
+                        continue
                     scores = [DirectionScore(**s) for s in run["scores"]]
                     if len(values) != len(scores):
                         _fail(f"{path}: {domain} {method} seed {run['seed']} scored {len(scores)} directions "
                               f"but the set has {len(values)}; the trained cache does not match the report")
                     rho_purity.append(spearman(values, [s.purity for s in scores]))
                     rho_strength.append(spearman(values, [s.strength for s in scores]))
-                    for name, half in halves(values, scores, domain).items():
+                    for name, half in halves(values, scores, domain, score).items():
                         split[name].append(half)
             if not split["more"]:
                 continue
@@ -258,6 +273,33 @@ def analyse(readings: list[tuple[Path, dict]], consistency: dict) -> list[dict]:
         result.append({"report": report_stem(path), "target_change": settings["target_change"],
                        "window": settings["window"], "methods": methods})
     return result
+
+
+def seed_agreement(features_by_seed: dict) -> dict:
+    """How closely the other seeds' sets of one method reproduce each direction of a set.
+
+    For direction k of seed s and another seed's set o: ``max_j |c_kj|``, where ``c`` is the
+    [K, J] ``loss.cross_set_cosines`` of the two sets averaged over the timesteps (a slider's sign
+    is arbitrary, hence ``|.|``); then the mean over the other seeds.  It needs no labels: a user
+    who trains twice can keep what both runs found, as stability analyses of ICA and NMF do.
+
+    Args:
+        features_by_seed: {seed: [T tensors [N, K, ...]]}, every set's edit features on the same
+            images at the same T timesteps (``train.timestep_features``), at least two seeds.
+    Returns:
+        {seed: [K floats in [0, 1]]}.
+    """
+    from noiseclr_lite.loss import cross_set_cosines
+
+    if len(features_by_seed) < 2:
+        raise ValueError(f"agreement compares sets of two or more seeds; got {len(features_by_seed)}")
+    agreement = {}
+    for seed, features in features_by_seed.items():
+        best = [torch.stack([cross_set_cosines(f, g) for f, g in zip(features, others)]).mean(dim=0)
+                .abs().max(dim=1).values
+                for other_seed, others in features_by_seed.items() if other_seed != seed]
+        agreement[seed] = torch.stack(best).mean(dim=0).tolist()
+    return agreement
 
 
 def set_table(values: dict) -> dict:
@@ -343,6 +385,25 @@ def _set_sizes(result: dict) -> str:
     return ", ".join(f"{'/'.join(map(str, sorted(n)))} {kind}" for kind, n in sizes.items())
 
 
+def _reading_tables(readings: list[dict], adjective: str) -> list[str]:
+    """One table per reading of :func:`analyse`'s result: the correlations and the two halves."""
+    lines = []
+    for reading in readings:
+        window = reading["window"]
+        lines += [f"### [`{reading['report']}`]({reading['report']}.md): target change "
+                  f"{reading['target_change']:g}, window {window[0]:g}:{window[1]:g}", "",
+                  f"| method | sets | ρ with purity | ρ with strength | more {adjective} half "
+                  f"| less {adjective} half |",
+                  "|---|---|---|---|---|---|"]
+        for method, row in reading["methods"].items():
+            cells = [" / ".join(f"{row['halves'][name][m][0]:.2f}" for m in HALF_COLUMNS) for name in ("more", "less")]
+            sets = str(row["sets"]) + (f" ({row['rho_sets']} with ρ)" if row["rho_sets"] != row["sets"] else "")
+            lines.append(f"| {method} | {sets} | {_signed(row['rho_purity'])} | {_signed(row['rho_strength'])} "
+                         f"| {cells[0]} | {cells[1]} |")
+        lines.append("")
+    return lines
+
+
 def markdown(result: dict) -> str:
     """The ``consistency[-tag].md`` page of a :func:`consistency_report` result."""
     domains = list(next(iter(result["table"].values())))
@@ -378,18 +439,18 @@ def markdown(result: dict) -> str:
               "Per reading: the Spearman correlation of consistency with purity and with strength within each set "
               "of directions (mean ± std over the sets), and each set's more and less consistent half "
               "(strength / share of strong directions / purity / coverage of the attributes).", ""]
-    for reading in result["readings"]:
-        window = reading["window"]
-        lines += [f"### [`{reading['report']}`]({reading['report']}.md): target change "
-                  f"{reading['target_change']:g}, window {window[0]:g}:{window[1]:g}", "",
-                  "| method | sets | ρ with purity | ρ with strength | more consistent half | less consistent half |",
-                  "|---|---|---|---|---|---|"]
-        for method, row in reading["methods"].items():
-            cells = [" / ".join(f"{row['halves'][name][m][0]:.2f}" for m in HALF_COLUMNS) for name in ("more", "less")]
-            sets = str(row["sets"]) + (f" ({row['rho_sets']} with ρ)" if row["rho_sets"] != row["sets"] else "")
-            lines.append(f"| {method} | {sets} | {_signed(row['rho_purity'])} | {_signed(row['rho_strength'])} "
-                         f"| {cells[0]} | {cells[1]} |")
-        lines.append("")
+    lines += _reading_tables(result["readings"], "consistent")
+    if any(r["methods"] for r in result.get("agreement_readings", [])):  # older reports and one seed have none
+        lines += ["## Does another seed find the same directions?", "",
+                  "Agreement of a direction: its closest match, |cos| of the edit features on the same images and "
+                  "timesteps (`noiseclr_lite.loss.cross_set_cosines`), in the set another seed trained (or drew) "
+                  "for the same domain, averaged over the other seeds (`seed_agreement`). Mean of a set, mean ± std "
+                  "over its sets:", "",
+                  "| method | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
+        for method, row in result["agreement_table"].items():
+            lines.append(f"| {method} | " + " | ".join(_cell(row[d]) if d in row else "-" for d in domains) + " |")
+        lines += ["", "Per reading, as above, with the set split by agreement instead of consistency:", ""]
+        lines += _reading_tables(result["agreement_readings"], "agreeing")
     if result.get("figure"):
         first = result["readings"][0]
         lines += ["## The most and the least consistent direction", "",
@@ -422,7 +483,7 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
     when not at the path the reports recorded."""
     from tqdm.auto import tqdm
 
-    from noiseclr_lite.train import over_timesteps
+    from noiseclr_lite.train import timestep_features
 
     out_dir = Path(out_dir)
     readings = load_readings(names, out_dir)
@@ -435,8 +496,15 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
     if samples is not None:  # where the images are here: reading them elsewhere changes no cache key
         settings = dataclasses.replace(settings, samples=str(samples))
     stages = Stages(log)
+    threads_then = report_threads(readings[0][1])
+    if threads_then is not None and threads_then != torch.get_num_threads():
+        # float sums in another order drift apart over 150 steps: another draw of the recipe
+        log(f"{TOOL}: warning: {readings[0][0].name} ran with {threads_then} torch threads and this run has "
+            f"{torch.get_num_threads()}; sets missing from the cache would be trained into other directions than "
+            f"the scored ones; give --threads {threads_then} to train the same")
     consistency: dict = {}
     shared: dict = {}
+    agreement: dict = {}
     sets_by_domain: dict = {}
     trained_here: list = []
     used_images = {}
@@ -448,18 +516,28 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
         trained_here += [f"{domain} {method} seed {seed}" for method, seed in trained]
         scored_on = consistency_latents(train_latents(), images)  # the images training learns from
         used_images[domain] = len(scored_on)
+        kept: dict = {}  # {method: {seed: per-timestep features}} for the seeds' agreement
         with stages(f"{domain}: consistency of {len(sets)} sets"):
             for (method, seed), directions in tqdm(sets.items(), desc=domain, disable=not progress):
-                # one UNet pass per timestep for both: [K] consistencies, then the set's shared share
-                both = over_timesteps(_consistency_and_share, pipe, directions, scored_on, timesteps)
+                # one UNet pass per timestep for all three: [K] consistencies, the set's shared share,
+                # and (below) how well other seeds' sets reproduce each direction
+                features = timestep_features(pipe, directions, scored_on, timesteps)
+                both = torch.stack([_consistency_and_share(f) for f in features]).mean(dim=0)
                 consistency.setdefault(domain, {}).setdefault(method, {})[str(seed)] = both[:-1].tolist()
                 shared.setdefault(domain, {}).setdefault(method, {})[str(seed)] = both[-1].item()
+                if method in RANKED_METHODS:
+                    kept.setdefault(method, {})[str(seed)] = features
+        for method, by_seed in kept.items():
+            if len(by_seed) >= 2:
+                agreement.setdefault(domain, {})[method] = seed_agreement(by_seed)
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(pipe), "weights": weights, "tag": tag,
               "images": used_images, "timesteps": list(timesteps), "settings": _protocol(readings[0][1]),
               "trained_here": trained_here,
               "table": set_table(consistency), "shared_table": set_table(shared),
               "readings": analyse(readings, consistency), "consistency": consistency,
               "shared": shared,
+              "agreement_table": set_table(agreement), "agreement_readings": analyse(readings, agreement, "agreement"),
+              "agreement": agreement,
               "figure": None}
     stem = "consistency" + (f"-{tag}" if tag else "")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -232,6 +232,32 @@ def edit_consistency(features: torch.Tensor) -> torch.Tensor:
     return across_images[:, off_diagonal].mean(dim=1)
 
 
+def cross_set_cosines(features: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """How alike two sets' edits are, direction by direction, on the same noisy images.
+
+    ``cosines[k, j] = mean_i cos(D_ik, E_ij)``: what direction k of one set and direction j of
+    another do to the same image i, compared as the losses compare edits (flattened, cosine), and
+    averaged over the images.  Two training runs (seeds) of one recipe that found the same edit
+    give it a pair near +1 or -1 (a slider's sign is arbitrary); ``benchmarks/consistency.py``
+    asks whether the directions a second run finds again are the purer ones.
+
+    Args:
+        features: [N, K, ...] edit features of one set (``train.direction_features``).
+        other: [N, J, ...] edit features of another set on the same N noisy images (the same
+            latents, timestep and noise), the same trailing shape.
+    Returns:
+        [K, J] float32 in [-1, 1].
+    """
+    _check_edit_features(features)
+    _check_edit_features(other)
+    if features.shape[0] != other.shape[0] or features.shape[2:] != other.shape[2:]:
+        raise ValueError(f"the two sets' edit features must be of the same images: [N, K, ...] and [N, J, ...] "
+                         f"with one N and one trailing shape; got {tuple(features.shape)} and {tuple(other.shape)}")
+    unit = F.normalize(features.flatten(2).float(), dim=-1)              # [N, K, F]
+    other_unit = F.normalize(other.flatten(2).float(), dim=-1)           # [N, J, F]
+    return torch.einsum("ikf,ijf->kj", unit, other_unit) / features.shape[0]
+
+
 def get_loss(name: str):
     """Look up a loss by name ("noiseclr" or "infonce")."""
     if name not in LOSSES:

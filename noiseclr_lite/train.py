@@ -173,29 +173,43 @@ CONSISTENCY_TIMESTEPS = (50, 150, 300, 500, 700, 900)
 
 
 @torch.no_grad()
-def over_timesteps(measure: Callable[[torch.Tensor], torch.Tensor], pipe, directions, latents: torch.Tensor,
-                   timesteps: Sequence[int] = CONSISTENCY_TIMESTEPS, chunk_size: int | None = None) -> torch.Tensor:
-    """``measure`` of the edit features at each timestep, averaged over the timesteps.
+def timestep_features(pipe, directions, latents: torch.Tensor, timesteps: Sequence[int] = CONSISTENCY_TIMESTEPS,
+                      chunk_size: int | None = None) -> list[torch.Tensor]:
+    """The edit features of every direction at each timestep: ``direction_features`` per timestep.
 
     The latents are noised to each timestep with noise seeded by the timestep alone, so a
-    per-direction measure gives a direction the same score whichever directions share its set.
+    direction meets the same noisy images whichever directions share its set, and two sets
+    measured here are compared on the same images (``loss.cross_set_cosines``).
 
     Args:
-        measure: [N, K, 4, h, w] edit features -> a tensor (``loss.edit_consistency``: [K];
-            ``loss.shared_edit_share``: 0-d).
         directions: a ``Directions`` (or anything with ``conditioning(pipe)``, such as
             ``metrics.PromptDirections``) for ``pipe``'s model.
         latents: [N, 4, h, w] scaled VAE latents (``encode_images``).
         timesteps: diffusion timesteps in [0, num_train_timesteps).
         chunk_size: at most this many (image, direction) pairs per UNet call (``direction_features``).
     Returns:
-        The mean over ``timesteps`` of ``measure``'s value, in its shape.
+        One [N, K, 4, h, w] float32 tensor per timestep, in the order of ``timesteps``.
     """
     if not timesteps:
-        raise ValueError("averaging over timesteps needs at least one timestep; got none")
-    per_timestep = [measure(direction_features(pipe, directions, latents, timestep=t, seed=t, chunk_size=chunk_size))
-                    for t in timesteps]
-    return torch.stack(per_timestep).mean(dim=0)
+        raise ValueError("measuring over timesteps needs at least one timestep; got none")
+    return [direction_features(pipe, directions, latents, timestep=t, seed=t, chunk_size=chunk_size)
+            for t in timesteps]
+
+
+def over_timesteps(measure: Callable[[torch.Tensor], torch.Tensor], pipe, directions, latents: torch.Tensor,
+                   timesteps: Sequence[int] = CONSISTENCY_TIMESTEPS, chunk_size: int | None = None) -> torch.Tensor:
+    """``measure`` of the edit features at each timestep (:func:`timestep_features`), averaged
+    over the timesteps.
+
+    Args:
+        measure: [N, K, 4, h, w] edit features -> a tensor (``loss.edit_consistency``: [K];
+            ``loss.shared_edit_share``: 0-d).
+        directions, latents, timesteps, chunk_size: as for :func:`timestep_features`.
+    Returns:
+        The mean over ``timesteps`` of ``measure``'s value, in its shape.
+    """
+    features = timestep_features(pipe, directions, latents, timesteps, chunk_size)
+    return torch.stack([measure(f) for f in features]).mean(dim=0)
 
 
 def direction_consistency(pipe, directions, latents: torch.Tensor,

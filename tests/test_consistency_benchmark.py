@@ -53,11 +53,28 @@ def test_halves_split_a_set_by_consistency():
     assert split["more"]["coverage"] == 0.0 and split["less"]["coverage"] == 0.5
 
 
+def test_seed_agreement_is_each_directions_best_match_in_the_other_seeds_sets():
+    x, y, z = torch.eye(3)
+    # one timestep, one image: [1, K, 3]
+    def features(*edits):
+        return [torch.stack(edits).unsqueeze(0)]
+
+    two = consistency.seed_agreement({"0": features(x, y), "1": features(-2 * x, z)})
+    assert two["0"] == pytest.approx([1.0, 0.0]) and two["1"] == pytest.approx([1.0, 0.0])  # the sign does not count
+    # the mean over the other seeds, and the mean over timesteps before the best match is taken
+    three = consistency.seed_agreement({"0": features(x, y), "1": features(x, z), "2": features(y, (x + y) / 2 ** 0.5)})
+    assert three["0"] == pytest.approx([(1.0 + 0.5 ** 0.5) / 2, (0.0 + 1.0) / 2])
+    over_time = consistency.seed_agreement({"0": features(x) + features(x), "1": features(x) + features(-x)})
+    assert over_time["0"] == pytest.approx([0.0])                        # +1 at one timestep, -1 at the other
+    with pytest.raises(ValueError, match="two or more seeds; got 1"):
+        consistency.seed_agreement({"0": features(x)})
+
+
 def test_consistency_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path):
     from test_quality_benchmark import tiny_settings
 
     settings = tiny_settings(Path(quality.DEFAULT_SAMPLES), domains=["face"], calibration_iters=0, num_directions=3,
-                             methods=["NoiseCLR", "InfoNCE", "random", "text"], interference=False)
+                             methods=["NoiseCLR", "InfoNCE", "random", "text"], interference=False, seeds=[0, 1])
     quality.run_benchmark(tiny_pipe, StatsOracle(), settings, tmp_path, tag="a", resume=True, progress=False,
                           log=lambda _: None)
     logged = []
@@ -65,6 +82,21 @@ def test_consistency_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_pa
                                             timesteps=(200, 600), progress=False, log=logged.append)
     # the trained directions come from quality.py's cache: nothing is trained again
     assert logged and not any("train" in line for line in logged)
+    report = quality.read_report(tmp_path / "quality-a.json.gz")
+    assert consistency.report_threads(report) == torch.get_num_threads()
+    assert consistency.report_threads({"machine": "x86_64, 2 CPUs, 1 torch threads, torch 2.13.0"}) == 1
+    assert consistency.report_threads({"machine": "an older line"}) is None
+    # a run with other threads than the report's is warned that training would not repeat its sets
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        warned = []
+        consistency.consistency_report(["a"], tiny_pipe, StatsOracle(), tmp_path, tag="w", images=2,
+                                       timesteps=(200,), progress=False, log=warned.append)
+    finally:
+        torch.set_num_threads(threads)
+    assert f"ran with {threads} torch threads and this run has {threads + 1}" in warned[0]
+    assert f"give --threads {threads}" in warned[0]
     values = result["consistency"]["face"]
     assert set(values) == {"NoiseCLR", "InfoNCE", "random", "text"}
     assert [len(values[m]["0"]) for m in ("NoiseCLR", "InfoNCE", "random")] == [3, 3, 3]
@@ -90,7 +122,7 @@ def test_consistency_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_pa
     (reading,) = result["readings"]
     assert reading["report"] == "quality-a" and set(reading["methods"]) == {"NoiseCLR", "InfoNCE", "random"}
     for row in reading["methods"].values():
-        assert row["sets"] == 1 and set(row["halves"]) == {"more", "less"}
+        assert row["sets"] == 2 and set(row["halves"]) == {"more", "less"}
         more, less = row["halves"]["more"], row["halves"]["less"]
         assert more["consistency"][0] >= less["consistency"][0]
     assert set(result["table"]) == {"NoiseCLR", "InfoNCE", "random", "text"}
@@ -104,11 +136,29 @@ def test_consistency_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_pa
     assert result["shared_table"]["text"]["face"] == (pytest.approx(result["shared"]["face"]["text"]["None"]), 0.0)
     assert all(0 <= v <= 1 for by_method in result["shared"].values() for by_seed in by_method.values()
                for v in by_seed.values())
+    # each direction's agreement with the other seed's set of its method, on the same images and timesteps
+    from noiseclr_lite.train import timestep_features
+
+    agreement = result["agreement"]["face"]
+    assert set(agreement) == {"NoiseCLR", "InfoNCE", "random"}          # the words are one set: nothing to agree
+    assert all(len(agreement[m][seed]) == 3 for m in agreement for seed in ("0", "1"))
+    assert all(0 <= v <= 1 for by_seed in agreement.values() for values in by_seed.values() for v in values)
+    random_sets = {"0": saved, "1": Directions.load(cache.trained / "face_random_seed1.safetensors")}
+    by_hand = consistency.seed_agreement({seed: timestep_features(tiny_pipe, directions, latents, (200, 600))
+                                          for seed, directions in random_sets.items()})
+    for seed in "01":
+        assert agreement["random"][seed] == pytest.approx(by_hand[seed], abs=1e-5)
+    (agreeing,) = result["agreement_readings"]
+    assert set(agreeing["methods"]) == {"NoiseCLR", "InfoNCE", "random"}
+    for row in agreeing["methods"].values():
+        assert row["sets"] == 2 and row["halves"]["more"]["agreement"][0] >= row["halves"]["less"]["agreement"][0]
+    assert result["agreement_table"]["random"]["face"][0] == pytest.approx(
+        (sum(agreement["random"]["0"]) / 3 + sum(agreement["random"]["1"]) / 3) / 2)
     md = (tmp_path / "consistency-t.md").read_text()
     for text in ("# Edit consistency against the oracle (t)", "## How consistent each method's edits are",
                  "## How much of its edits a set makes alike",
-                 "### [`quality-a`](quality-a.md)", "| NoiseCLR | 1 |", "| text |", "![the most and the least",
-                 "(consistency-t.png)"):
+                 "### [`quality-a`](quality-a.md)", "| NoiseCLR | 2 |", "| text |", "![the most and the least",
+                 "(consistency-t.png)", "## Does another seed find the same directions?", "more agreeing half"):
         assert text in md
     from PIL import Image
 

@@ -214,3 +214,27 @@ def test_shared_edit_share_is_one_for_equal_edits_one_over_k_for_unrelated_and_z
     assert shared_edit_share(center_edit_features(torch.randn(3, 4, 5))).item() == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match=r"\[N images, K directions"):
         shared_edit_share(torch.randn(3, 4))
+
+
+def test_cross_set_cosines_compare_two_sets_direction_by_direction_on_the_same_images():
+    from noiseclr_lite.loss import cross_set_cosines
+
+    # one image; set A: x and y edits; set B: -x, (x + y) / sqrt 2 and z
+    a = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]]])
+    b = torch.tensor([[[-3.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 5.0]]])
+    expected = torch.tensor([[-1.0, 0.5 ** 0.5, 0.0], [0.0, 0.5 ** 0.5, 0.0]])
+    torch.testing.assert_close(cross_set_cosines(a, b), expected)
+    torch.testing.assert_close(cross_set_cosines(b, a), expected.T)
+    # the mean over images: the second image's pair is orthogonal
+    two = torch.tensor([[[1.0, 0.0]], [[1.0, 0.0]]])
+    other = torch.tensor([[[2.0, 0.0]], [[0.0, 1.0]]])
+    assert cross_set_cosines(two, other).item() == pytest.approx(0.5)
+    # any trailing shape, flattened; a set against itself has ones on its diagonal
+    features = torch.randn(4, 3, 2, 5, 5, generator=torch.Generator().manual_seed(0))
+    self_cosines = cross_set_cosines(features, features)
+    assert self_cosines.shape == (3, 3) and torch.allclose(self_cosines.diagonal(), torch.ones(3))
+    with pytest.raises(ValueError, match=r"same images.*\(4, 3, 2, 5, 5\) and \(3, 3, 2, 5, 5\)"):
+        cross_set_cosines(features, features[:3])
+    with pytest.raises(ValueError, match="one trailing shape"):
+        cross_set_cosines(features, features.flatten(2))
+

@@ -385,6 +385,23 @@ def test_over_timesteps_averages_any_measure_of_the_edit_features(tiny_pipe):
         over_timesteps(shared_edit_share, tiny_pipe, directions, latents, timesteps=())
 
 
+def test_timestep_features_are_each_timesteps_features_with_noise_seeded_by_it(tiny_pipe):
+    from noiseclr_lite.train import timestep_features
+
+    directions = Directions.create(tiny_pipe, 2, seed=0)
+    latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    features = timestep_features(tiny_pipe, directions, latents, timesteps=(100, 700))
+    assert len(features) == 2 and features[0].shape == (3, 2, 4, 8, 8)
+    for t, got in zip((100, 700), features):
+        assert torch.equal(got, direction_features(tiny_pipe, directions, latents, timestep=t, seed=t))
+    # another set meets the same noisy images: one direction alone gives its own features unchanged
+    alone = Directions(directions.embeddings[1:2].clone(), ["<solo>"])
+    torch.testing.assert_close(timestep_features(tiny_pipe, alone, latents, timesteps=(100, 700))[1],
+                               features[1][:, 1:2], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="needs at least one timestep"):
+        timestep_features(tiny_pipe, directions, latents, timesteps=[])
+
+
 def test_all_anchors_contrast_every_direction_and_match_chunked(tmp_path, monkeypatch):
     import noiseclr_lite.train as train_module
     from noiseclr_lite.loss import noiseclr_loss
