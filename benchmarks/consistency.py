@@ -25,13 +25,13 @@ and are left out.  Then, for every report (a *reading*) and method:
 
 It also measures, per set, how much of its edits every direction makes alike (its shared edit
 share, :func:`noiseclr_lite.loss.shared_edit_share`): what ``--center-edits`` takes out of the
-contrast.  And where a report holds two or more seeds of a method, each direction's *agreement*
+contrast.  And where the reports hold two or more seeds of a method, each direction's *agreement*
 (:func:`seed_agreement`): how closely the other seeds' sets reproduce its edit.  Another
 label-free score a user could rank by (train twice, keep what both runs found), related to the
 oracle the same way, and computed from the same UNet passes.
 
 Writes ``results/consistency[-tag].md``, ``.json`` and a ``.png`` of each domain's most and least
-consistent NoiseCLR direction.  About 7 s per set of 10 directions on 2 CPU cores, plus training
+consistent NoiseCLR direction.  7 to 11 s per set of 10 directions on 2 CPU cores, plus training
 time for directions not in the cache.
 """
 
@@ -213,17 +213,18 @@ def spearman(a, b) -> float | None:
     return covariance / spread if spread > 0 else None
 
 
-def halves(consistency: list[float], scores: list[DirectionScore], domain: str, score: str = "consistency") -> dict:
-    """The set split by consistency (or another per-direction ``score``, named so in the result):
-    ``{"more": ..., "less": ...}``, each half's mean score, mean strength, share of strong
-    directions, mean purity and coverage (an odd set leaves its middle one out)."""
-    order = sorted(range(len(scores)), key=lambda i: -consistency[i])
+def halves(values: list[float], scores: list[DirectionScore], domain: str, score: str = "consistency") -> dict:
+    """The set split by each direction's consistency, or another per-direction ``score`` (named so
+    in the result), given as ``values``: ``{"more": ..., "less": ...}``, each half's mean score,
+    mean strength, share of strong directions, mean purity and coverage (an odd set leaves its
+    middle one out)."""
+    order = sorted(range(len(scores)), key=lambda i: -values[i])
     half = len(order) // 2
     result = {}
     for name, picked in (("more", order[:half]), ("less", order[len(order) - half:])):
         chosen = [scores[i] for i in picked]
         summed = summary(chosen, domain)
-        result[name] = {score: statistics.fmean(consistency[i] for i in picked),
+        result[name] = {score: statistics.fmean(values[i] for i in picked),
                         "strength": summed["mean_strength"], "purity": summed["mean_purity"],
                         "strong": sum(s.strength >= STRENGTH_MIN for s in chosen) / len(chosen),
                         "coverage": summed["coverage"]}
@@ -292,10 +293,11 @@ def seed_agreement(features_by_seed: dict) -> dict:
     from noiseclr_lite.loss import cross_set_cosines
 
     if len(features_by_seed) < 2:
-        raise ValueError(f"agreement compares sets of two or more seeds; got {len(features_by_seed)}")
+        raise ValueError(f"agreement compares sets of two or more seeds; got {len(features_by_seed)}: pass the "
+                         f"features of at least two seeds' sets of one method and domain")
     agreement = {}
     for seed, features in features_by_seed.items():
-        best = [torch.stack([cross_set_cosines(f, g) for f, g in zip(features, others)]).mean(dim=0)
+        best = [torch.stack([cross_set_cosines(f, g) for f, g in zip(features, others, strict=True)]).mean(dim=0)
                 .abs().max(dim=1).values
                 for other_seed, others in features_by_seed.items() if other_seed != seed]
         agreement[seed] = torch.stack(best).mean(dim=0).tolist()
@@ -305,8 +307,8 @@ def seed_agreement(features_by_seed: dict) -> dict:
 def set_table(values: dict) -> dict:
     """{method: {domain or "all": (mean, std) over the method's sets}} of the mean of each set's values.
 
-    ``values``: {domain: {method: {seed: [floats] or a float}}}: each direction's consistency, or
-    one number for the whole set (its shared edit share)."""
+    ``values``: {domain: {method: {seed: [floats] or a float}}}: each direction's consistency or
+    agreement, or one number for the whole set (its shared edit share)."""
     table: dict[str, dict] = {}
     for method in SCORED_METHODS:
         per_domain = {d: [statistics.fmean(v) if isinstance(v, list) else v
@@ -385,6 +387,13 @@ def _set_sizes(result: dict) -> str:
     return ", ".join(f"{'/'.join(map(str, sorted(n)))} {kind}" for kind, n in sizes.items())
 
 
+def _agreement_seeds(result: dict) -> str:
+    """"4, 5, 6, 7": every seed whose sets the agreement compared."""
+    seeds = {int(seed) for by_method in result["agreement"].values() for by_seed in by_method.values()
+             for seed in by_seed}
+    return ", ".join(map(str, sorted(seeds)))
+
+
 def _reading_tables(readings: list[dict], adjective: str) -> list[str]:
     """One table per reading of :func:`analyse`'s result: the correlations and the two halves."""
     lines = []
@@ -444,8 +453,8 @@ def markdown(result: dict) -> str:
         lines += ["## Does another seed find the same directions?", "",
                   "Agreement of a direction: its closest match, |cos| of the edit features on the same images and "
                   "timesteps (`noiseclr_lite.loss.cross_set_cosines`), in the set another seed trained (or drew) "
-                  "for the same domain, averaged over the other seeds (`seed_agreement`). Mean of a set, mean ± std "
-                  "over its sets:", "",
+                  "for the same domain, averaged over the other seeds (`seed_agreement`; seeds here: "
+                  f"{_agreement_seeds(result)}). Mean of a set, mean ± std over its sets:", "",
                   "| method | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
         for method, row in result["agreement_table"].items():
             lines.append(f"| {method} | " + " | ".join(_cell(row[d]) if d in row else "-" for d in domains) + " |")
@@ -496,12 +505,14 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
     if samples is not None:  # where the images are here: reading them elsewhere changes no cache key
         settings = dataclasses.replace(settings, samples=str(samples))
     stages = Stages(log)
-    threads_then = report_threads(readings[0][1])
-    if threads_then is not None and threads_then != torch.get_num_threads():
-        # float sums in another order drift apart over 150 steps: another draw of the recipe
-        log(f"{TOOL}: warning: {readings[0][0].name} ran with {threads_then} torch threads and this run has "
-            f"{torch.get_num_threads()}; sets missing from the cache would be trained into other directions than "
-            f"the scored ones; give --threads {threads_then} to train the same")
+    for path, report in readings:
+        threads_then = report_threads(report)
+        if threads_then is not None and threads_then != torch.get_num_threads():
+            # float sums in another order drift apart over 150 steps: another draw of the recipe
+            log(f"{TOOL}: warning: {path.name} ran with {threads_then} torch threads and this run has "
+                f"{torch.get_num_threads()}; any set missing from the cache would be trained into other directions "
+                f"than the scored ones; give --threads {threads_then} to train the same")
+            break
     consistency: dict = {}
     shared: dict = {}
     agreement: dict = {}

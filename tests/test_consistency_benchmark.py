@@ -55,8 +55,8 @@ def test_halves_split_a_set_by_consistency():
 
 def test_seed_agreement_is_each_directions_best_match_in_the_other_seeds_sets():
     x, y, z = torch.eye(3)
-    # one timestep, one image: [1, K, 3]
-    def features(*edits):
+
+    def features(*edits):  # one timestep, one image: [1, K, 3]
         return [torch.stack(edits).unsqueeze(0)]
 
     two = consistency.seed_agreement({"0": features(x, y), "1": features(-2 * x, z)})
@@ -158,7 +158,8 @@ def test_consistency_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_pa
     for text in ("# Edit consistency against the oracle (t)", "## How consistent each method's edits are",
                  "## How much of its edits a set makes alike",
                  "### [`quality-a`](quality-a.md)", "| NoiseCLR | 2 |", "| text |", "![the most and the least",
-                 "(consistency-t.png)", "## Does another seed find the same directions?", "more agreeing half"):
+                 "(consistency-t.png)", "## Does another seed find the same directions?", "seeds here: 0, 1)",
+                 "more agreeing half"):
         assert text in md
     from PIL import Image
 
@@ -203,7 +204,12 @@ def test_sets_missing_from_the_cache_are_trained_and_named_and_images_found_with
                                             timesteps=(500,), progress=False, log=lambda _: None,
                                             samples=quality.DEFAULT_SAMPLES)
     assert result["trained_here"] == ["face NoiseCLR seed 0"]
-    assert "trained here as `quality.py` trains them" in (tmp_path / "consistency-moved.md").read_text()
+    page = (tmp_path / "consistency-moved.md").read_text()
+    assert "trained here as `quality.py` trains them" in page
+    # one seed: no other seed's set to agree with, so no agreement and no section for it
+    assert result["agreement"] == {} and result["agreement_table"] == {}
+    assert all(not r["methods"] for r in result["agreement_readings"])
+    assert "## Does another seed find the same directions?" not in page
     # training is deterministic: the set trained again reads as the one the report scored
     first = consistency.consistency_report(["a"], tiny_pipe, StatsOracle(), tmp_path, tag="a", images=2,
                                            timesteps=(500,), progress=False, log=lambda _: None)

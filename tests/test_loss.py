@@ -237,4 +237,3 @@ def test_cross_set_cosines_compare_two_sets_direction_by_direction_on_the_same_i
         cross_set_cosines(features, features[:3])
     with pytest.raises(ValueError, match="one trailing shape"):
         cross_set_cosines(features, features.flatten(2))
-
