@@ -237,10 +237,10 @@ def _defined_mean_std(values) -> tuple[float | None, float]:
     return _mean_std(defined) if defined else (None, 0.0)
 
 
-def analyse(readings: list[tuple[Path, dict]], consistency: dict, score: str = "consistency") -> list[dict]:
+def analyse(readings: list[tuple[Path, dict]], values_by_set: dict, score: str = "consistency") -> list[dict]:
     """Per reading and ranked method: the within-set correlations and the halves, as (mean, std)
-    over the sets.  ``consistency``: {domain: {method: {seed: [K floats]}}}, each direction's
-    consistency (or another per-direction ``score``, such as :func:`seed_agreement`'s); a set it
+    over the sets.  ``values_by_set``: {domain: {method: {seed: [K floats]}}}, each direction's
+    consistency or another per-direction ``score`` (:func:`seed_agreement`'s agreement); a set it
     has no values for is left out."""
     measures = (score, "strength", "strong", "purity", "coverage")
     result = []
@@ -250,7 +250,7 @@ def analyse(readings: list[tuple[Path, dict]], consistency: dict, score: str = "
             rho_purity, rho_strength, split = [], [], {"more": [], "less": []}
             for domain, scored in report["domains"].items():
                 for run in scored["runs"].get(method, []):
-                    values = consistency.get(domain, {}).get(method, {}).get(str(run["seed"]))
+                    values = values_by_set.get(domain, {}).get(method, {}).get(str(run["seed"]))
                     if values is None:  # e.g. no agreement for a method with one seed
                         continue
                     scores = [DirectionScore(**s) for s in run["scores"]]
