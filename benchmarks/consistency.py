@@ -28,11 +28,18 @@ share, :func:`noiseclr_lite.loss.shared_edit_share`): what ``--center-edits`` ta
 contrast.  And where the reports hold two or more seeds of a method, each direction's *agreement*
 (:func:`seed_agreement`): how closely the other seeds' sets reproduce its edit.  Another
 label-free score a user could rank by (train twice, keep what both runs found), related to the
-oracle the same way, and computed from the same UNet passes.
+oracle the same way, and computed from the same UNet passes.  And a third, which looks at the
+images' content instead of the edits: how much better each direction's prompt denoises each of
+up to ``--gain-images`` training images than the reference prompt
+(:func:`noiseclr_lite.train.denoising_gain`, a diffusion classifier's score), and the excess
+kurtosis of that gain over the images (:func:`gain_kurtosis`): a direction that stands for one
+two-valued attribute splits the images into two groups (kurtosis -2), a mixture of attributes
+less cleanly.
 
 Writes ``results/consistency[-tag].md``, ``.json`` and a ``.png`` of each domain's most and least
-consistent NoiseCLR direction.  7 to 11 s per set of 10 directions on 2 CPU cores, plus training
-time for directions not in the cache.
+consistent NoiseCLR direction.  7 to 11 s per set of 10 directions on 2 CPU cores for the
+consistency, about 40 s more for the gain on 64 images, plus training time for directions not in
+the cache.
 """
 
 from __future__ import annotations
@@ -69,6 +76,8 @@ RANKED_METHODS = ("NoiseCLR", "InfoNCE", "random")
 #: what the halves table gives of each half, in order
 HALF_COLUMNS = ("strength", "strong", "purity", "coverage")
 DEFAULT_IMAGES = 16
+#: training images the denoising gain is measured on (its kurtosis needs many)
+DEFAULT_GAIN_IMAGES = 64
 #: seeds the draw of the images consistency is measured on (the same for every set of a domain)
 IMAGE_SEED = 123
 
@@ -304,6 +313,30 @@ def seed_agreement(features_by_seed: dict) -> dict:
     return agreement
 
 
+def gain_kurtosis(gains: torch.Tensor) -> list[float]:
+    """Each direction's excess kurtosis of its denoising gain over the images.
+
+    ``mean(z^4) - 3`` of the gains standardised over the images (population moments): -2 when a
+    direction's gain takes two values equally often (it splits the images into two groups, as one
+    two-valued attribute does), -1 for the sum of two independent such splits, 0 for a Gaussian,
+    > 0 when a few images stand out.
+
+    Args:
+        gains: [K, N] (``noiseclr_lite.train.denoising_gain``), N >= 4 images.
+    Returns:
+        K floats, each >= -2.
+    """
+    if gains.ndim != 2 or gains.shape[1] < 4:
+        raise ValueError(f"gain_kurtosis needs [K, N] gains over N >= 4 images; got shape {tuple(gains.shape)}")
+    centred = gains.double() - gains.double().mean(dim=1, keepdim=True)
+    spread = centred.pow(2).mean(dim=1)
+    if bool((spread == 0).any()):
+        flat = [k for k, v in enumerate(spread.tolist()) if v == 0]
+        raise ValueError(f"directions {flat} gain the same on every image: their kurtosis is undefined; "
+                         f"leave out directions that do nothing")
+    return (centred.pow(4).mean(dim=1) / spread.pow(2) - 3).tolist()
+
+
 def set_table(values: dict) -> dict:
     """{method: {domain or "all": (mean, std) over the method's sets}} of the mean of each set's values.
 
@@ -460,6 +493,20 @@ def markdown(result: dict) -> str:
             lines.append(f"| {method} | " + " | ".join(_cell(row[d]) if d in row else "-" for d in domains) + " |")
         lines += ["", "Per reading, as above, with the set split by agreement instead of consistency:", ""]
         lines += _reading_tables(result["agreement_readings"], "agreeing")
+    if any(r["methods"] for r in result.get("gain_readings", [])):  # reports written before it was measured
+        lines += ["## Does a direction split the images? The kurtosis of its denoising gain", "",
+                  "Denoising gain of a direction on an image: how much better its prompt predicts the noise than "
+                  "the reference prompt does (`noiseclr_lite.train.denoising_gain`, a diffusion classifier's score), "
+                  f"on {_images(result['gain_images'])} training images per domain at the same timesteps. Its excess "
+                  "kurtosis over the images (`gain_kurtosis`) is -2 when the direction splits the images into two "
+                  "equal groups, as one two-valued attribute would, -1 for two such splits added, 0 for a Gaussian "
+                  "spread, and above 0 when a few images stand out. Mean of a set, mean ± std over its sets:", "",
+                  "| method | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
+        for method, row in result["gain_table"].items():
+            lines.append(f"| {method} | " + " | ".join(_cell(row[d]) if d in row else "-" for d in domains) + " |")
+        lines += ["", "Per reading, as above, with the set split by the gain's kurtosis (the less kurtotic half is "
+                  "the one whose gains split the images more cleanly):", ""]
+        lines += _reading_tables(result["gain_readings"], "kurtotic")
     if result.get("figure"):
         first = result["readings"][0]
         lines += ["## The most and the least consistent direction", "",
@@ -485,14 +532,16 @@ def _consistency_and_share(features: torch.Tensor) -> torch.Tensor:
 
 def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, tag: str = "",
                        images: int = DEFAULT_IMAGES, timesteps=CONSISTENCY_TIMESTEPS, progress: bool = True,
-                       log: Callable[[str], None] = print, samples: str | os.PathLike | None = None) -> dict:
-    """Measure the consistency of every token direction the reports ``names`` scored, relate it to
-    their scores and write ``consistency[-tag].md``, ``.json`` and ``.png`` (:func:`figure`) into
-    ``out_dir``; returns the result.  ``samples``: where the training images are on this machine,
-    when not at the path the reports recorded."""
+                       log: Callable[[str], None] = print, samples: str | os.PathLike | None = None,
+                       gain_images: int = DEFAULT_GAIN_IMAGES) -> dict:
+    """Measure the consistency, the agreement and the denoising gain's kurtosis of every token
+    direction the reports ``names`` scored, relate them to their scores and write
+    ``consistency[-tag].md``, ``.json`` and ``.png`` (:func:`figure`) into ``out_dir``; returns the
+    result.  ``samples``: where the training images are on this machine, when not at the path the
+    reports recorded.  ``gain_images``: how many training images the gain is measured on."""
     from tqdm.auto import tqdm
 
-    from noiseclr_lite.train import timestep_features
+    from noiseclr_lite.train import denoising_gain, timestep_features
 
     out_dir = Path(out_dir)
     readings = load_readings(names, out_dir)
@@ -516,9 +565,10 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
     consistency: dict = {}
     shared: dict = {}
     agreement: dict = {}
+    kurtosis: dict = {}
     sets_by_domain: dict = {}
     trained_here: list = []
-    used_images = {}
+    used_images, used_gain_images = {}, {}
     for domain, units in units_of(readings).items():
         check_samples(settings, domain)
         train_latents = functools.cache(lambda domain=domain: _staged_latents(pipe, settings, domain, stages))
@@ -527,8 +577,10 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
         trained_here += [f"{domain} {method} seed {seed}" for method, seed in trained]
         scored_on = consistency_latents(train_latents(), images)  # the images training learns from
         used_images[domain] = len(scored_on)
+        gained_on = consistency_latents(train_latents(), gain_images)  # the same draw, more of it
+        used_gain_images[domain] = len(gained_on)
         kept: dict = {}  # {method: {seed: per-timestep features}} for the seeds' agreement
-        with stages(f"{domain}: consistency of {len(sets)} sets"):
+        with stages(f"{domain}: consistency and gain of {len(sets)} sets"):
             for (method, seed), directions in tqdm(sets.items(), desc=domain, disable=not progress):
                 # one UNet pass per timestep for all three: [K] consistencies, the set's shared share,
                 # and (below) how well other seeds' sets reproduce each direction
@@ -538,6 +590,8 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
                 shared.setdefault(domain, {}).setdefault(method, {})[str(seed)] = both[-1].item()
                 if method in RANKED_METHODS:
                     kept.setdefault(method, {})[str(seed)] = features
+                gains = denoising_gain(pipe, directions, gained_on, timesteps)
+                kurtosis.setdefault(domain, {}).setdefault(method, {})[str(seed)] = gain_kurtosis(gains)
         for method, by_seed in kept.items():
             if len(by_seed) >= 2:
                 agreement.setdefault(domain, {})[method] = seed_agreement(by_seed)
@@ -549,6 +603,8 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
               "shared": shared,
               "agreement_table": set_table(agreement), "agreement_readings": analyse(readings, agreement, "agreement"),
               "agreement": agreement,
+              "gain_images": used_gain_images, "gain_table": set_table(kurtosis),
+              "gain_readings": analyse(readings, kurtosis, "gain kurtosis"), "gain_kurtosis": kurtosis,
               "figure": None}
     stem = "consistency" + (f"-{tag}" if tag else "")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -573,6 +629,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tag", default="", help="writes results/consistency-TAG.md and .json")
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="training images per domain")
     parser.add_argument("--timesteps", type=int, nargs="+", default=list(CONSISTENCY_TIMESTEPS))
+    parser.add_argument("--gain-images", type=int, default=DEFAULT_GAIN_IMAGES,
+                        help="training images per domain the denoising gain and its kurtosis are measured on")
     parser.add_argument("--model", default=None, help="the model folder or hub id (default: the bundled model)")
     parser.add_argument("--oracle", default=DEFAULT_ORACLE, help="the oracle folder (default: %(default)s)")
     parser.add_argument("--out", default=str(RESULTS), help="where the reports, the cache and the outputs are")
@@ -584,6 +642,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.images < 2:
         parser.error(f"--images {args.images}: consistency compares images in pairs; give 2 or more")
+    if args.gain_images < 4:
+        parser.error(f"--gain-images {args.gain_images}: a kurtosis needs 4 or more images; give 4 or more")
     return args
 
 
@@ -598,7 +658,8 @@ def main(argv=None) -> dict:
     pipe = load_pipeline(args.model or BUNDLED_MODEL)
     oracle = Oracle.load(args.oracle).to(pipe.device)
     return consistency_report(args.reports, pipe, oracle, args.out, tag=args.tag, images=args.images,
-                              timesteps=args.timesteps, progress=not args.no_progress, samples=args.samples)
+                              timesteps=args.timesteps, progress=not args.no_progress, samples=args.samples,
+                              gain_images=args.gain_images)
 
 
 if __name__ == "__main__":

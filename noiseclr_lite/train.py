@@ -151,6 +151,13 @@ def direction_features(pipe, directions: Directions, latents: torch.Tensor, time
     Returns:
         [N, K, 4, h, w] float32: ``eps(x_t, t, c_k) - eps(x_t, t, c_ref)``.
     """
+    return _features_and_residual(pipe, directions, latents, timestep, seed, chunk_size)[0]
+
+
+def _features_and_residual(pipe, directions, latents: torch.Tensor, timestep: int, seed: int,
+                           chunk_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`direction_features`, and the reference prompt's denoising residual on the same noisy
+    latents: ``noise - eps(x_t, t, c_ref)`` [N, 4, h, w] float32 (what :func:`denoising_gain` needs)."""
     num_train_timesteps = pipe.scheduler.config.num_train_timesteps
     if not 0 <= timestep < num_train_timesteps:
         raise ValueError(f"timestep={timestep} is outside [0, {num_train_timesteps})")
@@ -164,8 +171,8 @@ def direction_features(pipe, directions: Directions, latents: torch.Tensor, time
     t = t.to(pipe.device)
     reference = directions.reference_conditioning(pipe)
     reference_eps = pipe.unet(noisy, t.expand(len(noisy)), reference.expand(len(noisy), -1, -1)).sample
-    return edit_features(pipe.unet, noisy, t, directions.conditioning(pipe), reference_eps,
-                         chunk_size=chunk_size).cpu()
+    features = edit_features(pipe.unet, noisy, t, directions.conditioning(pipe), reference_eps, chunk_size=chunk_size)
+    return features.cpu(), noise - reference_eps.float().cpu()
 
 
 #: the timesteps :func:`direction_consistency` averages over by default: the whole range, both edit windows
@@ -228,6 +235,43 @@ def direction_consistency(pipe, directions, latents: torch.Tensor,
         [K] float32 in [-1, 1]: the mean over ``timesteps`` of ``mean_{i != j} cos(D_ik, D_jk)``.
     """
     return over_timesteps(edit_consistency, pipe, directions, latents, timesteps, chunk_size)
+
+
+@torch.no_grad()
+def denoising_gain(pipe, directions, latents: torch.Tensor, timesteps: Sequence[int] = CONSISTENCY_TIMESTEPS,
+                   chunk_size: int | None = None) -> torch.Tensor:
+    """How much better each direction's prompt denoises each image than the reference prompt.
+
+    ``gain[k, i] = mean_t (|n - eps(x_t^i, t, c_ref)|^2 - |n - eps(x_t^i, t, c_k)|^2)``, with the
+    squares averaged over the latent's elements and ``n`` the noise that made ``x_t^i``: the
+    diffusion-classifier score (Li et al., ICCV 2023, "Your Diffusion Model is Secretly a Zero-Shot
+    Classifier") of prompt ``c_k`` against ``c_ref``.  > 0 where the direction's prompt explains the
+    image better than the reference.  Unlike the edit features it looks at the images' content (the
+    noise to be predicted), so it tells *which* images a direction speaks of: a direction that stands
+    for one two-valued attribute splits the images into two groups.  It needs no labels.
+
+    The latents are noised to each timestep with noise seeded by the timestep, as in
+    :func:`timestep_features`, so every set meets the same noisy images.
+
+    Args:
+        directions: a ``Directions`` (or anything with ``conditioning(pipe)`` and
+            ``reference_conditioning(pipe)``, such as ``metrics.PromptDirections``) for ``pipe``'s model.
+        latents: [N, 4, h, w] scaled VAE latents (``encode_images``).
+        timesteps: diffusion timesteps in [0, num_train_timesteps).
+        chunk_size: at most this many (image, direction) pairs per UNet call (``direction_features``).
+    Returns:
+        [K, N] float32: each direction's gain on each image, in squared-noise units (0 = no better
+        than the reference).
+    """
+    if not timesteps:
+        raise ValueError("the denoising gain is averaged over timesteps: give at least one; got none")
+    gains = []
+    for t in timesteps:
+        features, residual = _features_and_residual(pipe, directions, latents, t, t, chunk_size)
+        # |r|^2 - |r - D|^2 = 2 r.D - |D|^2, with r the reference's residual and D the edit feature
+        residual = residual.unsqueeze(1)
+        gains.append((2 * residual * features - features ** 2).flatten(2).mean(dim=2))  # [N, K]
+    return torch.stack(gains).mean(dim=0).T.contiguous()
 
 
 def _sample_step(generator, num_images, num_directions, cfg, num_train_timesteps):

@@ -70,6 +70,23 @@ def test_seed_agreement_is_each_directions_best_match_in_the_other_seeds_sets():
         consistency.seed_agreement({"0": features(x)})
 
 
+def test_gain_kurtosis_on_known_spreads():
+    two_groups = torch.tensor([[1.0, -1.0, 1.0, -1.0, 1.0, -1.0]])       # one clean split: the minimum, -2
+    two_splits = torch.tensor([[-2.0, 0.0, 0.0, 2.0]])                   # two independent splits added
+    one_stands_out = torch.tensor([[0.0] * 7 + [1.0]])                   # Bernoulli(1/8): (1 - 6pq) / pq
+    got = consistency.gain_kurtosis(torch.cat([two_groups[:, :4], two_splits, one_stands_out[:, 4:]]))
+    assert got == pytest.approx([-2.0, -1.0, (1 - 6 * 3 / 16) / (3 / 16)])
+    assert consistency.gain_kurtosis(one_stands_out) == pytest.approx([(1 - 6 * 7 / 64) / (7 / 64)])
+    # it reads the shape of the spread, not its place or size
+    assert consistency.gain_kurtosis(5 + 3 * two_splits) == pytest.approx([-1.0])
+    wide = torch.randn(2, 20000, generator=torch.Generator().manual_seed(0))
+    assert consistency.gain_kurtosis(wide) == pytest.approx([0.0, 0.0], abs=0.1)   # Gaussian: 0
+    with pytest.raises(ValueError, match=r"directions \[1\] gain the same on every image"):
+        consistency.gain_kurtosis(torch.tensor([[1.0, 2.0, 3.0, 4.0], [2.0, 2.0, 2.0, 2.0]]))
+    with pytest.raises(ValueError, match=r"N >= 4 images; got shape \(1, 3\)"):
+        consistency.gain_kurtosis(torch.ones(1, 3))
+
+
 def test_consistency_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path):
     from test_quality_benchmark import tiny_settings
 
@@ -79,7 +96,7 @@ def test_consistency_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_pa
                           log=lambda _: None)
     logged = []
     result = consistency.consistency_report(["a"], tiny_pipe, StatsOracle(), tmp_path, tag="t", images=3,
-                                            timesteps=(200, 600), progress=False, log=logged.append)
+                                            timesteps=(200, 600), progress=False, log=logged.append, gain_images=6)
     # the trained directions come from quality.py's cache: nothing is trained again
     assert logged and not any("train" in line for line in logged)
     report = quality.read_report(tmp_path / "quality-a.json.gz")
@@ -154,12 +171,29 @@ def test_consistency_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_pa
         assert row["sets"] == 2 and row["halves"]["more"]["agreement"][0] >= row["halves"]["less"]["agreement"][0]
     assert result["agreement_table"]["random"]["face"][0] == pytest.approx(
         (sum(agreement["random"]["0"]) / 3 + sum(agreement["random"]["1"]) / 3) / 2)
+    # each direction's denoising gain on more of the same draw of images, and its kurtosis over them
+    from noiseclr_lite.train import denoising_gain
+
+    assert result["gain_images"] == {"face": 4}   # at most the 4 training images there are
+    gained_on = consistency.consistency_latents(quality.training_latents(tiny_pipe, settings, "face"), 6)
+    assert torch.equal(gained_on[:3], latents)
+    kurtosis = result["gain_kurtosis"]["face"]
+    assert set(kurtosis) == {"NoiseCLR", "InfoNCE", "random", "text"} and len(kurtosis["text"]["None"]) == 4
+    assert kurtosis["random"]["0"] == pytest.approx(
+        consistency.gain_kurtosis(denoising_gain(tiny_pipe, saved, gained_on, (200, 600))), abs=1e-4)
+    assert all(v >= -2 - 1e-6 for by_seed in kurtosis.values() for values in by_seed.values() for v in values)
+    (by_kurtosis,) = result["gain_readings"]
+    assert set(by_kurtosis["methods"]) == {"NoiseCLR", "InfoNCE", "random"}
+    for row in by_kurtosis["methods"].values():
+        assert row["halves"]["more"]["gain kurtosis"][0] >= row["halves"]["less"]["gain kurtosis"][0]
+    assert set(result["gain_table"]) == {"NoiseCLR", "InfoNCE", "random", "text"}
     md = (tmp_path / "consistency-t.md").read_text()
     for text in ("# Edit consistency against the oracle (t)", "## How consistent each method's edits are",
                  "## How much of its edits a set makes alike",
                  "### [`quality-a`](quality-a.md)", "| NoiseCLR | 2 |", "| text |", "![the most and the least",
                  "(consistency-t.png)", "## Does another seed find the same directions?", "seeds here: 0, 1)",
-                 "more agreeing half"):
+                 "more agreeing half", "## Does a direction split the images? The kurtosis of its denoising gain",
+                 "on 4 training images per domain", "more kurtotic half"):
         assert text in md
     from PIL import Image
 

@@ -402,6 +402,38 @@ def test_timestep_features_are_each_timesteps_features_with_noise_seeded_by_it(t
         timestep_features(tiny_pipe, directions, latents, timesteps=[])
 
 
+def test_denoising_gain_is_the_drop_in_denoising_error_against_the_reference(tiny_pipe):
+    from noiseclr_lite.metrics import PromptDirections
+    from noiseclr_lite.train import denoising_gain
+
+    directions = Directions.create(tiny_pipe, 2, seed=0)
+    latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    gains = denoising_gain(tiny_pipe, directions, latents, timesteps=(100, 700))
+    assert gains.shape == (2, 3) and gains.dtype == torch.float32
+    # by hand: the noise seeded by the timestep, the errors of the reference and of each prompt
+    by_hand = torch.zeros(2, 3)
+    reference, conditions = directions.reference_conditioning(tiny_pipe), directions.conditioning(tiny_pipe)
+    with torch.no_grad():
+        for t in (100, 700):
+            noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(t))
+            noisy = tiny_pipe.scheduler.add_noise(latents, noise, torch.tensor([t]))
+            steps = torch.tensor([t]).expand(3)
+            error_ref = (noise - tiny_pipe.unet(noisy, steps, reference.expand(3, -1, -1)).sample).pow(2)
+            for k in range(2):
+                error_k = (noise - tiny_pipe.unet(noisy, steps, conditions[k:k + 1].expand(3, -1, -1)).sample).pow(2)
+                by_hand[k] += (error_ref - error_k).flatten(1).mean(1) / 2
+    torch.testing.assert_close(gains, by_hand, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(denoising_gain(tiny_pipe, directions, latents, (100, 700), chunk_size=2), gains, atol=1e-5)
+    # the reference prompt itself gains nothing on any image; another prompt does gain or lose
+    prompts = denoising_gain(tiny_pipe, PromptDirections(["", "smiling"]), latents, timesteps=(300,))
+    # (the reference's two passes differ in batch size, so "nothing" is up to float rounding)
+    assert prompts[0].abs().max() < 1e-3 * prompts[1].abs().max()
+    with pytest.raises(ValueError, match="give at least one; got none"):
+        denoising_gain(tiny_pipe, directions, latents, timesteps=())
+    with pytest.raises(ValueError, match="timestep=1000 is outside"):
+        denoising_gain(tiny_pipe, directions, latents, timesteps=(1000,))
+
+
 def test_all_anchors_contrast_every_direction_and_match_chunked(tmp_path, monkeypatch):
     import noiseclr_lite.train as train_module
     from noiseclr_lite.loss import noiseclr_loss
