@@ -38,7 +38,7 @@ less cleanly.
 
 Writes ``results/consistency[-tag].md``, ``.json`` and a ``.png`` of each domain's most and least
 consistent NoiseCLR direction.  7 to 11 s per set of 10 directions on 2 CPU cores for the
-consistency, about 40 s more for the gain on 64 images, plus training time for directions not in
+consistency, about 45 s more for the gain on 64 images, plus training time for directions not in
 the cache.
 """
 
@@ -249,8 +249,8 @@ def _defined_mean_std(values) -> tuple[float | None, float]:
 def analyse(readings: list[tuple[Path, dict]], values_by_set: dict, score: str = "consistency") -> list[dict]:
     """Per reading and ranked method: the within-set correlations and the halves, as (mean, std)
     over the sets.  ``values_by_set``: {domain: {method: {seed: [K floats]}}}, each direction's
-    consistency or another per-direction ``score`` (:func:`seed_agreement`'s agreement); a set it
-    has no values for is left out."""
+    consistency or another per-direction ``score`` (:func:`seed_agreement`'s agreement,
+    :func:`gain_kurtosis`); a set it has no values for is left out."""
     measures = (score, "strength", "strong", "purity", "coverage")
     result = []
     for path, report in readings:
@@ -317,9 +317,11 @@ def gain_kurtosis(gains: torch.Tensor) -> list[float]:
     """Each direction's excess kurtosis of its denoising gain over the images.
 
     ``mean(z^4) - 3`` of the gains standardised over the images (population moments): -2 when a
-    direction's gain takes two values equally often (it splits the images into two groups, as one
-    two-valued attribute does), -1 for the sum of two independent such splits, 0 for a Gaussian,
-    > 0 when a few images stand out.
+    direction's gain takes two values equally often (it splits the images into two equal groups, as
+    one balanced two-valued attribute does), -1 for the sum of two independent, equally weighted
+    such splits, 0 for a Gaussian, > 0 when a few images stand out.  An unbalanced split reads
+    higher: ``(1 - 6pq) / pq`` for groups of shares p and q (+5.1 at 10% / 90%), so it suits
+    attributes that are about balanced over the images, as in the bundled world's sample folders.
 
     Args:
         gains: [K, N] (``noiseclr_lite.train.denoising_gain``), N >= 4 images.
@@ -328,11 +330,14 @@ def gain_kurtosis(gains: torch.Tensor) -> list[float]:
     """
     if gains.ndim != 2 or gains.shape[1] < 4:
         raise ValueError(f"gain_kurtosis needs [K, N] gains over N >= 4 images; got shape {tuple(gains.shape)}")
-    centred = gains.double() - gains.double().mean(dim=1, keepdim=True)
+    if not bool(torch.isfinite(gains).all()):
+        raise ValueError("gain_kurtosis got NaN or infinite gains; measure them again (a NaN comes from the model)")
+    gains = gains.double()
+    centred = gains - gains.mean(dim=1, keepdim=True)
     spread = centred.pow(2).mean(dim=1)
     if bool((spread == 0).any()):
         flat = [k for k, v in enumerate(spread.tolist()) if v == 0]
-        raise ValueError(f"directions {flat} gain the same on every image: their kurtosis is undefined; "
+        raise ValueError(f"directions {flat} gain exactly the same on every image: their kurtosis is undefined; "
                          f"leave out directions that do nothing")
     return (centred.pow(4).mean(dim=1) / spread.pow(2) - 3).tolist()
 
@@ -499,13 +504,15 @@ def markdown(result: dict) -> str:
                   "the reference prompt does (`noiseclr_lite.train.denoising_gain`, a diffusion classifier's score), "
                   f"on {_images(result['gain_images'])} training images per domain at the same timesteps. Its excess "
                   "kurtosis over the images (`gain_kurtosis`) is -2 when the direction splits the images into two "
-                  "equal groups, as one two-valued attribute would, -1 for two such splits added, 0 for a Gaussian "
-                  "spread, and above 0 when a few images stand out. Mean of a set, mean ± std over its sets:", "",
+                  "equal groups, as one balanced two-valued attribute would, -1 for two such splits added with equal "
+                  "weights, 0 for a Gaussian spread, and above 0 when a few images stand out (or a split is "
+                  "unbalanced). Mean of a set, mean ± std over its sets:", "",
                   "| method | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
         for method, row in result["gain_table"].items():
             lines.append(f"| {method} | " + " | ".join(_cell(row[d]) if d in row else "-" for d in domains) + " |")
-        lines += ["", "Per reading, as above, with the set split by the gain's kurtosis (the less kurtotic half is "
-                  "the one whose gains split the images more cleanly):", ""]
+        lines += ["", "Per reading, as above, with the set split by the gain's kurtosis. Its expected sign is the "
+                  "opposite of the scores above: if the directions that split the images cleanly are the pure ones, "
+                  "ρ with purity is negative and the less kurtotic half is the purer:", ""]
         lines += _reading_tables(result["gain_readings"], "kurtotic")
     if result.get("figure"):
         first = result["readings"][0]
@@ -578,6 +585,9 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
         scored_on = consistency_latents(train_latents(), images)  # the images training learns from
         used_images[domain] = len(scored_on)
         gained_on = consistency_latents(train_latents(), gain_images)  # the same draw, more of it
+        if len(gained_on) < 4:
+            _fail(f"{domain}: the training images give {len(gained_on)} latents; the gain's kurtosis needs >= 4 "
+                  f"images: add images to {settings.samples}/{domain}")
         used_gain_images[domain] = len(gained_on)
         kept: dict = {}  # {method: {seed: per-timestep features}} for the seeds' agreement
         with stages(f"{domain}: consistency and gain of {len(sets)} sets"):
@@ -643,7 +653,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.images < 2:
         parser.error(f"--images {args.images}: consistency compares images in pairs; give 2 or more")
     if args.gain_images < 4:
-        parser.error(f"--gain-images {args.gain_images}: a kurtosis needs 4 or more images; give 4 or more")
+        parser.error(f"--gain-images {args.gain_images}: a kurtosis needs at least 4 images")
     return args
 
 

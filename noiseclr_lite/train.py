@@ -261,10 +261,18 @@ def denoising_gain(pipe, directions, latents: torch.Tensor, timesteps: Sequence[
         chunk_size: at most this many (image, direction) pairs per UNet call (``direction_features``).
     Returns:
         [K, N] float32: each direction's gain on each image, in squared-noise units (0 = no better
-        than the reference).
+        than the reference).  With one noise draw per timestep it is a noisy estimate: noise pulls
+        a statistic of it over images towards that of a Gaussian.
+    Raises:
+        ValueError: no timesteps, one outside the schedule, or a model that does not predict the
+            noise (``prediction_type`` other than ``"epsilon"``).
     """
     if not timesteps:
         raise ValueError("the denoising gain is averaged over timesteps: give at least one; got none")
+    prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
+    if prediction != "epsilon":  # the gain compares predictions with the noise itself
+        raise ValueError(f"denoising_gain compares the UNet's output with the noise, so it needs a model that predicts "
+                         f"the noise; this scheduler's prediction_type is {prediction!r}")
     gains = []
     for t in timesteps:
         features, residual = _features_and_residual(pipe, directions, latents, t, t, chunk_size)

@@ -422,6 +422,7 @@ def test_denoising_gain_is_the_drop_in_denoising_error_against_the_reference(tin
             for k in range(2):
                 error_k = (noise - tiny_pipe.unet(noisy, steps, conditions[k:k + 1].expand(3, -1, -1)).sample).pow(2)
                 by_hand[k] += (error_ref - error_k).flatten(1).mean(1) / 2
+    assert gains.abs().max() > 1e-3          # large enough for the tolerance below to mean something
     torch.testing.assert_close(gains, by_hand, atol=1e-5, rtol=1e-4)
     assert torch.allclose(denoising_gain(tiny_pipe, directions, latents, (100, 700), chunk_size=2), gains, atol=1e-5)
     # the reference prompt itself gains nothing on any image; another prompt does gain or lose
@@ -432,6 +433,9 @@ def test_denoising_gain_is_the_drop_in_denoising_error_against_the_reference(tin
         denoising_gain(tiny_pipe, directions, latents, timesteps=())
     with pytest.raises(ValueError, match="timestep=1000 is outside"):
         denoising_gain(tiny_pipe, directions, latents, timesteps=(1000,))
+    v_model = type("Pipe", (), {"scheduler": type("S", (), {"config": {"prediction_type": "v_prediction"}})()})()
+    with pytest.raises(ValueError, match="prediction_type is 'v_prediction'"):
+        denoising_gain(v_model, directions, latents, timesteps=(100,))
 
 
 def test_all_anchors_contrast_every_direction_and_match_chunked(tmp_path, monkeypatch):
