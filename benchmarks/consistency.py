@@ -299,18 +299,15 @@ def seed_agreement(features_by_seed: dict) -> dict:
     Returns:
         {seed: [K floats in [0, 1]]}.
     """
-    from noiseclr_lite.loss import cross_set_cosines
+    from noiseclr_lite.consensus import run_agreement, run_cosines
 
     if len(features_by_seed) < 2:
         raise ValueError(f"agreement compares sets of two or more seeds; got {len(features_by_seed)}: pass the "
                          f"features of at least two seeds' sets of one method and domain")
-    agreement = {}
-    for seed, features in features_by_seed.items():
-        best = [torch.stack([cross_set_cosines(f, g) for f, g in zip(features, others, strict=True)]).mean(dim=0)
-                .abs().max(dim=1).values
-                for other_seed, others in features_by_seed.items() if other_seed != seed]
-        agreement[seed] = torch.stack(best).mean(dim=0).tolist()
-    return agreement
+    sizes = [features[0].shape[1] for features in features_by_seed.values()]
+    pooled = run_agreement(run_cosines(list(features_by_seed.values())), sizes).tolist()
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return {seed: pooled[start:start + size] for seed, start, size in zip(features_by_seed, starts, sizes)}
 
 
 def gain_kurtosis(gains: torch.Tensor) -> list[float]:

@@ -1,0 +1,264 @@
+"""Consensus of seeds: do the directions that several training runs agree on clear the bars?
+
+    python benchmarks/consensus.py target0.02-8seeds step8000-8seeds target0.15-8seeds --group 4 --tag k10
+
+NoiseCLR's seeds find overlapping but different sets of directions.  A user who trains the
+recipe with several seeds can keep what the runs agree on, with no labels
+(:mod:`noiseclr_lite.consensus`: the most agreeing direction first, its copies in the other
+runs dropped, until ``--count`` are kept).  This script asks whether that consensus set edits
+more purely, and covers as much, as one seed's set, against random tokens treated the same way.
+
+It reads the rungs of a ladder (two or more quality reports that scored the same directions at
+different strengths or windows, as ``benchmarks/ladder.py`` does), splits the reports' seeds
+into disjoint groups of ``--group`` seeds, and for every domain, token method (NoiseCLR,
+InfoNCE, random) and group builds the consensus set from the group's sets: their edits are
+compared on 16 of the training images at the six consistency timesteps (a UNet pass per
+direction and timestep; about 10 s a set of 10 on 2 CPU cores).  The kept directions were
+already scored one by one in the reports (each at its own calibrated scale), so a consensus set
+is read from those scores with no new render: its coverage over the ladder and its purity at
+the working strength (``benchmarks/ladder.py``'s rules), beside the single seeds' sets, and the
+issue's bars with each group standing for a seed.  The words (one run) are read as on the ladder.
+
+Writes ``results/consensus[-tag].md`` and ``.json``.  Trained sets come from the benchmark cache
+(``results/cache``, filled by the reports' runs); a set missing there is trained again exactly as
+``quality.py`` trained it (give ``--threads`` as the reports ran).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import functools
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `python benchmarks/consensus.py` from anywhere
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.consistency import (DEFAULT_IMAGES, RANKED_METHODS, _staged_latents, check_samples,  # noqa: E402
+                                    consistency_latents, settings_of, token_sets, units_of)
+from benchmarks.ladder import bars_section, ladder, load_rungs, rung_label  # noqa: E402
+from benchmarks.quality import (DEFAULT_ORACLE, RESULTS, Cache, Stages, _pm, cache_key, machine,  # noqa: E402
+                                report_stem, write_atomically)
+from noiseclr_lite.consensus import consensus_picks, run_agreement, run_cosines  # noqa: E402
+from noiseclr_lite.train import CONSISTENCY_TIMESTEPS, timestep_features  # noqa: E402
+
+TOOL = "benchmarks/consensus.py"
+
+
+def _fail(message: str):
+    raise SystemExit(f"{TOOL}: {message}")
+
+
+def seed_groups(seeds: list, size: int) -> list[list]:
+    """``seeds`` cut into disjoint groups of ``size`` in their order; seeds left over are left out.
+
+    SystemExit unless 2 <= size <= len(seeds): a consensus compares two or more runs."""
+    if not 2 <= size <= len(seeds):
+        _fail(f"--group {size}: a consensus needs groups of 2 to {len(seeds)} seeds (the reports hold seeds "
+              f"{seeds}); give --group between 2 and {len(seeds)}")
+    return [seeds[start:start + size] for start in range(0, len(seeds) - size + 1, size)]
+
+
+def group_picks(cosines: torch.Tensor, seeds: list, group: list, set_size: int, count: int) -> dict:
+    """The consensus of one group, from the [S*K, S*K] cosines of every seed's set (in ``seeds``' order).
+
+    Returns {"seeds": group, "picked": [[seed, index]], "agreement": [each kept direction's agreement
+    within the group]}."""
+    rows = torch.tensor([seeds.index(seed) * set_size + k for seed in group for k in range(set_size)])
+    within = cosines[rows][:, rows]
+    sizes = [set_size] * len(group)
+    picks = consensus_picks(within, sizes, count)
+    agreement = run_agreement(within, sizes)
+    return {"seeds": list(group), "picked": [[group[run], k] for run, k in picks],
+            "agreement": [agreement[run * set_size + k].item() for run, k in picks]}
+
+
+def consensus_rungs(rungs: list[tuple[Path, dict]], picks: dict) -> list[tuple[Path, dict]]:
+    """The rungs as if each group's consensus set were one seed's set: for every method with picks,
+    one run per group (its "seed" the group's index) holding the kept directions' scores; the
+    methods without picks but the words (h-space) are left out.  ``picks``: {domain: {method: [group_picks]}}."""
+    with_picks = {method for by_method in picks.values() for method in by_method}
+    groups = {len(by_group) for by_method in picks.values() for by_group in by_method.values()}
+    if len(groups) != 1:
+        raise ValueError(f"every domain and method needs the same number of groups; got {sorted(groups)}")
+    groups = groups.pop()
+    out = []
+    for path, report in rungs:
+        virtual = copy.deepcopy(report)
+        settings = virtual["settings"]
+        settings["seeds"] = list(range(groups))
+        settings["methods"] = [m for m in settings["methods"] if m == "text" or m in with_picks]
+        for domain, by_method in picks.items():
+            runs = virtual["domains"][domain]["runs"]
+            for method in [m for m in runs if m not in settings["methods"]]:
+                del runs[method]
+            for method, by_group in by_method.items():
+                scores = {run["seed"]: run["scores"] for run in report["domains"][domain]["runs"][method]}
+                runs[method] = [{"seed": g, "scores": [scores[seed][k] for seed, k in group["picked"]]}
+                                for g, group in enumerate(by_group)]
+        out.append((path, virtual))
+    return out
+
+
+def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: int = 4, count: int | None = None,
+              images: int = DEFAULT_IMAGES, timesteps=CONSISTENCY_TIMESTEPS, progress: bool = True,
+              samples: str | os.PathLike | None = None, log: Callable[[str], None] = print) -> dict:
+    """Build the consensus sets of the reports ``names`` (a ladder's rungs) and read them on the
+    ladder; returns {"groups", "count", "picks": {domain: {method: [group_picks]}}, "single": the
+    ladder of the groups' seeds' own sets, "consensus": the ladder of the consensus sets
+    (:func:`benchmarks.ladder.ladder`'s result for each), "trained_here", ...}."""
+    out_dir = Path(out_dir)
+    rungs = load_rungs(names, out_dir)
+    first = rungs[0][1]
+    if cache_key(pipe, oracle) != first["weights"]:
+        _fail(f"the reports measured weights {first['weights']}, the loaded model and oracle are "
+              f"{cache_key(pipe, oracle)}; load the model and oracle they measured (--model, --oracle)")
+    seeds = first["settings"]["seeds"]
+    groups = seed_groups(seeds, group)
+    used = [seed for g in groups for seed in g]
+    settings = settings_of(first)
+    cache = Cache.for_settings(out_dir / "cache", settings, first["weights"])
+    if samples is not None:
+        settings = dataclasses.replace(settings, samples=str(samples))
+    set_size = settings.num_directions
+    count = count or set_size
+    if not 1 <= count <= set_size:
+        _fail(f"--count {count}: keep between 1 and {set_size} directions (the sets' K), so every group's "
+              f"consensus has the same size")
+    stages = Stages(log)
+    picks: dict = {}
+    trained_here: list = []
+    for domain, units in units_of(rungs).items():
+        check_samples(settings, domain)
+        ranked = [(m, s) for m, s in units if m in RANKED_METHODS and s in used]
+        train_latents = functools.cache(lambda domain=domain: _staged_latents(pipe, settings, domain, stages))
+        sets, trained = token_sets(pipe, settings, domain, ranked, train_latents, stages, cache, progress)
+        trained_here += [f"{domain} {method} seed {seed}" for method, seed in trained]
+        compared_on = consistency_latents(train_latents(), images)
+        for method in [m for m in RANKED_METHODS if any(unit[0] == m for unit in ranked)]:
+            with stages(f"{domain}: {method}'s edits of seeds {used} compared"):
+                features = [timestep_features(pipe, sets[(method, seed)], compared_on, timesteps) for seed in used]
+                cosines = run_cosines(features)
+            picks.setdefault(domain, {})[method] = [group_picks(cosines, used, g, set_size, count) for g in groups]
+    with_picks = {method for by_method in picks.values() for method in by_method}
+    single = [(path, copy.deepcopy(report)) for path, report in rungs]
+    for _, report in single:  # the groups' seeds and methods, for a like-for-like baseline
+        report["settings"]["seeds"] = used
+        report["settings"]["methods"] = [m for m in report["settings"]["methods"] if m == "text" or m in with_picks]
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(pipe), "weights": first["weights"],
+            "reports": [report_stem(path) for path, _ in rungs], "groups": groups, "count": count,
+            "images": len(compared_on), "timesteps": list(timesteps), "picks": picks, "trained_here": trained_here,
+            "single": ladder(single), "consensus": ladder(consensus_rungs(rungs, picks)), "seconds": stages.total}
+
+
+def _cell(values) -> str:
+    return _pm((statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0), sign="")
+
+
+def markdown(result: dict) -> str:
+    """The page ``consensus[-tag].md``."""
+    single, mine = result["single"], result["consensus"]
+    groups = result["groups"]
+    labels = [rung_label(t, w, len({tuple(x) for x in single["windows"]}) > 1)
+              for t, w in zip(single["targets"], single["windows"])]
+    lines = [f"# Consensus of {len(groups[0])} seeds: {result['count']} directions kept from each group", "",
+             f"Made {result['date']} by `{TOOL}` on {result['machine']}, from the rungs "
+             + ", ".join(f"[`{name}`]({name}.md)" for name in result["reports"])
+             + f" ({', '.join(labels)}), weights {result['weights']}. Seed groups: "
+             + "; ".join(", ".join(map(str, g)) for g in groups)
+             + f". Each group's sets were compared on {result['images']} training images at timesteps "
+             f"{result['timesteps']}; the most agreeing direction was kept, its best match in each other seed of "
+             f"the group dropped, and so on ({result['count']} kept; `noiseclr_lite.consensus`). The kept directions "
+             "are read from the reports' own scores. Random tokens and the other token methods get the same "
+             f"treatment; the words are one run. Sets trained here: {', '.join(result['trained_here']) or 'none'}. "
+             f"Wall time {result['seconds'] / 60:.1f} min.", "",
+             "## Overall", "",
+             "Coverage over the ladder / mean purity at the working strength (`benchmarks/ladder.py`'s rules). "
+             "Single seeds: mean ± std over the groups' seeds; consensus: over the groups.", "",
+             "| method | single seeds: coverage | purity | consensus: coverage | purity |", "|---|---|---|---|---|"]
+    for method in mine["overall"]:
+        a, b = single["overall"][method], mine["overall"][method]
+        lines.append(f"| {method} | {_pm(a['ladder'], sign='')} | {_pm(a['purity'], sign='')} | "
+                     f"{_pm(b['ladder'], sign='')} | {_pm(b['purity'], sign='')} |")
+    lines += ["", "## Per domain", "", "| domain | method | single seeds | consensus |", "|---|---|---|---|"]
+    for domain in mine["domains"]:
+        for method in mine["domains"][domain]:
+            a, b = single["domains"][domain][method], mine["domains"][domain][method]
+            lines.append(f"| {domain} | {method} | {_cell(a['ladder'])} / {_cell(a['purity'])} | "
+                         f"{_cell(b['ladder'])} / {_cell(b['purity'])} |")
+    lines += ["", "## The issue's bars, each group's consensus standing for a seed", ""]
+    lines += bars_section(mine)[2:]
+    lines += ["The single seeds on the same rungs, NoiseCLR's margins over random: "
+              + ", ".join(f"{d} {_pm(single['margin'][d])} / {_pm(single['margin_purity'][d])}"
+                          + (" (clear)" if single["clear"][d] else "") for d in single["domains"])
+              + f"; coverage {single['overall']['NoiseCLR']['ladder'][0]:.2f}, purity "
+              f"{single['overall']['NoiseCLR']['purity'][0]:.2f}, {single['text_purity_share']['all']:.2f} of the "
+              "words' purity.", ""]
+    lines += ["## What was kept", "", "Per domain and method: each group's kept directions as seed:index, with "
+              "their agreement within the group (mean over its other seeds of the best |cos| with one of their "
+              "edits).", ""]
+    for domain, by_method in result["picks"].items():
+        for method, by_group in by_method.items():
+            kept = "; ".join(" ".join(f"{seed}:{k} ({a:.2f})" for (seed, k), a in zip(g["picked"], g["agreement"]))
+                             for g in by_group)
+            lines.append(f"- {domain}, {method}: {kept}")
+    return "\n".join(lines) + "\n"
+
+
+def consensus_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, tag: str = "", **options) -> dict:
+    """:func:`consensus`, written to ``consensus[-tag].md`` and ``.json`` in ``out_dir``; returns the result."""
+    result = consensus(names, pipe, oracle, out_dir, **options)
+    result["tag"] = tag
+    stem = "consensus" + (f"-{tag}" if tag else "")
+    out_dir = Path(out_dir)
+    write_atomically(out_dir / f"{stem}.json", json.dumps(result, indent=1, default=list))
+    write_atomically(out_dir / f"{stem}.md", markdown(result))
+    options.get("log", print)(f"wrote {out_dir / stem}.md and .json")
+    return result
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("reports", nargs="+", help="the ladder's rungs: quality reports (.json.gz paths or --tag "
+                                                   "names) that scored the same directions")
+    parser.add_argument("--group", type=int, default=4, help="seeds per consensus (default 4)")
+    parser.add_argument("--count", type=int, default=None, help="directions kept per consensus (default: K)")
+    parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="training images the edits are compared on")
+    parser.add_argument("--tag", default="", help="writes results/consensus-TAG.md and .json")
+    parser.add_argument("--model", default=None, help="the model folder or hub id (default: the bundled model)")
+    parser.add_argument("--oracle", default=DEFAULT_ORACLE, help="the oracle folder (default: %(default)s)")
+    parser.add_argument("--out", default=str(RESULTS), help="where the reports, the cache and the outputs are")
+    parser.add_argument("--samples", default=None, help="the folder of training images when it is not at the path "
+                                                        "the reports recorded")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    """Run what ``argv`` asks; returns the result (the record written to ``consensus*.json``)."""
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from noiseclr_lite.models import BUNDLED_MODEL, load_pipeline
+    from noiseclr_lite.toyworld.oracle import Oracle
+
+    pipe = load_pipeline(args.model or BUNDLED_MODEL)
+    oracle = Oracle.load(args.oracle).to(pipe.device)
+    return consensus_report(args.reports, pipe, oracle, args.out, tag=args.tag, group=args.group, count=args.count,
+                            images=args.images, progress=not args.no_progress, samples=args.samples)
+
+
+if __name__ == "__main__":
+    main()

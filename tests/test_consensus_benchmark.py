@@ -1,0 +1,100 @@
+"""benchmarks/consensus.py: consensus sets read on a ladder, end to end on the tiny pipeline."""
+
+import dataclasses
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from noiseclr_lite.testing import StatsOracle
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import consensus, ladder, quality  # noqa: E402
+
+
+def test_seed_groups_are_disjoint_and_leave_the_rest_out():
+    assert consensus.seed_groups([0, 1, 2, 3, 4, 5, 6, 7], 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert consensus.seed_groups([0, 1, 2, 3, 4], 2) == [[0, 1], [2, 3]]
+    assert consensus.seed_groups([4, 5], 2) == [[4, 5]]
+    with pytest.raises(SystemExit, match=r"--group 1: a consensus needs groups of 2 to 3 seeds"):
+        consensus.seed_groups([0, 1, 2], 1)
+    with pytest.raises(SystemExit, match="--group 4"):
+        consensus.seed_groups([0, 1, 2], 4)
+
+
+def test_group_picks_read_the_groups_block_of_the_pooled_cosines():
+    # 3 seeds of 2 directions; seeds 1 and 2 share their first edit, seed 0 shares nothing
+    cosines = torch.eye(6)
+    cosines[2, 4] = cosines[4, 2] = 1.0
+    group = consensus.group_picks(cosines, [0, 1, 2], [1, 2], set_size=2, count=2)
+    assert group["seeds"] == [1, 2] and group["picked"][0] == [1, 0]
+    assert group["agreement"][0] == pytest.approx(1.0) and len(group["picked"]) == 2
+
+
+def test_consensus_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path):
+    from test_quality_benchmark import tiny_settings
+
+    settings = tiny_settings(Path(quality.DEFAULT_SAMPLES), domains=["face"], calibration_iters=0, num_directions=3,
+                             methods=["NoiseCLR", "random", "text"], interference=False, seeds=[0, 1, 2, 3])
+    for tag, target in (("low", 0.02), ("high", 0.05)):
+        quality.run_benchmark(tiny_pipe, StatsOracle(), dataclasses.replace(settings, target_change=target), tmp_path,
+                              tag=tag, resume=True, progress=False, log=lambda _: None)
+    logged = []
+    result = consensus.consensus_report(["high", "low"], tiny_pipe, StatsOracle(), tmp_path, tag="t", group=2, count=2,
+                                        images=3, timesteps=(200, 600), progress=False, log=logged.append)
+    assert not any("train" in line for line in logged) and result["trained_here"] == []   # from quality.py's cache
+    assert result["groups"] == [[0, 1], [2, 3]] and result["count"] == 2 and result["images"] == 3
+    picks = result["picks"]["face"]
+    assert set(picks) == {"NoiseCLR", "random"}
+    for by_group in picks.values():
+        for group, seeds in zip(by_group, ([0, 1], [2, 3])):
+            assert group["seeds"] == seeds and len(group["picked"]) == 2
+            assert all(seed in seeds and 0 <= k < 3 for seed, k in group["picked"])
+            assert len({tuple(p) for p in group["picked"]}) == 2
+            assert group["agreement"] == sorted(group["agreement"], reverse=True)   # most agreeing first
+    # the picks are the library's on the same images and timesteps
+    from noiseclr_lite.consensus import consensus_picks, run_cosines
+    from noiseclr_lite.directions import Directions
+    from noiseclr_lite.train import timestep_features
+    from benchmarks.consistency import consistency_latents
+
+    cache = quality.Cache.for_settings(tmp_path / "cache", settings, quality.cache_key(tiny_pipe, StatsOracle()))
+    latents = consistency_latents(quality.training_latents(tiny_pipe, settings, "face"), 3)
+    runs = [Directions.load(cache.trained / f"face_NoiseCLR_seed{seed}.safetensors") for seed in (2, 3)]
+    by_hand = consensus_picks(run_cosines([timestep_features(tiny_pipe, r, latents, (200, 600)) for r in runs]),
+                              [3, 3], 2)
+    assert picks["NoiseCLR"][1]["picked"] == [[[2, 3][run], k] for run, k in by_hand]
+    # a consensus set is read on the ladder from the reports' own scores of its directions
+    rungs = ladder.load_rungs(["low", "high"], tmp_path)
+    expected = []
+    for group in picks["NoiseCLR"]:
+        per_rung = [[ladder._scores(report, "face", "NoiseCLR", seed)[k] for seed, k in group["picked"]]
+                    for _, report in rungs]
+        climbed = [s for scores in per_rung for s in scores]
+        from noiseclr_lite.metrics import summary
+
+        working, _ = ladder.working_strength_scores(per_rung, targets=[0.02, 0.05])
+        expected.append((summary(climbed, "face")["coverage"], sum(s.purity for s in working) / 2))
+    mine = result["consensus"]["domains"]["face"]["NoiseCLR"]
+    assert mine["ladder"] == pytest.approx([c for c, _ in expected])
+    assert mine["purity"] == pytest.approx([p for _, p in expected])
+    # the single seeds are the plain ladder of the same rungs, and the words are read alike in both
+    plain = ladder.ladder(rungs)
+    assert result["single"]["domains"]["face"]["NoiseCLR"]["ladder"] == plain["domains"]["face"]["NoiseCLR"]["ladder"]
+    assert result["consensus"]["domains"]["face"]["text"]["ladder"] == plain["domains"]["face"]["text"]["ladder"]
+    assert set(result["consensus"]["clear"]) == {"face"}
+    md = (tmp_path / "consensus-t.md").read_text()
+    for text in ("# Consensus of 2 seeds: 2 directions kept from each group", "Seed groups: 0, 1; 2, 3",
+                 "## Overall", "| NoiseCLR |", "| random |", "| text |", "## Per domain",
+                 "## The issue's bars, each group's consensus standing for a seed",
+                 "The single seeds on the same rungs, NoiseCLR's margins over random: face ",
+                 "## What was kept", "- face, NoiseCLR: "):
+        assert text in md
+    assert re.search(r"\| face \| [+-]\d\.\d\d ± \d\.\d\d \| [+-]\d\.\d\d ± \d\.\d\d \| (yes|\*\*no\*\*) \|", md)
+    assert json.loads((tmp_path / "consensus-t.json").read_text())["picks"] == json.loads(json.dumps(result["picks"]))
+    with pytest.raises(SystemExit, match="--count 4: keep between 1 and 3"):
+        consensus.consensus(["high", "low"], tiny_pipe, StatsOracle(), tmp_path, group=2, count=4, progress=False,
+                            log=lambda _: None)
