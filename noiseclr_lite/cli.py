@@ -1,6 +1,8 @@
-"""Command line: ``python -m noiseclr_lite {train,edit,grid} --help``.
+"""Command line: ``python -m noiseclr_lite {train,consensus,edit,grid} --help``.
 
     python -m noiseclr_lite train --images data/samples/face --num-directions 8 --steps 300 --out face.safetensors
+    python -m noiseclr_lite consensus --directions face-seed0.safetensors face-seed1.safetensors \\
+        --images data/samples/face --out face-consensus.safetensors
     python -m noiseclr_lite edit --directions face.safetensors --image data/samples/face/0000.png \\
         --scale d_3=2.0 --out edited.png
     python -m noiseclr_lite grid --directions face.safetensors --image data/samples/face/0000.png --out grid.png
@@ -86,6 +88,20 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for UNet memory (GPU)")
     train.add_argument("--prefix", default="d", help="token prefix: tokens are <PREFIX_0>..<PREFIX_K-1> (default d)")
     train.add_argument("--names", default=None, help="comma-separated names for the directions (optional)")
+
+    consensus = sub.add_parser("consensus", help="keep the directions that several training runs (seeds) agree on")
+    _model_flags(consensus)
+    consensus.add_argument("--directions", nargs="+", required=True,
+                           help="two or more .safetensors direction files of one recipe, e.g. trained with --seed 0, 1")
+    consensus.add_argument("--images", required=True,
+                           help="folder of images the runs' edits are compared on (their training images serve)")
+    consensus.add_argument("--num-images", type=int, default=16,
+                           help="how many of them, the first in name order (default 16)")
+    consensus.add_argument("--image-size", type=int, default=None,
+                           help="square size the images are resized to (default: the model's native size)")
+    consensus.add_argument("--count", type=int, default=None, help="directions to keep (default: the first file's K)")
+    consensus.add_argument("--prefix", default="consensus", help="token prefix of the kept directions")
+    consensus.add_argument("--out", required=True, help="where to write the kept directions (.safetensors)")
 
     edit = sub.add_parser("edit", help="apply directions to an image (or to seeded noise) and save a PNG")
     _model_flags(edit)
@@ -213,6 +229,25 @@ def main(argv: list[str] | None = None) -> int:
             directions.names = names
         directions.save(args.out)
         print(f"saved {directions.num_directions} directions to {args.out}")
+        return 0
+
+    if args.command == "consensus":
+        from .consensus import consensus_directions
+        from .data import list_images, load_images
+        from .models import encode_images
+
+        if args.num_images < 1:
+            raise SystemExit(f"--num-images {args.num_images}: give 1 or more (16 suffice on the bundled model)")
+        runs = [Directions.load(path) for path in args.directions]
+        # the first images in name order: the same ones whenever the command is run again
+        images = load_images(list_images(args.images)[:args.num_images], args.image_size or image_size(pipe))
+        try:
+            kept = consensus_directions(pipe, runs, encode_images(pipe, images), count=args.count, prefix=args.prefix)
+        except ValueError as error:
+            raise SystemExit(f"consensus of {', '.join(args.directions)}: {error}") from None
+        kept.save(args.out)
+        agreement = ", ".join(f"{a:.2f}" for a in kept.metadata["consensus"]["agreement"])
+        print(f"saved {kept.num_directions} directions to {args.out} (agreement across the runs: {agreement})")
         return 0
 
     from .editing import DirectionEdit, edit, edit_grid

@@ -31,6 +31,9 @@ from .directions import Directions
 from .loss import cross_set_cosines
 from .train import CONSISTENCY_TIMESTEPS, timestep_features
 
+#: metadata of one training run that a consensus of several does not share
+RUN_ONLY = ("seed", "init", "loss_history")
+
 
 def run_cosines(features_by_run: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
     """``|cos|`` between the edits of every pair of directions of several runs, pooled.
@@ -159,8 +162,8 @@ def consensus_directions(pipe, runs: Sequence[Directions], latents: torch.Tensor
         prefix: the kept directions' tokens are ``<{prefix}_0>`` .. in the order they were kept.
     Returns:
         A ``Directions`` whose rows are the kept runs' rows, unchanged.  Names are carried over
-        where a run's direction was renamed.  ``metadata`` is run 0's (its ``seed`` and
-        ``init`` dropped) plus ``"consensus"``: ``{"runs": each run's source or seed, "picked":
+        where a run's direction was renamed.  ``metadata`` is run 0's (the recipe: model,
+        tokenizer, context, training settings) less what belongs to that run alone (``RUN_ONLY``), plus ``"consensus"``: ``{"runs": each run's source or seed, "picked":
         [[run, index]], "agreement": [each kept direction's agreement]}``.
     """
     _check_runs(runs)
@@ -173,7 +176,8 @@ def consensus_directions(pipe, runs: Sequence[Directions], latents: torch.Tensor
     tokens = [f"<{prefix}_{i}>" for i in range(len(picks))]
     names = [runs[r].names[k] if runs[r].names[k] != runs[r].tokens[k] else token
              for (r, k), token in zip(picks, tokens)]
-    metadata = {key: value for key, value in runs[0].metadata.items() if key not in ("seed", "init")}
+    # run 0's record of the recipe, less what belongs to that one run
+    metadata = {key: value for key, value in runs[0].metadata.items() if key not in RUN_ONLY}
     metadata["consensus"] = {"runs": [run.source or run.metadata.get("seed") for run in runs],
                              "picked": [list(pick) for pick in picks],
                              "agreement": [agreement[start[r] + k].item() for r, k in picks]}

@@ -1,4 +1,4 @@
-"""The command line end to end on the tiny model saved as a folder: train, edit, grid, --help."""
+"""The command line end to end on the tiny model saved as a folder: train, consensus, edit, grid, --help."""
 
 import pytest
 import torch
@@ -65,6 +65,29 @@ def test_a_bad_context_is_a_usage_error_before_the_model_loads(tmp_path, capsys)
     assert "--context must be a prompt with exactly one '{}'" in capsys.readouterr().err
 
 
+def test_consensus_keeps_what_two_runs_share(trained, tiny_pipe_dir, image_folder, tmp_path, capsys):
+    first = Directions.load(trained)
+    # a second run that found the first's directions 0 and 2 again, and one of its own
+    other = Directions(torch.stack([first.embeddings[2], torch.randn(first.hidden_size) * first.embeddings.std(),
+                                    first.embeddings[0]]), ["<b_0>", "<b_1>", "<b_2>"], metadata=first.metadata)
+    second = other.save(tmp_path / "second.safetensors")
+    out = tmp_path / "kept.safetensors"
+    assert main(["consensus", "--model", str(tiny_pipe_dir), "--device", "cpu", "--directions", str(trained),
+                 str(second), "--images", str(image_folder), "--num-images", "3", "--count", "2",
+                 "--out", str(out)]) == 0
+    assert f"saved 2 directions to {out} (agreement across the runs: 1.00, 1.00)" in capsys.readouterr().out
+    kept = Directions.load(out)
+    assert kept.tokens == ["<consensus_0>", "<consensus_1>"]
+    assert {tuple(row.tolist()) for row in kept.embeddings} == {tuple(first.embeddings[k].tolist()) for k in (0, 2)}
+    assert kept.metadata["consensus"]["runs"] == [str(trained), str(second)]
+    with pytest.raises(SystemExit, match="two or more runs' Directions; got 1"):
+        main(["consensus", "--model", str(tiny_pipe_dir), "--device", "cpu", "--directions", str(trained),
+              "--images", str(image_folder), "--out", str(out)])
+    with pytest.raises(SystemExit, match="--num-images 0: give 1 or more"):
+        main(["consensus", "--model", str(tiny_pipe_dir), "--device", "cpu", "--directions", str(trained),
+              str(second), "--images", str(image_folder), "--num-images", "0", "--out", str(out)])
+
+
 def test_edit_by_name_token_and_index(trained, tiny_pipe_dir, image_folder, tmp_path):
     base = ["edit", "--model", str(tiny_pipe_dir), "--device", "cpu", "--directions", str(trained),
             "--image", str(image_folder / "0.png"), "--steps", "4"]
@@ -108,7 +131,7 @@ def test_grid_has_a_row_per_direction_and_a_column_per_scale(trained, tiny_pipe_
 
 def test_help_documents_every_flag(capsys):
     parser = _build_parser()
-    for command in ("train", "edit", "grid"):
+    for command in ("train", "consensus", "edit", "grid"):
         sub = parser._subparsers._group_actions[0].choices[command]
         for action in sub._actions:
             if action.option_strings and action.dest != "help":

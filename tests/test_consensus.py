@@ -84,7 +84,10 @@ def test_consensus_directions_keep_each_shared_row_once_with_its_run_and_agreeme
                        first.metadata)
     kept = consensus_directions(tiny_pipe, [first, named, third], latents, count=1, timesteps=(300,))
     assert kept.metadata["consensus"]["picked"] == [[1, 0]] and kept.names == ["smile"]
-    # "seed" and "init" of run 0 are not the consensus's
+    # "seed", "init" and "loss_history" of run 0 are not the consensus's
+    assert "loss_history" not in consensus_directions(
+        tiny_pipe, [Directions(first.embeddings, first.tokens, metadata=dict(first.metadata, loss_history="[1.0]")),
+                    second], latents, timesteps=(300,)).metadata
     assert "seed" not in kept.metadata and "init" not in kept.metadata
     assert kept.metadata["hidden_size"] == first.metadata["hidden_size"]
     # default count: the first run's K, which reaches the fresh edit as well
