@@ -110,13 +110,31 @@ def consensus_rungs(rungs: list[tuple[Path, dict]], picks: dict) -> list[tuple[P
     return out
 
 
+def reused_picks(path: str | os.PathLike, weights: str, training_key: str, groups: list, count: int) -> dict:
+    """An earlier result (``consensus*.json``), after checking that it kept ``count`` directions of the
+    same groups of the same trained sets; SystemExit naming the difference otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        _fail(f"--picks {path}: no such file; give a consensus-TAG.json this script wrote")
+    earlier = json.loads(path.read_text())
+    mine = {"weights": weights, "training_key": training_key, "groups": groups, "count": count}
+    for key, value in mine.items():
+        if earlier.get(key) != value:
+            _fail(f"--picks {path} has {key} {earlier.get(key)!r} and these reports and flags give {value!r}: its "
+                  f"picks are of other directions; give the same --group and --count with reports of the same "
+                  f"trained sets, or leave --picks out")
+    return earlier
+
+
 def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: int = 4, count: int | None = None,
               images: int = DEFAULT_IMAGES, timesteps=CONSISTENCY_TIMESTEPS, progress: bool = True,
-              samples: str | os.PathLike | None = None, log: Callable[[str], None] = print) -> dict:
+              samples: str | os.PathLike | None = None, log: Callable[[str], None] = print,
+              picks_from: str | os.PathLike | None = None) -> dict:
     """Build the consensus sets of the reports ``names`` (a ladder's rungs) and read them on the
     ladder; returns {"groups", "count", "picks": {domain: {method: [group_picks]}}, "single": the
     ladder of the groups' seeds' own sets, "consensus": the ladder of the consensus sets
-    (:func:`benchmarks.ladder.ladder`'s result for each), "trained_here", ...}."""
+    (:func:`benchmarks.ladder.ladder`'s result for each), "trained_here", ...}.  ``picks_from``: an
+    earlier result whose picks are read on these rungs instead (:func:`reused_picks`; no UNet pass)."""
     out_dir = Path(out_dir)
     rungs = load_rungs(names, out_dir)
     first = rungs[0][1]
@@ -138,13 +156,19 @@ def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: 
     stages = Stages(log)
     picks: dict = {}
     trained_here: list = []
-    for domain, units in units_of(rungs).items():
+    training_key = settings.training_fingerprint(first["weights"])
+    used_images = None
+    if picks_from is not None:
+        earlier = reused_picks(picks_from, first["weights"], training_key, groups, count)
+        picks, used_images, timesteps = earlier["picks"], earlier["images"], earlier["timesteps"]
+    for domain, units in ({} if picks_from is not None else units_of(rungs)).items():
         check_samples(settings, domain)
         ranked = [(m, s) for m, s in units if m in RANKED_METHODS and s in used]
         train_latents = functools.cache(lambda domain=domain: _staged_latents(pipe, settings, domain, stages))
         sets, trained = token_sets(pipe, settings, domain, ranked, train_latents, stages, cache, progress)
         trained_here += [f"{domain} {method} seed {seed}" for method, seed in trained]
         compared_on = consistency_latents(train_latents(), images)
+        used_images = len(compared_on)
         for method in [m for m in RANKED_METHODS if any(unit[0] == m for unit in ranked)]:
             with stages(f"{domain}: {method}'s edits of seeds {used} compared"):
                 features = [timestep_features(pipe, sets[(method, seed)], compared_on, timesteps) for seed in used]
@@ -156,8 +180,10 @@ def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: 
         report["settings"]["seeds"] = used
         report["settings"]["methods"] = [m for m in report["settings"]["methods"] if m == "text" or m in with_picks]
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(pipe), "weights": first["weights"],
-            "reports": [report_stem(path) for path, _ in rungs], "groups": groups, "count": count,
-            "images": len(compared_on), "timesteps": list(timesteps), "picks": picks, "trained_here": trained_here,
+            "training_key": training_key, "reports": [report_stem(path) for path, _ in rungs], "groups": groups,
+            "count": count, "picks_from": None if picks_from is None else Path(picks_from).name,
+            "images": used_images,
+            "timesteps": list(timesteps), "picks": picks, "trained_here": trained_here,
             "single": ladder(single), "consensus": ladder(consensus_rungs(rungs, picks)), "seconds": stages.total}
 
 
@@ -176,6 +202,8 @@ def markdown(result: dict) -> str:
              + ", ".join(f"[`{name}`]({name}.md)" for name in result["reports"])
              + f" ({', '.join(labels)}), weights {result['weights']}. Seed groups: "
              + "; ".join(", ".join(map(str, g)) for g in groups)
+             + (f". The picks are those of [`{result['picks_from']}`]({Path(result['picks_from']).stem}.md)"
+                if result.get("picks_from") else "")
              + f". Each group's sets were compared on {result['images']} training images at timesteps "
              f"{result['timesteps']}; the most agreeing direction was kept, its best match in each other seed of "
              f"the group dropped, and so on ({result['count']} kept; `noiseclr_lite.consensus`). The kept directions "
@@ -235,6 +263,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--group", type=int, default=4, help="seeds per consensus (default 4)")
     parser.add_argument("--count", type=int, default=None, help="directions kept per consensus (default: K)")
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="training images the edits are compared on")
+    parser.add_argument("--picks", default=None, help="read the picks of an earlier consensus-TAG.json (same groups, "
+                                                      "count and trained sets) on these rungs: no UNet pass")
     parser.add_argument("--tag", default="", help="writes results/consensus-TAG.md and .json")
     parser.add_argument("--model", default=None, help="the model folder or hub id (default: the bundled model)")
     parser.add_argument("--oracle", default=DEFAULT_ORACLE, help="the oracle folder (default: %(default)s)")
@@ -257,7 +287,8 @@ def main(argv=None) -> dict:
     pipe = load_pipeline(args.model or BUNDLED_MODEL)
     oracle = Oracle.load(args.oracle).to(pipe.device)
     return consensus_report(args.reports, pipe, oracle, args.out, tag=args.tag, group=args.group, count=args.count,
-                            images=args.images, progress=not args.no_progress, samples=args.samples)
+                            images=args.images, progress=not args.no_progress, samples=args.samples,
+                            picks_from=args.picks)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,36 @@ def test_consensus_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path
         assert text in md
     assert re.search(r"\| face \| [+-]\d\.\d\d ± \d\.\d\d \| [+-]\d\.\d\d ± \d\.\d\d \| (yes|\*\*no\*\*) \|", md)
     assert json.loads((tmp_path / "consensus-t.json").read_text())["picks"] == json.loads(json.dumps(result["picks"]))
+    # the picks read again from the page's JSON give the same reading, with no UNet pass
+    earlier = tmp_path / "consensus-t.json"
+    counted = _counting_unet_calls(tiny_pipe)
+    again = consensus.consensus(["low", "high"], counted, StatsOracle(), tmp_path, group=2, count=2, progress=False,
+                                log=lambda _: None, picks_from=earlier)
+    assert counted.unet_calls == 0
+    assert again["picks"] == json.loads(json.dumps(result["picks"])) and again["picks_from"] == "consensus-t.json"
+    assert again["consensus"]["domains"] == json.loads(json.dumps(result["consensus"]["domains"]))
+    assert again["images"] == 3 and again["timesteps"] == [200, 600]
+    with pytest.raises(SystemExit, match=r"--picks .*consensus-t.json has count 2 and these reports and flags give 1"):
+        consensus.consensus(["low", "high"], tiny_pipe, StatsOracle(), tmp_path, group=2, count=1, progress=False,
+                            log=lambda _: None, picks_from=earlier)
+    with pytest.raises(SystemExit, match=r"has groups \[\[0, 1\], \[2, 3\]\] and these reports and flags give "
+                                         r"\[\[0, 1, 2\]\]"):
+        consensus.consensus(["low", "high"], tiny_pipe, StatsOracle(), tmp_path, group=3, count=2, progress=False,
+                            log=lambda _: None, picks_from=earlier)
+    with pytest.raises(SystemExit, match="--picks .*nothing.json: no such file"):
+        consensus.consensus(["low", "high"], tiny_pipe, StatsOracle(), tmp_path, group=2, progress=False,
+                            log=lambda _: None, picks_from=tmp_path / "nothing.json")
     with pytest.raises(SystemExit, match="--count 4: keep between 1 and 3"):
         consensus.consensus(["high", "low"], tiny_pipe, StatsOracle(), tmp_path, group=2, count=4, progress=False,
                             log=lambda _: None)
+
+
+def _counting_unet_calls(pipe):
+    """``pipe`` with its UNet counting its calls (``pipe.unet_calls``)."""
+    pipe.unet_calls = 0
+
+    def count(*_):
+        pipe.unet_calls += 1
+
+    pipe.unet.register_forward_pre_hook(count)
+    return pipe
