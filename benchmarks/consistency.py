@@ -33,7 +33,7 @@ images' content instead of the edits: how much better each direction's prompt de
 up to ``--gain-images`` training images than the reference prompt
 (:func:`noiseclr_lite.train.denoising_gain`, a diffusion classifier's score), and the excess
 kurtosis of that gain over the images (:func:`gain_kurtosis`): a direction that stands for one
-two-valued attribute splits the images into two groups (kurtosis -2), a mixture of attributes
+balanced two-valued attribute splits the images into two equal groups (kurtosis -2), a mixture of attributes
 less cleanly.
 
 Writes ``results/consistency[-tag].md``, ``.json`` and a ``.png`` of each domain's most and least
@@ -342,8 +342,8 @@ def gain_kurtosis(gains: torch.Tensor) -> list[float]:
 def set_table(values: dict) -> dict:
     """{method: {domain or "all": (mean, std) over the method's sets}} of the mean of each set's values.
 
-    ``values``: {domain: {method: {seed: [floats] or a float}}}: each direction's consistency or
-    agreement, or one number for the whole set (its shared edit share)."""
+    ``values``: {domain: {method: {seed: [floats] or a float}}}: each direction's consistency,
+    agreement or gain kurtosis, or one number for the whole set (its shared edit share)."""
     table: dict[str, dict] = {}
     for method in SCORED_METHODS:
         per_domain = {d: [statistics.fmean(v) if isinstance(v, list) else v
