@@ -13,7 +13,7 @@ different strengths or windows, as ``benchmarks/ladder.py`` does), splits the re
 into disjoint groups of ``--group`` seeds, and for every domain, token method (NoiseCLR,
 InfoNCE, random) and group builds the consensus set from the group's sets: their edits are
 compared on 16 of the training images at the six consistency timesteps (a UNet pass per
-direction and timestep; about 10 s a set of 10 on 2 CPU cores).  The kept directions were
+direction and timestep; about 11 s a set of 10 on 2 CPU cores).  The kept directions were
 already scored one by one in the reports (each at its own calibrated scale), so a consensus set
 is read from those scores with no new render: its coverage over the ladder and its purity at
 the working strength (``benchmarks/ladder.py``'s rules), beside the single seeds' sets, and the
@@ -110,9 +110,12 @@ def consensus_rungs(rungs: list[tuple[Path, dict]], picks: dict) -> list[tuple[P
     return out
 
 
-def reused_picks(path: str | os.PathLike, weights: str, training_key: str, groups: list, count: int) -> dict:
+def reused_picks(path: str | os.PathLike, weights: str, training_key: str, groups: list, count: int,
+                 methods: dict) -> dict:
     """An earlier result (``consensus*.json``), after checking that it kept ``count`` directions of the
-    same groups of the same trained sets; SystemExit naming the difference otherwise."""
+    same groups of the same trained sets, for every domain of these rungs and their token methods
+    (``methods``: {domain: [methods the rungs scored there that have seeds to pick from]});
+    SystemExit naming the difference otherwise."""
     path = Path(path)
     if not path.is_file():
         _fail(f"--picks {path}: no such file; give a consensus-TAG.json this script wrote")
@@ -123,6 +126,10 @@ def reused_picks(path: str | os.PathLike, weights: str, training_key: str, group
             _fail(f"--picks {path} has {key} {earlier.get(key)!r} and these reports and flags give {value!r}: its "
                   f"picks are of other directions; give the same --group and --count with reports of the same "
                   f"trained sets, or leave --picks out")
+    theirs = {domain: sorted(by_method) for domain, by_method in earlier["picks"].items()}
+    if theirs != {domain: sorted(m) for domain, m in methods.items()}:
+        _fail(f"--picks {path} picked for {theirs} and these rungs score {methods}: give rungs of the same domains "
+              f"and methods, or leave --picks out")
     return earlier
 
 
@@ -146,20 +153,22 @@ def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: 
     used = [seed for g in groups for seed in g]
     settings = settings_of(first)
     cache = Cache.for_settings(out_dir / "cache", settings, first["weights"])
+    training_key = settings.training_fingerprint(first["weights"])  # the reports' own, as the cache's
     if samples is not None:
         settings = dataclasses.replace(settings, samples=str(samples))
     set_size = settings.num_directions
-    count = count or set_size
+    count = set_size if count is None else count
     if not 1 <= count <= set_size:
         _fail(f"--count {count}: keep between 1 and {set_size} directions (the sets' K), so every group's "
               f"consensus has the same size")
     stages = Stages(log)
     picks: dict = {}
     trained_here: list = []
-    training_key = settings.training_fingerprint(first["weights"])
     used_images = None
     if picks_from is not None:
-        earlier = reused_picks(picks_from, first["weights"], training_key, groups, count)
+        token_methods = {domain: sorted({m for m, seed in units if m in RANKED_METHODS and seed in used})
+                         for domain, units in units_of(rungs).items()}
+        earlier = reused_picks(picks_from, first["weights"], training_key, groups, count, token_methods)
         picks, used_images, timesteps = earlier["picks"], earlier["images"], earlier["timesteps"]
     for domain, units in ({} if picks_from is not None else units_of(rungs)).items():
         check_samples(settings, domain)
@@ -264,7 +273,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--count", type=int, default=None, help="directions kept per consensus (default: K)")
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="training images the edits are compared on")
     parser.add_argument("--picks", default=None, help="read the picks of an earlier consensus-TAG.json (same groups, "
-                                                      "count and trained sets) on these rungs: no UNet pass")
+                                                      "count and trained sets) on these rungs: no UNet pass; its "
+                                                      "--images and timesteps are the ones recorded")
     parser.add_argument("--tag", default="", help="writes results/consensus-TAG.md and .json")
     parser.add_argument("--model", default=None, help="the model folder or hub id (default: the bundled model)")
     parser.add_argument("--oracle", default=DEFAULT_ORACLE, help="the oracle folder (default: %(default)s)")

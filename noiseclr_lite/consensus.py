@@ -21,7 +21,7 @@ the consensus of seeds 0-3 (K = 10) read purer than those seeds' own sets (0.76 
 over six edit strengths and windows), but that of seeds 4-7, the test fixed before they were
 read, did not (0.70 against 0.71), at a little less coverage in both.  Agreement says that
 an edit recurs, not that it is one attribute.  It costs one training run per seed plus a UNet
-pass per direction and timestep (about 10 s per set of 10 on 2 CPU cores).
+pass per direction and timestep (about 11 s per set of 10 on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -54,7 +54,11 @@ def run_cosines(features_by_run: Sequence[Sequence[torch.Tensor]]) -> torch.Tens
     counts = {len(run) for run in features_by_run}
     if len(counts) != 1:
         raise ValueError(f"every run must be measured at the same timesteps; got {[len(r) for r in features_by_run]} "
-                         f"timesteps per run: measure them with one call of train.timestep_features each, same timesteps")
+                         f"timesteps per run: measure each with train.timestep_features at the same timesteps")
+    shapes = {(f.shape[0], *f.shape[2:]) for run in features_by_run for f in run}
+    if len(shapes) != 1:
+        raise ValueError(f"every run's edit features must be [N, K_r, ...] on the same N images with one trailing "
+                         f"shape; got [N, ...] of {sorted(shapes)}: measure every run on the same latents")
     pooled = [torch.cat(at_timestep, dim=1) for at_timestep in zip(*features_by_run)]  # T x [N, P, ...]
     return torch.stack([cross_set_cosines(features, features) for features in pooled]).mean(dim=0).abs()
 
@@ -165,9 +169,11 @@ def consensus_directions(pipe, runs: Sequence[Directions], latents: torch.Tensor
         prefix: the kept directions' tokens are ``<{prefix}_0>`` .. in the order they were kept.
     Returns:
         A ``Directions`` whose rows are the kept runs' rows, unchanged.  Names are carried over
-        where a run's direction was renamed.  ``metadata`` is run 0's (the recipe: model,
-        tokenizer, context, training settings) less what belongs to that run alone (``RUN_ONLY``), plus ``"consensus"``: ``{"runs": each run's source or seed, "picked":
-        [[run, index]], "agreement": [each kept direction's agreement]}``.
+        where a run's direction was renamed (the first of two equal names; a later one gets its
+        token).  ``metadata`` is run 0's (the recipe: model, tokenizer, context, training
+        settings) less what belongs to that run alone (``RUN_ONLY``), plus ``"consensus"``:
+        ``{"runs": each run's source or seed, "picked": [[run, index]], "agreement": [each kept
+        direction's agreement]}``.
     """
     _check_runs(runs)
     features = [timestep_features(pipe, run, latents, timesteps, chunk_size) for run in runs]
@@ -177,8 +183,10 @@ def consensus_directions(pipe, runs: Sequence[Directions], latents: torch.Tensor
     agreement = run_agreement(cosines, sizes)
     start = [sum(sizes[:r]) for r in range(len(runs))]
     tokens = [f"<{prefix}_{i}>" for i in range(len(picks))]
-    names = [runs[r].names[k] if runs[r].names[k] != runs[r].tokens[k] else token
-             for (r, k), token in zip(picks, tokens)]
+    names = []
+    for (r, k), token in zip(picks, tokens):
+        renamed = runs[r].names[k] != runs[r].tokens[k] and runs[r].names[k] not in names
+        names.append(runs[r].names[k] if renamed else token)  # a name picks one slider, so it stays unique
     # run 0's record of the recipe, less what belongs to that one run
     metadata = {key: value for key, value in runs[0].metadata.items() if key not in RUN_ONLY}
     metadata["consensus"] = {"runs": [run.source or run.metadata.get("seed") for run in runs],

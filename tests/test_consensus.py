@@ -26,6 +26,8 @@ def test_run_cosines_pool_the_runs_and_average_over_timesteps_before_the_absolut
         run_cosines([run(X) + run(X), run(X)])
     with pytest.raises(ValueError, match="at least one run"):
         run_cosines([])
+    with pytest.raises(ValueError, match=r"one trailing shape; got \[N, \.\.\.\] of \[\(1, 4\), \(2, 4\)\]"):
+        run_cosines([run(X), [torch.zeros(2, 1, 4)]])
 
 
 def test_agreement_is_the_mean_over_the_other_runs_of_the_best_match():
@@ -84,6 +86,10 @@ def test_consensus_directions_keep_each_shared_row_once_with_its_run_and_agreeme
                        first.metadata)
     kept = consensus_directions(tiny_pipe, [first, named, third], latents, count=1, timesteps=(300,))
     assert kept.metadata["consensus"]["picked"] == [[1, 0]] and kept.names == ["smile"]
+    # two kept directions named alike: the second gets its token, so a name still picks one slider
+    both = Directions(first.embeddings, first.tokens, ["smile", "<a_1>", "smile"], first.metadata)
+    twice = consensus_directions(tiny_pipe, [both, second], latents, count=2, timesteps=(300,), prefix="k")
+    assert twice.names.count("smile") == 1 and len(set(twice.names)) == 2
     # "seed", "init" and "loss_history" of run 0 are not the consensus's
     assert "loss_history" not in consensus_directions(
         tiny_pipe, [Directions(first.embeddings, first.tokens, metadata=dict(first.metadata, loss_history="[1.0]")),

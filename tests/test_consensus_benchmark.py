@@ -30,15 +30,16 @@ def test_group_picks_read_the_groups_block_of_the_pooled_cosines():
     cosines = torch.eye(6)
     cosines[2, 4] = cosines[4, 2] = 1.0
     group = consensus.group_picks(cosines, [0, 1, 2], [1, 2], set_size=2, count=2)
-    assert group["seeds"] == [1, 2] and group["picked"][0] == [1, 0]
-    assert group["agreement"][0] == pytest.approx(1.0) and len(group["picked"]) == 2
+    # seed 1's first edit (the earlier of the two copies), then seed 1's second: seed 2's copy was dropped
+    assert group["seeds"] == [1, 2] and group["picked"] == [[1, 0], [1, 1]]
+    assert group["agreement"] == pytest.approx([1.0, 0.0])
 
 
 def test_consensus_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path):
     from test_quality_benchmark import tiny_settings
 
     settings = tiny_settings(Path(quality.DEFAULT_SAMPLES), domains=["face"], calibration_iters=0, num_directions=3,
-                             methods=["NoiseCLR", "random", "text"], interference=False, seeds=[0, 1, 2, 3])
+                             methods=["NoiseCLR", "random", "text"], interference=False, seeds=[0, 1, 2, 3, 4])
     for tag, target in (("low", 0.02), ("high", 0.05)):
         quality.run_benchmark(tiny_pipe, StatsOracle(), dataclasses.replace(settings, target_change=target), tmp_path,
                               tag=tag, resume=True, progress=False, log=lambda _: None)
@@ -46,7 +47,7 @@ def test_consensus_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path
     result = consensus.consensus_report(["high", "low"], tiny_pipe, StatsOracle(), tmp_path, tag="t", group=2, count=2,
                                         images=3, timesteps=(200, 600), progress=False, log=logged.append)
     assert not any("train" in line for line in logged) and result["trained_here"] == []   # from quality.py's cache
-    assert result["groups"] == [[0, 1], [2, 3]] and result["count"] == 2 and result["images"] == 3
+    assert result["groups"] == [[0, 1], [2, 3]] and result["count"] == 2 and result["images"] == 3   # seed 4 left out
     picks = result["picks"]["face"]
     assert set(picks) == {"NoiseCLR", "random"}
     for by_group in picks.values():
@@ -83,7 +84,9 @@ def test_consensus_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path
     assert mine["purity"] == pytest.approx([p for _, p in expected])
     # the single seeds are the plain ladder of the same rungs, and the words are read alike in both
     plain = ladder.ladder(rungs)
-    assert result["single"]["domains"]["face"]["NoiseCLR"]["ladder"] == plain["domains"]["face"]["NoiseCLR"]["ladder"]
+    single = result["single"]["domains"]["face"]["NoiseCLR"]
+    assert single["seeds"] == [0, 1, 2, 3] and plain["domains"]["face"]["NoiseCLR"]["seeds"] == [0, 1, 2, 3, 4]
+    assert single["ladder"] == plain["domains"]["face"]["NoiseCLR"]["ladder"][:4]
     assert result["consensus"]["domains"]["face"]["text"]["ladder"] == plain["domains"]["face"]["text"]["ladder"]
     assert set(result["consensus"]["clear"]) == {"face"}
     md = (tmp_path / "consensus-t.md").read_text()
@@ -111,6 +114,17 @@ def test_consensus_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path
                                          r"\[\[0, 1, 2\]\]"):
         consensus.consensus(["low", "high"], tiny_pipe, StatsOracle(), tmp_path, group=3, count=2, progress=False,
                             log=lambda _: None, picks_from=earlier)
+    edited = json.loads(earlier.read_text())
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(dict(edited, training_key="another")))
+    with pytest.raises(SystemExit, match="has training_key 'another' and these reports and flags give '"):
+        consensus.consensus(["low", "high"], tiny_pipe, StatsOracle(), tmp_path, group=2, count=2, progress=False,
+                            log=lambda _: None, picks_from=other)
+    other.write_text(json.dumps(dict(edited, picks={"face": {"NoiseCLR": edited["picks"]["face"]["NoiseCLR"]}})))
+    with pytest.raises(SystemExit, match=r"picked for \{'face': \['NoiseCLR'\]\} and these rungs score "
+                                         r"\{'face': \['NoiseCLR', 'random'\]\}"):
+        consensus.consensus(["low", "high"], tiny_pipe, StatsOracle(), tmp_path, group=2, count=2, progress=False,
+                            log=lambda _: None, picks_from=other)
     with pytest.raises(SystemExit, match="--picks .*nothing.json: no such file"):
         consensus.consensus(["low", "high"], tiny_pipe, StatsOracle(), tmp_path, group=2, progress=False,
                             log=lambda _: None, picks_from=tmp_path / "nothing.json")
