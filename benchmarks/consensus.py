@@ -21,7 +21,9 @@ issue's bars with each group standing for a seed.  The words (one run) are read 
 
 Writes ``results/consensus[-tag].md`` and ``.json``.  Trained sets come from the benchmark cache
 (``results/cache``, filled by the reports' runs); a set missing there is trained again exactly as
-``quality.py`` trained it (give ``--threads`` as the reports ran).
+``quality.py`` trained it (give ``--threads`` as the reports ran).  The sets' cosines are kept in
+the same cache (:func:`cosines_path`), so another ``--group`` or ``--count`` of the same seeds, and
+``--picks`` on other rungs, take seconds.
 """
 
 from __future__ import annotations
@@ -110,6 +112,14 @@ def consensus_rungs(rungs: list[tuple[Path, dict]], picks: dict) -> list[tuple[P
     return out
 
 
+def cosines_path(cache: Cache, domain: str, method: str, seeds: list, images: int, timesteps) -> Path:
+    """Where the pooled cosines of ``method``'s sets of ``seeds`` are kept, next to the trained sets
+    (the cache's key is their training settings): one file per domain, method, seeds, number of
+    images asked for (always the same seeded draw) and timesteps."""
+    return cache.trained / (f"consensus-cosines_{domain}_{method}_seeds{'-'.join(map(str, seeds))}_images{images}"
+                            f"_t{'-'.join(map(str, timesteps))}.pt")
+
+
 def reused_picks(path: str | os.PathLike, weights: str, training_key: str, groups: list, count: int,
                  methods: dict) -> dict:
     """An earlier result (``consensus*.json``), after checking that it kept ``count`` directions of the
@@ -171,18 +181,31 @@ def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: 
         earlier = reused_picks(picks_from, first["weights"], training_key, groups, count, token_methods)
         picks, used_images, timesteps = earlier["picks"], earlier["images"], earlier["timesteps"]
     for domain, units in ({} if picks_from is not None else units_of(rungs)).items():
-        check_samples(settings, domain)
         ranked = [(m, s) for m, s in units if m in RANKED_METHODS and s in used]
-        train_latents = functools.cache(lambda domain=domain: _staged_latents(pipe, settings, domain, stages))
-        sets, trained = token_sets(pipe, settings, domain, ranked, train_latents, stages, cache, progress)
-        trained_here += [f"{domain} {method} seed {seed}" for method, seed in trained]
-        compared_on = consistency_latents(train_latents(), images)
-        used_images = len(compared_on)
-        for method in [m for m in RANKED_METHODS if any(unit[0] == m for unit in ranked)]:
-            with stages(f"{domain}: {method}'s edits of seeds {used} compared"):
-                features = [timestep_features(pipe, sets[(method, seed)], compared_on, timesteps) for seed in used]
-                cosines = run_cosines(features)
-            picks.setdefault(domain, {})[method] = [group_picks(cosines, used, g, set_size, count) for g in groups]
+        methods = [m for m in RANKED_METHODS if any(unit[0] == m for unit in ranked)]
+        saved = {m: cosines_path(cache, domain, m, used, images, timesteps) for m in methods}
+        if all(path.is_file() for path in saved.values()):  # another --group or --count of the same sets
+            cosines_of = {m: torch.load(path) for m, path in saved.items()}
+            log(f"{domain}: the sets' cosines read from {cache.trained}")
+            used_images = cosines_of[methods[0]]["images"]
+        else:
+            check_samples(settings, domain)
+            train_latents = functools.cache(lambda domain=domain: _staged_latents(pipe, settings, domain, stages))
+            sets, trained = token_sets(pipe, settings, domain, ranked, train_latents, stages, cache, progress)
+            trained_here += [f"{domain} {method} seed {seed}" for method, seed in trained]
+            compared_on = consistency_latents(train_latents(), images)
+            used_images = len(compared_on)
+            cosines_of = {}
+            for method in methods:
+                with stages(f"{domain}: {method}'s edits of seeds {used} compared"):
+                    features = [timestep_features(pipe, sets[(method, seed)], compared_on, timesteps) for seed in used]
+                    cosines_of[method] = {"cosines": run_cosines(features), "images": used_images}
+                saved[method].parent.mkdir(parents=True, exist_ok=True)
+                torch.save(cosines_of[method], saved[method].with_suffix(".tmp"))
+                os.replace(saved[method].with_suffix(".tmp"), saved[method])
+        for method in methods:
+            picks.setdefault(domain, {})[method] = [group_picks(cosines_of[method]["cosines"], used, g, set_size, count)
+                                                    for g in groups]
     with_picks = {method for by_method in picks.values() for method in by_method}
     single = [(path, copy.deepcopy(report)) for path, report in rungs]
     for _, report in single:  # the groups' seeds and methods, for a like-for-like baseline

@@ -98,9 +98,15 @@ def test_consensus_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path
         assert text in md
     assert re.search(r"\| face \| [+-]\d\.\d\d ± \d\.\d\d \| [+-]\d\.\d\d ± \d\.\d\d \| (yes|\*\*no\*\*) \|", md)
     assert json.loads((tmp_path / "consensus-t.json").read_text())["picks"] == json.loads(json.dumps(result["picks"]))
+    # the sets' cosines are kept next to the trained sets: another --count of the same seeds needs no UNet pass
+    counted = _counting_unet_calls(tiny_pipe)
+    assert consensus.cosines_path(cache, "face", "random", [0, 1, 2, 3], 3, (200, 600)).is_file()
+    fewer = consensus.consensus(["low", "high"], counted, StatsOracle(), tmp_path, group=2, count=1, images=3,
+                                timesteps=(200, 600), progress=False, log=lambda _: None)
+    assert counted.unet_calls == 0 and fewer["images"] == 3
+    assert [g["picked"] for g in fewer["picks"]["face"]["NoiseCLR"]] == [g["picked"][:1] for g in picks["NoiseCLR"]]
     # the picks read again from the page's JSON give the same reading, with no UNet pass
     earlier = tmp_path / "consensus-t.json"
-    counted = _counting_unet_calls(tiny_pipe)
     again = consensus.consensus(["low", "high"], counted, StatsOracle(), tmp_path, group=2, count=2, progress=False,
                                 log=lambda _: None, picks_from=earlier)
     assert counted.unet_calls == 0
