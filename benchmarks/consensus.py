@@ -168,9 +168,9 @@ def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: 
         settings = dataclasses.replace(settings, samples=str(samples))
     set_size = settings.num_directions
     count = set_size if count is None else count
-    if not 1 <= count <= set_size:
-        _fail(f"--count {count}: keep between 1 and {set_size} directions (the sets' K), so every group's "
-              f"consensus has the same size")
+    if not 1 <= count <= group * set_size:
+        _fail(f"--count {count}: keep between 1 and {group * set_size} directions (a group's pool: {group} sets of "
+              f"{set_size}); up to {set_size} is always reached, beyond it the pool may run out first")
     stages = Stages(log)
     picks: dict = {}
     trained_here: list = []
@@ -229,7 +229,11 @@ def markdown(result: dict) -> str:
     groups = result["groups"]
     labels = [rung_label(t, w, len({tuple(x) for x in single["windows"]}) > 1)
               for t, w in zip(single["targets"], single["windows"])]
+    short = [f"{domain} {method} group {i + 1}: {len(g['picked'])}" for domain, by_method in result["picks"].items()
+             for method, by_group in by_method.items() for i, g in enumerate(by_group)
+             if len(g["picked"]) < result["count"]]
     lines = [f"# Consensus of {len(groups[0])} seeds: {result['count']} directions kept from each group", "",
+             *([f"Fewer were kept where a group's pool ran out: {'; '.join(short)}.", ""] if short else []),
              f"Made {result['date']} by `{TOOL}` on {result['machine']}, from the rungs "
              + ", ".join(f"[`{name}`]({name}.md)" for name in result["reports"])
              + f" ({', '.join(labels)}), weights {result['weights']}. Seed groups: "

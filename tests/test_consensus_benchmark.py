@@ -134,9 +134,16 @@ def test_consensus_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path
     with pytest.raises(SystemExit, match="--picks .*nothing.json: no such file"):
         consensus.consensus(["low", "high"], tiny_pipe, StatsOracle(), tmp_path, group=2, progress=False,
                             log=lambda _: None, picks_from=tmp_path / "nothing.json")
-    with pytest.raises(SystemExit, match="--count 4: keep between 1 and 3"):
-        consensus.consensus(["high", "low"], tiny_pipe, StatsOracle(), tmp_path, group=2, count=4, progress=False,
+    with pytest.raises(SystemExit, match=r"--count 7: keep between 1 and 6 directions \(a group's pool: 2 sets of 3\)"):
+        consensus.consensus(["high", "low"], tiny_pipe, StatsOracle(), tmp_path, group=2, count=7, progress=False,
                             log=lambda _: None)
+    # beyond K the pool may run out before the count: the page says where
+    many = consensus.consensus(["high", "low"], tiny_pipe, StatsOracle(), tmp_path, group=2, count=6, images=3,
+                               timesteps=(200, 600), progress=False, log=lambda _: None)
+    kept = [len(g["picked"]) for by_group in many["picks"]["face"].values() for g in by_group]
+    assert all(3 <= n <= 6 for n in kept)
+    short = [n for n in kept if n < 6]
+    assert ("Fewer were kept where a group's pool ran out" in consensus.markdown(many)) == bool(short)
 
 
 def _counting_unet_calls(pipe):
