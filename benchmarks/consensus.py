@@ -46,10 +46,11 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python benchmarks/consensus.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from benchmarks.consistency import (DEFAULT_IMAGES, RANKED_METHODS, _staged_latents, check_samples,  # noqa: E402
-                                    consistency_latents, settings_of, token_sets, units_of)
+from benchmarks.consistency import (DEFAULT_IMAGES, RANKED_METHODS, _staged_latents, add_run_flags,  # noqa: E402
+                                    check_samples, consistency_latents, load_model_and_oracle, settings_of,
+                                    token_sets, units_of)
 from benchmarks.ladder import bars_section, ladder, load_rungs, rung_label  # noqa: E402
-from benchmarks.quality import (DEFAULT_ORACLE, RESULTS, Cache, Stages, _pm, cache_key, machine,  # noqa: E402
+from benchmarks.quality import (RESULTS, Cache, Stages, _pm, cache_key, machine,  # noqa: E402
                                 report_stem, write_atomically)
 from noiseclr_lite.consensus import consensus_picks, run_agreement, run_cosines  # noqa: E402
 from noiseclr_lite.train import CONSISTENCY_TIMESTEPS, timestep_features  # noqa: E402
@@ -303,26 +304,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                       "count and trained sets) on these rungs: no UNet pass; its "
                                                       "--images and timesteps are the ones recorded")
     parser.add_argument("--tag", default="", help="writes results/consensus-TAG.md and .json")
-    parser.add_argument("--model", default=None, help="the model folder or hub id (default: the bundled model)")
-    parser.add_argument("--oracle", default=DEFAULT_ORACLE, help="the oracle folder (default: %(default)s)")
-    parser.add_argument("--out", default=str(RESULTS), help="where the reports, the cache and the outputs are")
-    parser.add_argument("--samples", default=None, help="the folder of training images when it is not at the path "
-                                                        "the reports recorded")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--no-progress", action="store_true")
+    add_run_flags(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     """Run what ``argv`` asks; returns the result (the record written to ``consensus*.json``)."""
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from noiseclr_lite.models import BUNDLED_MODEL, load_pipeline
-    from noiseclr_lite.toyworld.oracle import Oracle
-
-    pipe = load_pipeline(args.model or BUNDLED_MODEL)
-    oracle = Oracle.load(args.oracle).to(pipe.device)
+    pipe, oracle = load_model_and_oracle(args)
     return consensus_report(args.reports, pipe, oracle, args.out, tag=args.tag, group=args.group, count=args.count,
                             images=args.images, progress=not args.no_progress, samples=args.samples,
                             picks_from=args.picks)

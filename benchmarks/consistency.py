@@ -628,6 +628,30 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
     return result
 
 
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of a script that re-reads quality reports with the model: --model, --oracle,
+    --out, --samples, --threads and --no-progress (``consensus.py`` shares them)."""
+    parser.add_argument("--model", default=None, help="the model folder or hub id (default: the bundled model)")
+    parser.add_argument("--oracle", default=DEFAULT_ORACLE, help="the oracle folder (default: %(default)s)")
+    parser.add_argument("--out", default=str(RESULTS), help="where the reports, the cache and the outputs are")
+    parser.add_argument("--samples", default=None,
+                        help="the folder of training images (one subfolder per domain) when it is not at the path "
+                             "the reports recorded, e.g. in a clone at another path")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def load_model_and_oracle(args: argparse.Namespace):
+    """(pipeline, oracle) as ``args`` name them (:func:`add_run_flags`), after setting ``--threads``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from noiseclr_lite.models import BUNDLED_MODEL, load_pipeline
+    from noiseclr_lite.toyworld.oracle import Oracle
+
+    pipe = load_pipeline(args.model or BUNDLED_MODEL)
+    return pipe, Oracle.load(args.oracle).to(pipe.device)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -638,14 +662,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--timesteps", type=int, nargs="+", default=list(CONSISTENCY_TIMESTEPS))
     parser.add_argument("--gain-images", type=int, default=DEFAULT_GAIN_IMAGES,
                         help="training images per domain the denoising gain and its kurtosis are measured on")
-    parser.add_argument("--model", default=None, help="the model folder or hub id (default: the bundled model)")
-    parser.add_argument("--oracle", default=DEFAULT_ORACLE, help="the oracle folder (default: %(default)s)")
-    parser.add_argument("--out", default=str(RESULTS), help="where the reports, the cache and the outputs are")
-    parser.add_argument("--samples", default=None,
-                        help="the folder of training images (one subfolder per domain) when it is not at the path "
-                             "the reports recorded, e.g. in a clone at another path")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--no-progress", action="store_true")
+    add_run_flags(parser)
     args = parser.parse_args(argv)
     if args.images < 2:
         parser.error(f"--images {args.images}: consistency compares images in pairs; give 2 or more")
@@ -657,13 +674,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     """Run what ``argv`` asks; returns the result (the record written to ``consistency*.json``)."""
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from noiseclr_lite.models import BUNDLED_MODEL, load_pipeline
-    from noiseclr_lite.toyworld.oracle import Oracle
-
-    pipe = load_pipeline(args.model or BUNDLED_MODEL)
-    oracle = Oracle.load(args.oracle).to(pipe.device)
+    pipe, oracle = load_model_and_oracle(args)
     return consistency_report(args.reports, pipe, oracle, args.out, tag=args.tag, images=args.images,
                               timesteps=args.timesteps, progress=not args.no_progress, samples=args.samples,
                               gain_images=args.gain_images)

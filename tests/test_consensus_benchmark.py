@@ -12,7 +12,7 @@ import torch
 from noiseclr_lite.testing import StatsOracle
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import consensus, ladder, quality  # noqa: E402
+from benchmarks import consensus, consistency, ladder, quality  # noqa: E402
 
 
 def test_seed_groups_are_disjoint_and_leave_the_rest_out():
@@ -23,6 +23,22 @@ def test_seed_groups_are_disjoint_and_leave_the_rest_out():
         consensus.seed_groups([0, 1, 2], 1)
     with pytest.raises(SystemExit, match="--group 4"):
         consensus.seed_groups([0, 1, 2], 4)
+
+
+def test_the_command_line_shares_the_run_flags_and_loads_what_they_name(tiny_pipe_dir):
+    args = consensus.parse_args(["a", "b", "--group", "2", "--count", "16", "--picks", "p.json", "--threads", "1",
+                                 "--model", str(tiny_pipe_dir), "--samples", "s", "--no-progress"])
+    assert (args.reports, args.group, args.count, args.picks) == (["a", "b"], 2, 16, "p.json")
+    assert (args.threads, args.samples, args.no_progress, args.out) == (1, "s", True, str(quality.RESULTS))
+    assert args.oracle == quality.DEFAULT_ORACLE and consistency.parse_args(["a", "--threads", "3"]).threads == 3
+    threads = torch.get_num_threads()
+    try:
+        pipe, oracle = consistency.load_model_and_oracle(args)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert pipe.unet.config.cross_attention_dim == 32           # the tiny model the flag named
+    assert set(oracle.predict(torch.zeros(1, 3, 64, 64))) >= {"domain", "attributes"}
 
 
 def test_group_picks_read_the_groups_block_of_the_pooled_cosines():
