@@ -22,8 +22,8 @@ issue's bars with each group standing for a seed.  The words (one run) are read 
 Writes ``results/consensus[-tag].md`` and ``.json``.  Trained sets come from the benchmark cache
 (``results/cache``, filled by the reports' runs); a set missing there is trained again exactly as
 ``quality.py`` trained it (give ``--threads`` as the reports ran).  The sets' cosines are kept in
-the same cache (:func:`cosines_path`), so another ``--group`` or ``--count`` of the same seeds, and
-``--picks`` on other rungs, take seconds.
+the same cache (:func:`cosines_path`, keyed by the images compared on), so another ``--count``, or
+another ``--group`` that uses the same seeds, takes seconds, as ``--picks`` on other rungs does.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import argparse
 import copy
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import statistics
@@ -113,10 +114,12 @@ def consensus_rungs(rungs: list[tuple[Path, dict]], picks: dict) -> list[tuple[P
     return out
 
 
-def cosines_path(cache: Cache, domain: str, method: str, seeds: list, images: int, timesteps) -> Path:
+def cosines_path(cache: Cache, domain: str, method: str, seeds: list, latents: torch.Tensor, timesteps) -> Path:
     """Where the pooled cosines of ``method``'s sets of ``seeds`` are kept, next to the trained sets
-    (the cache's key is their training settings): one file per domain, method, seeds, number of
-    images asked for (always the same seeded draw) and timesteps."""
+    (the cache's key is their training settings): one file per domain, method, seeds, the latents
+    the edits were compared on (a hash of their values, so other images never read them) and
+    timesteps."""
+    images = hashlib.sha256(latents.float().contiguous().numpy().tobytes()).hexdigest()[:12]
     return cache.trained / (f"consensus-cosines_{domain}_{method}_seeds{'-'.join(map(str, seeds))}_images{images}"
                             f"_t{'-'.join(map(str, timesteps))}.pt")
 
@@ -184,26 +187,30 @@ def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: 
     for domain, units in ({} if picks_from is not None else units_of(rungs)).items():
         ranked = [(m, s) for m, s in units if m in RANKED_METHODS and s in used]
         methods = [m for m in RANKED_METHODS if any(unit[0] == m for unit in ranked)]
-        saved = {m: cosines_path(cache, domain, m, used, images, timesteps) for m in methods}
-        if all(path.is_file() for path in saved.values()):  # another --group or --count of the same sets
+        if not methods:  # only the words here: nothing to pick from
+            continue
+        check_samples(settings, domain)
+        train_latents = functools.cache(lambda domain=domain: _staged_latents(pipe, settings, domain, stages))
+        compared_on = consistency_latents(train_latents(), images)
+        used_images = len(compared_on)
+        saved = {m: cosines_path(cache, domain, m, used, compared_on, timesteps) for m in methods}
+        pooled = len(used) * set_size
+        if all(path.is_file() for path in saved.values()):  # another --count or --group of the same sets
             cosines_of = {m: torch.load(path) for m, path in saved.items()}
             log(f"{domain}: the sets' cosines read from {cache.trained}")
-            used_images = cosines_of[methods[0]]["images"]
-        else:
-            check_samples(settings, domain)
-            train_latents = functools.cache(lambda domain=domain: _staged_latents(pipe, settings, domain, stages))
+        if not all(path.is_file() for path in saved.values()) or any(
+                tuple(c["cosines"].shape) != (pooled, pooled) for c in cosines_of.values()):
             sets, trained = token_sets(pipe, settings, domain, ranked, train_latents, stages, cache, progress)
             trained_here += [f"{domain} {method} seed {seed}" for method, seed in trained]
-            compared_on = consistency_latents(train_latents(), images)
-            used_images = len(compared_on)
             cosines_of = {}
             for method in methods:
                 with stages(f"{domain}: {method}'s edits of seeds {used} compared"):
                     features = [timestep_features(pipe, sets[(method, seed)], compared_on, timesteps) for seed in used]
                     cosines_of[method] = {"cosines": run_cosines(features), "images": used_images}
                 saved[method].parent.mkdir(parents=True, exist_ok=True)
-                torch.save(cosines_of[method], saved[method].with_suffix(".tmp"))
-                os.replace(saved[method].with_suffix(".tmp"), saved[method])
+                partial = saved[method].with_name(f"{saved[method].name}.{os.getpid()}.tmp")  # no run reads half
+                torch.save(cosines_of[method], partial)
+                os.replace(partial, saved[method])
         for method in methods:
             picks.setdefault(domain, {})[method] = [group_picks(cosines_of[method]["cosines"], used, g, set_size, count)
                                                     for g in groups]
@@ -214,7 +221,7 @@ def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: 
         report["settings"]["methods"] = [m for m in report["settings"]["methods"] if m == "text" or m in with_picks]
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(pipe), "weights": first["weights"],
             "training_key": training_key, "reports": [report_stem(path) for path, _ in rungs], "groups": groups,
-            "count": count, "picks_from": None if picks_from is None else Path(picks_from).name,
+            "count": count, "set_size": set_size, "picks_from": None if picks_from is None else Path(picks_from).name,
             "images": used_images,
             "timesteps": list(timesteps), "picks": picks, "trained_here": trained_here,
             "single": ladder(single), "consensus": ladder(consensus_rungs(rungs, picks)), "seconds": stages.total}
@@ -235,6 +242,9 @@ def markdown(result: dict) -> str:
              if len(g["picked"]) < result["count"]]
     lines = [f"# Consensus of {len(groups[0])} seeds: {result['count']} directions kept from each group", "",
              *([f"Fewer were kept where a group's pool ran out: {'; '.join(short)}.", ""] if short else []),
+             *([f"These sets hold {result['count']} directions, more than one run's {result['set_size']}: the bars "
+                f"below were set for one run of K, so more sliders meet them more easily.", ""]
+               if result["count"] > result.get("set_size", result["count"]) else []),
              f"Made {result['date']} by `{TOOL}` on {result['machine']}, from the rungs "
              + ", ".join(f"[`{name}`]({name}.md)" for name in result["reports"])
              + f" ({', '.join(labels)}), weights {result['weights']}. Seed groups: "
@@ -298,7 +308,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("reports", nargs="+", help="the ladder's rungs: quality reports (.json.gz paths or --tag "
                                                    "names) that scored the same directions")
     parser.add_argument("--group", type=int, default=4, help="seeds per consensus (default 4)")
-    parser.add_argument("--count", type=int, default=None, help="directions kept per consensus (default: K)")
+    parser.add_argument("--count", type=int, default=None,
+                        help="directions kept per consensus (default: K; at most a group's pool, --group x K)")
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="training images the edits are compared on")
     parser.add_argument("--picks", default=None, help="read the picks of an earlier consensus-TAG.json (same groups, "
                                                       "count and trained sets) on these rungs: no UNet pass; its "

@@ -116,7 +116,10 @@ def test_consensus_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path
     assert json.loads((tmp_path / "consensus-t.json").read_text())["picks"] == json.loads(json.dumps(result["picks"]))
     # the sets' cosines are kept next to the trained sets: another --count of the same seeds needs no UNet pass
     counted = _counting_unet_calls(tiny_pipe)
-    assert consensus.cosines_path(cache, "face", "random", [0, 1, 2, 3], 3, (200, 600)).is_file()
+    assert consensus.cosines_path(cache, "face", "random", [0, 1, 2, 3], latents, (200, 600)).is_file()
+    # other images or other timesteps are another file: the cache never answers for them
+    assert not consensus.cosines_path(cache, "face", "random", [0, 1, 2, 3], latents[:2], (200, 600)).is_file()
+    assert not consensus.cosines_path(cache, "face", "random", [0, 1, 2, 3], latents, (200,)).is_file()
     fewer = consensus.consensus(["low", "high"], counted, StatsOracle(), tmp_path, group=2, count=1, images=3,
                                 timesteps=(200, 600), progress=False, log=lambda _: None)
     assert counted.unet_calls == 0 and fewer["images"] == 3
@@ -158,8 +161,11 @@ def test_consensus_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path
                                timesteps=(200, 600), progress=False, log=lambda _: None)
     kept = [len(g["picked"]) for by_group in many["picks"]["face"].values() for g in by_group]
     assert all(3 <= n <= 6 for n in kept)
-    short = [n for n in kept if n < 6]
-    assert ("Fewer were kept where a group's pool ran out" in consensus.markdown(many)) == bool(short)
+    assert [n for n in kept if n < 6]                        # 2 sets of 3: each pick drops a copy, so it runs out
+    page = consensus.markdown(many)
+    assert "Fewer were kept where a group's pool ran out" in page
+    assert "These sets hold 6 directions, more than one run's 3" in page
+    assert "more than one run's" not in (tmp_path / "consensus-t.md").read_text()
 
 
 def _counting_unet_calls(pipe):
