@@ -124,6 +124,16 @@ def cosines_path(cache: Cache, domain: str, method: str, seeds: list, latents: t
                             f"_t{'-'.join(map(str, timesteps))}.pt")
 
 
+def _read_cosines(saved: dict, pooled: int) -> dict | None:
+    """{method: [pooled, pooled] cosines} from the files ``saved`` names, or None unless every one
+    is there with that shape (then they are measured again)."""
+    if not all(path.is_file() for path in saved.values()):
+        return None
+    cosines = {method: torch.load(path) for method, path in saved.items()}
+    ok = all(isinstance(c, torch.Tensor) and tuple(c.shape) == (pooled, pooled) for c in cosines.values())
+    return cosines if ok else None
+
+
 def reused_picks(path: str | os.PathLike, weights: str, training_key: str, groups: list, count: int,
                  methods: dict) -> dict:
     """An earlier result (``consensus*.json``), after checking that it kept ``count`` directions of the
@@ -194,25 +204,23 @@ def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: 
         compared_on = consistency_latents(train_latents(), images)
         used_images = len(compared_on)
         saved = {m: cosines_path(cache, domain, m, used, compared_on, timesteps) for m in methods}
-        pooled = len(used) * set_size
-        if all(path.is_file() for path in saved.values()):  # another --count or --group of the same sets
-            cosines_of = {m: torch.load(path) for m, path in saved.items()}
+        cosines_of = _read_cosines(saved, len(used) * set_size)  # another --count or --group of the same sets
+        if cosines_of is not None:
             log(f"{domain}: the sets' cosines read from {cache.trained}")
-        if not all(path.is_file() for path in saved.values()) or any(
-                tuple(c["cosines"].shape) != (pooled, pooled) for c in cosines_of.values()):
+        else:
             sets, trained = token_sets(pipe, settings, domain, ranked, train_latents, stages, cache, progress)
             trained_here += [f"{domain} {method} seed {seed}" for method, seed in trained]
             cosines_of = {}
             for method in methods:
                 with stages(f"{domain}: {method}'s edits of seeds {used} compared"):
                     features = [timestep_features(pipe, sets[(method, seed)], compared_on, timesteps) for seed in used]
-                    cosines_of[method] = {"cosines": run_cosines(features), "images": used_images}
+                    cosines_of[method] = run_cosines(features)
                 saved[method].parent.mkdir(parents=True, exist_ok=True)
                 partial = saved[method].with_name(f"{saved[method].name}.{os.getpid()}.tmp")  # no run reads half
                 torch.save(cosines_of[method], partial)
                 os.replace(partial, saved[method])
         for method in methods:
-            picks.setdefault(domain, {})[method] = [group_picks(cosines_of[method]["cosines"], used, g, set_size, count)
+            picks.setdefault(domain, {})[method] = [group_picks(cosines_of[method], used, g, set_size, count)
                                                     for g in groups]
     with_picks = {method for by_method in picks.values() for method in by_method}
     single = [(path, copy.deepcopy(report)) for path, report in rungs]

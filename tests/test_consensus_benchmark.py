@@ -124,6 +124,14 @@ def test_consensus_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path
                                 timesteps=(200, 600), progress=False, log=lambda _: None)
     assert counted.unet_calls == 0 and fewer["images"] == 3
     assert [g["picked"] for g in fewer["picks"]["face"]["NoiseCLR"]] == [g["picked"][:1] for g in picks["NoiseCLR"]]
+    # a cached file of the wrong shape is not trusted: the cosines are measured again and rewritten
+    cached = consensus.cosines_path(cache, "face", "random", [0, 1, 2, 3], latents, (200, 600))
+    torch.save(torch.zeros(2, 2), cached)
+    again_fewer = consensus.consensus(["low", "high"], counted, StatsOracle(), tmp_path, group=2, count=1, images=3,
+                                      timesteps=(200, 600), progress=False, log=lambda _: None)
+    assert counted.unet_calls > 0 and torch.load(cached).shape == (12, 12)
+    assert again_fewer["picks"] == fewer["picks"]
+    counted.unet_calls = 0
     # the picks read again from the page's JSON give the same reading, with no UNet pass
     earlier = tmp_path / "consensus-t.json"
     again = consensus.consensus(["low", "high"], counted, StatsOracle(), tmp_path, group=2, count=2, progress=False,
