@@ -67,6 +67,7 @@ from noiseclr_lite.metrics import (STRENGTH_MIN, PURITY_MIN, DirectionScore, Pro
                                    images_to_tensor, prepare_start, reached_purity, score_direction,
                                    score_rendered, summary)
 from noiseclr_lite.models import image_size  # noqa: E402
+from noiseclr_lite.train import EDIT_SPACES  # noqa: E402
 from noiseclr_lite.toyworld.domains import get_domain  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -107,6 +108,7 @@ class Settings:
     strength_weight: float = 0.0          # > 0: the push-strength term (train.TrainConfig.strength_weight)
     sign_blind_negatives: bool = False    # True: negatives scored by |cos| (train.TrainConfig.sign_blind_negatives)
     center_edits: bool = False            # True: contrast the centred edits (train.TrainConfig.center_edits)
+    edit_space: str = "eps"               # "eps" (official) or "hspace": what edits are compared in (train.EDIT_SPACES)
     context: str = "alone"                # "alone" or "caption": the prompt tokens are used in (direction_context)
     train_images: int | None = None       # None = the whole sample folder
     # the protocol
@@ -137,7 +139,8 @@ class Settings:
                 "timestep_range": tuple(self.timestep_range), "batch_size": self.batch_size,
                 "negatives_per_step": self.negatives, "tau": self.tau, "anchors": self.anchors, "loss": loss,
                 "init": self.init, "strength_weight": self.strength_weight,
-                "sign_blind_negatives": self.sign_blind_negatives, "center_edits": self.center_edits, "seed": seed}
+                "sign_blind_negatives": self.sign_blind_negatives, "center_edits": self.center_edits,
+                "edit_space": self.edit_space, "seed": seed}
 
     def fingerprint(self, weights: str = "") -> str:
         """Hash of every setting that changes a (domain, method, seed) result (for ``--resume``),
@@ -148,7 +151,7 @@ class Settings:
         kept["weights"] = weights
         for key, before in (("anchors", "one"), ("init", "random"), ("strength_weight", 0.0), ("min_scale", 0.0),
                             ("hspace_min_scale", 0.0), ("sign_blind_negatives", False), ("context", "alone"),
-                            ("center_edits", False)):
+                            ("center_edits", False), ("edit_space", "eps")):
             if kept[key] == before:  # the setting before the option existed: keep those caches valid
                 del kept[key]
         if "context" in kept:
@@ -166,6 +169,8 @@ class Settings:
         for option in ("sign_blind_negatives", "center_edits"):
             if not kept[option]:  # the setting before the option existed: keep those caches valid
                 del kept[option]
+        if kept["edit_space"] == "eps":  # the same
+            del kept["edit_space"]
         if self.context != "alone":  # the same: directions trained alone keep their cache
             kept["context"] = CONTEXT_KEYS[self.context]
         kept.update(train_images=self.train_images, hspace_timesteps=self.hspace_timesteps, model=self.model,
@@ -824,6 +829,8 @@ def _loss_options(s: dict) -> str:
     """How NoiseCLR's loss was set, in words: "official loss", or the options that change it."""
     options = [name for key, name in (("sign_blind_negatives", "sign-blind negatives"),
                                       ("center_edits", "centred edits")) if s.get(key)]
+    if s.get("edit_space", "eps") != "eps":
+        options.append("edits compared in h-space")
     if s.get("strength_weight"):
         options.append(f"strength term {s['strength_weight']:g}")
     return "official loss" if not options else "official loss with " + " and ".join(options)
@@ -1374,7 +1381,8 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
                      f"{'' if s.get('context', 'alone') == 'alone' else ', in ' + s['context']} | "
                      f"{s.get('strength_weight', 0.0):g} | "
                      f"{'sign-blind' if s.get('sign_blind_negatives') else 'signed'}"
-                     f"{', centred' if s.get('center_edits') else ''} | "
+                     f"{', centred' if s.get('center_edits') else ''}"
+                     f"{', h-space' if s.get('edit_space', 'eps') != 'eps' else ''} | "
                      f"{_scale_bracket(s.get('min_scale', 0.0), s['max_scale'])} | "
                      f"{s['target_change']:g} on {s['calibration_images']} | "
                      f"{':'.join(f'{x:g}' for x in s.get('window', (1.0, 0.0)))} | "
@@ -1471,6 +1479,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="contrast what is specific to each direction: every edit feature minus the mean over "
                             "the step's directions on that image (loss.center_edit_features; NoiseCLR and InfoNCE; "
                             "default: the official, uncentred features)")
+    train.add_argument("--edit-space", choices=EDIT_SPACES, default=defaults.edit_space,
+                       help="what NoiseCLR's and InfoNCE's loss compares edits in: eps, the noise prediction (the "
+                            "official loss), or hspace, the UNet's middle-block output (default: %(default)s)")
     train.add_argument("--context", choices=CONTEXTS, default=defaults.context,
                        help="the prompt NoiseCLR's and InfoNCE's tokens are trained and applied in (random ones "
                             "too): alone (the official) or caption, after the domain's noun as the model's "
@@ -1527,7 +1538,7 @@ def settings_from_args(args: argparse.Namespace, model: str) -> Settings:
         timestep_range=tuple(args.timestep_range), batch_size=args.batch_size, negatives=args.negatives,
         tau=args.tau, anchors=args.anchors, init=args.init, strength_weight=args.strength_weight,
         sign_blind_negatives=args.sign_blind_negatives, center_edits=args.center_edits, context=args.context,
-        train_images=args.train_images, eval_images=pick("eval_images"),
+        edit_space=args.edit_space, train_images=args.train_images, eval_images=pick("eval_images"),
         start_seed=args.start_seed,
         inference_steps=pick("inference_steps"), target_change=args.target_change,
         max_scale=pick("max_scale"), min_scale=pick("min_scale"),

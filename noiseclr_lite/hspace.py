@@ -41,7 +41,7 @@ import torch
 
 from .directions import empty_conditioning
 
-__all__ = ["collect_hspace", "edit_hspace", "hspace_directions", "hspace_edit"]
+__all__ = ["collect_hspace", "edit_hspace", "hspace_directions", "hspace_edit", "mid_block_output"]
 
 
 def _timestep_from_call(args, kwargs):
@@ -49,6 +49,44 @@ def _timestep_from_call(args, kwargs):
     if "timestep" in kwargs:
         return kwargs["timestep"]
     return args[1] if len(args) > 1 else None
+
+
+class _MiddleBlockReached(Exception):
+    """Raised by :func:`mid_block_output`'s hook to leave the UNet once h is known."""
+
+    def __init__(self, output: torch.Tensor):
+        super().__init__("the UNet's middle block has run")
+        self.output = output
+
+
+def mid_block_output(unet, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+    """h, the UNet's middle-block output for one call, without running the up blocks.
+
+    A forward hook on ``unet.mid_block`` hands its output out of the call, so the up blocks
+    (about half the UNet's work) never run.  Gradients flow as in a full call: h depends on the
+    prompt through the down and middle blocks' cross-attention.  (What reaches the image only
+    through the up blocks' cross-attention is not in h.)
+
+    Args:
+        unet: a ``UNet2DConditionModel``.
+        sample: [B, 4, h, w] noisy latents.
+        timestep: as for the UNet (a number, or a [1] or [B] tensor).
+        encoder_hidden_states: [B, L, H] prompt conditioning.
+    Returns:
+        [B, C, h', w'] in the UNet's dtype (C = the last block's channels).
+    """
+    def leave(module, inputs, output):
+        raise _MiddleBlockReached(output)
+
+    handle = unet.mid_block.register_forward_hook(leave)
+    try:
+        unet(sample, timestep, encoder_hidden_states=encoder_hidden_states)
+    except _MiddleBlockReached as reached:
+        return reached.output
+    finally:
+        handle.remove()
+    raise RuntimeError(f"{type(unet).__name__} returned without running its mid_block; mid_block_output needs a "
+                       "UNet with a middle block (diffusers' UNet2DConditionModel)")
 
 
 @torch.no_grad()
@@ -66,21 +104,14 @@ def collect_hspace(pipe, latents: torch.Tensor, timesteps: Sequence[int], seed: 
     unet, device = pipe.unet, pipe.unet.device
     generator = torch.Generator().manual_seed(seed)
     empty = empty_conditioning(pipe).to(device, unet.dtype)
-    captured = []
-    handle = unet.mid_block.register_forward_hook(lambda module, inputs, output: captured.append(output.float().cpu()))
     per_t = []
-    try:
-        for t in timesteps:
-            t = int(t)
-            noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
-            noisy = pipe.scheduler.add_noise(latents.float().cpu(), noise, torch.tensor([t]))
-            captured.clear()
-            for a in range(0, len(noisy), batch_size):
-                chunk = noisy[a:a + batch_size].to(device, unet.dtype)
-                unet(chunk, t, encoder_hidden_states=empty.expand(len(chunk), -1, -1))
-            per_t.append(torch.cat(captured))
-    finally:
-        handle.remove()
+    for t in timesteps:
+        t = int(t)
+        noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
+        noisy = pipe.scheduler.add_noise(latents.float().cpu(), noise, torch.tensor([t]))
+        chunks = [noisy[a:a + batch_size].to(device, unet.dtype) for a in range(0, len(noisy), batch_size)]
+        per_t.append(torch.cat([mid_block_output(unet, chunk, t, empty.expand(len(chunk), -1, -1)).float().cpu()
+                                for chunk in chunks]))
     return torch.stack(per_t)
 
 

@@ -5,7 +5,9 @@ random timestep t, ask the frozen UNet for its noise prediction under the refere
 prompt (the empty one; with ``TrainConfig.context`` such as ``"a car, {}"``, the context
 without the token, ``"a car"``) and under each direction's token in that context, and
 contrast the differences ``D[i, k]`` (see ``noiseclr_lite.loss``).  Only the K token embeddings receive gradients; the UNet,
-the VAE and every other row of the text encoder stay untouched.
+the VAE and every other row of the text encoder stay untouched.  With
+``TrainConfig.edit_space="hspace"`` (ours, off by default) the differences are taken of the UNet's
+middle-block output instead of its noise prediction.
 
 It runs the same on a laptop CPU (the bundled model) and on one or several GPUs
 (``accelerate launch``), checkpoints atomically every ``checkpoint_every`` steps, and
@@ -27,10 +29,15 @@ import torch
 from tqdm.auto import tqdm
 
 from .directions import Directions, check_context
+from .hspace import mid_block_output
 from .loss import center_edit_features, edit_consistency, get_loss, push_strength_loss
 from .models import encode_images
 
 CHECKPOINT_NAME = "checkpoint.pt"
+#: what the loss compares edits in (``TrainConfig.edit_space``): the UNet's noise prediction (the
+#: official NoiseCLR) or its middle-block output, h-space (Kwon et al. 2023: the bottleneck where
+#: diffusion models' semantics live; ``hspace.mid_block_output``)
+EDIT_SPACES = ("eps", "hspace")
 
 
 @dataclass
@@ -63,6 +70,8 @@ class TrainConfig:
     init: str = "random"
     context: str = "{}"                      # the prompt each token is used in ("{}": alone, official;
                                              # "a car, {}": after the domain's noun, as the captions put words)
+    edit_space: str = "eps"                  # what an edit feature is a difference of: "eps", the noise prediction
+                                             # (official), or "hspace", the UNet's middle-block output (EDIT_SPACES)
     checkpoint_every: int = 50
     extra: dict = field(default_factory=dict)
 
@@ -103,36 +112,64 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)  # a kill mid-write never corrupts the last good checkpoint
 
 
-def edit_features(unet, noisy_latents: torch.Tensor, timestep: torch.Tensor, direction_cond: torch.Tensor,
-                  reference_eps: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
-    """The edit features ``D[i, k] = eps(x_t^i, t, c_k) - eps(x_t^i, t, c_ref)``.
+def check_edit_space(edit_space: str, what: str = "edit_space") -> None:
+    """Raise a ``ValueError`` naming ``what`` unless ``edit_space`` is one of :data:`EDIT_SPACES`."""
+    if edit_space not in EDIT_SPACES:
+        raise ValueError(f"{what}={edit_space!r}; use 'eps' (the official loss: noise predictions) or 'hspace' "
+                         "(the UNet's middle-block output)")
+
+
+def unet_features(unet, noisy_latents: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor,
+                  edit_space: str = "eps") -> torch.Tensor:
+    """What the UNet gives that edits are compared in, for one call.
 
     Args:
-        noisy_latents: [N, C, h, w] the images' latents noised to ``timestep``.
+        noisy_latents: [B, 4, h, w]; timestep: a 0-d, [1] or [B] tensor; cond: [B, L, H].
+        edit_space: ``"eps"``: the noise prediction, [B, 4, h, w]; ``"hspace"``: the middle block's
+            output, [B, C, h', w'] (the up blocks are not run).
+    Returns:
+        The UNet's dtype, differentiable w.r.t. ``cond``.
+    """
+    check_edit_space(edit_space)
+    timesteps = timestep.expand(len(noisy_latents))
+    if edit_space == "hspace":
+        return mid_block_output(unet, noisy_latents, timesteps, cond)
+    return unet(noisy_latents, timesteps, cond).sample
+
+
+def edit_features(unet, noisy_latents: torch.Tensor, timestep: torch.Tensor, direction_cond: torch.Tensor,
+                  reference: torch.Tensor, chunk_size: int | None = None, edit_space: str = "eps") -> torch.Tensor:
+    """The edit features ``D[i, k] = eps(x_t^i, t, c_k) - eps(x_t^i, t, c_ref)`` (with
+    ``edit_space="hspace"``, the same difference of the middle block's output h).
+
+    Args:
+        noisy_latents: [N, 4, h, w] the images' latents noised to ``timestep``.
         timestep: a 0-d or [1] long tensor, shared by all images.
         direction_cond: [S, L, H] the text-encoder states of S direction prompts.
-        reference_eps: [N, C, h, w] the prediction under the reference prompt ``c_ref``: the
-            empty prompt, or the directions' context without the token (no grad needed).
+        reference: [N, ...] :func:`unet_features` under the reference prompt ``c_ref`` in the
+            same ``edit_space``: the empty prompt, or the directions' context without the token
+            (no grad needed).
         chunk_size: at most this many (image, direction) pairs per UNet call
             (direction-major, so ``chunk_size=N`` is one call per direction).
+        edit_space: ``"eps"`` (official) or ``"hspace"`` (:data:`EDIT_SPACES`).
     Returns:
-        [N, S, C, h, w], differentiable w.r.t. ``direction_cond``.
+        [N, S, ...] float32 (``...`` = [4, h, w] for eps, [C, h', w'] for h), differentiable
+        w.r.t. ``direction_cond``.
     """
     n, s = noisy_latents.shape[0], direction_cond.shape[0]
     # direction-major layout: row r is (direction r // n, image r % n)
     latents = noisy_latents.repeat(s, 1, 1, 1)
     cond = direction_cond.repeat_interleave(n, dim=0)
     step = chunk_size or len(latents)
-    eps = torch.cat([
-        unet(latents[a:a + step], timestep.expand(len(latents[a:a + step])), cond[a:a + step]).sample
-        for a in range(0, len(latents), step)])
-    eps = eps.float().view(s, n, *noisy_latents.shape[1:]).transpose(0, 1)
-    return eps - reference_eps.float().unsqueeze(1)
+    outputs = torch.cat([unet_features(unet, latents[a:a + step], timestep, cond[a:a + step], edit_space)
+                         for a in range(0, len(latents), step)])
+    outputs = outputs.float().view(s, n, *outputs.shape[1:]).transpose(0, 1)
+    return outputs - reference.float().unsqueeze(1)
 
 
 @torch.no_grad()
 def direction_features(pipe, directions: Directions, latents: torch.Tensor, timestep: int = 500,
-                       seed: int = 0, chunk_size: int | None = None) -> torch.Tensor:
+                       seed: int = 0, chunk_size: int | None = None, edit_space: str = "eps") -> torch.Tensor:
     """The edit features of every direction on every image at one timestep (no gradients).
 
     What the loss sees in one training step, for plots and analysis
@@ -148,16 +185,19 @@ def direction_features(pipe, directions: Directions, latents: torch.Tensor, time
         seed: seeds the noise.
         chunk_size: at most this many (image, direction) pairs per UNet call (``edit_features``);
             ``None`` = all in one call.  The result does not depend on it.
+        edit_space: ``"eps"`` (what the official loss sees) or ``"hspace"`` (:data:`EDIT_SPACES`).
     Returns:
-        [N, K, 4, h, w] float32: ``eps(x_t, t, c_k) - eps(x_t, t, c_ref)``.
+        [N, K, 4, h, w] float32: ``eps(x_t, t, c_k) - eps(x_t, t, c_ref)``; with ``"hspace"``,
+        [N, K, C, h', w'], the same difference of the middle block's output.
     """
-    return _features_and_residual(pipe, directions, latents, timestep, seed, chunk_size)[0]
+    return _features_and_residual(pipe, directions, latents, timestep, seed, chunk_size, edit_space)[0]
 
 
 def _features_and_residual(pipe, directions, latents: torch.Tensor, timestep: int, seed: int,
-                           chunk_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+                           chunk_size: int | None, edit_space: str = "eps") -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`direction_features`, and the reference prompt's denoising residual on the same noisy
-    latents: ``noise - eps(x_t, t, c_ref)`` [N, 4, h, w] float32 (what :func:`denoising_gain` needs)."""
+    latents: ``noise - eps(x_t, t, c_ref)`` [N, 4, h, w] float32 (what :func:`denoising_gain` needs;
+    None in h-space, where there is no noise prediction to compare with the noise)."""
     num_train_timesteps = pipe.scheduler.config.num_train_timesteps
     if not 0 <= timestep < num_train_timesteps:
         raise ValueError(f"timestep={timestep} is outside [0, {num_train_timesteps})")
@@ -169,10 +209,11 @@ def _features_and_residual(pipe, directions, latents: torch.Tensor, timestep: in
     t = torch.tensor([timestep])
     noisy = pipe.scheduler.add_noise(latents, noise, t).to(pipe.device, pipe.unet.dtype)
     t = t.to(pipe.device)
-    reference = directions.reference_conditioning(pipe)
-    reference_eps = pipe.unet(noisy, t.expand(len(noisy)), reference.expand(len(noisy), -1, -1)).sample
-    features = edit_features(pipe.unet, noisy, t, directions.conditioning(pipe), reference_eps, chunk_size=chunk_size)
-    return features.cpu(), noise - reference_eps.float().cpu()
+    reference_cond = directions.reference_conditioning(pipe).expand(len(noisy), -1, -1)
+    reference = unet_features(pipe.unet, noisy, t, reference_cond, edit_space)
+    features = edit_features(pipe.unet, noisy, t, directions.conditioning(pipe), reference, chunk_size, edit_space)
+    residual = noise - reference.float().cpu() if edit_space == "eps" else None
+    return features.cpu(), residual
 
 
 #: the timesteps :func:`direction_consistency` averages over by default: the whole range, both edit windows
@@ -181,7 +222,7 @@ CONSISTENCY_TIMESTEPS = (50, 150, 300, 500, 700, 900)
 
 @torch.no_grad()
 def timestep_features(pipe, directions, latents: torch.Tensor, timesteps: Sequence[int] = CONSISTENCY_TIMESTEPS,
-                      chunk_size: int | None = None) -> list[torch.Tensor]:
+                      chunk_size: int | None = None, edit_space: str = "eps") -> list[torch.Tensor]:
     """The edit features of every direction at each timestep: ``direction_features`` per timestep.
 
     The latents are noised to each timestep with noise seeded by the timestep alone, so a
@@ -194,13 +235,15 @@ def timestep_features(pipe, directions, latents: torch.Tensor, timesteps: Sequen
         latents: [N, 4, h, w] scaled VAE latents (``encode_images``).
         timesteps: diffusion timesteps in [0, num_train_timesteps).
         chunk_size: at most this many (image, direction) pairs per UNet call (``direction_features``).
+        edit_space: ``"eps"`` or ``"hspace"`` (``direction_features``).
     Returns:
-        One [N, K, 4, h, w] float32 tensor per timestep, in the order of ``timesteps``.
+        One [N, K, 4, h, w] float32 tensor per timestep, in the order of ``timesteps``
+        ([N, K, C, h', w'] in h-space).
     """
     if not timesteps:
         raise ValueError("measuring over timesteps needs at least one timestep; got none")
-    return [direction_features(pipe, directions, latents, timestep=t, seed=t, chunk_size=chunk_size)
-            for t in timesteps]
+    return [direction_features(pipe, directions, latents, timestep=t, seed=t, chunk_size=chunk_size,
+                               edit_space=edit_space) for t in timesteps]
 
 
 def over_timesteps(measure: Callable[[torch.Tensor], torch.Tensor], pipe, directions, latents: torch.Tensor,
@@ -324,6 +367,7 @@ def _check_config(cfg: TrainConfig, num_images: int) -> None:
                          f"{cfg.num_directions}, negatives_per_step={cfg.negatives_per_step}): two centred edits are "
                          "always opposite, so nothing would keep them apart; contrast >= 3 directions per step")
     check_context(cfg.context, "TrainConfig.context")
+    check_edit_space(cfg.edit_space, "TrainConfig.edit_space")
     if cfg.mixed_precision not in ("no", "fp16", "bf16"):
         raise ValueError(f"mixed_precision={cfg.mixed_precision!r}; use 'no', 'fp16' or 'bf16'")
 
@@ -393,9 +437,10 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
         saved_cfg.setdefault("sign_blind_negatives", False)
         saved_cfg.setdefault("center_edits", False)
         saved_cfg.setdefault("context", "{}")
+        saved_cfg.setdefault("edit_space", "eps")
         # the learning rate too: the optimizer state loaded below would silently bring back the saved one
         for key in ("num_directions", "seed", "prefix", "loss", "batch_size", "anchors", "init", "strength_weight",
-                    "sign_blind_negatives", "center_edits", "learning_rate", "context"):
+                    "sign_blind_negatives", "center_edits", "learning_rate", "context", "edit_space"):
             if saved_cfg[key] != getattr(cfg, key):
                 raise ValueError(f"{ckpt_path} was written with {key}={saved_cfg[key]!r} but this run has "
                                  f"{key}={getattr(cfg, key)!r}; use the same settings or another output folder")
@@ -426,9 +471,9 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
             try:
                 with accelerator.autocast():
                     with torch.no_grad():
-                        reference_eps = unet(noisy, t.expand(len(noisy)),
-                                             reference_cond.expand(len(noisy), -1, -1)).sample
-                    loss = _contrast(pipe, directions, params(), chosen, noisy, t, reference_eps, loss_fn, cfg,
+                        reference = unet_features(unet, noisy, t, reference_cond.expand(len(noisy), -1, -1),
+                                                  cfg.edit_space)
+                    loss = _contrast(pipe, directions, params(), chosen, noisy, t, reference, loss_fn, cfg,
                                      accelerator)
             except torch.cuda.OutOfMemoryError as error:
                 pairs = len(noisy) * len(chosen)
@@ -470,7 +515,7 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
     return directions
 
 
-def _contrast(pipe, directions, embeddings, chosen, noisy, t, reference_eps, loss_fn, cfg, accelerator):
+def _contrast(pipe, directions, embeddings, chosen, noisy, t, reference, loss_fn, cfg, accelerator):
     """Loss for one micro-batch, back-propagated into ``embeddings``; returns the loss value.
 
     ``chosen[0]`` is the step's anchor.  With ``cfg.anchors == "all"`` every chosen direction
@@ -481,7 +526,7 @@ def _contrast(pipe, directions, embeddings, chosen, noisy, t, reference_eps, los
     anchor = 0 if cfg.anchors == "one" else None
     def features_for(emb):
         cond = directions.conditioning(pipe, embeddings=emb)[chosen]
-        return edit_features(pipe.unet, noisy, t, cond, reference_eps, cfg.chunk_size)
+        return edit_features(pipe.unet, noisy, t, cond, reference, cfg.chunk_size, cfg.edit_space)
 
     def objective(features):
         contrasted = center_edit_features(features) if cfg.center_edits else features
@@ -518,7 +563,8 @@ def _contrast(pipe, directions, embeddings, chosen, noisy, t, reference_eps, los
         pieces = [(slice(a, a + cfg.chunk_size), slice(k, k + 1))
                   for k in range(len(chosen)) for a in range(0, n, cfg.chunk_size)]
     for images, dirs in pieces:
-        part = edit_features(pipe.unet, noisy[images], t, cond_all[dirs], reference_eps[images])
+        part = edit_features(pipe.unet, noisy[images], t, cond_all[dirs], reference[images],
+                             edit_space=cfg.edit_space)
         torch.autograd.backward((part * feature_grad[images, dirs]).sum(), inputs=[leaf], retain_graph=True)
     embeddings.backward(leaf.grad)
     return loss.detach()

@@ -11,7 +11,7 @@ import torch
 
 from noiseclr_lite.directions import Directions
 from noiseclr_lite.editing import denoise, edit
-from noiseclr_lite.hspace import collect_hspace, edit_hspace, hspace_directions, hspace_edit
+from noiseclr_lite.hspace import collect_hspace, edit_hspace, hspace_directions, hspace_edit, mid_block_output
 from noiseclr_lite.metrics import balanced_start_images, prepare_start, score_direction
 from noiseclr_lite.models import encode_images
 from noiseclr_lite.testing import StatsOracle
@@ -84,6 +84,27 @@ def test_hspace_scale_zero_is_the_unedited_sample_and_a_wrong_shape_is_named(tin
     with pytest.raises(ValueError, match="middle block outputs"):
         with hspace_edit(tiny_pipe, torch.randn(32, 8, 8), scale=1.0):
             denoise(tiny_pipe, latents_T=latents, num_inference_steps=2)
+
+
+def test_mid_block_output_is_the_full_calls_h_with_gradients_and_skips_the_up_blocks(tiny_pipe):
+    unet = tiny_pipe.unet
+    x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    cond = torch.randn(2, 16, 32, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    seen = {}
+    raw = unet.mid_block.register_forward_hook(lambda m, i, o: seen.__setitem__("h", o.detach().clone()))
+    try:
+        unet(x, 600, encoder_hidden_states=cond)
+        up_calls = []
+        counter = unet.up_blocks[0].register_forward_hook(lambda m, i, o: up_calls.append(1))
+        h = mid_block_output(unet, x, 600, cond)
+        counter.remove()
+    finally:
+        raw.remove()
+    assert torch.equal(h.detach(), seen["h"]) and not up_calls
+    h.square().sum().backward()  # the prompt reaches h through the down and middle blocks' cross-attention
+    assert cond.grad is not None and cond.grad.abs().sum() > 0
+    assert not unet.mid_block._forward_hooks  # its hook is gone, so the next call runs whole
+    assert unet(x, 600, encoder_hidden_states=cond).sample.shape == x.shape
 
 
 def test_hspace_directions_are_principal_components(tiny_pipe):
@@ -453,6 +474,14 @@ def test_command_line_flags_and_quick_defaults():
     assert quality._loss_options(dataclasses.asdict(centred)) == "official loss with centred edits"
     assert quality._loss_options({"sign_blind_negatives": True, "center_edits": True, "strength_weight": 0.25}) == (
         "official loss with sign-blind negatives and centred edits and strength term 0.25")
+    # what edits are compared in: eps (the official) keeps both keys; hspace changes both and reaches training
+    assert settings.edit_space == "eps"
+    in_hspace = quality.settings_from_args(quality.parse_args(["--edit-space", "hspace"]), "m")
+    assert in_hspace.edit_space == "hspace" and in_hspace.train_overrides("noiseclr", 0)["edit_space"] == "hspace"
+    in_eps = dataclasses.replace(in_hspace, edit_space="eps")
+    assert in_hspace.fingerprint() != in_eps.fingerprint()
+    assert in_hspace.training_fingerprint() != in_eps.training_fingerprint()
+    assert quality._loss_options(dataclasses.asdict(in_hspace)) == "official loss with edits compared in h-space"
     # the prompt context: "alone" (the official) keeps both keys; "caption" changes both
     assert settings.context == "alone"
     placed = quality.settings_from_args(quality.parse_args(["--context", "caption"]), "m")
@@ -470,7 +499,7 @@ def test_command_line_flags_and_quick_defaults():
     assert logged.training_fingerprint() == settings.training_fingerprint() != vocab.training_fingerprint()
     legacy = {k: v for k, v in dataclasses.asdict(settings).items()
               if k not in ("anchors", "init", "strength_weight", "min_scale", "hspace_min_scale",
-                           "sign_blind_negatives", "context", "center_edits")}
+                           "sign_blind_negatives", "context", "center_edits", "edit_space")}
     legacy_key = hashlib.sha256(json.dumps({**{k: v for k, v in legacy.items() if k not in
                                                {"domains", "seeds", "methods", "interference", "grid_images",
                                                 "interference_images", "quick"}}, "weights": ""},

@@ -144,6 +144,50 @@ def test_edit_features_layout(tiny_pipe):
     assert torch.allclose(edit_features(tiny_pipe.unet, noisy, t, cond, empty, chunk_size=2), features, atol=1e-5)
 
 
+def test_edit_features_in_hspace_are_differences_of_the_middle_blocks_output(tiny_pipe):
+    from noiseclr_lite.hspace import mid_block_output
+    from noiseclr_lite.train import unet_features
+
+    torch.manual_seed(0)
+    noisy = torch.randn(3, 4, 16, 16)
+    cond = torch.randn(2, 16, 32)
+    reference_cond = torch.randn(3, 16, 32)
+    t = torch.tensor([500])
+    reference = unet_features(tiny_pipe.unet, noisy, t, reference_cond, "hspace")
+    assert torch.equal(reference, mid_block_output(tiny_pipe.unet, noisy, t.expand(3), reference_cond))
+    assert torch.equal(unet_features(tiny_pipe.unet, noisy, t, reference_cond),
+                       tiny_pipe.unet(noisy, t.expand(3), reference_cond).sample)   # eps is the default
+    features = edit_features(tiny_pipe.unet, noisy, t, cond, reference, edit_space="hspace")
+    assert features.shape == (3, 2, 64, 8, 8)          # [N, K, C, h', w']: the tiny UNet's bottleneck
+    expected = mid_block_output(tiny_pipe.unet, noisy[2:3], t, cond[1:2]) - reference[2:3]
+    assert torch.allclose(features[2, 1], expected[0], atol=1e-5)
+    assert torch.allclose(edit_features(tiny_pipe.unet, noisy, t, cond, reference, chunk_size=2, edit_space="hspace"),
+                          features, atol=1e-5)
+    with pytest.raises(ValueError, match="edit_space='h'; use 'eps'"):
+        unet_features(tiny_pipe.unet, noisy, t, reference_cond, "h")
+
+
+def test_training_in_hspace_learns_other_directions_and_records_the_space(tmp_path):
+    from noiseclr_lite.testing import tiny_pipeline
+    from noiseclr_lite.train import timestep_features
+
+    official = train_directions(tiny_pipeline(0, tmp_path / "a"), _images(), progress=False, **FAST)
+    pipe = tiny_pipeline(0, tmp_path / "b")
+    in_hspace = train_directions(pipe, _images(), progress=False, edit_space="hspace", **FAST)
+    assert not torch.allclose(in_hspace.embeddings, official.embeddings)
+    assert json.loads(in_hspace.metadata["training"])["edit_space"] == "hspace"
+    assert json.loads(official.metadata["training"])["edit_space"] == "eps"
+    # the chunked, gradient-cached path trains the same directions
+    chunked = train_directions(tiny_pipeline(0, tmp_path / "c"), _images(), progress=False, edit_space="hspace",
+                               chunk_size=3, **FAST)
+    assert torch.allclose(in_hspace.embeddings, chunked.embeddings, atol=1e-5)
+    latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+    (h_features,) = timestep_features(pipe, in_hspace, latents, [300], edit_space="hspace")
+    assert h_features.shape == (2, FAST["num_directions"], 64, 8, 8)
+    with pytest.raises(ValueError, match="TrainConfig.edit_space='noise'"):
+        train_directions(tiny_pipeline(0, tmp_path / "d"), _images(), progress=False, edit_space="noise", **FAST)
+
+
 def test_nan_loss_stops_with_step_and_keeps_checkpoint(tiny_pipe, tmp_path):
     ckpt = tmp_path / "ckpt"
     train_directions(tiny_pipe, _images(), output_dir=ckpt, progress=False, checkpoint_every=1, **FAST)
@@ -269,6 +313,9 @@ def test_resume_refuses_other_settings(tiny_pipe, tmp_path):
     with pytest.raises(ValueError, match="center_edits=False but this run has center_edits=True"):
         train_directions(tiny_pipe, _images(), output_dir=tmp_path, resume=True, progress=False,
                          **{**FAST, "center_edits": True})
+    with pytest.raises(ValueError, match="edit_space='eps' but this run has edit_space='hspace'"):
+        train_directions(tiny_pipe, _images(), output_dir=tmp_path, resume=True, progress=False,
+                         **{**FAST, "edit_space": "hspace"})
     with pytest.raises(ValueError, match=r"context='\{\}' but this run has context='a face, \{\}'"):
         train_directions(tiny_pipe, _images(), output_dir=tmp_path, resume=True, progress=False,
                          **{**FAST, "context": "a face, {}"})
