@@ -36,6 +36,10 @@ kurtosis of that gain over the images (:func:`gain_kurtosis`): a direction that 
 balanced two-valued attribute splits the images into two equal groups (kurtosis -2), a mixture of attributes
 less cleanly.
 
+``--edit-space hspace`` measures the consistency, the shared share and the agreement on the
+differences of the UNet's middle-block output instead of the noise prediction's (what
+``quality.py --edit-space hspace`` trains on); ``--gain-images 0`` leaves the gain out.
+
 Writes ``results/consistency[-tag].md``, ``.json`` and a ``.png`` of each domain's most and least
 consistent NoiseCLR direction.  7 to 11 s per set of 10 directions on 2 CPU cores for the
 consistency, about 45 s more for the gain on 64 images, plus training time for directions not in
@@ -67,7 +71,7 @@ from benchmarks.quality import (DEFAULT_ORACLE, RESULTS, TRAINED_LOSSES, Cache, 
                                 load_or_train, machine, matched_random, read_report, render, report_stem,
                                 save_small_png, text_directions, training_latents, write_atomically)
 from noiseclr_lite.metrics import STRENGTH_MIN, DirectionScore, balanced_start_images, prepare_start, summary  # noqa: E402
-from noiseclr_lite.train import CONSISTENCY_TIMESTEPS  # noqa: E402
+from noiseclr_lite.train import CONSISTENCY_TIMESTEPS, EDIT_SPACES  # noqa: E402
 
 #: the methods whose directions are prompt tokens or phrases (h-space edits the UNet instead)
 SCORED_METHODS = ("NoiseCLR", "InfoNCE", "random", "text")
@@ -412,6 +416,14 @@ def _images(used: dict) -> str:
     return str(counts[0]) if len(counts) == 1 else ", ".join(f"{n} ({d})" for d, n in used.items())
 
 
+def _space_words(result: dict) -> str:
+    """"" for the noise prediction's edit features (the default), else what they are differences of."""
+    if result.get("edit_space", "eps") == "eps":
+        return ""
+    return (" -- here the differences of the UNet's middle-block output h (`--edit-space hspace`), not of the "
+            "noise prediction; the shared share and the agreement below are measured on them too")
+
+
 def _set_sizes(result: dict) -> str:
     """"10 tokens, 4 words": how many directions the sets of ``result['consistency']`` hold."""
     sizes = {}
@@ -456,7 +468,8 @@ def markdown(result: dict) -> str:
              f"{result['seconds'] / 60:.1f} min. Written by `benchmarks/consistency.py` (what it measures and why: its "
              f"docstring and [`benchmarks/README.md`](../README.md#edit-consistency-benchmarksconsistencypy)).", "",
              f"Consistency of a direction: the mean cosine between its edit features on two different images "
-             f"(the cosines the losses' positive term is built from), on {_images(result['images'])} training "
+             f"(the cosines the losses' positive term is built from){_space_words(result)}, on "
+             f"{_images(result['images'])} training "
              f"images per domain at timesteps "
              f"{', '.join(map(str, result['timesteps']))}. Readings: "
              + ", ".join(f"[`{r['report']}`]({r['report']}.md)" for r in result["readings"]) + ". "
@@ -537,12 +550,15 @@ def _consistency_and_share(features: torch.Tensor) -> torch.Tensor:
 def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, tag: str = "",
                        images: int = DEFAULT_IMAGES, timesteps=CONSISTENCY_TIMESTEPS, progress: bool = True,
                        log: Callable[[str], None] = print, samples: str | os.PathLike | None = None,
-                       gain_images: int = DEFAULT_GAIN_IMAGES) -> dict:
+                       gain_images: int = DEFAULT_GAIN_IMAGES, edit_space: str = "eps") -> dict:
     """Measure the consistency, the agreement and the denoising gain's kurtosis of every token
     direction the reports ``names`` scored, relate them to their scores and write
     ``consistency[-tag].md``, ``.json`` and ``.png`` (:func:`figure`) into ``out_dir``; returns the
     result.  ``samples``: where the training images are on this machine, when not at the path the
-    reports recorded.  ``gain_images``: how many training images the gain is measured on."""
+    reports recorded.  ``gain_images``: how many training images the gain is measured on (0: not
+    measured).  ``edit_space``: what the edit features behind the consistency, the shared share and
+    the agreement are differences of, ``"eps"`` (what the official loss sees) or ``"hspace"`` (the
+    UNet's middle-block output, ``train.EDIT_SPACES``); the gain is always the noise's."""
     from tqdm.auto import tqdm
 
     from noiseclr_lite.train import denoising_gain, timestep_features
@@ -582,28 +598,31 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
         scored_on = consistency_latents(train_latents(), images)  # the images training learns from
         used_images[domain] = len(scored_on)
         gained_on = consistency_latents(train_latents(), gain_images)  # the same draw, more of it
-        if len(gained_on) < 4:
+        if gain_images and len(gained_on) < 4:
             _fail(f"{domain}: the training images give {len(gained_on)} latents; the gain's kurtosis needs >= 4 "
                   f"images: add images to {settings.samples}/{domain}")
-        used_gain_images[domain] = len(gained_on)
+        if gain_images:
+            used_gain_images[domain] = len(gained_on)
         kept: dict = {}  # {method: {seed: per-timestep features}} for the seeds' agreement
         with stages(f"{domain}: consistency and gain of {len(sets)} sets"):
             for (method, seed), directions in tqdm(sets.items(), desc=domain, disable=not progress):
                 # one UNet pass per timestep for all three: [K] consistencies, the set's shared share,
                 # and (below) how well other seeds' sets reproduce each direction
-                features = timestep_features(pipe, directions, scored_on, timesteps)
+                features = timestep_features(pipe, directions, scored_on, timesteps, edit_space=edit_space)
                 both = torch.stack([_consistency_and_share(f) for f in features]).mean(dim=0)
                 consistency.setdefault(domain, {}).setdefault(method, {})[str(seed)] = both[:-1].tolist()
                 shared.setdefault(domain, {}).setdefault(method, {})[str(seed)] = both[-1].item()
                 if method in RANKED_METHODS:
                     kept.setdefault(method, {})[str(seed)] = features
-                gains = denoising_gain(pipe, directions, gained_on, timesteps)
-                kurtosis.setdefault(domain, {}).setdefault(method, {})[str(seed)] = gain_kurtosis(gains)
+                if gain_images:
+                    gains = denoising_gain(pipe, directions, gained_on, timesteps)
+                    kurtosis.setdefault(domain, {}).setdefault(method, {})[str(seed)] = gain_kurtosis(gains)
         for method, by_seed in kept.items():
             if len(by_seed) >= 2:
                 agreement.setdefault(domain, {})[method] = seed_agreement(by_seed)
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(pipe), "weights": weights, "tag": tag,
-              "images": used_images, "timesteps": list(timesteps), "settings": _protocol(readings[0][1]),
+              "images": used_images, "timesteps": list(timesteps), "edit_space": edit_space,
+              "settings": _protocol(readings[0][1]),
               "trained_here": trained_here,
               "table": set_table(consistency), "shared_table": set_table(shared),
               "readings": analyse(readings, consistency), "consistency": consistency,
@@ -661,13 +680,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="training images per domain")
     parser.add_argument("--timesteps", type=int, nargs="+", default=list(CONSISTENCY_TIMESTEPS))
     parser.add_argument("--gain-images", type=int, default=DEFAULT_GAIN_IMAGES,
-                        help="training images per domain the denoising gain and its kurtosis are measured on")
+                        help="training images per domain the denoising gain and its kurtosis are measured on "
+                             "(0: not measured, which saves about 45 s a set)")
+    parser.add_argument("--edit-space", choices=EDIT_SPACES, default="eps",
+                        help="what the edit features are differences of: eps, the noise prediction (what the "
+                             "official loss sees), or hspace, the UNet's middle-block output (default: %(default)s)")
     add_run_flags(parser)
     args = parser.parse_args(argv)
     if args.images < 2:
         parser.error(f"--images {args.images}: consistency compares images in pairs; give 2 or more")
-    if args.gain_images < 4:
-        parser.error(f"--gain-images {args.gain_images}: a kurtosis needs at least 4 images")
+    if 0 < args.gain_images < 4 or args.gain_images < 0:
+        parser.error(f"--gain-images {args.gain_images}: a kurtosis needs at least 4 images (0: no gain)")
     return args
 
 
@@ -677,7 +700,7 @@ def main(argv=None) -> dict:
     pipe, oracle = load_model_and_oracle(args)
     return consistency_report(args.reports, pipe, oracle, args.out, tag=args.tag, images=args.images,
                               timesteps=args.timesteps, progress=not args.no_progress, samples=args.samples,
-                              gain_images=args.gain_images)
+                              gain_images=args.gain_images, edit_space=args.edit_space)
 
 
 if __name__ == "__main__":

@@ -206,6 +206,26 @@ def test_consistency_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_pa
     assert json.loads((tmp_path / "consistency-t.json").read_text())["readings"] == json.loads(json.dumps(
         result["readings"]))
 
+    # in h-space: consistency, shared share and agreement of the middle block's output; no gain asked, none measured
+    from noiseclr_lite.loss import edit_consistency
+
+    in_h = consistency.consistency_report(["a"], tiny_pipe, StatsOracle(), tmp_path, tag="h", images=3,
+                                          timesteps=(200, 600), progress=False, log=lambda _: None, gain_images=0,
+                                          edit_space="hspace")
+    h_features = timestep_features(tiny_pipe, saved, latents, (200, 600), edit_space="hspace")
+    assert h_features[0].shape[2:] == (64, 8, 8)
+    assert in_h["consistency"]["face"]["random"]["0"] == pytest.approx(
+        torch.stack([edit_consistency(f) for f in h_features]).mean(dim=0).tolist(), abs=1e-5)
+    assert in_h["consistency"]["face"]["random"]["0"] != pytest.approx(values["random"]["0"], abs=1e-3)
+    assert in_h["edit_space"] == "hspace" and result["edit_space"] == "eps"
+    assert in_h["gain_kurtosis"] == {} and in_h["gain_table"] == {} and in_h["gain_images"] == {}
+    h_page = (tmp_path / "consistency-h.md").read_text()
+    assert "the UNet's middle-block output h" in h_page and "kurtosis of its denoising gain" not in h_page
+    assert "middle-block output" not in md
+    assert consistency.parse_args(["a", "--edit-space", "hspace", "--gain-images", "0"]).edit_space == "hspace"
+    with pytest.raises(SystemExit):
+        consistency.parse_args(["a", "--gain-images", "3"])
+
     # reports of other trained directions are refused, naming both
     other = dataclasses.replace(settings, steps=3, methods=["NoiseCLR"])
     quality.run_benchmark(tiny_pipe, StatsOracle(), other, tmp_path, tag="b", resume=True, progress=False,
