@@ -574,6 +574,10 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
     if samples is not None:  # where the images are here: reading them elsewhere changes no cache key
         settings = dataclasses.replace(settings, samples=str(samples))
     stages = Stages(log)
+    trained_in = getattr(settings, "edit_space", "eps")
+    if edit_space != trained_in:
+        log(f"{TOOL}: note: the reports' directions were trained on {trained_in} edit features; this run measures "
+            f"their {edit_space} ones")
     for path, report in readings:
         threads_then = report_threads(report)
         if threads_then is not None and threads_then != torch.get_num_threads():
@@ -597,14 +601,16 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
         trained_here += [f"{domain} {method} seed {seed}" for method, seed in trained]
         scored_on = consistency_latents(train_latents(), images)  # the images training learns from
         used_images[domain] = len(scored_on)
-        gained_on = consistency_latents(train_latents(), gain_images)  # the same draw, more of it
-        if gain_images and len(gained_on) < 4:
-            _fail(f"{domain}: the training images give {len(gained_on)} latents; the gain's kurtosis needs >= 4 "
-                  f"images: add images to {settings.samples}/{domain}")
+        gained_on = None  # with --gain-images 0 the gain is not measured
         if gain_images:
+            gained_on = consistency_latents(train_latents(), gain_images)  # the same draw, more of it
+            if len(gained_on) < 4:
+                _fail(f"{domain}: the training images give {len(gained_on)} latents; the gain's kurtosis needs >= 4 "
+                      f"images: add images to {settings.samples}/{domain}")
             used_gain_images[domain] = len(gained_on)
         kept: dict = {}  # {method: {seed: per-timestep features}} for the seeds' agreement
-        with stages(f"{domain}: consistency and gain of {len(sets)} sets"):
+        measured = "consistency" + (" and gain" if gained_on is not None else "")
+        with stages(f"{domain}: {measured} of {len(sets)} sets"):
             for (method, seed), directions in tqdm(sets.items(), desc=domain, disable=not progress):
                 # one UNet pass per timestep for all three: [K] consistencies, the set's shared share,
                 # and (below) how well other seeds' sets reproduce each direction
@@ -614,7 +620,7 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
                 shared.setdefault(domain, {}).setdefault(method, {})[str(seed)] = both[-1].item()
                 if method in RANKED_METHODS:
                     kept.setdefault(method, {})[str(seed)] = features
-                if gain_images:
+                if gained_on is not None:
                     gains = denoising_gain(pipe, directions, gained_on, timesteps)
                     kurtosis.setdefault(domain, {}).setdefault(method, {})[str(seed)] = gain_kurtosis(gains)
         for method, by_seed in kept.items():
@@ -632,7 +638,8 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
               "gain_images": used_gain_images, "gain_table": set_table(kurtosis),
               "gain_readings": analyse(readings, kurtosis, "gain kurtosis"), "gain_kurtosis": kurtosis,
               "figure": None}
-    stem = "consistency" + (f"-{tag}" if tag else "")
+    # an untagged h-space run must not overwrite the untagged eps page
+    stem = "consistency" + (f"-{tag}" if tag else "" if edit_space == "eps" else f"-{edit_space}")
     out_dir.mkdir(parents=True, exist_ok=True)
     # the first reading's protocol (its edit window) renders the figure, at that report's scales
     with stages("figure"):

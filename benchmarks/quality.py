@@ -1356,7 +1356,7 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
     a retrained model starts a new group."""
     out_dir = Path(out_dir)
     columns = ["report", "weights", "domains", "seeds", "K", "steps", "lr", "tau", "t range", "batch",
-               "training images", "anchors", "init", "strength weight", "negatives", "scale bracket",
+               "training images", "anchors", "init", "strength weight", "negatives, edit features", "scale bracket",
                "target change on images", "edit window",
                "coverage", "mean purity", "purity margin over random", "purity / text", "mean strength",
                "saturated", "purity of unsaturated"]
@@ -1382,7 +1382,7 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
                      f"{s.get('strength_weight', 0.0):g} | "
                      f"{'sign-blind' if s.get('sign_blind_negatives') else 'signed'}"
                      f"{', centred' if s.get('center_edits') else ''}"
-                     f"{', h-space' if s.get('edit_space', 'eps') != 'eps' else ''} | "
+                     f"{', h-space edits' if s.get('edit_space', 'eps') != 'eps' else ''} | "
                      f"{_scale_bracket(s.get('min_scale', 0.0), s['max_scale'])} | "
                      f"{s['target_change']:g} on {s['calibration_images']} | "
                      f"{':'.join(f'{x:g}' for x in s.get('window', (1.0, 0.0)))} | "

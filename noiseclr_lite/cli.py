@@ -214,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
             num_directions=args.num_directions, steps=args.steps, learning_rate=args.lr, tau=args.tau,
             loss=args.loss, batch_size=args.batch_size, negatives_per_step=args.negatives or None,
             anchors=args.anchors, init=args.init, strength_weight=args.strength_weight,
-            sign_blind_negatives=args.sign_blind_negatives, center_edits=args.center_edits, context=args.context,
-            edit_space=args.edit_space, timestep_range=(args.t_min, args.t_max), grad_accum=args.grad_accum, chunk_size=args.chunk_size,
+            sign_blind_negatives=args.sign_blind_negatives, center_edits=args.center_edits,
+            context=args.context, edit_space=args.edit_space, timestep_range=(args.t_min, args.t_max),
+            grad_accum=args.grad_accum, chunk_size=args.chunk_size,
             mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
             seed=args.seed, prefix=args.prefix, checkpoint_every=args.checkpoint_every)
         ckpt = args.checkpoint_dir or args.out + ".ckpt"

@@ -73,11 +73,15 @@ def mid_block_output(unet, sample: torch.Tensor, timestep, encoder_hidden_states
         timestep: as for the UNet (a number, or a [1] or [B] tensor).
         encoder_hidden_states: [B, L, H] prompt conditioning.
     Returns:
-        [B, C, h', w'] in the UNet's dtype (C = the last block's channels).
+        [B, C, h', w'] in the UNet's dtype (or the autocast dtype inside ``autocast``; C = the last
+        down block's channels).
     """
     def leave(module, inputs, output):
         raise _MiddleBlockReached(output)
 
+    if getattr(unet, "mid_block", None) is None:
+        raise ValueError(f"this {type(unet).__name__} has no middle block (mid_block_type=None in its config), so it "
+                         "has no h-space; use edit_space='eps' or a UNet with a middle block")
     handle = unet.mid_block.register_forward_hook(leave)
     try:
         unet(sample, timestep, encoder_hidden_states=encoder_hidden_states)
@@ -85,8 +89,8 @@ def mid_block_output(unet, sample: torch.Tensor, timestep, encoder_hidden_states
         return reached.output
     finally:
         handle.remove()
-    raise RuntimeError(f"{type(unet).__name__} returned without running its mid_block; mid_block_output needs a "
-                       "UNet with a middle block (diffusers' UNet2DConditionModel)")
+    raise RuntimeError(f"{type(unet).__name__} returned without running its mid_block; mid_block_output needs "
+                       "diffusers' UNet2DConditionModel, whose forward runs the middle block")
 
 
 @torch.no_grad()
@@ -109,9 +113,9 @@ def collect_hspace(pipe, latents: torch.Tensor, timesteps: Sequence[int], seed: 
         t = int(t)
         noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
         noisy = pipe.scheduler.add_noise(latents.float().cpu(), noise, torch.tensor([t]))
-        chunks = [noisy[a:a + batch_size].to(device, unet.dtype) for a in range(0, len(noisy), batch_size)]
+        chunks = (noisy[a:a + batch_size].to(device, unet.dtype) for a in range(0, len(noisy), batch_size))
         per_t.append(torch.cat([mid_block_output(unet, chunk, t, empty.expand(len(chunk), -1, -1)).float().cpu()
-                                for chunk in chunks]))
+                                for chunk in chunks]))  # a generator: one chunk on the device at a time
     return torch.stack(per_t)
 
 

@@ -124,11 +124,12 @@ def unet_features(unet, noisy_latents: torch.Tensor, timestep: torch.Tensor, con
     """What the UNet gives that edits are compared in, for one call.
 
     Args:
+        unet: a ``UNet2DConditionModel`` (``pipe.unet``).
         noisy_latents: [B, 4, h, w]; timestep: a 0-d, [1] or [B] tensor; cond: [B, L, H].
         edit_space: ``"eps"``: the noise prediction, [B, 4, h, w]; ``"hspace"``: the middle block's
             output, [B, C, h', w'] (the up blocks are not run).
     Returns:
-        The UNet's dtype, differentiable w.r.t. ``cond``.
+        In the UNet's dtype (the autocast dtype inside ``autocast``), differentiable w.r.t. ``cond``.
     """
     check_edit_space(edit_space)
     timesteps = timestep.expand(len(noisy_latents))
@@ -247,24 +248,25 @@ def timestep_features(pipe, directions, latents: torch.Tensor, timesteps: Sequen
 
 
 def over_timesteps(measure: Callable[[torch.Tensor], torch.Tensor], pipe, directions, latents: torch.Tensor,
-                   timesteps: Sequence[int] = CONSISTENCY_TIMESTEPS, chunk_size: int | None = None) -> torch.Tensor:
+                   timesteps: Sequence[int] = CONSISTENCY_TIMESTEPS, chunk_size: int | None = None,
+                   edit_space: str = "eps") -> torch.Tensor:
     """``measure`` of the edit features at each timestep (:func:`timestep_features`), averaged
     over the timesteps.
 
     Args:
-        measure: [N, K, 4, h, w] edit features -> a tensor (``loss.edit_consistency``: [K];
+        measure: [N, K, ...] edit features -> a tensor (``loss.edit_consistency``: [K];
             ``loss.shared_edit_share``: 0-d).
-        directions, latents, timesteps, chunk_size: as for :func:`timestep_features`.
+        directions, latents, timesteps, chunk_size, edit_space: as for :func:`timestep_features`.
     Returns:
         The mean over ``timesteps`` of ``measure``'s value, in its shape.
     """
-    features = timestep_features(pipe, directions, latents, timesteps, chunk_size)
+    features = timestep_features(pipe, directions, latents, timesteps, chunk_size, edit_space)
     return torch.stack([measure(f) for f in features]).mean(dim=0)
 
 
 def direction_consistency(pipe, directions, latents: torch.Tensor,
                           timesteps: Sequence[int] = CONSISTENCY_TIMESTEPS,
-                          chunk_size: int | None = None) -> torch.Tensor:
+                          chunk_size: int | None = None, edit_space: str = "eps") -> torch.Tensor:
     """Each direction's edit consistency (``loss.edit_consistency``), averaged over timesteps
     (:func:`over_timesteps`).
 
@@ -274,10 +276,11 @@ def direction_consistency(pipe, directions, latents: torch.Tensor,
         latents: [N, 4, h, w] scaled VAE latents (``encode_images``), N >= 2.
         timesteps: diffusion timesteps in [0, num_train_timesteps).
         chunk_size: at most this many (image, direction) pairs per UNet call (``direction_features``).
+        edit_space: ``"eps"`` (what the official loss sees) or ``"hspace"`` (:data:`EDIT_SPACES`).
     Returns:
         [K] float32 in [-1, 1]: the mean over ``timesteps`` of ``mean_{i != j} cos(D_ik, D_jk)``.
     """
-    return over_timesteps(edit_consistency, pipe, directions, latents, timesteps, chunk_size)
+    return over_timesteps(edit_consistency, pipe, directions, latents, timesteps, chunk_size, edit_space)
 
 
 @torch.no_grad()

@@ -46,7 +46,7 @@ def test_resume_continues_from_the_checkpoint(trained, tiny_pipe_dir, image_fold
     assert len(__import__("json").loads(history)) == 3
 
 
-def test_anchors_centring_context_and_edit_space_flags_reach_the_training_settings(tiny_pipe_dir, image_folder, tmp_path):
+def test_anchors_centring_context_and_edit_space_flags_reach_training(tiny_pipe_dir, image_folder, tmp_path):
     out = tmp_path / "all.safetensors"
     assert main(["train", "--model", str(tiny_pipe_dir), "--device", "cpu", "--images", str(image_folder),
                  "--num-directions", "3", "--steps", "1", "--batch-size", "3", "--anchors", "all", "--center-edits",

@@ -90,21 +90,29 @@ def test_mid_block_output_is_the_full_calls_h_with_gradients_and_skips_the_up_bl
     unet = tiny_pipe.unet
     x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     cond = torch.randn(2, 16, 32, generator=torch.Generator().manual_seed(1), requires_grad=True)
-    seen = {}
-    raw = unet.mid_block.register_forward_hook(lambda m, i, o: seen.__setitem__("h", o.detach().clone()))
+    seen = []
+    raw = unet.mid_block.register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
     try:
         unet(x, 600, encoder_hidden_states=cond)
-        up_calls = []
-        counter = unet.up_blocks[0].register_forward_hook(lambda m, i, o: up_calls.append(1))
-        h = mid_block_output(unet, x, 600, cond)
-        counter.remove()
     finally:
         raw.remove()
-    assert torch.equal(h.detach(), seen["h"]) and not up_calls
+    up_calls = []
+    counter = unet.up_blocks[0].register_forward_hook(lambda m, i, o: up_calls.append(1))
+    try:
+        h = mid_block_output(unet, x, 600, cond)
+    finally:
+        counter.remove()
+    assert len(seen) == 1 and torch.equal(h.detach(), seen[0]) and not up_calls
     h.square().sum().backward()  # the prompt reaches h through the down and middle blocks' cross-attention
     assert cond.grad is not None and cond.grad.abs().sum() > 0
     assert not unet.mid_block._forward_hooks  # its hook is gone, so the next call runs whole
     assert unet(x, 600, encoder_hidden_states=cond).sample.shape == x.shape
+    with pytest.raises(RuntimeError):            # a call that fails on the way: the hook is removed all the same
+        mid_block_output(unet, x, 600, torch.randn(2, 16, 7))
+    assert not unet.mid_block._forward_hooks
+    headless = type("Headless", (), {"mid_block": None})()
+    with pytest.raises(ValueError, match="has no middle block .* use edit_space='eps'"):
+        mid_block_output(headless, x, 600, cond)
 
 
 def test_hspace_directions_are_principal_components(tiny_pipe):

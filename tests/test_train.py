@@ -181,6 +181,9 @@ def test_training_in_hspace_learns_other_directions_and_records_the_space(tmp_pa
     chunked = train_directions(tiny_pipeline(0, tmp_path / "c"), _images(), progress=False, edit_space="hspace",
                                chunk_size=3, **FAST)
     assert torch.allclose(in_hspace.embeddings, chunked.embeddings, atol=1e-5)
+    split = train_directions(tiny_pipeline(0, tmp_path / "e"), _images(), progress=False, edit_space="hspace",
+                             chunk_size=2, **FAST)   # smaller than a direction's 3 images: the images are split too
+    assert torch.allclose(in_hspace.embeddings, split.embeddings, atol=1e-5)
     latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(3))
     (h_features,) = timestep_features(pipe, in_hspace, latents, [300], edit_space="hspace")
     assert h_features.shape == (2, FAST["num_directions"], 64, 8, 8)
