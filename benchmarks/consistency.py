@@ -563,6 +563,8 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
 
     from noiseclr_lite.train import denoising_gain, timestep_features
 
+    if gain_images < 0:
+        raise ValueError(f"gain_images={gain_images}: give 0 (no gain) or 4 or more training images")
     out_dir = Path(out_dir)
     readings = load_readings(names, out_dir)
     weights = readings[0][1]["weights"]
@@ -639,7 +641,10 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
               "gain_readings": analyse(readings, kurtosis, "gain kurtosis"), "gain_kurtosis": kurtosis,
               "figure": None}
     # an untagged h-space run must not overwrite the untagged eps page
-    stem = "consistency" + (f"-{tag}" if tag else "" if edit_space == "eps" else f"-{edit_space}")
+    if tag:
+        stem = f"consistency-{tag}"
+    else:
+        stem = "consistency" + ("" if edit_space == "eps" else f"-{edit_space}")
     out_dir.mkdir(parents=True, exist_ok=True)
     # the first reading's protocol (its edit window) renders the figure, at that report's scales
     with stages("figure"):

@@ -63,9 +63,11 @@ def mid_block_output(unet, sample: torch.Tensor, timestep, encoder_hidden_states
     """h, the UNet's middle-block output for one call, without running the up blocks.
 
     A forward hook on ``unet.mid_block`` hands its output out of the call, so the up blocks
-    (about half the UNet's work) never run.  Gradients flow as in a full call: h depends on the
-    prompt through the down and middle blocks' cross-attention.  (What reaches the image only
-    through the up blocks' cross-attention is not in h.)
+    never run (they work at the highest resolutions: on the bundled model a training step on h
+    took about a quarter of a full one's time, ``benchmarks/quality-findings.md``).  Gradients
+    flow as in a full call: h depends on the prompt through the down and middle blocks'
+    cross-attention.  (What reaches the image only through the up blocks' cross-attention is not
+    in h.)
 
     Args:
         unet: a ``UNet2DConditionModel``.

@@ -225,6 +225,9 @@ def test_consistency_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_pa
     assert consistency.parse_args(["a", "--edit-space", "hspace", "--gain-images", "0"]).edit_space == "hspace"
     with pytest.raises(SystemExit):
         consistency.parse_args(["a", "--gain-images", "3"])
+    with pytest.raises(ValueError, match="gain_images=-1: give 0"):
+        consistency.consistency_report(["a"], tiny_pipe, StatsOracle(), tmp_path, gain_images=-1)
+    assert not (tmp_path / "consistency-hspace.md").exists()   # tagged h-space runs are named by their tag
 
     # reports of other trained directions are refused, naming both
     other = dataclasses.replace(settings, steps=3, methods=["NoiseCLR"])
