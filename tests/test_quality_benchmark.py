@@ -513,6 +513,9 @@ def test_command_line_flags_and_quick_defaults():
                                                 "interference_images", "quick"}}, "weights": ""},
                                            sort_keys=True, default=list).encode()).hexdigest()[:12]
     assert settings.fingerprint() == legacy_key
+    # the trained directions' key of the default settings, as the code before --edit-space computed it
+    # (commit 9058d52): options that are off must keep every earlier trained cache
+    assert quality.Settings(model="m", samples="data/samples").training_fingerprint("w") == "3d6f0f97af0a"
     assert quality.text_directions("cat").prompts == ["orange fur", "striped", "pointy ears", "green eyes"]
     assert len(quality.text_directions("car", "both").prompts) == 8
     captions = quality.text_directions("car", "caption")
