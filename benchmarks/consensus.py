@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from tqdm.auto import tqdm
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python benchmarks/consensus.py` from anywhere
@@ -51,9 +52,10 @@ from benchmarks.consistency import (DEFAULT_IMAGES, RANKED_METHODS, _staged_late
                                     check_samples, consistency_latents, load_model_and_oracle, settings_of,
                                     token_sets, units_of)
 from benchmarks.ladder import bars_section, ladder, load_rungs, rung_label  # noqa: E402
-from benchmarks.quality import (RESULTS, Cache, Stages, _pm, cache_key, machine,  # noqa: E402
+from benchmarks.quality import (RESULTS, Cache, Stages, _pm, cache_key, domain_start, machine,  # noqa: E402
                                 report_stem, write_atomically)
-from noiseclr_lite.consensus import consensus_picks, run_agreement, run_cosines  # noqa: E402
+from noiseclr_lite.metrics import images_to_tensor, score_rendered  # noqa: E402
+from noiseclr_lite.consensus import consensus_picks, mean_edit, pick_copies, run_agreement, run_cosines  # noqa: E402,E501
 from noiseclr_lite.train import CONSISTENCY_TIMESTEPS, timestep_features  # noqa: E402
 
 TOOL = "benchmarks/consensus.py"
@@ -84,13 +86,28 @@ def group_picks(cosines: torch.Tensor, seeds: list, group: list, set_size: int, 
     picks = consensus_picks(within, sizes, count)
     agreement = run_agreement(within, sizes)
     return {"seeds": list(group), "picked": [[group[run], k] for run, k in picks],
-            "agreement": [agreement[run * set_size + k].item() for run, k in picks]}
+            "agreement": [agreement[run * set_size + k].item() for run, k in picks],
+            "copies": [[[group[run], k] for run, k in copies] for copies in pick_copies(within, sizes, picks)]}
 
 
-def consensus_rungs(rungs: list[tuple[Path, dict]], picks: dict) -> list[tuple[Path, dict]]:
+def only_domains(report: dict, domains, path) -> dict:
+    """A copy of ``report`` that holds only ``domains``; SystemExit naming any it lacks."""
+    missing = [d for d in domains if d not in report["domains"]]
+    if missing:
+        _fail(f"--domains {' '.join(missing)}: {path} has only {', '.join(report['domains'])}; give some of those")
+    kept = copy.deepcopy(report)
+    kept["domains"] = {d: kept["domains"][d] for d in report["domains"] if d in domains}
+    kept["settings"]["domains"] = list(kept["domains"])
+    return kept
+
+
+def consensus_rungs(rungs: list[tuple[Path, dict]], picks: dict, averaged: list | None = None
+                    ) -> list[tuple[Path, dict]]:
     """The rungs as if each group's consensus set were one seed's set: for every method with picks,
     one run per group (its "seed" the group's index) holding the kept directions' scores; the
-    methods without picks but the words (h-space) are left out.  ``picks``: {domain: {method: [group_picks]}}."""
+    methods without picks but the words (h-space) are left out.  ``picks``: {domain: {method: [group_picks]}}.
+    ``averaged``: per rung, {domain: {method: [[score dicts] per group]}} (:func:`mean_scores`) read
+    instead of the picks' own scores."""
     with_picks = {method for by_method in picks.values() for method in by_method}
     groups = {len(by_group) for by_method in picks.values() for by_group in by_method.values()}
     if len(groups) != 1:
@@ -108,10 +125,52 @@ def consensus_rungs(rungs: list[tuple[Path, dict]], picks: dict) -> list[tuple[P
                 del runs[method]
             for method, by_group in by_method.items():
                 scores = {run["seed"]: run["scores"] for run in report["domains"][domain]["runs"][method]}
-                runs[method] = [{"seed": g, "scores": [scores[seed][k] for seed, k in group["picked"]]}
+                runs[method] = [{"seed": g, "scores": [scores[seed][k] for seed, k in group["picked"]]
+                                 if averaged is None else averaged[len(out)][domain][method][g]}
                                 for g, group in enumerate(by_group)]
         out.append((path, virtual))
     return out
+
+
+def mean_render(pipe, copies: list, scale: float, start, window) -> torch.Tensor:
+    """The start images edited by the mean of ``copies``' edits at ``scale`` (``noiseclr_lite.consensus.mean_edit``):
+    float [M, 3, H, W] in [-1, 1]; scale 0 = the unedited reconstruction, as in ``quality.render``.
+    ``copies``: [(Directions, index)]."""
+    from noiseclr_lite.editing import edit
+
+    if scale == 0:
+        return start.images
+    return images_to_tensor(edit(pipe, mean_edit(copies, scale, tuple(window)), inversion=start.inversion))
+
+
+def mean_scores(pipe, oracle, sets: dict, method: str, group: dict, start: Callable, domain: str, settings,
+                cache: Cache, progress: bool = True) -> list[dict]:
+    """Each kept direction of ``group`` (:func:`group_picks`) read as the mean of its copies' edits, calibrated
+    and scored as ``quality.py`` scores one direction at ``settings``' target change and window: a list of
+    ``DirectionScore`` dicts in the picks' order.  ``sets``: {(method, seed): Directions}; ``start()`` gives the
+    ``StartSet`` (called only when the scores are not cached yet).  Kept in the cache
+    next to the trained sets, keyed by the copies and everything the reading depends on, so a stopped run
+    resumes where it stopped."""
+    reading = {key: getattr(settings, key) for key in ("target_change", "window", "min_scale", "max_scale",
+                                                       "calibration_images", "calibration_iters", "eval_images",
+                                                       "start_seed", "inference_steps")}
+    key = hashlib.sha256(json.dumps([group["copies"], reading], default=list).encode()).hexdigest()[:12]
+    path = cache.trained / f"consensus-mean_{domain}_{method}_seeds{'-'.join(map(str, group['seeds']))}_{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    window, start = tuple(settings.window), start()
+    scores = []
+    for copies in tqdm(group["copies"], desc=f"{domain} {method} {group['seeds']}", disable=not progress):
+        edits = [(sets[(method, seed)], k) for seed, k in copies]
+        token = " + ".join(f"{seed}:{k}" for seed, k in copies)
+        score = score_rendered(lambda s, st: mean_render(pipe, edits, s, st, window), oracle, start, domain,
+                               f"mean of {token}", token, target_change=settings.target_change,
+                               calibration_images=settings.calibration_images, max_scale=settings.max_scale,
+                               min_scale=settings.min_scale, calibration_iters=settings.calibration_iters)
+        scores.append(dataclasses.asdict(dataclasses.replace(score, window=window)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, json.dumps(scores))
+    return scores
 
 
 def cosines_path(cache: Cache, domain: str, method: str, seeds: list, latents: torch.Tensor, timesteps) -> Path:
@@ -160,14 +219,19 @@ def reused_picks(path: str | os.PathLike, weights: str, training_key: str, group
 def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: int = 4, count: int | None = None,
               images: int = DEFAULT_IMAGES, timesteps=CONSISTENCY_TIMESTEPS, progress: bool = True,
               samples: str | os.PathLike | None = None, log: Callable[[str], None] = print,
-              picks_from: str | os.PathLike | None = None) -> dict:
+              picks_from: str | os.PathLike | None = None, average: bool = False, domains=None) -> dict:
     """Build the consensus sets of the reports ``names`` (a ladder's rungs) and read them on the
     ladder; returns {"groups", "count", "picks": {domain: {method: [group_picks]}}, "single": the
     ladder of the groups' seeds' own sets, "consensus": the ladder of the consensus sets
     (:func:`benchmarks.ladder.ladder`'s result for each), "trained_here", ...}.  ``picks_from``: an
-    earlier result whose picks are read on these rungs instead (:func:`reused_picks`; no UNet pass)."""
+    earlier result whose picks are read on these rungs instead (:func:`reused_picks`; no UNet pass).
+    ``average``: also read each kept direction as the mean of its copies' edits (:func:`mean_scores`,
+    rendered on every rung), as "averaged"; one rung is then enough.  ``domains``: read only these of the
+    reports' domains (e.g. to split a long ``average`` run over processes that share the cache)."""
     out_dir = Path(out_dir)
-    rungs = load_rungs(names, out_dir)
+    rungs = load_rungs(names, out_dir, at_least=1 if average else 2)
+    if domains is not None:
+        rungs = [(path, only_domains(report, domains, path)) for path, report in rungs]
     first = rungs[0][1]
     if cache_key(pipe, oracle) != first["weights"]:
         _fail(f"the reports measured weights {first['weights']}, the loaded model and oracle are "
@@ -189,11 +253,24 @@ def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: 
     picks: dict = {}
     trained_here: list = []
     used_images = None
+    loaded: dict = {}
+
+    def sets_of(domain: str, ranked: list, train_latents: Callable[[], torch.Tensor]) -> dict:
+        """{(method, seed): Directions} of the domain's token sets, loaded (or trained) once."""
+        if domain not in loaded:
+            loaded[domain], trained = token_sets(pipe, settings, domain, ranked, train_latents, stages, cache, progress)
+            trained_here.extend(f"{domain} {method} seed {seed}" for method, seed in trained)
+        return loaded[domain]
+
     if picks_from is not None:
         token_methods = {domain: sorted({m for m, seed in units if m in RANKED_METHODS and seed in used})
                          for domain, units in units_of(rungs).items()}
         earlier = reused_picks(picks_from, first["weights"], training_key, groups, count, token_methods)
         picks, used_images, timesteps = earlier["picks"], earlier["images"], earlier["timesteps"]
+        if average and any("copies" not in g for by_method in picks.values() for by_group in by_method.values()
+                           for g in by_group):
+            _fail(f"--picks {picks_from} predates the copies --average reads (each pick's best match in the other "
+                  f"seeds); leave --picks out, and the cached cosines give the same picks with their copies")
     for domain, units in ({} if picks_from is not None else units_of(rungs)).items():
         ranked = [(m, s) for m, s in units if m in RANKED_METHODS and s in used]
         methods = [m for m in RANKED_METHODS if any(unit[0] == m for unit in ranked)]
@@ -208,8 +285,7 @@ def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: 
         if cosines_of is not None:
             log(f"{domain}: the sets' cosines read from {cache.trained}")
         else:
-            sets, trained = token_sets(pipe, settings, domain, ranked, train_latents, stages, cache, progress)
-            trained_here += [f"{domain} {method} seed {seed}" for method, seed in trained]
+            sets = sets_of(domain, ranked, train_latents)
             cosines_of = {}
             for method in methods:
                 with stages(f"{domain}: {method}'s edits of seeds {used} compared"):
@@ -222,6 +298,23 @@ def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: 
         for method in methods:
             picks.setdefault(domain, {})[method] = [group_picks(cosines_of[method], used, g, set_size, count)
                                                     for g in groups]
+    averaged = None
+    if average:  # every kept direction rendered again as the mean of its copies' edits, on every rung
+        averaged = [{} for _ in rungs]
+        for domain, by_method in picks.items():
+            check_samples(settings, domain)
+            train_latents = functools.cache(lambda domain=domain: _staged_latents(pipe, settings, domain, stages))
+            ranked = [(method, seed) for method in by_method for seed in used]
+            sets = sets_of(domain, ranked, train_latents)
+            # every rung scores on the same inverted images (one protocol); inverted only if a mean is not cached
+            start = functools.cache(lambda domain=domain: domain_start(pipe, settings, domain))
+            for i, (path, report) in enumerate(rungs):
+                rung = dataclasses.replace(settings_of(report), samples=settings.samples)
+                for method, by_group in by_method.items():
+                    with stages(f"{domain}: {method}'s consensus as means of copies at {report_stem(path)}"):
+                        averaged[i].setdefault(domain, {})[method] = [
+                            mean_scores(pipe, oracle, sets, method, group, start, domain, rung, cache, progress)
+                            for group in by_group]
     with_picks = {method for by_method in picks.values() for method in by_method}
     single = [(path, copy.deepcopy(report)) for path, report in rungs]
     for _, report in single:  # the groups' seeds and methods, for a like-for-like baseline
@@ -232,7 +325,9 @@ def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: 
             "count": count, "set_size": set_size, "picks_from": None if picks_from is None else Path(picks_from).name,
             "images": used_images,
             "timesteps": list(timesteps), "picks": picks, "trained_here": trained_here,
-            "single": ladder(single), "consensus": ladder(consensus_rungs(rungs, picks)), "seconds": stages.total}
+            "single": ladder(single), "consensus": ladder(consensus_rungs(rungs, picks)),
+            **({"averaged": ladder(consensus_rungs(rungs, picks, averaged))} if average else {}),
+            "seconds": stages.total}
 
 
 def _cell(values) -> str:
@@ -241,7 +336,7 @@ def _cell(values) -> str:
 
 def markdown(result: dict) -> str:
     """The page ``consensus[-tag].md``."""
-    single, mine = result["single"], result["consensus"]
+    single, mine, averaged = result["single"], result["consensus"], result.get("averaged")
     groups = result["groups"]
     labels = [rung_label(t, w, len({tuple(x) for x in single["windows"]}) > 1)
               for t, w in zip(single["targets"], single["windows"])]
@@ -263,22 +358,31 @@ def markdown(result: dict) -> str:
              f"{result['timesteps']}; the most agreeing direction was kept, its best match in each other seed of "
              f"the group dropped, and so on ({result['count']} kept; `noiseclr_lite.consensus`). The kept directions "
              "are read from the reports' own scores. Random tokens and the other token methods get the same "
-             f"treatment; the words are one run. Sets trained here: {', '.join(result['trained_here']) or 'none'}. "
+             f"treatment; the words are one run. "
+             + ("Means of copies: each kept direction rendered again as the mean of its copies' edits (itself and "
+                "its best match in each other seed of the group, `noiseclr_lite.consensus.mean_edit`), calibrated "
+                "and scored afresh on every rung. " if averaged else "")
+             + f"Sets trained here: {', '.join(result['trained_here']) or 'none'}. "
              f"Wall time {result['seconds'] / 60:.1f} min.", "",
              "## Overall", "",
              "Coverage over the ladder / mean purity at the working strength (`benchmarks/ladder.py`'s rules). "
              "Single seeds: mean ± std over the groups' seeds; consensus: over the groups.", "",
-             "| method | single seeds: coverage | purity | consensus: coverage | purity |", "|---|---|---|---|---|"]
+             "| method | single seeds: coverage | purity | consensus: coverage | purity |"
+             + (" means of copies: coverage | purity |" if averaged else ""),
+             "|---|---|---|---|---|" + ("---|---|" if averaged else "")]
     for method in mine["overall"]:
-        a, b = single["overall"][method], mine["overall"][method]
-        lines.append(f"| {method} | {_pm(a['ladder'], sign='')} | {_pm(a['purity'], sign='')} | "
-                     f"{_pm(b['ladder'], sign='')} | {_pm(b['purity'], sign='')} |")
-    lines += ["", "## Per domain", "", "| domain | method | single seeds | consensus |", "|---|---|---|---|"]
+        readings = [single, mine] + ([averaged] if averaged else [])
+        lines.append(f"| {method} | " + " | ".join(f"{_pm(r['overall'][method]['ladder'], sign='')} | "
+                                                  f"{_pm(r['overall'][method]['purity'], sign='')}" for r in readings)
+                     + " |")
+    lines += ["", "## Per domain", "", "| domain | method | single seeds | consensus |"
+              + (" means of copies |" if averaged else ""), "|---|---|---|---|" + ("---|" if averaged else "")]
     for domain in mine["domains"]:
         for method in mine["domains"][domain]:
-            a, b = single["domains"][domain][method], mine["domains"][domain][method]
-            lines.append(f"| {domain} | {method} | {_cell(a['ladder'])} / {_cell(a['purity'])} | "
-                         f"{_cell(b['ladder'])} / {_cell(b['purity'])} |")
+            readings = [single, mine] + ([averaged] if averaged else [])
+            lines.append(f"| {domain} | {method} | " + " | ".join(
+                f"{_cell(r['domains'][domain][method]['ladder'])} / {_cell(r['domains'][domain][method]['purity'])}"
+                for r in readings) + " |")
     lines += ["", "## The issue's bars, each group's consensus standing for a seed", ""]
     lines += bars_section(mine)[2:]
     lines += ["The single seeds on the same rungs, NoiseCLR's margins over random: "
@@ -287,6 +391,9 @@ def markdown(result: dict) -> str:
               + f"; coverage {single['overall']['NoiseCLR']['ladder'][0]:.2f}, purity "
               f"{single['overall']['NoiseCLR']['purity'][0]:.2f}, {single['text_purity_share']['all']:.2f} of the "
               "words' purity.", ""]
+    if averaged:
+        lines += ["## The issue's bars, each group's means of copies standing for a seed", ""]
+        lines += bars_section(averaged)[2:]
     lines += ["## What was kept", "", "Per domain and method: each group's kept directions as seed:index, with "
               "their agreement within the group (mean over its other seeds of the best |cos| with one of their "
               "edits).", ""]
@@ -322,6 +429,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--picks", default=None, help="read the picks of an earlier consensus-TAG.json (same groups, "
                                                       "count and trained sets) on these rungs: no UNet pass; its "
                                                       "--images and timesteps are the ones recorded")
+    parser.add_argument("--average", action="store_true",
+                        help="also read each kept direction as the mean of its copies' edits (its best match in each "
+                             "other seed of the group), rendered, calibrated and scored on every rung (one rung "
+                             "is enough); about 25 s a direction and rung on 2 CPU cores")
+    parser.add_argument("--domains", nargs="+", default=None,
+                        help="read only these of the reports' domains (split a long --average run over processes; "
+                             "a last run without it reads everything back from the cache)")
     parser.add_argument("--tag", default="", help="writes results/consensus-TAG.md and .json")
     add_run_flags(parser)
     return parser.parse_args(argv)
@@ -333,7 +447,7 @@ def main(argv=None) -> dict:
     pipe, oracle = load_model_and_oracle(args)
     return consensus_report(args.reports, pipe, oracle, args.out, tag=args.tag, group=args.group, count=args.count,
                             images=args.images, progress=not args.no_progress, samples=args.samples,
-                            picks_from=args.picks)
+                            picks_from=args.picks, average=args.average, domains=args.domains)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def _fail(message: str):
     raise SystemExit(f"benchmarks/ladder.py: {message}")
 
 
-def load_rungs(names, out_dir: str | os.PathLike = RESULTS) -> list[tuple[Path, dict]]:
+def load_rungs(names, out_dir: str | os.PathLike = RESULTS, at_least: int = 2) -> list[tuple[Path, dict]]:
     """The reports ``names`` (paths or ``--tag`` names) as (path, report), ordered by target change
     and, at one target change, by edit window (the whole window first).
 
@@ -82,11 +82,12 @@ def load_rungs(names, out_dir: str | os.PathLike = RESULTS) -> list[tuple[Path, 
     lie, and the scale bracket the calibration searched for that target): the same weights, domains,
     seeds and other settings (the h-space ones only when every report ran h-space), each NoiseCLR,
     random and text, and no (target change, window) twice; otherwise SystemExit names the reports, the setting and the fix.
+    ``at_least``: the fewest reports accepted (one rung is a reading at one strength).
     """
     out_dir = Path(out_dir)
-    if len(names) < 2:
-        _fail(f"got {len(names)} report; a ladder needs two or more (the same directions scored at different "
-              f"--target-change values)")
+    if len(names) < at_least:
+        _fail(f"got {len(names)} report(s); a ladder needs {at_least} or more (the same directions scored at "
+              f"different --target-change values)")
     paths = [_find_report(n, out_dir, "benchmarks/ladder.py") for n in names]
     rungs = [(path, read_report(path, "benchmarks/ladder.py")) for path in paths]
     first_path, first = rungs[0]

@@ -31,6 +31,7 @@ from typing import Sequence
 import torch
 
 from .directions import Directions
+from .editing import DirectionEdit
 from .loss import cross_set_cosines
 from .train import CONSISTENCY_TIMESTEPS, timestep_features
 
@@ -125,12 +126,60 @@ def consensus_picks(cosines: torch.Tensor, run_sizes: Sequence[int], count: int)
         if i in dropped:
             continue
         picked.append(owner[i])
-        for run, other in enumerate(slices):
-            if run != owner[i][0]:
-                dropped.add(other.start + int(cosines[i, other].argmax()))
+        dropped.update(_best_matches(cosines, slices, i, owner[i][0]))
         if len(picked) == count:
             break
     return picked
+
+
+def _best_matches(cosines: torch.Tensor, slices: list[slice], row: int, own_run: int) -> list[int]:
+    """The pooled index of ``row``'s best ``|cos|`` match in every run but its own, in run order."""
+    return [other.start + int(cosines[row, other].argmax()) for run, other in enumerate(slices) if run != own_run]
+
+
+def pick_copies(cosines: torch.Tensor, run_sizes: Sequence[int],
+                picks: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """Each kept direction with its copies in the other runs: the directions :func:`consensus_picks`
+    dropped for it.
+
+    Args:
+        cosines: [P, P] ``|cos|`` of the pooled directions (:func:`run_cosines`).
+        run_sizes: K_r of each run, in the pooled order; at least two runs.
+        picks: [(run, index in that run)], e.g. :func:`consensus_picks`' result.
+    Returns:
+        For each pick, [(run, index)]: the pick first, then its best match in each other run in
+        run order (one per run, so len(run_sizes) entries).  Two picks can share a copy when one
+        direction of a run is the best match of both.
+    """
+    slices = _run_slices(run_sizes, cosines)
+    owner = [(run, k) for run, size in enumerate(run_sizes) for k in range(size)]
+    copies = []
+    for run, k in picks:
+        if not (0 <= run < len(run_sizes) and 0 <= k < run_sizes[run]):
+            raise ValueError(f"pick ({run}, {k}) is not a direction of these runs (sizes {list(run_sizes)}); pass "
+                             f"picks of the same runs, e.g. consensus_picks' result")
+        row = slices[run].start + k
+        copies.append([(run, k), *(owner[i] for i in _best_matches(cosines, slices, row, run))])
+    return copies
+
+
+def mean_edit(copies: Sequence[tuple[Directions, int | str]], scale: float,
+              window: tuple[float, float] = (1.0, 0.0)) -> list[DirectionEdit]:
+    """One slider that applies the mean of several directions' edits (e.g. one edit's copies in
+    several runs, :func:`pick_copies`): ``scale * mean_k (eps(c_k) - eps(c_ref(k)))``.
+
+    Editing sums the pushes of its ``DirectionEdit``s, so the mean is each copy at ``scale / n``;
+    pass the list to ``editing.edit`` (alone or with other sliders).  It costs one UNet row per
+    copy at every step.
+
+    Args:
+        copies: n >= 1 pairs (a ``Directions``, a direction of it: index, token or name).
+        scale: the slider ``s``; 0 = off.
+        window: the step window every copy acts in (``editing.DirectionEdit``).
+    """
+    if not copies:
+        raise ValueError("mean_edit needs at least one (Directions, direction) pair; got none")
+    return [DirectionEdit(directions, direction, scale / len(copies), window) for directions, direction in copies]
 
 
 def _check_runs(runs: Sequence[Directions]) -> None:

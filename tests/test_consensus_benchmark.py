@@ -185,3 +185,59 @@ def _counting_unet_calls(pipe):
 
     pipe.unet.register_forward_pre_hook(count)
     return pipe
+
+
+def test_average_reads_each_kept_direction_as_the_mean_of_its_copies_edits(tiny_pipe, tmp_path):
+    from test_quality_benchmark import tiny_settings
+    from noiseclr_lite.editing import DirectionEdit, edit
+    from noiseclr_lite.metrics import images_to_tensor
+
+    settings = tiny_settings(Path(quality.DEFAULT_SAMPLES), domains=["face"], calibration_iters=2, num_directions=3,
+                             methods=["NoiseCLR", "random", "text"], interference=False, seeds=[0, 1])
+    quality.run_benchmark(tiny_pipe, StatsOracle(), settings, tmp_path, tag="one", resume=True, progress=False,
+                          log=lambda _: None)
+    with pytest.raises(SystemExit, match=r"got 1 report\(s\); a ladder needs 2 or more"):   # one rung: --average only
+        consensus.consensus(["one"], tiny_pipe, StatsOracle(), tmp_path, group=2, count=2, progress=False,
+                            log=lambda _: None)
+    result = consensus.consensus_report(["one"], tiny_pipe, StatsOracle(), tmp_path, tag="mean", group=2, count=2,
+                                        images=3, timesteps=(200, 600), progress=False, log=lambda _: None,
+                                        average=True)
+    group = result["picks"]["face"]["NoiseCLR"][0]
+    assert [copies[0] for copies in group["copies"]] == group["picked"]           # the pick first
+    assert all(len(copies) == 2 and {c[0] for c in copies} == {0, 1} for copies in group["copies"])
+    # a kept direction's score is its copies' mean edit, rendered at the calibrated scale
+    cache = quality.Cache.for_settings(tmp_path / "cache", settings, quality.cache_key(tiny_pipe, StatsOracle()))
+    sets = {seed: quality._load_directions(cache, "face", "NoiseCLR", seed) for seed in (0, 1)}
+    scored = result["averaged"]["domains"]["face"]["NoiseCLR"]
+    (path, report), = ladder.load_rungs(["one"], tmp_path, at_least=1)
+    mine = consensus.consensus_rungs([(path, report)], result["picks"], [
+        {"face": {m: [consensus.mean_scores(tiny_pipe, StatsOracle(), {}, m, g, None, "face", settings, cache)
+                      for g in by_group] for m, by_group in result["picks"]["face"].items()}}])  # from the cache
+    first = mine[0][1]["domains"]["face"]["runs"]["NoiseCLR"][0]["scores"][0]
+    assert first["token"] == " + ".join(f"{seed}:{k}" for seed, k in group["copies"][0])
+    start = quality.domain_start(tiny_pipe, settings, "face")
+    by_hand = images_to_tensor(edit(tiny_pipe, [DirectionEdit(sets[seed], k, first["scale"] / 2)
+                                                for seed, k in group["copies"][0]], inversion=start.inversion))
+    torch.testing.assert_close(consensus.mean_render(tiny_pipe, [(sets[s], k) for s, k in group["copies"][0]],
+                                                     first["scale"], start, (1.0, 0.0)), by_hand)
+    assert first["pixel_change"] > 0 and first["calibrated"]
+    assert scored["seeds"] == [0] and len(scored["purity"]) == 1
+    # the means are cached with the cosines: a second reading renders nothing
+    counted = _counting_unet_calls(tiny_pipe)
+    again = consensus.consensus(["one"], counted, StatsOracle(), tmp_path, group=2, count=2, images=3,
+                                timesteps=(200, 600), progress=False, log=lambda _: None, average=True)
+    assert again["averaged"]["domains"] == json.loads(json.dumps(result["averaged"]["domains"]))
+    assert counted.unet_calls == 0
+    page = (tmp_path / "consensus-mean.md").read_text()
+    for text in ("means of copies: coverage | purity |", "## The issue's bars, each group's means of copies standing",
+                 "rendered again as the mean of its copies' edits"):
+        assert text in page
+    # picks saved before the copies were recorded cannot be averaged
+    old = json.loads((tmp_path / "consensus-mean.json").read_text())
+    for by_group in old["picks"]["face"].values():
+        for g in by_group:
+            del g["copies"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    with pytest.raises(SystemExit, match="predates the copies --average reads"):
+        consensus.consensus(["one"], tiny_pipe, StatsOracle(), tmp_path, group=2, count=2, progress=False,
+                            log=lambda _: None, picks_from=tmp_path / "old.json", average=True)
