@@ -55,7 +55,8 @@ from benchmarks.ladder import bars_section, ladder, load_rungs, rung_label  # no
 from benchmarks.quality import (RESULTS, Cache, Stages, _pm, cache_key, domain_start, machine,  # noqa: E402
                                 report_stem, write_atomically)
 from noiseclr_lite.metrics import images_to_tensor, score_rendered  # noqa: E402
-from noiseclr_lite.consensus import consensus_picks, mean_edit, pick_copies, run_agreement, run_cosines  # noqa: E402,E501
+from noiseclr_lite.consensus import (consensus_picks, mean_edit, pick_copies, run_agreement,  # noqa: E402
+                                     run_cosines)
 from noiseclr_lite.train import CONSISTENCY_TIMESTEPS, timestep_features  # noqa: E402
 
 TOOL = "benchmarks/consensus.py"
@@ -76,18 +77,20 @@ def seed_groups(seeds: list, size: int) -> list[list]:
 
 
 def group_picks(cosines: torch.Tensor, seeds: list, group: list, set_size: int, count: int) -> dict:
-    """The consensus of one group, from the [S*K, S*K] cosines of every seed's set (in ``seeds``' order).
+    """The consensus of one group, from the [S*K, S*K] signed cosines of every seed's set (in ``seeds``' order;
+    ``run_cosines(..., signed=True)``; the picks read their absolute value).
 
     Returns {"seeds": group, "picked": [[seed, index]], "agreement": [each kept direction's agreement
     within the group]}."""
     rows = torch.tensor([seeds.index(seed) * set_size + k for seed in group for k in range(set_size)])
     within = cosines[rows][:, rows]
     sizes = [set_size] * len(group)
-    picks = consensus_picks(within, sizes, count)
-    agreement = run_agreement(within, sizes)
+    picks = consensus_picks(within.abs(), sizes, count)
+    agreement = run_agreement(within.abs(), sizes)
     return {"seeds": list(group), "picked": [[group[run], k] for run, k in picks],
             "agreement": [agreement[run * set_size + k].item() for run, k in picks],
-            "copies": [[[group[run], k] for run, k in copies] for copies in pick_copies(within, sizes, picks)]}
+            "copies": [[[group[run], k, sign] for run, k, sign in copies]
+                       for copies in pick_copies(within, sizes, picks)]}
 
 
 def only_domains(report: dict, domains, path) -> dict:
@@ -135,7 +138,7 @@ def consensus_rungs(rungs: list[tuple[Path, dict]], picks: dict, averaged: list 
 def mean_render(pipe, copies: list, scale: float, start, window) -> torch.Tensor:
     """The start images edited by the mean of ``copies``' edits at ``scale`` (``noiseclr_lite.consensus.mean_edit``):
     float [M, 3, H, W] in [-1, 1]; scale 0 = the unedited reconstruction, as in ``quality.render``.
-    ``copies``: [(Directions, index)]."""
+    ``copies``: [(Directions, index, sign)]."""
     from noiseclr_lite.editing import edit
 
     if scale == 0:
@@ -161,8 +164,8 @@ def mean_scores(pipe, oracle, sets: dict, method: str, group: dict, start: Calla
     window, start = tuple(settings.window), start()
     scores = []
     for copies in tqdm(group["copies"], desc=f"{domain} {method} {group['seeds']}", disable=not progress):
-        edits = [(sets[(method, seed)], k) for seed, k in copies]
-        token = " + ".join(f"{seed}:{k}" for seed, k in copies)
+        edits = [(sets[(method, seed)], k, sign) for seed, k, sign in copies]
+        token = " + ".join(f"{'-' if sign < 0 else ''}{seed}:{k}" for seed, k, sign in copies)
         score = score_rendered(lambda s, st: mean_render(pipe, edits, s, st, window), oracle, start, domain,
                                f"mean of {token}", token, target_change=settings.target_change,
                                calibration_images=settings.calibration_images, max_scale=settings.max_scale,
@@ -174,13 +177,13 @@ def mean_scores(pipe, oracle, sets: dict, method: str, group: dict, start: Calla
 
 
 def cosines_path(cache: Cache, domain: str, method: str, seeds: list, latents: torch.Tensor, timesteps) -> Path:
-    """Where the pooled cosines of ``method``'s sets of ``seeds`` are kept, next to the trained sets
+    """Where the pooled signed cosines of ``method``'s sets of ``seeds`` are kept, next to the trained sets
     (the cache's key is their training settings): one file per domain, method, seeds, the latents
     the edits were compared on (a hash of their values, so other images never read them) and
     timesteps."""
     images = hashlib.sha256(latents.float().contiguous().numpy().tobytes()).hexdigest()[:12]
-    return cache.trained / (f"consensus-cosines_{domain}_{method}_seeds{'-'.join(map(str, seeds))}_images{images}"
-                            f"_t{'-'.join(map(str, timesteps))}.pt")
+    return cache.trained / (f"consensus-signed-cosines_{domain}_{method}_seeds{'-'.join(map(str, seeds))}"
+                            f"_images{images}_t{'-'.join(map(str, timesteps))}.pt")
 
 
 def _read_cosines(saved: dict, pooled: int) -> dict | None:
@@ -290,7 +293,7 @@ def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: 
             for method in methods:
                 with stages(f"{domain}: {method}'s edits of seeds {used} compared"):
                     features = [timestep_features(pipe, sets[(method, seed)], compared_on, timesteps) for seed in used]
-                    cosines_of[method] = run_cosines(features)
+                    cosines_of[method] = run_cosines(features, signed=True)  # signed: the copies' signs
                 saved[method].parent.mkdir(parents=True, exist_ok=True)
                 partial = saved[method].with_name(f"{saved[method].name}.{os.getpid()}.tmp")  # no run reads half
                 torch.save(cosines_of[method], partial)

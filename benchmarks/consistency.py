@@ -576,7 +576,7 @@ def consistency_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS
     if samples is not None:  # where the images are here: reading them elsewhere changes no cache key
         settings = dataclasses.replace(settings, samples=str(samples))
     stages = Stages(log)
-    trained_in = getattr(settings, "edit_space", "eps")
+    trained_in = settings.edit_space
     if edit_space != trained_in:
         log(f"{TOOL}: note: the reports' directions were trained on {trained_in} edit features; this run measures "
             f"their {edit_space} ones")

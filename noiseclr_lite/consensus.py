@@ -39,16 +39,19 @@ from .train import CONSISTENCY_TIMESTEPS, timestep_features
 RUN_ONLY = ("seed", "init", "loss_history")
 
 
-def run_cosines(features_by_run: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
+def run_cosines(features_by_run: Sequence[Sequence[torch.Tensor]], signed: bool = False) -> torch.Tensor:
     """``|cos|`` between the edits of every pair of directions of several runs, pooled.
 
     Args:
         features_by_run: R runs, each T tensors [N, K_r, ...]: its edit features on the same N
             noisy images at the same T timesteps (``train.timestep_features``).
+        signed: keep the sign (in [-1, 1]): -1 for two sliders that make the same edit in
+            opposite directions (what :func:`pick_copies` needs to align copies).
     Returns:
-        [P, P] float32 in [0, 1], P = sum of K_r, rows and columns in the runs' order: the
-        absolute value of ``loss.cross_set_cosines`` averaged over the timesteps (averaged
-        before the absolute value, so an edit that flips sign between timesteps scores low).
+        [P, P] float32 in [0, 1] (in [-1, 1] when ``signed``), P = sum of K_r, rows and columns in
+        the runs' order: the absolute value of ``loss.cross_set_cosines`` averaged over the
+        timesteps (averaged before the absolute value, so an edit that flips sign between
+        timesteps scores low).
     """
     if not features_by_run:
         raise ValueError("run_cosines needs the edit features of at least one run; got none")
@@ -61,7 +64,8 @@ def run_cosines(features_by_run: Sequence[Sequence[torch.Tensor]]) -> torch.Tens
         raise ValueError(f"every run's edit features must be [N, K_r, ...] on the same N images with one trailing "
                          f"shape; got [N, ...] of {sorted(shapes)}: measure every run on the same latents")
     pooled = [torch.cat(at_timestep, dim=1) for at_timestep in zip(*features_by_run)]  # T x [N, P, ...]
-    return torch.stack([cross_set_cosines(features, features) for features in pooled]).mean(dim=0).abs()
+    mean = torch.stack([cross_set_cosines(features, features) for features in pooled]).mean(dim=0)
+    return mean if signed else mean.abs()
 
 
 def _run_slices(run_sizes: Sequence[int], cosines: torch.Tensor) -> list[slice]:
@@ -137,21 +141,23 @@ def _best_matches(cosines: torch.Tensor, slices: list[slice], row: int, own_run:
     return [other.start + int(cosines[row, other].argmax()) for run, other in enumerate(slices) if run != own_run]
 
 
-def pick_copies(cosines: torch.Tensor, run_sizes: Sequence[int],
-                picks: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
-    """Each kept direction with its copies in the other runs: the directions :func:`consensus_picks`
-    dropped for it.
+def pick_copies(signed_cosines: torch.Tensor, run_sizes: Sequence[int],
+                picks: Sequence[tuple[int, int]]) -> list[list[tuple[int, int, int]]]:
+    """Each kept direction with its copies in the other runs (the directions :func:`consensus_picks`
+    dropped for it), each with the sign that turns it the pick's way.
 
     Args:
-        cosines: [P, P] ``|cos|`` of the pooled directions (:func:`run_cosines`).
+        signed_cosines: [P, P] signed cosines of the pooled directions (``run_cosines(..., signed=True)``);
+            copies are matched on their absolute value, as :func:`consensus_picks` matches them.
         run_sizes: K_r of each run, in the pooled order; at least two runs.
         picks: [(run, index in that run)], e.g. :func:`consensus_picks`' result.
     Returns:
-        For each pick, [(run, index)]: the pick first, then its best match in each other run in
-        run order (one per run, so len(run_sizes) entries).  Two picks can share a copy when one
-        direction of a run is the best match of both.
+        For each pick, [(run, index, sign)]: the pick first (sign +1), then its best match in each
+        other run in run order (one per run, so len(run_sizes) entries), with sign -1 where that
+        slider makes the pick's edit backwards.  Two picks can share a copy when one direction of
+        a run is the best match of both.
     """
-    slices = _run_slices(run_sizes, cosines)
+    slices = _run_slices(run_sizes, signed_cosines)
     owner = [(run, k) for run, size in enumerate(run_sizes) for k in range(size)]
     copies = []
     for run, k in picks:
@@ -159,27 +165,35 @@ def pick_copies(cosines: torch.Tensor, run_sizes: Sequence[int],
             raise ValueError(f"pick ({run}, {k}) is not a direction of these runs (sizes {list(run_sizes)}); pass "
                              f"picks of the same runs, e.g. consensus_picks' result")
         row = slices[run].start + k
-        copies.append([(run, k), *(owner[i] for i in _best_matches(cosines, slices, row, run))])
+        matches = _best_matches(signed_cosines.abs(), slices, row, run)
+        copies.append([(run, k, 1), *((*owner[i], 1 if signed_cosines[row, i] >= 0 else -1) for i in matches)])
     return copies
 
 
-def mean_edit(copies: Sequence[tuple[Directions, int | str]], scale: float,
-              window: tuple[float, float] = (1.0, 0.0)) -> list[DirectionEdit]:
+def mean_edit(copies: Sequence[tuple], scale: float, window: tuple[float, float] = (1.0, 0.0)) -> list[DirectionEdit]:
     """One slider that applies the mean of several directions' edits (e.g. one edit's copies in
-    several runs, :func:`pick_copies`): ``scale * mean_k (eps(c_k) - eps(c_ref(k)))``.
+    several runs, :func:`pick_copies`): ``scale * mean_k sign_k (eps(c_k) - eps(c_ref(k)))``.
 
-    Editing sums the pushes of its ``DirectionEdit``s, so the mean is each copy at ``scale / n``;
-    pass the list to ``editing.edit`` (alone or with other sliders).  It costs one UNet row per
-    copy at every step.
+    Editing sums the pushes of its ``DirectionEdit``s, so the mean is each copy at
+    ``sign * scale / n``; pass the list to ``editing.edit`` (alone or with other sliders).  It
+    costs one UNet row per copy at every step.
 
     Args:
-        copies: n >= 1 pairs (a ``Directions``, a direction of it: index, token or name).
+        copies: n >= 1 of (a ``Directions``, a direction of it: index, token or name) or
+            (``Directions``, direction, sign): sign +1 or -1 turns a copy whose slider runs the
+            other way (:func:`pick_copies` gives it); pairs count as +1.
         scale: the slider ``s``; 0 = off.
         window: the step window every copy acts in (``editing.DirectionEdit``).
     """
     if not copies:
         raise ValueError("mean_edit needs at least one (Directions, direction) pair; got none")
-    return [DirectionEdit(directions, direction, scale / len(copies), window) for directions, direction in copies]
+    edits = []
+    for copy in copies:
+        directions, direction, sign = copy if len(copy) == 3 else (*copy, 1)
+        if sign not in (1, -1):
+            raise ValueError(f"a copy's sign must be 1 or -1; got {sign!r} for direction {direction!r}")
+        edits.append(DirectionEdit(directions, direction, sign * scale / len(copies), window))
+    return edits
 
 
 def _check_runs(runs: Sequence[Directions]) -> None:

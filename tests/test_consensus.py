@@ -60,15 +60,20 @@ def test_the_consensus_keeps_the_most_agreeing_edit_once_and_drops_its_copies():
         consensus_picks(cosines, [3, 3, 3], count=0)
 
 
-def test_pick_copies_are_the_picks_best_matches_in_the_other_runs():
-    cosines = run_cosines([run(X, Y, Z), run(Y, X, W), run(X, Z + W, W)])
-    picks = consensus_picks(cosines, [3, 3, 3], count=3)
-    copies = pick_copies(cosines, [3, 3, 3], picks)
-    # X's copies are X in runs 1 and 2; Z + W's are Z in run 0 and W in run 1; Y's are Y in run 1 and,
-    # in run 2 that lacks Y, its first direction of cosine 0 (argmax takes the earliest)
-    assert copies == [[(0, 0), (1, 1), (2, 0)], [(2, 1), (0, 2), (1, 2)], [(0, 1), (1, 0), (2, 0)]]
+def test_pick_copies_are_the_picks_best_matches_in_the_other_runs_turned_its_way():
+    # run 1 holds X backwards: the same slider, run the other way
+    features = [run(X, Y, Z), run(Y, -X, W), run(X, Z + W, W)]
+    signed = run_cosines(features, signed=True)
+    torch.testing.assert_close(signed.abs(), run_cosines(features))
+    assert signed[0, 4].item() == pytest.approx(-1.0)
+    picks = consensus_picks(signed.abs(), [3, 3, 3], count=3)
+    copies = pick_copies(signed, [3, 3, 3], picks)
+    # X's copies are -X in run 1 (turned, sign -1) and X in run 2; Z + W's are Z in run 0 and W in run 1;
+    # Y's are Y in run 1 and, in run 2 that lacks Y, its first direction of cosine 0 (argmax takes the earliest)
+    assert copies == [[(0, 0, 1), (1, 1, -1), (2, 0, 1)], [(2, 1, 1), (0, 2, 1), (1, 2, 1)],
+                      [(0, 1, 1), (1, 0, 1), (2, 0, 1)]]
     with pytest.raises(ValueError, match=r"pick \(1, 3\) is not a direction of these runs \(sizes \[3, 3, 3\]\)"):
-        pick_copies(cosines, [3, 3, 3], [(1, 3)])
+        pick_copies(signed, [3, 3, 3], [(1, 3)])
 
 
 def test_mean_edit_moves_the_mean_of_the_copies_edits(tiny_pipe):
@@ -79,15 +84,20 @@ def test_mean_edit_moves_the_mean_of_the_copies_edits(tiny_pipe):
     edits = mean_edit([(first, 1), (second, "<b0>")], 3.0, window=(1.0, 0.5))
     assert [(e.directions, e.direction, e.scale, e.window) for e in edits] == [
         (first, 1, 1.5, (1.0, 0.5)), (second, "<b0>", 1.5, (1.0, 0.5))]
-    # the mean of one edit twice is that edit
+    assert [e.scale for e in mean_edit([(first, 1, 1), (second, 0, -1)], 3.0)] == [1.5, -1.5]
+    # the mean of one edit twice is that edit; with one copy turned, they cancel
     kwargs = dict(seed=0, num_inference_steps=4, return_latents=True)
     _, twice = edit(tiny_pipe, mean_edit([(first, 0), (first, 0)], 2.0), **kwargs)
     _, once = edit(tiny_pipe, [DirectionEdit(first, 0, 2.0)], **kwargs)
     _, plain = edit(tiny_pipe, [], **kwargs)
+    _, cancelled = edit(tiny_pipe, mean_edit([(first, 0, 1), (first, 0, -1)], 2.0), **kwargs)
     torch.testing.assert_close(twice, once, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cancelled, plain, atol=1e-5, rtol=0)
     assert (once - plain).abs().max() > 1e-3          # the edit does move the latents
     with pytest.raises(ValueError, match="at least one"):
         mean_edit([], 1.0)
+    with pytest.raises(ValueError, match="sign must be 1 or -1; got 0.5 for direction 1"):
+        mean_edit([(first, 1, 0.5)], 1.0)
 
 
 def test_consensus_directions_keep_each_shared_row_once_with_its_run_and_agreement(tiny_pipe):

@@ -203,8 +203,9 @@ def test_average_reads_each_kept_direction_as_the_mean_of_its_copies_edits(tiny_
                                         images=3, timesteps=(200, 600), progress=False, log=lambda _: None,
                                         average=True)
     group = result["picks"]["face"]["NoiseCLR"][0]
-    assert [copies[0] for copies in group["copies"]] == group["picked"]           # the pick first
-    assert all(len(copies) == 2 and {c[0] for c in copies} == {0, 1} for copies in group["copies"])
+    assert [copies[0] for copies in group["copies"]] == [[*pick, 1] for pick in group["picked"]]   # the pick first
+    assert all(len(copies) == 2 and {c[0] for c in copies} == {0, 1} and {c[2] for c in copies} <= {1, -1}
+               for copies in group["copies"])
     # a kept direction's score is its copies' mean edit, rendered at the calibrated scale
     cache = quality.Cache.for_settings(tmp_path / "cache", settings, quality.cache_key(tiny_pipe, StatsOracle()))
     sets = {seed: quality._load_directions(cache, "face", "NoiseCLR", seed) for seed in (0, 1)}
@@ -214,12 +215,19 @@ def test_average_reads_each_kept_direction_as_the_mean_of_its_copies_edits(tiny_
         {"face": {m: [consensus.mean_scores(tiny_pipe, StatsOracle(), {}, m, g, None, "face", settings, cache)
                       for g in by_group] for m, by_group in result["picks"]["face"].items()}}])  # from the cache
     first = mine[0][1]["domains"]["face"]["runs"]["NoiseCLR"][0]["scores"][0]
-    assert first["token"] == " + ".join(f"{seed}:{k}" for seed, k in group["copies"][0])
+    assert first["token"] == " + ".join(f"{'-' if sign < 0 else ''}{seed}:{k}" for seed, k, sign in group["copies"][0])
     start = quality.domain_start(tiny_pipe, settings, "face")
-    by_hand = images_to_tensor(edit(tiny_pipe, [DirectionEdit(sets[seed], k, first["scale"] / 2)
-                                                for seed, k in group["copies"][0]], inversion=start.inversion))
-    torch.testing.assert_close(consensus.mean_render(tiny_pipe, [(sets[s], k) for s, k in group["copies"][0]],
-                                                     first["scale"], start, (1.0, 0.0)), by_hand)
+    by_hand = images_to_tensor(edit(tiny_pipe, [DirectionEdit(sets[seed], k, sign * first["scale"] / 2)
+                                                for seed, k, sign in group["copies"][0]], inversion=start.inversion))
+    copies = [(sets[seed], k, sign) for seed, k, sign in group["copies"][0]]
+    torch.testing.assert_close(consensus.mean_render(tiny_pipe, copies, first["scale"], start, (1.0, 0.0)), by_hand)
+    # the copies' signs are those of the signed cosines the picks were made from
+    signed = torch.load(consensus.cosines_path(cache, "face", "NoiseCLR", [0, 1], consistency.consistency_latents(
+        quality.training_latents(tiny_pipe, settings, "face"), 3), (200, 600)))
+    assert signed.min() < 0                                    # signed, not |cos|
+    for (pick_seed, pick_k), copies in zip(group["picked"], group["copies"]):
+        for seed, k, sign in copies[1:]:
+            assert sign == (1 if signed[pick_seed * 3 + pick_k, seed * 3 + k] >= 0 else -1)
     assert first["pixel_change"] > 0 and first["calibrated"]
     assert scored["seeds"] == [0] and len(scored["purity"]) == 1
     # the means are cached with the cosines: a second reading renders nothing
