@@ -399,12 +399,17 @@ def markdown(result: dict) -> str:
         lines += bars_section(averaged)[2:]
     lines += ["## What was kept", "", "Per domain and method: each group's kept directions as seed:index, with "
               "their agreement within the group (mean over its other seeds of the best |cos| with one of their "
-              "edits).", ""]
+              "edits)" + ("; under them, the copies each mean was made of (-: turned, its slider runs backwards)"
+                          if averaged else "") + ".", ""]
     for domain, by_method in result["picks"].items():
         for method, by_group in by_method.items():
             kept = "; ".join(" ".join(f"{seed}:{k} ({a:.2f})" for (seed, k), a in zip(g["picked"], g["agreement"]))
                              for g in by_group)
             lines.append(f"- {domain}, {method}: {kept}")
+            if averaged:  # each mean's copies, a turned one marked "-"
+                lines.append("  - means of: " + "; ".join(", ".join(" + ".join(
+                    f"{'-' if sign < 0 else ''}{seed}:{k}" for seed, k, sign in copies) for copies in g["copies"])
+                    for g in by_group))
     return "\n".join(lines) + "\n"
 
 

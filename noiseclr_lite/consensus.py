@@ -16,6 +16,11 @@ for edit directions, with no labels:
     runs = [train_directions(pipe, latents=latents, seed=seed) for seed in range(4)]
     kept = consensus_directions(pipe, runs, latents, count=10)   # a Directions of 10 rows
 
+A kept direction's copies in the other runs (:func:`pick_copies`, each turned the pick's way:
+a slider's sign is arbitrary) can also be applied together, as one slider that moves the mean
+of their edits (:func:`mean_edit`); ``benchmarks/consensus.py --average`` measures whether that
+edits more purely than the pick alone.
+
 What it buys is measured, not assumed (``benchmarks/consensus.py``): on the bundled world,
 the consensus of seeds 0-3 (K = 10) read purer than those seeds' own sets (0.76 against 0.70
 over six edit strengths and windows), but that of seeds 4-7, the test fixed before they were

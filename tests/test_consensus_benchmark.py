@@ -238,7 +238,7 @@ def test_average_reads_each_kept_direction_as_the_mean_of_its_copies_edits(tiny_
     assert counted.unet_calls == 0
     page = (tmp_path / "consensus-mean.md").read_text()
     for text in ("means of copies: coverage | purity |", "## The issue's bars, each group's means of copies standing",
-                 "rendered again as the mean of its copies' edits"):
+                 "rendered again as the mean of its copies' edits", "  - means of: "):
         assert text in page
     # picks saved before the copies were recorded cannot be averaged
     old = json.loads((tmp_path / "consensus-mean.json").read_text())
