@@ -215,7 +215,7 @@ def reused_picks(path: str | os.PathLike, weights: str, training_key: str, group
     theirs = {domain: sorted(by_method) for domain, by_method in earlier["picks"].items()}
     if theirs != {domain: sorted(m) for domain, m in methods.items()}:
         _fail(f"--picks {path} picked for {theirs} and these rungs score {methods}: give rungs of the same domains "
-              f"and methods, or leave --picks out")
+              f"and methods (all the domains it picked for: no --domains), or leave --picks out")
     return earlier
 
 
@@ -270,10 +270,10 @@ def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: 
                          for domain, units in units_of(rungs).items()}
         earlier = reused_picks(picks_from, first["weights"], training_key, groups, count, token_methods)
         picks, used_images, timesteps = earlier["picks"], earlier["images"], earlier["timesteps"]
-        if average and any("copies" not in g for by_method in picks.values() for by_group in by_method.values()
-                           for g in by_group):
-            _fail(f"--picks {picks_from} predates the copies --average reads (each pick's best match in the other "
-                  f"seeds); leave --picks out, and the cached cosines give the same picks with their copies")
+        if average and any("copies" not in g or any(len(c) != 3 for copies in g["copies"] for c in copies)
+                           for by_method in picks.values() for by_group in by_method.values() for g in by_group):
+            _fail(f"--picks {picks_from} predates the signed copies --average reads (each pick's best match in the "
+                  f"other seeds, turned its way); leave --picks out, and the cosines give the same picks with them")
     for domain, units in ({} if picks_from is not None else units_of(rungs)).items():
         ranked = [(m, s) for m, s in units if m in RANKED_METHODS and s in used]
         methods = [m for m in RANKED_METHODS if any(unit[0] == m for unit in ranked)]
@@ -440,7 +440,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--average", action="store_true",
                         help="also read each kept direction as the mean of its copies' edits (its best match in each "
                              "other seed of the group), rendered, calibrated and scored on every rung (one rung "
-                             "is enough); about 25 s a direction and rung on 2 CPU cores")
+                             "is enough); about 44 s a direction and rung with one torch thread (four copies)")
     parser.add_argument("--domains", nargs="+", default=None,
                         help="read only these of the reports' domains (split a long --average run over processes; "
                              "a last run without it reads everything back from the cache)")

@@ -87,7 +87,7 @@ def load_rungs(names, out_dir: str | os.PathLike = RESULTS, at_least: int = 2) -
     out_dir = Path(out_dir)
     if len(names) < at_least:
         _fail(f"got {len(names)} report(s); a ladder needs {at_least} or more (the same directions scored at "
-              f"different --target-change values)")
+              f"different --target-change values)" + ("; consensus.py --average reads one" if at_least > 1 else ""))
     paths = [_find_report(n, out_dir, "benchmarks/ladder.py") for n in names]
     rungs = [(path, read_report(path, "benchmarks/ladder.py")) for path in paths]
     first_path, first = rungs[0]

@@ -45,7 +45,8 @@ RUN_ONLY = ("seed", "init", "loss_history")
 
 
 def run_cosines(features_by_run: Sequence[Sequence[torch.Tensor]], signed: bool = False) -> torch.Tensor:
-    """``|cos|`` between the edits of every pair of directions of several runs, pooled.
+    """``|cos|`` (or, with ``signed``, the cosine) between the edits of every pair of directions of several
+    runs, pooled.
 
     Args:
         features_by_run: R runs, each T tensors [N, K_r, ...]: its edit features on the same N
@@ -53,9 +54,9 @@ def run_cosines(features_by_run: Sequence[Sequence[torch.Tensor]], signed: bool 
         signed: keep the sign (in [-1, 1]): -1 for two sliders that make the same edit in
             opposite directions (what :func:`pick_copies` needs to align copies).
     Returns:
-        [P, P] float32 in [0, 1] (in [-1, 1] when ``signed``), P = sum of K_r, rows and columns in
-        the runs' order: the absolute value of ``loss.cross_set_cosines`` averaged over the
-        timesteps (averaged before the absolute value, so an edit that flips sign between
+        [P, P] float32, P = sum of K_r, rows and columns in the runs' order:
+        ``loss.cross_set_cosines`` averaged over the timesteps, in [-1, 1] when ``signed``, else its
+        absolute value in [0, 1] (taken after the average, so an edit that flips sign between
         timesteps scores low).
     """
     if not features_by_run:
@@ -160,7 +161,7 @@ def pick_copies(signed_cosines: torch.Tensor, run_sizes: Sequence[int],
         For each pick, [(run, index, sign)]: the pick first (sign +1), then its best match in each
         other run in run order (one per run, so len(run_sizes) entries), with sign -1 where that
         slider makes the pick's edit backwards.  Two picks can share a copy when one direction of
-        a run is the best match of both.
+        a run is the best match of both, and a copy can itself be another pick.
     """
     slices = _run_slices(run_sizes, signed_cosines)
     owner = [(run, k) for run, size in enumerate(run_sizes) for k in range(size)]
@@ -180,8 +181,10 @@ def mean_edit(copies: Sequence[tuple], scale: float, window: tuple[float, float]
     several runs, :func:`pick_copies`): ``scale * mean_k sign_k (eps(c_k) - eps(c_ref(k)))``.
 
     Editing sums the pushes of its ``DirectionEdit``s, so the mean is each copy at
-    ``sign * scale / n``; pass the list to ``editing.edit`` (alone or with other sliders).  It
-    costs one UNet row per copy at every step.
+    ``sign * scale / n``; pass the list to ``editing.edit`` (alone or with other sliders) with
+    the default ``composition="sum"`` ("regions" settles each ``Directions`` object's push
+    separately, so copies from several runs would no longer be averaged).  It costs one UNet row
+    per copy at every step.
 
     Args:
         copies: n >= 1 of (a ``Directions``, a direction of it: index, token or name) or
@@ -189,11 +192,16 @@ def mean_edit(copies: Sequence[tuple], scale: float, window: tuple[float, float]
             other way (:func:`pick_copies` gives it); pairs count as +1.
         scale: the slider ``s``; 0 = off.
         window: the step window every copy acts in (``editing.DirectionEdit``).
+    Returns:
+        n ``DirectionEdit``s, in the order of ``copies``.
     """
     if not copies:
         raise ValueError("mean_edit needs at least one (Directions, direction) pair; got none")
     edits = []
     for copy in copies:
+        if len(copy) not in (2, 3):
+            raise ValueError(f"each copy is (Directions, direction) or (Directions, direction, sign); got "
+                             f"{len(copy)} items: {copy!r}")
         directions, direction, sign = copy if len(copy) == 3 else (*copy, 1)
         if sign not in (1, -1):
             raise ValueError(f"a copy's sign must be 1 or -1; got {sign!r} for direction {direction!r}")

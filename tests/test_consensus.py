@@ -98,6 +98,8 @@ def test_mean_edit_moves_the_mean_of_the_copies_edits(tiny_pipe):
         mean_edit([], 1.0)
     with pytest.raises(ValueError, match="sign must be 1 or -1; got 0.5 for direction 1"):
         mean_edit([(first, 1, 0.5)], 1.0)
+    with pytest.raises(ValueError, match=r"\(Directions, direction, sign\); got 1 items"):
+        mean_edit([(first,)], 1.0)
 
 
 def test_consensus_directions_keep_each_shared_row_once_with_its_run_and_agreement(tiny_pipe):

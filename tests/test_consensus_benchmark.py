@@ -196,7 +196,7 @@ def test_average_reads_each_kept_direction_as_the_mean_of_its_copies_edits(tiny_
                              methods=["NoiseCLR", "random", "text"], interference=False, seeds=[0, 1])
     quality.run_benchmark(tiny_pipe, StatsOracle(), settings, tmp_path, tag="one", resume=True, progress=False,
                           log=lambda _: None)
-    with pytest.raises(SystemExit, match=r"got 1 report\(s\); a ladder needs 2 or more"):   # one rung: --average only
+    with pytest.raises(SystemExit, match=r"a ladder needs 2 or more .*; consensus.py --average reads one"):
         consensus.consensus(["one"], tiny_pipe, StatsOracle(), tmp_path, group=2, count=2, progress=False,
                             log=lambda _: None)
     result = consensus.consensus_report(["one"], tiny_pipe, StatsOracle(), tmp_path, tag="mean", group=2, count=2,
@@ -219,8 +219,9 @@ def test_average_reads_each_kept_direction_as_the_mean_of_its_copies_edits(tiny_
     start = quality.domain_start(tiny_pipe, settings, "face")
     by_hand = images_to_tensor(edit(tiny_pipe, [DirectionEdit(sets[seed], k, sign * first["scale"] / 2)
                                                 for seed, k, sign in group["copies"][0]], inversion=start.inversion))
-    copies = [(sets[seed], k, sign) for seed, k, sign in group["copies"][0]]
-    torch.testing.assert_close(consensus.mean_render(tiny_pipe, copies, first["scale"], start, (1.0, 0.0)), by_hand)
+    first_copies = [(sets[seed], k, sign) for seed, k, sign in group["copies"][0]]
+    torch.testing.assert_close(consensus.mean_render(tiny_pipe, first_copies, first["scale"], start, (1.0, 0.0)),
+                               by_hand)
     # the copies' signs are those of the signed cosines the picks were made from
     signed = torch.load(consensus.cosines_path(cache, "face", "NoiseCLR", [0, 1], consistency.consistency_latents(
         quality.training_latents(tiny_pipe, settings, "face"), 3), (200, 600)))
@@ -230,6 +231,26 @@ def test_average_reads_each_kept_direction_as_the_mean_of_its_copies_edits(tiny_
             assert sign == (1 if signed[pick_seed * 3 + pick_k, seed * 3 + k] >= 0 else -1)
     assert first["pixel_change"] > 0 and first["calibrated"]
     assert scored["seeds"] == [0] and len(scored["purity"]) == 1
+    from noiseclr_lite.metrics import pixel_change
+
+    plus, minus = (consensus.mean_render(tiny_pipe, first_copies, s, start, (1.0, 0.0))
+                   for s in (first["scale"], -first["scale"]))
+    assert first["pixel_change"] == pytest.approx((pixel_change(plus, start.images)
+                                                   + pixel_change(minus, start.images)) / 2)
+    # a second rung reads its own means (the cache key holds the target change), each rung in its place
+    quality.run_benchmark(tiny_pipe, StatsOracle(), dataclasses.replace(settings, target_change=0.2), tmp_path,
+                          tag="two", resume=True, progress=False, log=lambda _: None)
+    both = consensus.consensus(["one", "two"], tiny_pipe, StatsOracle(), tmp_path, group=2, count=2, images=3,
+                               timesteps=(200, 600), progress=False, log=lambda _: None, average=True)
+    stronger = consensus.mean_scores(tiny_pipe, StatsOracle(), {}, "NoiseCLR", group, None, "face",
+                                     dataclasses.replace(settings, target_change=0.2), cache)   # from the cache
+    assert len(list(cache.trained.glob("consensus-mean_face_NoiseCLR_seeds0-1_*.json"))) == 2   # one file a rung
+    from noiseclr_lite.metrics import DirectionScore, summary
+
+    assert both["averaged"]["targets"] == [0.02, 0.2]
+    assert both["averaged"]["domains"]["face"]["NoiseCLR"]["rungs"][0] == scored["rungs"][0]
+    assert both["averaged"]["domains"]["face"]["NoiseCLR"]["rungs"][1] == [
+        summary([DirectionScore(**x) for x in stronger], "face")["coverage"]]
     # the means are cached with the cosines: a second reading renders nothing
     counted = _counting_unet_calls(tiny_pipe)
     again = consensus.consensus(["one"], counted, StatsOracle(), tmp_path, group=2, count=2, images=3,
@@ -242,10 +263,24 @@ def test_average_reads_each_kept_direction_as_the_mean_of_its_copies_edits(tiny_
         assert text in page
     # picks saved before the copies were recorded cannot be averaged
     old = json.loads((tmp_path / "consensus-mean.json").read_text())
-    for by_group in old["picks"]["face"].values():
-        for g in by_group:
-            del g["copies"]
-    (tmp_path / "old.json").write_text(json.dumps(old))
-    with pytest.raises(SystemExit, match="predates the copies --average reads"):
-        consensus.consensus(["one"], tiny_pipe, StatsOracle(), tmp_path, group=2, count=2, progress=False,
-                            log=lambda _: None, picks_from=tmp_path / "old.json", average=True)
+    for unsigned in (True, False):   # copies without their signs (as first recorded), then no copies
+        for by_group in old["picks"]["face"].values():
+            for g in by_group:
+                if unsigned:
+                    g["copies"] = [[c[:2] for c in copies] for copies in g["copies"]]
+                else:
+                    del g["copies"]
+        (tmp_path / "old.json").write_text(json.dumps(old))
+        with pytest.raises(SystemExit, match="predates the signed copies --average reads"):
+            consensus.consensus(["one"], tiny_pipe, StatsOracle(), tmp_path, group=2, count=2, progress=False,
+                                log=lambda _: None, picks_from=tmp_path / "old.json", average=True)
+
+
+def test_only_domains_keeps_the_named_domains_of_a_report():
+    report = {"domains": {"face": {"runs": 1}, "cat": {"runs": 2}, "car": {"runs": 3}},
+              "settings": {"domains": ["face", "cat", "car"], "seeds": [0]}}
+    kept = consensus.only_domains(report, ["car", "face"], "r.json")
+    assert list(kept["domains"]) == ["face", "car"] and kept["settings"]["domains"] == ["face", "car"]
+    assert list(report["domains"]) == ["face", "cat", "car"]                    # the report itself is left alone
+    with pytest.raises(SystemExit, match=r"--domains painting: r.json has only face, cat, car"):
+        consensus.only_domains(report, ["face", "painting"], "r.json")
