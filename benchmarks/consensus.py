@@ -229,7 +229,8 @@ def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: 
     (:func:`benchmarks.ladder.ladder`'s result for each), "trained_here", ...}.  ``picks_from``: an
     earlier result whose picks are read on these rungs instead (:func:`reused_picks`; no UNet pass).
     ``average``: also read each kept direction as the mean of its copies' edits (:func:`mean_scores`,
-    rendered on every rung), as "averaged"; one rung is then enough.  ``domains``: read only these of the
+    rendered on every rung), as "averaged" (and every mean's score as "averaged_scores": {rung's report:
+    {domain: {method: [[score dicts] per group]}}}); one rung is then enough.  ``domains``: read only these of the
     reports' domains (e.g. to split a long ``average`` run over processes that share the cache)."""
     out_dir = Path(out_dir)
     rungs = load_rungs(names, out_dir, at_least=1 if average else 2)
@@ -329,7 +330,9 @@ def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: 
             "images": used_images,
             "timesteps": list(timesteps), "picks": picks, "trained_here": trained_here,
             "single": ladder(single), "consensus": ladder(consensus_rungs(rungs, picks)),
-            **({"averaged": ladder(consensus_rungs(rungs, picks, averaged))} if average else {}),
+            **({"averaged": ladder(consensus_rungs(rungs, picks, averaged)),
+                "averaged_scores": {report_stem(path): by_domain for (path, _), by_domain in zip(rungs, averaged)}}
+               if average else {}),
             "seconds": stages.total}
 
 

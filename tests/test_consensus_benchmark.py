@@ -248,6 +248,8 @@ def test_average_reads_each_kept_direction_as_the_mean_of_its_copies_edits(tiny_
     from noiseclr_lite.metrics import DirectionScore, summary
 
     assert both["averaged"]["targets"] == [0.02, 0.2]
+    kept = json.loads(json.dumps(both["averaged_scores"]["quality-two"]["face"]["NoiseCLR"][0]))
+    assert kept == stronger                                                   # every mean's score, in the result
     assert both["averaged"]["domains"]["face"]["NoiseCLR"]["rungs"][0] == scored["rungs"][0]
     assert both["averaged"]["domains"]["face"]["NoiseCLR"]["rungs"][1] == [
         summary([DirectionScore(**x) for x in stronger], "face")["coverage"]]
