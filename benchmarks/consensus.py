@@ -258,6 +258,15 @@ def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: 
     trained_here: list = []
     used_images = None
     loaded: dict = {}
+    lazy_latents: dict = {}
+
+    def training_latents(domain: str) -> Callable[[], torch.Tensor]:
+        """A call giving the domain's training latents, inverted on its first use only (shared by the picks
+        and the means, so a domain is inverted once per run); the domain's sample folder is checked now."""
+        check_samples(settings, domain)
+        if domain not in lazy_latents:
+            lazy_latents[domain] = functools.cache(lambda: _staged_latents(pipe, settings, domain, stages))
+        return lazy_latents[domain]
 
     def sets_of(domain: str, ranked: list, train_latents: Callable[[], torch.Tensor]) -> dict:
         """{(method, seed): Directions} of the domain's token sets, loaded (or trained) once."""
@@ -280,8 +289,7 @@ def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: 
         methods = [m for m in RANKED_METHODS if any(unit[0] == m for unit in ranked)]
         if not methods:  # only the words here: nothing to pick from
             continue
-        check_samples(settings, domain)
-        train_latents = functools.cache(lambda domain=domain: _staged_latents(pipe, settings, domain, stages))
+        train_latents = training_latents(domain)
         compared_on = consistency_latents(train_latents(), images)
         used_images = len(compared_on)
         saved = {m: cosines_path(cache, domain, m, used, compared_on, timesteps) for m in methods}
@@ -306,10 +314,8 @@ def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: 
     if average:  # every kept direction rendered again as the mean of its copies' edits, on every rung
         averaged = [{} for _ in rungs]
         for domain, by_method in picks.items():
-            check_samples(settings, domain)
-            train_latents = functools.cache(lambda domain=domain: _staged_latents(pipe, settings, domain, stages))
             ranked = [(method, seed) for method in by_method for seed in used]
-            sets = sets_of(domain, ranked, train_latents)
+            sets = sets_of(domain, ranked, training_latents(domain))
             # every rung scores on the same inverted images (one protocol); inverted only if a mean is not cached
             start = functools.cache(lambda domain=domain: domain_start(pipe, settings, domain))
             for i, (path, report) in enumerate(rungs):

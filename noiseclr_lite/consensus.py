@@ -165,13 +165,14 @@ def pick_copies(signed_cosines: torch.Tensor, run_sizes: Sequence[int],
     """
     slices = _run_slices(run_sizes, signed_cosines)
     owner = [(run, k) for run, size in enumerate(run_sizes) for k in range(size)]
+    unsigned_cosines = signed_cosines.abs()
     copies = []
     for run, k in picks:
         if not (0 <= run < len(run_sizes) and 0 <= k < run_sizes[run]):
             raise ValueError(f"pick ({run}, {k}) is not a direction of these runs (sizes {list(run_sizes)}); pass "
                              f"picks of the same runs, e.g. consensus_picks' result")
         row = slices[run].start + k
-        matches = _best_matches(signed_cosines.abs(), slices, row, run)
+        matches = _best_matches(unsigned_cosines, slices, row, run)
         copies.append([(run, k, 1), *((*owner[i], 1 if signed_cosines[row, i] >= 0 else -1) for i in matches)])
     return copies
 
