@@ -261,8 +261,8 @@ def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: 
     lazy_latents: dict = {}
 
     def training_latents(domain: str) -> Callable[[], torch.Tensor]:
-        """A call giving the domain's training latents, inverted on its first use only (shared by the picks
-        and the means, so a domain is inverted once per run); the domain's sample folder is checked now."""
+        """A call giving the domain's training latents, loaded and encoded on its first use only (shared by
+        the picks and the means, so at most once per run); the domain's sample folder is checked now."""
         check_samples(settings, domain)
         if domain not in lazy_latents:
             lazy_latents[domain] = functools.cache(lambda: _staged_latents(pipe, settings, domain, stages))
