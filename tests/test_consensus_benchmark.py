@@ -190,7 +190,7 @@ def _counting_unet_calls(pipe):
 def test_average_reads_each_kept_direction_as_the_mean_of_its_copies_edits(tiny_pipe, tmp_path):
     from test_quality_benchmark import tiny_settings
     from noiseclr_lite.editing import DirectionEdit, edit
-    from noiseclr_lite.metrics import images_to_tensor
+    from noiseclr_lite.metrics import DirectionScore, images_to_tensor, pixel_change, summary
 
     settings = tiny_settings(Path(quality.DEFAULT_SAMPLES), domains=["face"], calibration_iters=2, num_directions=3,
                              methods=["NoiseCLR", "random", "text"], interference=False, seeds=[0, 1])
@@ -231,8 +231,6 @@ def test_average_reads_each_kept_direction_as_the_mean_of_its_copies_edits(tiny_
             assert sign == (1 if signed[pick_seed * 3 + pick_k, seed * 3 + k] >= 0 else -1)
     assert first["pixel_change"] > 0 and first["calibrated"]
     assert scored["seeds"] == [0] and len(scored["purity"]) == 1
-    from noiseclr_lite.metrics import pixel_change
-
     plus, minus = (consensus.mean_render(tiny_pipe, first_copies, s, start, (1.0, 0.0))
                    for s in (first["scale"], -first["scale"]))
     assert first["pixel_change"] == pytest.approx((pixel_change(plus, start.images)
@@ -245,8 +243,6 @@ def test_average_reads_each_kept_direction_as_the_mean_of_its_copies_edits(tiny_
     stronger = consensus.mean_scores(tiny_pipe, StatsOracle(), {}, "NoiseCLR", group, None, "face",
                                      dataclasses.replace(settings, target_change=0.2), cache)   # from the cache
     assert len(list(cache.trained.glob("consensus-mean_face_NoiseCLR_seeds0-1_*.json"))) == 2   # one file a rung
-    from noiseclr_lite.metrics import DirectionScore, summary
-
     assert both["averaged"]["targets"] == [0.02, 0.2]
     kept = json.loads(json.dumps(both["averaged_scores"]["quality-two"]["face"]["NoiseCLR"][0]))
     assert kept == stronger                                                   # every mean's score, in the result
