@@ -51,10 +51,11 @@ if str(REPO) not in sys.path:  # `python benchmarks/consensus.py` from anywhere
 from benchmarks.consistency import (DEFAULT_IMAGES, RANKED_METHODS, _staged_latents, add_run_flags,  # noqa: E402
                                     check_samples, consistency_latents, load_model_and_oracle, settings_of,
                                     token_sets, units_of)
-from benchmarks.ladder import bars_section, ladder, load_rungs, rung_label  # noqa: E402
+from benchmarks.ladder import KEPT_MIN, _scores, bars_section, ladder, load_rungs, rung_label  # noqa: E402
 from benchmarks.quality import (RESULTS, Cache, Stages, _pm, cache_key, domain_start, machine,  # noqa: E402
                                 report_stem, write_atomically)
-from noiseclr_lite.metrics import images_to_tensor, score_rendered  # noqa: E402
+from noiseclr_lite.metrics import coverage, expected_subset_coverage, images_to_tensor, score_rendered  # noqa: E402
+from noiseclr_lite.toyworld.domains import get_domain  # noqa: E402
 from noiseclr_lite.consensus import (consensus_picks, mean_edit, pick_copies, run_agreement,  # noqa: E402
                                      run_cosines)
 from noiseclr_lite.train import CONSISTENCY_TIMESTEPS, timestep_features  # noqa: E402
@@ -219,6 +220,46 @@ def reused_picks(path: str | os.PathLike, weights: str, training_key: str, group
     return earlier
 
 
+def covered_over_ladder(rungs: list[tuple[Path, dict]], domain: str, method: str, seed,
+                        kept_min: float | None = None) -> list[set[str]]:
+    """For each direction of one seed's set: the attributes it covers at some rung of ``rungs``
+    (``metrics.coverage``'s rule, the ladder's).  With ``kept_min``, only at rungs where its +s and
+    -s edits stay in ``domain`` at least that often (``benchmarks.ladder.in_domain_coverage``'s rule)."""
+    names = get_domain(domain).attribute_names
+    per_rung = [_scores(report, domain, method, seed) for _, report in rungs]
+    covered = [set() for _ in per_rung[0]]
+    for scores in per_rung:
+        for k, score in enumerate(scores):
+            if kept_min is None or score.domain_kept is None or score.domain_kept >= kept_min:
+                covered[k] |= set(coverage([[score.effects[n] for n in names]], names)[1])
+    return covered
+
+
+def random_draws(rungs: list[tuple[Path, dict]], methods_by_domain: dict, groups: list, count: int) -> dict:
+    """The control for a consensus of ``count``: what ``count`` directions drawn at random from a group's
+    pool (every direction of its seeds' sets) cover over the ladder, on average over every draw
+    (``metrics.expected_subset_coverage``, exact), and what the whole pool covers.  If a consensus covers
+    no more than the draws, its count does the work, not the agreement.  A draw's mean purity is on
+    average the pool's, so purity needs no control.
+
+    Returns {method: {"drawn", "drawn_in_domain", "pool", "pool_in_domain": one value per group}}, each
+    the mean over ``methods_by_domain``'s domains ({domain: [methods]}) of the share of the attributes
+    covered ("in_domain": by edits that keep the domain, :data:`benchmarks.ladder.KEPT_MIN`)."""
+    per_method: dict = {}
+    for domain, methods in methods_by_domain.items():
+        names = get_domain(domain).attribute_names
+        for method in methods:
+            out = per_method.setdefault(method, {key: [[] for _ in groups] for key in
+                                                 ("drawn", "drawn_in_domain", "pool", "pool_in_domain")})
+            for g, group in enumerate(groups):
+                for suffix, kept_min in (("", None), ("_in_domain", KEPT_MIN)):
+                    pool = [c for seed in group for c in covered_over_ladder(rungs, domain, method, seed, kept_min)]
+                    out["drawn" + suffix][g].append(expected_subset_coverage(pool, names, min(count, len(pool))))
+                    out["pool" + suffix][g].append(expected_subset_coverage(pool, names, len(pool)))
+    return {method: {key: [statistics.mean(v) for v in values] for key, values in out.items()}
+            for method, out in per_method.items()}
+
+
 def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: int = 4, count: int | None = None,
               images: int = DEFAULT_IMAGES, timesteps=CONSISTENCY_TIMESTEPS, progress: bool = True,
               samples: str | os.PathLike | None = None, log: Callable[[str], None] = print,
@@ -336,6 +377,8 @@ def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: 
             "images": used_images,
             "timesteps": list(timesteps), "picks": picks, "trained_here": trained_here,
             "single": ladder(single), "consensus": ladder(consensus_rungs(rungs, picks)),
+            "draws": random_draws(rungs, {domain: list(by_method) for domain, by_method in picks.items()}, groups,
+                                  count),
             **({"averaged": ladder(consensus_rungs(rungs, picks, averaged)),
                 "averaged_scores": {report_stem(path): by_domain for (path, _), by_domain in zip(rungs, averaged)}}
                if average else {}),
@@ -387,6 +430,21 @@ def markdown(result: dict) -> str:
         lines.append(f"| {method} | " + " | ".join(f"{_pm(r['overall'][method]['ladder'], sign='')} | "
                                                   f"{_pm(r['overall'][method]['purity'], sign='')}" for r in readings)
                      + " |")
+    draws = result.get("draws")
+    if draws:  # results written before the control existed have none
+        pool = len(groups[0]) * result["set_size"]
+        lines += ["", "## Against random draws from the same runs", "",
+                  f"Coverage over the ladder (in brackets: by edits that keep the domain), mean ± std over the groups: "
+                  f"the consensus, {result['count']} directions drawn at random from a group's {pool} (the exact "
+                  f"mean over every draw, `metrics.expected_subset_coverage`; a draw's purity is on average the "
+                  f"pool's) and all {pool}. A consensus that covers no more than the draws owes its coverage to "
+                  f"its count, not to the agreement.", "",
+                  f"| method | consensus | {result['count']} drawn at random | all {pool} |", "|---|---|---|---|"]
+        for method in draws:
+            in_domain = mine["overall"][method]
+            lines.append(f"| {method} | {_pm(in_domain['ladder'], sign='')} ({_pm(in_domain['in_domain'], sign='')}) | "
+                         f"{_cell(draws[method]['drawn'])} ({_cell(draws[method]['drawn_in_domain'])}) | "
+                         f"{_cell(draws[method]['pool'])} ({_cell(draws[method]['pool_in_domain'])}) |")
     lines += ["", "## Per domain", "", "| domain | method | single seeds | consensus |"
               + (" means of copies |" if averaged else ""), "|---|---|---|---|" + ("---|" if averaged else "")]
     for domain in mine["domains"]:

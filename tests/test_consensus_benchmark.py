@@ -105,7 +105,10 @@ def test_consensus_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path
     assert single["ladder"] == plain["domains"]["face"]["NoiseCLR"]["ladder"][:4]
     assert result["consensus"]["domains"]["face"]["text"]["ladder"] == plain["domains"]["face"]["text"]["ladder"]
     assert set(result["consensus"]["clear"]) == {"face"}
+    # the control: 2 directions drawn at random from each group's pool of 6, on the same rungs
+    assert result["draws"] == consensus.random_draws(rungs, {"face": ["NoiseCLR", "random"]}, [[0, 1], [2, 3]], 2)
     md = (tmp_path / "consensus-t.md").read_text()
+    assert "## Against random draws from the same runs" in md and "| method | consensus | 2 drawn at random | all 6 |" in md
     for text in ("# Consensus of 2 seeds: 2 directions kept from each group", "Seed groups: 0, 1; 2, 3",
                  "## Overall", "| NoiseCLR |", "| random |", "| text |", "## Per domain",
                  "## The issue's bars, each group's consensus standing for a seed",
@@ -282,3 +285,36 @@ def test_only_domains_keeps_the_named_domains_of_a_report():
     assert list(report["domains"]) == ["face", "cat", "car"]                    # the report itself is left alone
     with pytest.raises(SystemExit, match=r"--domains painting: r.json has only face, cat, car"):
         consensus.only_domains(report, ["face", "painting"], "r.json")
+
+
+def _fake_score(effects: dict, domain_kept: float = 1.0) -> dict:
+    """A stored DirectionScore dict with only what the ladder reads set meaningfully."""
+    values = list(effects.values())
+    return {"name": "d", "token": "d", "domain": "face", "scale": 1.0, "effects": effects, "signed_effects": effects,
+            "plus_effects": effects, "minus_effects": effects, "purity": max(values) / max(sum(values), 1e-9),
+            "strength": max(values), "target": max(effects, key=effects.get), "pixel_change": 0.05,
+            "off_target": sum(values) - max(values), "domain_kept": domain_kept}
+
+
+def test_random_draws_are_the_exact_mean_coverage_of_draws_from_a_groups_pool():
+    # one domain, two rungs, a group of two seeds with two directions each: a pool of four.
+    # Expression is covered by two directions (seed 0's first at the weak rung, seed 1's first at the
+    # strong one); hair by one, seed 1's second, whose covering edit leaves the domain; the rest by none.
+    none = {"expression": 0.1, "hair": 0.0, "glasses": 0.0, "skin": 0.0}
+    expression = {"expression": 0.9, "hair": 0.1, "glasses": 0.0, "skin": 0.0}
+    hair = {"expression": 0.0, "hair": 0.8, "glasses": 0.1, "skin": 0.0}
+    weak = {0: [_fake_score(expression), _fake_score(none)], 1: [_fake_score(none), _fake_score(none)]}
+    strong = {0: [_fake_score(none), _fake_score(none)], 1: [_fake_score(expression), _fake_score(hair, 0.5)]}
+    rungs = [(Path(f"r{i}.json"), {"domains": {"face": {"runs": {"NoiseCLR": [{"seed": s, "scores": by_seed[s]}
+                                                                               for s in (0, 1)]}}}})
+             for i, by_seed in enumerate((weak, strong))]
+    assert consensus.covered_over_ladder(rungs, "face", "NoiseCLR", 1) == [{"expression"}, {"hair"}]
+    assert consensus.covered_over_ladder(rungs, "face", "NoiseCLR", 1, kept_min=0.9) == [{"expression"}, set()]
+    draws = consensus.random_draws(rungs, {"face": ["NoiseCLR"]}, [[0, 1]], count=2)["NoiseCLR"]
+    # a draw of 2 of the 4 misses expression with probability C(2, 2) / C(4, 2) = 1/6 and hair with 3/6
+    assert draws["drawn"] == [pytest.approx((5 / 6 + 1 / 2) / 4)]
+    assert draws["drawn_in_domain"] == [pytest.approx((5 / 6) / 4)]
+    assert draws["pool"] == [pytest.approx(2 / 4)] and draws["pool_in_domain"] == [pytest.approx(1 / 4)]
+    # a count beyond the pool draws the whole pool
+    assert consensus.random_draws(rungs, {"face": ["NoiseCLR"]}, [[0, 1]], count=9)["NoiseCLR"]["drawn"] == [
+        pytest.approx(2 / 4)]
