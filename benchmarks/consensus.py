@@ -441,8 +441,8 @@ def markdown(result: dict) -> str:
                   f"its count, not to the agreement.", "",
                   f"| method | consensus | {result['count']} drawn at random | all {pool} |", "|---|---|---|---|"]
         for method in draws:
-            in_domain = mine["overall"][method]
-            lines.append(f"| {method} | {_pm(in_domain['ladder'], sign='')} ({_pm(in_domain['in_domain'], sign='')}) | "
+            overall = mine["overall"][method]
+            lines.append(f"| {method} | {_pm(overall['ladder'], sign='')} ({_pm(overall['in_domain'], sign='')}) | "
                          f"{_cell(draws[method]['drawn'])} ({_cell(draws[method]['drawn_in_domain'])}) | "
                          f"{_cell(draws[method]['pool'])} ({_cell(draws[method]['pool_in_domain'])}) |")
     lines += ["", "## Per domain", "", "| domain | method | single seeds | consensus |"
