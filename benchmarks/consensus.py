@@ -51,10 +51,11 @@ if str(REPO) not in sys.path:  # `python benchmarks/consensus.py` from anywhere
 from benchmarks.consistency import (DEFAULT_IMAGES, RANKED_METHODS, _staged_latents, add_run_flags,  # noqa: E402
                                     check_samples, consistency_latents, load_model_and_oracle, settings_of,
                                     token_sets, units_of)
-from benchmarks.ladder import KEPT_MIN, _scores, bars_section, ladder, load_rungs, rung_label  # noqa: E402
-from benchmarks.quality import (RESULTS, Cache, Stages, _pm, cache_key, domain_start, machine,  # noqa: E402
-                                report_stem, write_atomically)
-from noiseclr_lite.metrics import coverage, expected_subset_coverage, images_to_tensor, score_rendered  # noqa: E402
+from benchmarks.ladder import (KEPT_MIN, _scores, bars_section, keeps_domain, ladder, load_rungs,  # noqa: E402
+                               rung_label)
+from benchmarks.quality import (RESULTS, Cache, Stages, _pm, cache_key, direction_coverage, domain_start,  # noqa: E402
+                                machine, report_stem, write_atomically)
+from noiseclr_lite.metrics import expected_subset_coverage, images_to_tensor, score_rendered  # noqa: E402
 from noiseclr_lite.toyworld.domains import get_domain  # noqa: E402
 from noiseclr_lite.consensus import (consensus_picks, mean_edit, pick_copies, run_agreement,  # noqa: E402
                                      run_cosines)
@@ -223,15 +224,14 @@ def reused_picks(path: str | os.PathLike, weights: str, training_key: str, group
 def covered_over_ladder(rungs: list[tuple[Path, dict]], domain: str, method: str, seed,
                         kept_min: float | None = None) -> list[set[str]]:
     """For each direction of one seed's set: the attributes it covers at some rung of ``rungs``
-    (``metrics.coverage``'s rule, the ladder's).  With ``kept_min``, only at rungs where its +s and
-    -s edits stay in ``domain`` at least that often (``benchmarks.ladder.in_domain_coverage``'s rule)."""
-    names = get_domain(domain).attribute_names
+    (``quality.direction_coverage`` at each rung, united, as ``benchmarks.ladder`` counts).  With
+    ``kept_min``, only at rungs where its edits keep the domain (``benchmarks.ladder.keeps_domain``)."""
     per_rung = [_scores(report, domain, method, seed) for _, report in rungs]
     covered = [set() for _ in per_rung[0]]
     for scores in per_rung:
-        for k, score in enumerate(scores):
-            if kept_min is None or score.domain_kept is None or score.domain_kept >= kept_min:
-                covered[k] |= set(coverage([[score.effects[n] for n in names]], names)[1])
+        for k, (covers, score) in enumerate(zip(direction_coverage(scores, domain), scores)):
+            if kept_min is None or keeps_domain(score, kept_min):
+                covered[k] |= covers
     return covered
 
 

@@ -177,6 +177,12 @@ def working_strength_scores(rung_scores: list[list[DirectionScore]], strength_mi
     return picked, read_at
 
 
+def keeps_domain(score: DirectionScore, kept_min: float = KEPT_MIN) -> bool:
+    """Whether a direction's +s and -s edits stay in their domain at least ``kept_min`` of the time
+    (a score measured before ``domain_kept`` existed counts as kept)."""
+    return score.domain_kept is None or score.domain_kept >= kept_min
+
+
 def in_domain_coverage(scores: list[DirectionScore], domain: str, kept_min: float = KEPT_MIN) -> tuple[float, list[str]]:
     """``metrics.coverage`` of the directions whose +s and -s edits the oracle still reads as
     ``domain`` at least ``kept_min`` of the time (a score without that reading counts as kept;
@@ -188,7 +194,7 @@ def in_domain_coverage(scores: list[DirectionScore], domain: str, kept_min: floa
     plain coverage.  At the default strength few covering edits leave the
     domain; at 0.15 some covering edits leave it in up to 44% of the images.
     """
-    kept = [s for s in scores if s.domain_kept is None or s.domain_kept >= kept_min]
+    kept = [s for s in scores if keeps_domain(s, kept_min)]
     if not kept:
         return 0.0, []
     names = get_domain(domain).attribute_names

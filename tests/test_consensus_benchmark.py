@@ -107,6 +107,11 @@ def test_consensus_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path
     assert set(result["consensus"]["clear"]) == {"face"}
     # the control: 2 directions drawn at random from each group's pool of 6, on the same rungs
     assert result["draws"] == consensus.random_draws(rungs, {"face": ["NoiseCLR", "random"]}, [[0, 1], [2, 3]], 2)
+    for method in ("NoiseCLR", "random"):   # a consensus and a draw are subsets of the pool: never above it
+        draws, kept = result["draws"][method], result["consensus"]["domains"]["face"][method]
+        for g in range(2):
+            assert draws["drawn"][g] <= draws["pool"][g] + 1e-9 and kept["ladder"][g] <= draws["pool"][g] + 1e-9
+            assert kept["in_domain"][g] <= draws["pool_in_domain"][g] + 1e-9 <= draws["pool"][g] + 2e-9
     md = (tmp_path / "consensus-t.md").read_text()
     assert "## Against random draws from the same runs" in md and "| method | consensus | 2 drawn at random | all 6 |" in md
     for text in ("# Consensus of 2 seeds: 2 directions kept from each group", "Seed groups: 0, 1; 2, 3",

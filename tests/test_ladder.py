@@ -361,3 +361,14 @@ def test_attribute_pixel_change_sizes_small_and_large_attributes_and_names_the_a
     assert attribute_pixel_change("face", "glasses", images=16) == glasses  # seeded
     with pytest.raises(ValueError, match="no attribute 'wings'.*expression"):
         attribute_pixel_change("face", "wings")
+
+
+def test_keeps_domain_reads_the_share_of_edits_left_in_the_domain():
+    def scored(kept):
+        return DirectionScore(name="d", token="d", domain="face", scale=1.0, effects={}, signed_effects={},
+                              plus_effects={}, minus_effects={}, purity=1.0, strength=0.0, target="expression",
+                              pixel_change=0.05, off_target=0.0, domain_kept=kept)
+
+    assert ladder.keeps_domain(scored(0.95)) and ladder.keeps_domain(scored(0.9))
+    assert not ladder.keeps_domain(scored(0.5)) and ladder.keeps_domain(scored(0.5), kept_min=0.5)
+    assert ladder.keeps_domain(scored(None))          # measured before domain_kept existed: counted as kept
