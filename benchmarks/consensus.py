@@ -19,7 +19,8 @@ is read from those scores with no new render: its coverage over the ladder and i
 the working strength (``benchmarks/ladder.py``'s rules), beside the single seeds' sets, and the
 issue's bars with each group standing for a seed.  The words (one run) are read as on the ladder.
 
-Writes ``results/consensus[-tag].md`` and ``.json``.  Trained sets come from the benchmark cache
+Writes ``results/consensus[-tag].md`` and ``.json`` (``.json.gz`` with ``--every-group``, whose
+picks are 35 times as many).  Trained sets come from the benchmark cache
 (``results/cache``, filled by the reports' runs); a set missing there is trained again exactly as
 ``quality.py`` trained it (give ``--threads`` as the reports ran).  The sets' cosines are kept in
 the same cache (:func:`cosines_path`, keyed by the images compared on), so another ``--count``, or
@@ -33,6 +34,7 @@ import copy
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import os
 import statistics
@@ -53,8 +55,9 @@ from benchmarks.consistency import (DEFAULT_IMAGES, RANKED_METHODS, _staged_late
                                     token_sets, units_of)
 from benchmarks.ladder import (KEPT_MIN, _scores, bars_section, keeps_domain, ladder, load_rungs,  # noqa: E402
                                rung_label)
-from benchmarks.quality import (RESULTS, Cache, Stages, _pm, cache_key, direction_coverage, domain_start,  # noqa: E402
-                                machine, report_stem, write_atomically)
+from benchmarks.quality import (BARS, CLEAR_MARGIN, RESULTS, Cache, Stages, _pm, cache_key,  # noqa: E402
+                                direction_coverage, domain_start, machine, read_report, report_stem,
+                                write_atomically, write_report_json)
 from noiseclr_lite.metrics import expected_subset_coverage, images_to_tensor, score_rendered  # noqa: E402
 from noiseclr_lite.toyworld.domains import get_domain  # noqa: E402
 from noiseclr_lite.consensus import (consensus_picks, mean_edit, pick_copies, run_agreement,  # noqa: E402
@@ -68,13 +71,17 @@ def _fail(message: str):
     raise SystemExit(f"{TOOL}: {message}")
 
 
-def seed_groups(seeds: list, size: int) -> list[list]:
+def seed_groups(seeds: list, size: int, every: bool = False) -> list[list]:
     """``seeds`` cut into disjoint groups of ``size`` in their order; seeds left over are left out.
+    ``every``: instead every combination of ``size`` seeds (overlapping groups, in lexicographic order):
+    which seeds a user happens to train is then averaged over, not fixed by one cut.
 
     SystemExit unless 2 <= size <= len(seeds): a consensus compares two or more runs."""
     if not 2 <= size <= len(seeds):
         _fail(f"--group {size}: a consensus needs groups of 2 to {len(seeds)} seeds (the reports hold seeds "
               f"{seeds}); give --group between 2 and {len(seeds)}")
+    if every:
+        return [list(group) for group in itertools.combinations(seeds, size)]
     return [seeds[start:start + size] for start in range(0, len(seeds) - size + 1, size)]
 
 
@@ -200,14 +207,18 @@ def _read_cosines(saved: dict, pooled: int) -> dict | None:
 
 def reused_picks(path: str | os.PathLike, weights: str, training_key: str, groups: list, count: int,
                  methods: dict) -> dict:
-    """An earlier result (``consensus*.json``), after checking that it kept ``count`` directions of the
+    """An earlier result (``consensus*.json`` or ``.json.gz``), after checking that it kept ``count`` directions of the
     same groups of the same trained sets, for every domain of these rungs and their token methods
     (``methods``: {domain: [methods the rungs scored there that have seeds to pick from]});
     SystemExit naming the difference otherwise."""
     path = Path(path)
     if not path.is_file():
-        _fail(f"--picks {path}: no such file; give a consensus-TAG.json this script wrote")
-    earlier = json.loads(path.read_text())
+        _fail(f"--picks {path}: no such file; give a consensus-TAG.json[.gz] this script wrote")
+    try:
+        earlier = read_report(path, TOOL)
+    except SystemExit:  # its message asks for a quality report
+        _fail(f"--picks {path} is not JSON (or gzip-compressed JSON); give a consensus-TAG.json[.gz] this script "
+              f"wrote")
     mine = {"weights": weights, "training_key": training_key, "groups": groups, "count": count}
     for key, value in mine.items():
         if earlier.get(key) != value:
@@ -260,10 +271,37 @@ def random_draws(rungs: list[tuple[Path, dict]], methods_by_domain: dict, groups
             for method, out in per_method.items()}
 
 
+def group_tally(kept: dict, drawn: dict | None = None) -> dict:
+    """Group by group, how many consensus sets meet each goal: NoiseCLR's coverage over the ladder (of all
+    edits and of those that keep the domain) at least ``BARS["coverage"]``, its mean purity at the working
+    strength at least ``BARS["mean_purity"]``, its coverage margin over random tokens' consensus of the
+    same group at least ``CLEAR_MARGIN``, and all of in domain, purity and margin at once.  ``kept``: the
+    consensus sets' ladder (:func:`benchmarks.ladder.ladder`, each group standing for a seed).  ``drawn``:
+    NoiseCLR's :func:`random_draws` of the same groups, to count too where the consensus covers more than
+    the same number drawn at random ("above_draws", "above_draws_in_domain").
+
+    Returns {"groups": how many, goal: how many met it, "range": {measure: (lowest, highest) over the groups}}."""
+    mine, floor = kept["overall"]["NoiseCLR"], kept["overall"]["random"]
+    coverage, in_domain, purity = mine["per_seed"], mine["per_seed_in_domain"], mine["per_seed_purity"]
+    margin = [c - r for c, r in zip(coverage, floor["per_seed"])]
+    met = {"coverage": [c >= BARS["coverage"] for c in coverage],
+           "in_domain": [c >= BARS["coverage"] for c in in_domain],
+           "purity": [p >= BARS["mean_purity"] for p in purity],
+           "margin": [m >= CLEAR_MARGIN for m in margin]}
+    met["all"] = [all(row) for row in zip(met["in_domain"], met["purity"], met["margin"])]
+    if drawn is not None:  # above by more than float noise: a tie is not agreement adding anything
+        met["above_draws"] = [c > d + 1e-9 for c, d in zip(coverage, drawn["drawn"])]
+        met["above_draws_in_domain"] = [c > d + 1e-9 for c, d in zip(in_domain, drawn["drawn_in_domain"])]
+    values = {"coverage": coverage, "in_domain": in_domain, "purity": purity, "margin": margin}
+    return {"groups": len(coverage), **{goal: sum(flags) for goal, flags in met.items()},
+            "range": {measure: (min(v), max(v)) for measure, v in values.items()}}
+
+
 def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: int = 4, count: int | None = None,
               images: int = DEFAULT_IMAGES, timesteps=CONSISTENCY_TIMESTEPS, progress: bool = True,
               samples: str | os.PathLike | None = None, log: Callable[[str], None] = print,
-              picks_from: str | os.PathLike | None = None, average: bool = False, domains=None) -> dict:
+              picks_from: str | os.PathLike | None = None, average: bool = False, domains=None,
+              every_group: bool = False) -> dict:
     """Build the consensus sets of the reports ``names`` (a ladder's rungs) and read them on the
     ladder; returns {"groups", "count", "picks": {domain: {method: [group_picks]}}, "single": the
     ladder of the groups' seeds' own sets, "consensus": the ladder of the consensus sets
@@ -272,7 +310,9 @@ def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: 
     ``average``: also read each kept direction as the mean of its copies' edits (:func:`mean_scores`,
     rendered on every rung), as "averaged" (and every mean's score as "averaged_scores": {rung's report:
     {domain: {method: [[score dicts] per group]}}}); one rung is then enough.  ``domains``: read only these of the
-    reports' domains (e.g. to split a long ``average`` run over processes that share the cache)."""
+    reports' domains (e.g. to split a long ``average`` run over processes that share the cache).
+    ``every_group``: every combination of ``group`` seeds instead of disjoint cuts (:func:`seed_groups`;
+    the same cached cosines, so only the reading grows), with :func:`group_tally` as "tally"."""
     out_dir = Path(out_dir)
     rungs = load_rungs(names, out_dir, at_least=1 if average else 2)
     if domains is not None:
@@ -282,8 +322,8 @@ def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: 
         _fail(f"the reports measured weights {first['weights']}, the loaded model and oracle are "
               f"{cache_key(pipe, oracle)}; load the model and oracle they measured (--model, --oracle)")
     seeds = first["settings"]["seeds"]
-    groups = seed_groups(seeds, group)
-    used = [seed for g in groups for seed in g]
+    groups = seed_groups(seeds, group, every_group)
+    used = [seed for seed in seeds if any(seed in g for g in groups)]  # the reports' order: one cosines file
     settings = settings_of(first)
     cache = Cache.for_settings(out_dir / "cache", settings, first["weights"])
     training_key = settings.training_fingerprint(first["weights"])  # the reports' own, as the cache's
@@ -367,6 +407,8 @@ def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: 
                             mean_scores(pipe, oracle, sets, method, group, start, domain, rung, cache, progress)
                             for group in by_group]
     with_picks = {method for by_method in picks.values() for method in by_method}
+    kept = ladder(consensus_rungs(rungs, picks))
+    draws = random_draws(rungs, {domain: list(by_method) for domain, by_method in picks.items()}, groups, count)
     single = [(path, copy.deepcopy(report)) for path, report in rungs]
     for _, report in single:  # the groups' seeds and methods, for a like-for-like baseline
         report["settings"]["seeds"] = used
@@ -376,9 +418,9 @@ def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: 
             "count": count, "set_size": set_size, "picks_from": None if picks_from is None else Path(picks_from).name,
             "images": used_images,
             "timesteps": list(timesteps), "picks": picks, "trained_here": trained_here,
-            "single": ladder(single), "consensus": ladder(consensus_rungs(rungs, picks)),
-            "draws": random_draws(rungs, {domain: list(by_method) for domain, by_method in picks.items()}, groups,
-                                  count),
+            "single": ladder(single), "consensus": kept, "tally": group_tally(kept, draws.get("NoiseCLR")),
+            "draws": draws,
+            "every_group": every_group,
             **({"averaged": ladder(consensus_rungs(rungs, picks, averaged)),
                 "averaged_scores": {report_stem(path): by_domain for (path, _), by_domain in zip(rungs, averaged)}}
                if average else {}),
@@ -406,7 +448,10 @@ def markdown(result: dict) -> str:
              f"Made {result['date']} by `{TOOL}` on {result['machine']}, from the rungs "
              + ", ".join(f"[`{name}`]({name}.md)" for name in result["reports"])
              + f" ({', '.join(labels)}), weights {result['weights']}. Seed groups: "
-             + "; ".join(", ".join(map(str, g)) for g in groups)
+             + (f"all {len(groups)} combinations of {len(groups[0])} of the seeds "
+                f"{', '.join(map(str, sorted({s for g in groups for s in g})))} (they overlap: a spread over them "
+                "is over which seeds were trained, not over independent runs)" if result.get("every_group") else
+                "; ".join(", ".join(map(str, g)) for g in groups))
              + (f". The picks are those of [`{result['picks_from']}`]({Path(result['picks_from']).stem}.md)"
                 if result.get("picks_from") else "")
              + f". Each group's sets were compared on {result['images']} training images at timesteps "
@@ -445,6 +490,25 @@ def markdown(result: dict) -> str:
             lines.append(f"| {method} | {_pm(overall['ladder'], sign='')} ({_pm(overall['in_domain'], sign='')}) | "
                          f"{_cell(draws[method]['drawn'])} ({_cell(draws[method]['drawn_in_domain'])}) | "
                          f"{_cell(draws[method]['pool'])} ({_cell(draws[method]['pool_in_domain'])}) |")
+    tally = result.get("tally")
+    if tally:  # results written before the tally existed have none
+        low_high = lambda measure, sign="": "{:{sign}.2f} to {:{sign}.2f}".format(  # noqa: E731
+            *tally["range"][measure], sign=sign)
+        lines += ["", "## Group by group", "",
+                  f"How many of the {tally['groups']} groups' NoiseCLR consensus sets meet each goal on their own "
+                  f"(the lowest and highest group's reading beside it); the margin is over random tokens' "
+                  f"consensus of the same group.", "", "| goal | groups that meet it | lowest to highest |",
+                  "|---|---|---|",
+                  f"| coverage over the ladder >= {BARS['coverage']} | {tally['coverage']} | {low_high('coverage')} |",
+                  f"| the same, in domain | {tally['in_domain']} | {low_high('in_domain')} |",
+                  f"| mean purity >= {BARS['mean_purity']} | {tally['purity']} | {low_high('purity')} |",
+                  f"| coverage margin over random >= +{CLEAR_MARGIN:.2f} | {tally['margin']} | "
+                  f"{low_high('margin', '+')} |",
+                  f"| in domain, purity and margin at once | {tally['all']} | |"]
+        if "above_draws" in tally:
+            lines += [f"| covers more than {result['count']} drawn at random from the group's pool | "
+                      f"{tally['above_draws']} | |",
+                      f"| the same, in domain | {tally['above_draws_in_domain']} | |"]
     lines += ["", "## Per domain", "", "| domain | method | single seeds | consensus |"
               + (" means of copies |" if averaged else ""), "|---|---|---|---|" + ("---|" if averaged else "")]
     for domain in mine["domains"]:
@@ -464,6 +528,10 @@ def markdown(result: dict) -> str:
     if averaged:
         lines += ["## The issue's bars, each group's means of copies standing for a seed", ""]
         lines += bars_section(averaged)[2:]
+    if result.get("every_group"):  # one line per group would run to pages: the JSON keeps them
+        return "\n".join(lines + ["## What was kept", "", f"The picks of all {len(groups)} groups are in "
+                                   f"`consensus{'-' + result['tag'] if result.get('tag') else ''}.json.gz` (`picks`).",
+                                   ""])
     lines += ["## What was kept", "", "Per domain and method: each group's kept directions as seed:index, with "
               "their agreement within the group (mean over its other seeds of the best |cos| with one of their "
               "edits)" + ("; under them, the copies each mean was made of (-: turned, its slider runs backwards)"
@@ -481,14 +549,18 @@ def markdown(result: dict) -> str:
 
 
 def consensus_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, tag: str = "", **options) -> dict:
-    """:func:`consensus`, written to ``consensus[-tag].md`` and ``.json`` in ``out_dir``; returns the result."""
+    """:func:`consensus`, written to ``consensus[-tag].md`` and ``.json`` in ``out_dir`` (gzip-compressed
+    ``.json.gz`` for ``every_group``, whose picks would fill megabytes); returns the result."""
     result = consensus(names, pipe, oracle, out_dir, **options)
     result["tag"] = tag
     stem = "consensus" + (f"-{tag}" if tag else "")
     out_dir = Path(out_dir)
-    write_atomically(out_dir / f"{stem}.json", json.dumps(result, indent=1, default=list))
+    if options.get("every_group"):
+        write_report_json(result, out_dir / f"{stem}.json.gz")
+    else:
+        write_atomically(out_dir / f"{stem}.json", json.dumps(result, indent=1, default=list))
     write_atomically(out_dir / f"{stem}.md", markdown(result))
-    options.get("log", print)(f"wrote {out_dir / stem}.md and .json")
+    options.get("log", print)(f"wrote {out_dir / stem}.md and .json{'.gz' if options.get('every_group') else ''}")
     return result
 
 
@@ -501,28 +573,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--count", type=int, default=None,
                         help="directions kept per consensus (default: K; at most a group's pool, --group x K)")
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="training images the edits are compared on")
-    parser.add_argument("--picks", default=None, help="read the picks of an earlier consensus-TAG.json (same groups, "
+    parser.add_argument("--picks", default=None, help="read the picks of an earlier consensus-TAG.json[.gz] (same groups, "
                                                       "count and trained sets) on these rungs: no UNet pass; its "
                                                       "--images and timesteps are the ones recorded")
     parser.add_argument("--average", action="store_true",
                         help="also read each kept direction as the mean of its copies' edits (its best match in each "
                              "other seed of the group), rendered, calibrated and scored on every rung (one rung "
                              "is enough); about 44 s a direction and rung with one torch thread (four copies)")
+    parser.add_argument("--every-group", action="store_true",
+                        help="every combination of --group seeds instead of disjoint cuts (e.g. 70 groups of 4 of 8 "
+                             "seeds): the cosines are the same, so it takes seconds more; the page counts the groups "
+                             "that meet each goal")
     parser.add_argument("--domains", nargs="+", default=None,
                         help="read only these of the reports' domains (split a long --average run over processes; "
                              "a last run without it reads everything back from the cache)")
-    parser.add_argument("--tag", default="", help="writes results/consensus-TAG.md and .json")
+    parser.add_argument("--tag", default="", help="writes results/consensus-TAG.md and .json (.json.gz with "
+                                                   "--every-group)")
     add_run_flags(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> dict:
-    """Run what ``argv`` asks; returns the result (the record written to ``consensus*.json``)."""
+    """Run what ``argv`` asks; returns the result (the record written to ``consensus*.json[.gz]``)."""
     args = parse_args(argv)
     pipe, oracle = load_model_and_oracle(args)
     return consensus_report(args.reports, pipe, oracle, args.out, tag=args.tag, group=args.group, count=args.count,
                             images=args.images, progress=not args.no_progress, samples=args.samples,
-                            picks_from=args.picks, average=args.average, domains=args.domains)
+                            picks_from=args.picks, average=args.average, domains=args.domains,
+                            every_group=args.every_group)
 
 
 if __name__ == "__main__":

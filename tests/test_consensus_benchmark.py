@@ -25,10 +25,36 @@ def test_seed_groups_are_disjoint_and_leave_the_rest_out():
         consensus.seed_groups([0, 1, 2], 4)
 
 
+def test_every_group_is_every_combination_of_the_seeds():
+    assert consensus.seed_groups([0, 1, 2, 3], 2, every=True) == [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]
+    assert len(consensus.seed_groups(list(range(8)), 4, every=True)) == 70
+    assert consensus.seed_groups([5, 6], 2, every=True) == [[5, 6]]
+    with pytest.raises(SystemExit, match="--group 3"):
+        consensus.seed_groups([0, 1], 3, every=True)
+
+
+def test_group_tally_counts_the_groups_that_meet_each_goal():
+    # three groups: the first meets everything, the second is impure, the third covers only outside the domain
+    # and by less than the margin over random's consensus of the same group
+    kept = {"overall": {"NoiseCLR": {"per_seed": [0.80, 0.90, 0.75], "per_seed_in_domain": [0.75, 0.85, 0.50],
+                                     "per_seed_purity": [0.70, 0.69, 0.80]},
+                        "random": {"per_seed": [0.70, 0.50, 0.70]}}}
+    tally = consensus.group_tally(kept)
+    assert tally["groups"] == 3
+    assert (tally["coverage"], tally["in_domain"], tally["purity"], tally["margin"], tally["all"]) == (3, 2, 2, 2, 1)
+    assert tally["range"]["in_domain"] == (0.50, 0.85) and tally["range"]["purity"] == (0.69, 0.80)
+    assert tally["range"]["margin"] == pytest.approx((0.05, 0.40)) and "above_draws" not in tally
+    # against draws of the same count from each group's pool: a tie is not above
+    drawn = {"drawn": [0.70, 0.90, 0.80], "drawn_in_domain": [0.70, 0.80, 0.40]}
+    tally = consensus.group_tally(kept, drawn)
+    assert (tally["above_draws"], tally["above_draws_in_domain"]) == (1, 3)
+
+
 def test_the_command_line_shares_the_run_flags_and_loads_what_they_name(tiny_pipe_dir):
     args = consensus.parse_args(["a", "b", "--group", "2", "--count", "16", "--picks", "p.json", "--threads", "1",
                                  "--model", str(tiny_pipe_dir), "--samples", "s", "--no-progress"])
     assert (args.reports, args.group, args.count, args.picks) == (["a", "b"], 2, 16, "p.json")
+    assert not args.every_group and consensus.parse_args(["a", "--every-group"]).every_group
     assert (args.threads, args.samples, args.no_progress, args.out) == (1, "s", True, str(quality.RESULTS))
     assert args.oracle == quality.DEFAULT_ORACLE and consistency.parse_args(["a", "--threads", "3"]).threads == 3
     threads = torch.get_num_threads()
@@ -182,6 +208,29 @@ def test_consensus_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path
     assert "Fewer were kept where a group's pool ran out" in page
     assert "These sets hold 6 directions, more than one run's 3" in page
     assert "more than one run's" not in (tmp_path / "consensus-t.md").read_text()
+    # every group of two of the five seeds: ten overlapping groups, read from one file of cosines of all five
+    every = consensus.consensus_report(["high", "low"], tiny_pipe, StatsOracle(), tmp_path, tag="e", group=2,
+                                       count=2, images=3, timesteps=(200, 600), progress=False, log=lambda _: None,
+                                       every_group=True)
+    assert every["groups"] == consensus.seed_groups([0, 1, 2, 3, 4], 2, every=True) and every["every_group"]
+    assert consensus.cosines_path(cache, "face", "NoiseCLR", [0, 1, 2, 3, 4], latents, (200, 600)).is_file()
+    # a group's picks read only its own block of the cosines: the same as when it was one of the disjoint groups
+    by_seeds = {tuple(g["seeds"]): g["picked"] for g in every["picks"]["face"]["NoiseCLR"]}
+    assert by_seeds[(0, 1)] == picks["NoiseCLR"][0]["picked"] and by_seeds[(2, 3)] == picks["NoiseCLR"][1]["picked"]
+    assert every["tally"] == consensus.group_tally(every["consensus"], every["draws"]["NoiseCLR"])
+    assert every["tally"]["groups"] == 10 and 0 <= every["tally"]["above_draws"] <= 10
+    page = (tmp_path / "consensus-e.md").read_text()
+    assert "all 10 combinations of 2 of the seeds 0, 1, 2, 3, 4" in page and "## Group by group" in page
+    assert "| in domain, purity and margin at once | " in page and "| covers more than 2 drawn at random" in page and "`consensus-e.json.gz` (`picks`)" in page
+    assert not (tmp_path / "consensus-e.json").exists()            # 35 times the picks: written compressed
+    counted.unet_calls = 0
+    again = consensus.consensus(["high", "low"], counted, StatsOracle(), tmp_path, group=2, count=2, progress=False,
+                                log=lambda _: None, picks_from=tmp_path / "consensus-e.json.gz", every_group=True)
+    assert counted.unet_calls == 0 and again["tally"] == every["tally"]
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(SystemExit, match=r"--picks .*broken.json is not JSON .*give a consensus-TAG.json\[.gz\]"):
+        consensus.consensus(["high", "low"], tiny_pipe, StatsOracle(), tmp_path, group=2, count=2, progress=False,
+                            log=lambda _: None, picks_from=tmp_path / "broken.json")
 
 
 def _counting_unet_calls(pipe):
