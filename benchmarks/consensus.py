@@ -271,14 +271,17 @@ def random_draws(rungs: list[tuple[Path, dict]], methods_by_domain: dict, groups
             for method, out in per_method.items()}
 
 
-def group_tally(kept: dict, drawn: dict | None = None) -> dict:
+def group_tally(kept: dict, drawn: dict | None = None, single: dict | None = None, groups: list | None = None
+                ) -> dict:
     """Group by group, how many consensus sets meet each goal: NoiseCLR's coverage over the ladder (of all
     edits and of those that keep the domain) at least ``BARS["coverage"]``, its mean purity at the working
     strength at least ``BARS["mean_purity"]``, its coverage margin over random tokens' consensus of the
     same group at least ``CLEAR_MARGIN``, and all of in domain, purity and margin at once.  ``kept``: the
     consensus sets' ladder (:func:`benchmarks.ladder.ladder`, each group standing for a seed).  ``drawn``:
     NoiseCLR's :func:`random_draws` of the same groups, to count too where the consensus covers more than
-    the same number drawn at random ("above_draws", "above_draws_in_domain").
+    the same number drawn at random ("above_draws", "above_draws_in_domain").  ``single`` (the ladder of
+    the seeds' own sets) and ``groups`` (each group's seeds): to count too where the consensus is purer, and
+    covers more, than the mean of its own seeds' sets ("purer_than_own", "covers_more_than_own").
 
     Returns {"groups": how many, goal: how many met it, "range": {measure: (lowest, highest) over the groups}}."""
     mine, floor = kept["overall"]["NoiseCLR"], kept["overall"]["random"]
@@ -292,6 +295,12 @@ def group_tally(kept: dict, drawn: dict | None = None) -> dict:
     if drawn is not None:  # above by more than float noise: a tie is not agreement adding anything
         met["above_draws"] = [c > d + 1e-9 for c, d in zip(coverage, drawn["drawn"])]
         met["above_draws_in_domain"] = [c > d + 1e-9 for c, d in zip(in_domain, drawn["drawn_in_domain"])]
+    if single is not None:
+        own = single["overall"]["NoiseCLR"]
+        seeds = next(iter(single["domains"].values()))["NoiseCLR"]["seeds"]  # the order of own's per-seed lists
+        of_group = lambda values, group: statistics.mean(values[seeds.index(seed)] for seed in group)  # noqa: E731
+        met["purer_than_own"] = [p > of_group(own["per_seed_purity"], g) + 1e-9 for p, g in zip(purity, groups)]
+        met["covers_more_than_own"] = [c > of_group(own["per_seed"], g) + 1e-9 for c, g in zip(coverage, groups)]
     values = {"coverage": coverage, "in_domain": in_domain, "purity": purity, "margin": margin}
     return {"groups": len(coverage), **{goal: sum(flags) for goal, flags in met.items()},
             "range": {measure: (min(v), max(v)) for measure, v in values.items()}}
@@ -413,12 +422,13 @@ def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: 
     for _, report in single:  # the groups' seeds and methods, for a like-for-like baseline
         report["settings"]["seeds"] = used
         report["settings"]["methods"] = [m for m in report["settings"]["methods"] if m == "text" or m in with_picks]
+    own = ladder(single)
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(pipe), "weights": first["weights"],
             "training_key": training_key, "reports": [report_stem(path) for path, _ in rungs], "groups": groups,
             "count": count, "set_size": set_size, "picks_from": None if picks_from is None else Path(picks_from).name,
             "images": used_images,
             "timesteps": list(timesteps), "picks": picks, "trained_here": trained_here,
-            "single": ladder(single), "consensus": kept, "tally": group_tally(kept, draws.get("NoiseCLR")),
+            "single": own, "consensus": kept, "tally": group_tally(kept, draws.get("NoiseCLR"), own, groups),
             "draws": draws,
             "every_group": every_group,
             **({"averaged": ladder(consensus_rungs(rungs, picks, averaged)),
@@ -509,6 +519,9 @@ def markdown(result: dict) -> str:
             lines += [f"| covers more than {result['count']} drawn at random from the group's pool | "
                       f"{tally['above_draws']} | |",
                       f"| the same, in domain | {tally['above_draws_in_domain']} | |"]
+        if "purer_than_own" in tally:
+            lines += [f"| purer than its own seeds' sets (their mean) | {tally['purer_than_own']} | |",
+                      f"| covers more than its own seeds' sets (their mean) | {tally['covers_more_than_own']} | |"]
     lines += ["", "## Per domain", "", "| domain | method | single seeds | consensus |"
               + (" means of copies |" if averaged else ""), "|---|---|---|---|" + ("---|" if averaged else "")]
     for domain in mine["domains"]:

@@ -48,6 +48,12 @@ def test_group_tally_counts_the_groups_that_meet_each_goal():
     drawn = {"drawn": [0.70, 0.90, 0.80], "drawn_in_domain": [0.70, 0.80, 0.40]}
     tally = consensus.group_tally(kept, drawn)
     assert (tally["above_draws"], tally["above_draws_in_domain"]) == (1, 3)
+    # against the mean of each group's own seeds' sets: seeds 7 and 9 in the order the single ladder lists them
+    single = {"domains": {"face": {"NoiseCLR": {"seeds": [9, 7]}}},
+              "overall": {"NoiseCLR": {"per_seed": [0.60, 0.80], "per_seed_purity": [0.80, 0.60]}}}
+    tally = consensus.group_tally(kept, drawn, single, [[7, 9], [7], [9]])
+    # purity 0.70 vs 0.70 (a tie), 0.69 vs 0.60, 0.80 vs 0.80 (a tie); coverage 0.80 vs 0.70, 0.90 vs 0.80, 0.75 vs 0.60
+    assert (tally["purer_than_own"], tally["covers_more_than_own"]) == (1, 3)
 
 
 def test_the_command_line_shares_the_run_flags_and_loads_what_they_name(tiny_pipe_dir):
@@ -217,11 +223,13 @@ def test_consensus_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path
     # a group's picks read only its own block of the cosines: the same as when it was one of the disjoint groups
     by_seeds = {tuple(g["seeds"]): g["picked"] for g in every["picks"]["face"]["NoiseCLR"]}
     assert by_seeds[(0, 1)] == picks["NoiseCLR"][0]["picked"] and by_seeds[(2, 3)] == picks["NoiseCLR"][1]["picked"]
-    assert every["tally"] == consensus.group_tally(every["consensus"], every["draws"]["NoiseCLR"])
+    assert every["tally"] == consensus.group_tally(every["consensus"], every["draws"]["NoiseCLR"], every["single"],
+                                                   every["groups"])
     assert every["tally"]["groups"] == 10 and 0 <= every["tally"]["above_draws"] <= 10
     page = (tmp_path / "consensus-e.md").read_text()
     assert "all 10 combinations of 2 of the seeds 0, 1, 2, 3, 4" in page and "## Group by group" in page
-    assert "| in domain, purity and margin at once | " in page and "| covers more than 2 drawn at random" in page and "`consensus-e.json.gz` (`picks`)" in page
+    assert "| in domain, purity and margin at once | " in page and "| covers more than 2 drawn at random" in page
+    assert "| purer than its own seeds' sets (their mean) | " in page and "`consensus-e.json.gz` (`picks`)" in page
     assert not (tmp_path / "consensus-e.json").exists()            # 35 times the picks: written compressed
     counted.unet_calls = 0
     again = consensus.consensus(["high", "low"], counted, StatsOracle(), tmp_path, group=2, count=2, progress=False,
