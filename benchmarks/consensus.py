@@ -276,7 +276,8 @@ def group_tally(kept: dict, drawn: dict | None = None, single: dict | None = Non
     """Group by group, how many consensus sets meet each goal: NoiseCLR's coverage over the ladder (of all
     edits and of those that keep the domain) at least ``BARS["coverage"]``, its mean purity at the working
     strength at least ``BARS["mean_purity"]``, its coverage margin over random tokens' consensus of the
-    same group at least ``CLEAR_MARGIN``, and all of in domain, purity and margin at once.  ``kept``: the
+    same group at least ``CLEAR_MARGIN``, and all of coverage (in domain; "all_edits": of all edits), purity
+    and margin at once.  ``kept``: the
     consensus sets' ladder (:func:`benchmarks.ladder.ladder`, each group standing for a seed).  ``drawn``:
     NoiseCLR's :func:`random_draws` of the same groups, to count too where the consensus covers more than
     the same number drawn at random ("above_draws", "above_draws_in_domain").  ``single`` (the ladder of
@@ -292,6 +293,7 @@ def group_tally(kept: dict, drawn: dict | None = None, single: dict | None = Non
            "purity": [p >= BARS["mean_purity"] for p in purity],
            "margin": [m >= CLEAR_MARGIN for m in margin]}
     met["all"] = [all(row) for row in zip(met["in_domain"], met["purity"], met["margin"])]
+    met["all_edits"] = [all(row) for row in zip(met["coverage"], met["purity"], met["margin"])]
     if drawn is not None:  # above by more than float noise: a tie is not agreement adding anything
         met["above_draws"] = [c > d + 1e-9 for c, d in zip(coverage, drawn["drawn"])]
         met["above_draws_in_domain"] = [c > d + 1e-9 for c, d in zip(in_domain, drawn["drawn_in_domain"])]
@@ -514,6 +516,8 @@ def markdown(result: dict) -> str:
                   f"| mean purity >= {BARS['mean_purity']} | {tally['purity']} | {low_high('purity')} |",
                   f"| coverage margin over random >= +{CLEAR_MARGIN:.2f} | {tally['margin']} | "
                   f"{low_high('margin', '+')} |",
+                  *([f"| coverage, purity and margin at once | {tally['all_edits']} | |"] if "all_edits" in tally
+                    else []),
                   f"| in domain, purity and margin at once | {tally['all']} | |"]
         if "above_draws" in tally:
             lines += [f"| covers more than {result['count']} drawn at random from the group's pool | "

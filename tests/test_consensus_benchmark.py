@@ -42,6 +42,7 @@ def test_group_tally_counts_the_groups_that_meet_each_goal():
     tally = consensus.group_tally(kept)
     assert tally["groups"] == 3
     assert (tally["coverage"], tally["in_domain"], tally["purity"], tally["margin"], tally["all"]) == (3, 2, 2, 2, 1)
+    assert tally["all_edits"] == 1      # the third group covers enough over all edits but misses the margin
     assert tally["range"]["in_domain"] == (0.50, 0.85) and tally["range"]["purity"] == (0.69, 0.80)
     assert tally["range"]["margin"] == pytest.approx((0.05, 0.40)) and "above_draws" not in tally
     # against draws of the same count from each group's pool: a tie is not above
@@ -229,7 +230,7 @@ def test_consensus_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path
     page = (tmp_path / "consensus-e.md").read_text()
     assert "all 10 combinations of 2 of the seeds 0, 1, 2, 3, 4" in page and "## Group by group" in page
     assert "| in domain, purity and margin at once | " in page and "| covers more than 2 drawn at random" in page
-    assert "| purer than its own seeds' sets (their mean) | " in page and "`consensus-e.json.gz` (`picks`)" in page
+    assert "| purer than its own seeds' sets (their mean) | " in page and "| coverage, purity and margin at once |" in page and "`consensus-e.json.gz` (`picks`)" in page
     assert not (tmp_path / "consensus-e.json").exists()            # 35 times the picks: written compressed
     counted.unet_calls = 0
     again = consensus.consensus(["high", "low"], counted, StatsOracle(), tmp_path, group=2, count=2, progress=False,
