@@ -10,8 +10,9 @@ more purely, and covers as much, as one seed's set, against random tokens treate
 
 It reads the rungs of a ladder (two or more quality reports that scored the same directions at
 different strengths or windows, as ``benchmarks/ladder.py`` does), splits the reports' seeds
-into disjoint groups of ``--group`` seeds, and for every domain, token method (NoiseCLR,
-InfoNCE, random) and group builds the consensus set from the group's sets: their edits are
+into disjoint groups of ``--group`` seeds (with ``--every-group``, every combination of ``--group``
+seeds), and for every domain, token method (NoiseCLR, InfoNCE, random) and group builds the
+consensus set from the group's sets: their edits are
 compared on 16 of the training images at the six consistency timesteps (a UNet pass per
 direction and timestep; about 11 s a set of 10 on 2 CPU cores).  The kept directions were
 already scored one by one in the reports (each at its own calibrated scale), so a consensus set
@@ -20,7 +21,8 @@ the working strength (``benchmarks/ladder.py``'s rules), beside the single seeds
 issue's bars with each group standing for a seed.  The words (one run) are read as on the ladder.
 
 Writes ``results/consensus[-tag].md`` and ``.json`` (``.json.gz`` with ``--every-group``, whose
-picks are 35 times as many).  Trained sets come from the benchmark cache
+picks are C(seeds, group) groups' worth: 35 times as many for groups of 4 of 8 seeds).  Trained
+sets come from the benchmark cache
 (``results/cache``, filled by the reports' runs); a set missing there is trained again exactly as
 ``quality.py`` trained it (give ``--threads`` as the reports ran).  The sets' cosines are kept in
 the same cache (:func:`cosines_path`, keyed by the images compared on), so another ``--count``, or
@@ -298,6 +300,9 @@ def group_tally(kept: dict, drawn: dict | None = None, single: dict | None = Non
         met["above_draws"] = [c > d + 1e-9 for c, d in zip(coverage, drawn["drawn"])]
         met["above_draws_in_domain"] = [c > d + 1e-9 for c, d in zip(in_domain, drawn["drawn_in_domain"])]
     if single is not None:
+        if groups is None or len(groups) != len(purity):
+            raise ValueError(f"group_tally: `single` needs `groups`, one list of seeds per consensus set "
+                             f"({len(purity)}); got {groups!r}")
         own = single["overall"]["NoiseCLR"]
         seeds = next(iter(single["domains"].values()))["NoiseCLR"]["seeds"]  # the order of own's per-seed lists
         of_group = lambda values, group: statistics.mean(values[seeds.index(seed)] for seed in group)  # noqa: E731
@@ -323,7 +328,7 @@ def consensus(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, group: 
     {domain: {method: [[score dicts] per group]}}}); one rung is then enough.  ``domains``: read only these of the
     reports' domains (e.g. to split a long ``average`` run over processes that share the cache).
     ``every_group``: every combination of ``group`` seeds instead of disjoint cuts (:func:`seed_groups`;
-    the same cached cosines, so only the reading grows), with :func:`group_tally` as "tally"."""
+    the same cached cosines, so only the reading grows).  Every result holds :func:`group_tally` as "tally"."""
     out_dir = Path(out_dir)
     rungs = load_rungs(names, out_dir, at_least=1 if average else 2)
     if domains is not None:
@@ -449,9 +454,9 @@ def markdown(result: dict) -> str:
     groups = result["groups"]
     labels = [rung_label(t, w, len({tuple(x) for x in single["windows"]}) > 1)
               for t, w in zip(single["targets"], single["windows"])]
-    short = [f"{domain} {method} group {i + 1}: {len(g['picked'])}" for domain, by_method in result["picks"].items()
-             for method, by_group in by_method.items() for i, g in enumerate(by_group)
-             if len(g["picked"]) < result["count"]]
+    short = [f"{domain} {method} seeds {'-'.join(map(str, g['seeds']))}: {len(g['picked'])}"
+             for domain, by_method in result["picks"].items() for method, by_group in by_method.items()
+             for g in by_group if len(g["picked"]) < result["count"]]
     lines = [f"# Consensus of {len(groups[0])} seeds: {result['count']} directions kept from each group", "",
              *([f"Fewer were kept where a group's pool ran out: {'; '.join(short)}.", ""] if short else []),
              *([f"These sets hold {result['count']} directions, more than one run's {result['set_size']}: the bars "
@@ -460,11 +465,13 @@ def markdown(result: dict) -> str:
              f"Made {result['date']} by `{TOOL}` on {result['machine']}, from the rungs "
              + ", ".join(f"[`{name}`]({name}.md)" for name in result["reports"])
              + f" ({', '.join(labels)}), weights {result['weights']}. Seed groups: "
-             + (f"all {len(groups)} combinations of {len(groups[0])} of the seeds "
+             + (f"{'all ' + str(len(groups)) + ' combinations' if len(groups) > 1 else 'the one combination'} of "
+                f"{len(groups[0])} of the seeds "
                 f"{', '.join(map(str, sorted({s for g in groups for s in g})))} (they overlap: a spread over them "
                 "is over which seeds were trained, not over independent runs)" if result.get("every_group") else
                 "; ".join(", ".join(map(str, g)) for g in groups))
-             + (f". The picks are those of [`{result['picks_from']}`]({Path(result['picks_from']).stem}.md)"
+             + (f". The picks are those of [`{result['picks_from']}`]"
+                f"({result['picks_from'].removesuffix('.gz').removesuffix('.json')}.md)"
                 if result.get("picks_from") else "")
              + f". Each group's sets were compared on {result['images']} training images at timesteps "
              f"{result['timesteps']}; the most agreeing direction was kept, its best match in each other seed of "
@@ -507,7 +514,8 @@ def markdown(result: dict) -> str:
         low_high = lambda measure, sign="": "{:{sign}.2f} to {:{sign}.2f}".format(  # noqa: E731
             *tally["range"][measure], sign=sign)
         lines += ["", "## Group by group", "",
-                  f"How many of the {tally['groups']} groups' NoiseCLR consensus sets meet each goal on their own "
+                  f"How many of the {tally['groups']} group{'s' if tally['groups'] > 1 else ''}' NoiseCLR consensus "
+                  f"sets meet each goal on their own "
                   f"(the lowest and highest group's reading beside it); the margin is over random tokens' "
                   f"consensus of the same group.", "", "| goal | groups that meet it | lowest to highest |",
                   "|---|---|---|",
@@ -574,8 +582,10 @@ def consensus_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, 
     out_dir = Path(out_dir)
     if options.get("every_group"):
         write_report_json(result, out_dir / f"{stem}.json.gz")
+        (out_dir / f"{stem}.json").unlink(missing_ok=True)  # no earlier record under the tag reads as current
     else:
         write_atomically(out_dir / f"{stem}.json", json.dumps(result, indent=1, default=list))
+        (out_dir / f"{stem}.json.gz").unlink(missing_ok=True)
     write_atomically(out_dir / f"{stem}.md", markdown(result))
     options.get("log", print)(f"wrote {out_dir / stem}.md and .json{'.gz' if options.get('every_group') else ''}")
     return result
@@ -590,7 +600,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--count", type=int, default=None,
                         help="directions kept per consensus (default: K; at most a group's pool, --group x K)")
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="training images the edits are compared on")
-    parser.add_argument("--picks", default=None, help="read the picks of an earlier consensus-TAG.json[.gz] (same groups, "
+    parser.add_argument("--picks", default=None, help="read the picks of an earlier consensus-TAG.json[.gz] (same "
+                                                      "groups, "
                                                       "count and trained sets) on these rungs: no UNet pass; its "
                                                       "--images and timesteps are the ones recorded")
     parser.add_argument("--average", action="store_true",
@@ -599,8 +610,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "is enough); about 44 s a direction and rung with one torch thread (four copies)")
     parser.add_argument("--every-group", action="store_true",
                         help="every combination of --group seeds instead of disjoint cuts (e.g. 70 groups of 4 of 8 "
-                             "seeds): the cosines are the same, so it takes seconds more; the page counts the groups "
-                             "that meet each goal")
+                             "seeds): the cosines are the same, so it takes seconds more; the page's 'Group by group' "
+                             "counts the groups that meet each goal (as on every page)")
     parser.add_argument("--domains", nargs="+", default=None,
                         help="read only these of the reports' domains (split a long --average run over processes; "
                              "a last run without it reads everything back from the cache)")

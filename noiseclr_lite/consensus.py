@@ -27,8 +27,9 @@ reads purer than the group's own sets in 67 of the 70 groups (0.74 against 0.70 
 at a little less coverage (0.69 against 0.72); but random tokens' consensus gains about half
 as much purity, and more runs raise both (``--every-group`` over groups of two to eight).
 Seeds 4-7, the one group with none of the seeds the idea was first seen on, is one of the
-three exceptions.  Agreement says that an edit recurs, more than that it is one attribute.  It costs one training run per seed plus a UNet
-pass per direction and timestep (about 11 s per set of 10 on 2 CPU cores).
+three exceptions.  Agreement says that an edit recurs, more than that it is one attribute.
+It costs one training run per seed plus a UNet pass per direction and timestep (about 11 s per
+set of 10 on 2 CPU cores).
 """
 
 from __future__ import annotations

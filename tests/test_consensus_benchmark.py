@@ -51,10 +51,17 @@ def test_group_tally_counts_the_groups_that_meet_each_goal():
     assert (tally["above_draws"], tally["above_draws_in_domain"]) == (1, 3)
     # against the mean of each group's own seeds' sets: seeds 7 and 9 in the order the single ladder lists them
     single = {"domains": {"face": {"NoiseCLR": {"seeds": [9, 7]}}},
-              "overall": {"NoiseCLR": {"per_seed": [0.60, 0.80], "per_seed_purity": [0.80, 0.60]}}}
+              "overall": {"NoiseCLR": {"per_seed": [0.60, 0.80], "per_seed_purity": [0.75, 0.60]}}}
     tally = consensus.group_tally(kept, drawn, single, [[7, 9], [7], [9]])
-    # purity 0.70 vs 0.70 (a tie), 0.69 vs 0.60, 0.80 vs 0.80 (a tie); coverage 0.80 vs 0.70, 0.90 vs 0.80, 0.75 vs 0.60
-    assert (tally["purer_than_own"], tally["covers_more_than_own"]) == (1, 3)
+    # purity 0.70 vs 0.675, 0.69 vs 0.60, 0.80 vs 0.75: all three purer (with the seeds read the wrong way
+    # round, 0.69 vs 0.75 would not be: 2); coverage 0.80 vs 0.70, 0.90 vs 0.80, 0.75 vs 0.60: all three
+    assert (tally["purer_than_own"], tally["covers_more_than_own"]) == (3, 3)
+    one = {"overall": {"NoiseCLR": {"per_seed": [0.70], "per_seed_in_domain": [0.70], "per_seed_purity": [0.675]},
+                       "random": {"per_seed": [0.50]}}}
+    tie = consensus.group_tally(one, None, single, [[7, 9]])   # 0.675 against its seeds' 0.675, 0.70 against 0.70
+    assert (tie["purer_than_own"], tie["covers_more_than_own"]) == (0, 0)
+    with pytest.raises(ValueError, match="`single` needs `groups`"):
+        consensus.group_tally(kept, drawn, single)
 
 
 def test_the_command_line_shares_the_run_flags_and_loads_what_they_name(tiny_pipe_dir):
@@ -230,12 +237,26 @@ def test_consensus_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path
     page = (tmp_path / "consensus-e.md").read_text()
     assert "all 10 combinations of 2 of the seeds 0, 1, 2, 3, 4" in page and "## Group by group" in page
     assert "| in domain, purity and margin at once | " in page and "| covers more than 2 drawn at random" in page
-    assert "| purer than its own seeds' sets (their mean) | " in page and "| coverage, purity and margin at once |" in page and "`consensus-e.json.gz` (`picks`)" in page
-    assert not (tmp_path / "consensus-e.json").exists()            # 35 times the picks: written compressed
+    assert "| purer than its own seeds' sets (their mean) | " in page
+    assert "| coverage, purity and margin at once |" in page and "`consensus-e.json.gz` (`picks`)" in page
+    assert "- face, NoiseCLR: " not in page   # no list of ten groups' picks: the record keeps them
+    assert not (tmp_path / "consensus-e.json").exists()            # 5 times the picks here: written compressed
     counted.unet_calls = 0
     again = consensus.consensus(["high", "low"], counted, StatsOracle(), tmp_path, group=2, count=2, progress=False,
                                 log=lambda _: None, picks_from=tmp_path / "consensus-e.json.gz", every_group=True)
     assert counted.unet_calls == 0 and again["tally"] == every["tally"]
+    # a page whose picks came from a .json.gz links that run's page, which exists
+    consensus.consensus_report(["high", "low"], counted, StatsOracle(), tmp_path, tag="e2", group=2, count=2,
+                               progress=False, log=lambda _: None, picks_from=tmp_path / "consensus-e.json.gz",
+                               every_group=True)
+    links = re.findall(r"The picks are those of \[`[^`]+`\]\(([^)]+)\)", (tmp_path / "consensus-e2.md").read_text())
+    assert links == ["consensus-e.md"] and (tmp_path / links[0]).is_file()
+    # an earlier record under the same tag in the other format is removed, so no stale one reads as current
+    (tmp_path / "consensus-e2.json").write_text("{}")
+    consensus.consensus_report(["high", "low"], counted, StatsOracle(), tmp_path, tag="e2", group=2, count=2,
+                               progress=False, log=lambda _: None, picks_from=tmp_path / "consensus-e.json.gz",
+                               every_group=True)
+    assert not (tmp_path / "consensus-e2.json").exists() and (tmp_path / "consensus-e2.json.gz").is_file()
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(SystemExit, match=r"--picks .*broken.json is not JSON .*give a consensus-TAG.json\[.gz\]"):
         consensus.consensus(["high", "low"], tiny_pipe, StatsOracle(), tmp_path, group=2, count=2, progress=False,
