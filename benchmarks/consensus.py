@@ -452,6 +452,7 @@ def markdown(result: dict) -> str:
     """The page ``consensus[-tag].md``."""
     single, mine, averaged = result["single"], result["consensus"], result.get("averaged")
     groups = result["groups"]
+    seeds_used = ", ".join(map(str, sorted({seed for group in groups for seed in group})))
     labels = [rung_label(t, w, len({tuple(x) for x in single["windows"]}) > 1)
               for t, w in zip(single["targets"], single["windows"])]
     short = [f"{domain} {method} seeds {'-'.join(map(str, g['seeds']))}: {len(g['picked'])}"
@@ -465,10 +466,9 @@ def markdown(result: dict) -> str:
              f"Made {result['date']} by `{TOOL}` on {result['machine']}, from the rungs "
              + ", ".join(f"[`{name}`]({name}.md)" for name in result["reports"])
              + f" ({', '.join(labels)}), weights {result['weights']}. Seed groups: "
-             + (f"{'all ' + str(len(groups)) + ' combinations' if len(groups) > 1 else 'the one combination'} of "
-                f"{len(groups[0])} of the seeds "
-                f"{', '.join(map(str, sorted({s for g in groups for s in g})))} (they overlap: a spread over them "
-                "is over which seeds were trained, not over independent runs)" if result.get("every_group") else
+             + ((f"all {len(groups)} combinations of {len(groups[0])} of the seeds {seeds_used} (they overlap: a "
+                 "spread over them is over which seeds were trained, not over independent runs)" if len(groups) > 1
+                 else f"the one combination of all the seeds, {seeds_used}") if result.get("every_group") else
                 "; ".join(", ".join(map(str, g)) for g in groups))
              + (f". The picks are those of [`{result['picks_from']}`]"
                 f"({result['picks_from'].removesuffix('.gz').removesuffix('.json')}.md)"
@@ -514,10 +514,10 @@ def markdown(result: dict) -> str:
         low_high = lambda measure, sign="": "{:{sign}.2f} to {:{sign}.2f}".format(  # noqa: E731
             *tally["range"][measure], sign=sign)
         lines += ["", "## Group by group", "",
-                  f"How many of the {tally['groups']} group{'s' if tally['groups'] > 1 else ''}' NoiseCLR consensus "
-                  f"sets meet each goal on their own "
-                  f"(the lowest and highest group's reading beside it); the margin is over random tokens' "
-                  f"consensus of the same group.", "", "| goal | groups that meet it | lowest to highest |",
+                  (f"How many of the {tally['groups']} groups' NoiseCLR consensus sets meet each goal on their own "
+                   + "(the lowest and highest group's reading beside it)" if tally["groups"] > 1 else
+                   "Whether the one group's NoiseCLR consensus set meets each goal (its reading beside it)")
+                  + "; the margin is over random tokens' consensus of the same group.", "", "| goal | groups that meet it | lowest to highest |",
                   "|---|---|---|",
                   f"| coverage over the ladder >= {BARS['coverage']} | {tally['coverage']} | {low_high('coverage')} |",
                   f"| the same, in domain | {tally['in_domain']} | {low_high('in_domain')} |",

@@ -257,6 +257,12 @@ def test_consensus_benchmark_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path
                                progress=False, log=lambda _: None, picks_from=tmp_path / "consensus-e.json.gz",
                                every_group=True)
     assert not (tmp_path / "consensus-e2.json").exists() and (tmp_path / "consensus-e2.json.gz").is_file()
+    # all five seeds in one group: the page speaks of that group, not of overlapping ones
+    consensus.consensus_report(["high", "low"], counted, StatsOracle(), tmp_path, tag="one", group=5, count=2,
+                               images=3, timesteps=(200, 600), progress=False, log=lambda _: None, every_group=True)
+    page = (tmp_path / "consensus-one.md").read_text()
+    assert "Seed groups: the one combination of all the seeds, 0, 1, 2, 3, 4." in page and "overlap" not in page
+    assert "Whether the one group's NoiseCLR consensus set meets each goal (its reading beside it)" in page
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(SystemExit, match=r"--picks .*broken.json is not JSON .*give a consensus-TAG.json\[.gz\]"):
         consensus.consensus(["high", "low"], tiny_pipe, StatsOracle(), tmp_path, group=2, count=2, progress=False,
