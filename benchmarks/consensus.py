@@ -209,8 +209,8 @@ def _read_cosines(saved: dict, pooled: int) -> dict | None:
 
 def reused_picks(path: str | os.PathLike, weights: str, training_key: str, groups: list, count: int,
                  methods: dict) -> dict:
-    """An earlier result (``consensus*.json`` or ``.json.gz``), after checking that it kept ``count`` directions of the
-    same groups of the same trained sets, for every domain of these rungs and their token methods
+    """An earlier result (``consensus*.json`` or ``.json.gz``), after checking that it kept ``count``
+    directions of the same groups of the same trained sets, for every domain of these rungs and their token methods
     (``methods``: {domain: [methods the rungs scored there that have seeds to pick from]});
     SystemExit naming the difference otherwise."""
     path = Path(path)
@@ -259,14 +259,19 @@ def random_draws(rungs: list[tuple[Path, dict]], methods_by_domain: dict, groups
     the mean over ``methods_by_domain``'s domains ({domain: [methods]}) of the share of the attributes
     covered ("in_domain": by edits that keep the domain, :data:`benchmarks.ladder.KEPT_MIN`)."""
     per_method: dict = {}
+    seeds = sorted({seed for group in groups for seed in group})
+    readings = (("", None), ("_in_domain", KEPT_MIN))
     for domain, methods in methods_by_domain.items():
         names = get_domain(domain).attribute_names
         for method in methods:
             out = per_method.setdefault(method, {key: [[] for _ in groups] for key in
                                                  ("drawn", "drawn_in_domain", "pool", "pool_in_domain")})
+            # each seed's sets read once, not once per group it is in (35 times for 70 groups of 4 of 8)
+            covered = {(seed, suffix): covered_over_ladder(rungs, domain, method, seed, kept_min)
+                       for seed in seeds for suffix, kept_min in readings}
             for g, group in enumerate(groups):
-                for suffix, kept_min in (("", None), ("_in_domain", KEPT_MIN)):
-                    pool = [c for seed in group for c in covered_over_ladder(rungs, domain, method, seed, kept_min)]
+                for suffix, _ in readings:
+                    pool = [c for seed in group for c in covered[(seed, suffix)]]
                     out["drawn" + suffix][g].append(expected_subset_coverage(pool, names, min(count, len(pool))))
                     out["pool" + suffix][g].append(expected_subset_coverage(pool, names, len(pool)))
     return {method: {key: [statistics.mean(v) for v in values] for key, values in out.items()}
@@ -279,8 +284,8 @@ def group_tally(kept: dict, drawn: dict | None = None, single: dict | None = Non
     edits and of those that keep the domain) at least ``BARS["coverage"]``, its mean purity at the working
     strength at least ``BARS["mean_purity"]``, its coverage margin over random tokens' consensus of the
     same group at least ``CLEAR_MARGIN``, and all of coverage (in domain; "all_edits": of all edits), purity
-    and margin at once.  ``kept``: the
-    consensus sets' ladder (:func:`benchmarks.ladder.ladder`, each group standing for a seed).  ``drawn``:
+    and margin at once.  ``kept``: the consensus sets' ladder (:func:`benchmarks.ladder.ladder`, each group
+    standing for a seed).  ``drawn``:
     NoiseCLR's :func:`random_draws` of the same groups, to count too where the consensus covers more than
     the same number drawn at random ("above_draws", "above_draws_in_domain").  ``single`` (the ladder of
     the seeds' own sets) and ``groups`` (each group's seeds): to count too where the consensus is purer, and
@@ -498,7 +503,8 @@ def markdown(result: dict) -> str:
     if draws:  # results written before the control existed have none
         pool = len(groups[0]) * result["set_size"]
         lines += ["", "## Against random draws from the same runs", "",
-                  f"Coverage over the ladder (in brackets: by edits that keep the domain), mean ± std over the groups: "
+                  f"Coverage over the ladder (in brackets: by edits that keep the domain), mean ± std over the "
+                  f"groups: "
                   f"the consensus, {result['count']} directions drawn at random from a group's {pool} (the exact "
                   f"mean over every draw, `metrics.expected_subset_coverage`; a draw's purity is on average the "
                   f"pool's) and all {pool}. A consensus that covers no more than the draws owes its coverage to "
@@ -517,8 +523,8 @@ def markdown(result: dict) -> str:
                   (f"How many of the {tally['groups']} groups' NoiseCLR consensus sets meet each goal on their own "
                    + "(the lowest and highest group's reading beside it)" if tally["groups"] > 1 else
                    "Whether the one group's NoiseCLR consensus set meets each goal (its reading beside it)")
-                  + "; the margin is over random tokens' consensus of the same group.", "", "| goal | groups that meet it | lowest to highest |",
-                  "|---|---|---|",
+                  + "; the margin is over random tokens' consensus of the same group.", "",
+                  "| goal | groups that meet it | lowest to highest |", "|---|---|---|",
                   f"| coverage over the ladder >= {BARS['coverage']} | {tally['coverage']} | {low_high('coverage')} |",
                   f"| the same, in domain | {tally['in_domain']} | {low_high('in_domain')} |",
                   f"| mean purity >= {BARS['mean_purity']} | {tally['purity']} | {low_high('purity')} |",
@@ -555,7 +561,7 @@ def markdown(result: dict) -> str:
         lines += bars_section(averaged)[2:]
     if result.get("every_group"):  # one line per group would run to pages: the JSON keeps them
         return "\n".join(lines + ["## What was kept", "", f"The picks of all {len(groups)} groups are in "
-                                   f"`consensus{'-' + result['tag'] if result.get('tag') else ''}.json.gz` (`picks`).",
+                                   f"`{result_stem(result.get('tag', ''))}.json.gz` (`picks`).",
                                    ""])
     lines += ["## What was kept", "", "Per domain and method: each group's kept directions as seed:index, with "
               "their agreement within the group (mean over its other seeds of the best |cos| with one of their "
@@ -573,12 +579,17 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def result_stem(tag: str) -> str:
+    """The name of a result's files without their suffix: ``consensus-TAG``, or ``consensus`` with no tag."""
+    return "consensus" + (f"-{tag}" if tag else "")
+
+
 def consensus_report(names, pipe, oracle, out_dir: str | os.PathLike = RESULTS, tag: str = "", **options) -> dict:
     """:func:`consensus`, written to ``consensus[-tag].md`` and ``.json`` in ``out_dir`` (gzip-compressed
     ``.json.gz`` for ``every_group``, whose picks would fill megabytes); returns the result."""
     result = consensus(names, pipe, oracle, out_dir, **options)
     result["tag"] = tag
-    stem = "consensus" + (f"-{tag}" if tag else "")
+    stem = result_stem(tag)
     out_dir = Path(out_dir)
     if options.get("every_group"):
         write_report_json(result, out_dir / f"{stem}.json.gz")
@@ -601,9 +612,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="directions kept per consensus (default: K; at most a group's pool, --group x K)")
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="training images the edits are compared on")
     parser.add_argument("--picks", default=None, help="read the picks of an earlier consensus-TAG.json[.gz] (same "
-                                                      "groups, "
-                                                      "count and trained sets) on these rungs: no UNet pass; its "
-                                                      "--images and timesteps are the ones recorded")
+                                                      "groups, count and trained sets) on these rungs: no UNet "
+                                                      "pass; its --images and timesteps are the ones recorded")
     parser.add_argument("--average", action="store_true",
                         help="also read each kept direction as the mean of its copies' edits (its best match in each "
                              "other seed of the group), rendered, calibrated and scored on every rung (one rung "

@@ -33,6 +33,10 @@ def test_every_group_is_every_combination_of_the_seeds():
         consensus.seed_groups([0, 1], 3, every=True)
 
 
+def test_result_stem_names_the_files_by_their_tag():
+    assert consensus.result_stem("k10-every") == "consensus-k10-every" and consensus.result_stem("") == "consensus"
+
+
 def test_group_tally_counts_the_groups_that_meet_each_goal():
     # three groups: the first meets everything, the second is impure, the third covers only outside the domain
     # and by less than the margin over random's consensus of the same group
