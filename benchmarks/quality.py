@@ -67,7 +67,7 @@ from noiseclr_lite.metrics import (STRENGTH_MIN, PURITY_MIN, DirectionScore, Pro
                                    images_to_tensor, prepare_start, reached_purity, score_direction,
                                    score_rendered, summary)
 from noiseclr_lite.models import image_size  # noqa: E402
-from noiseclr_lite.train import EDIT_SPACES  # noqa: E402
+from noiseclr_lite.train import EDIT_SPACES, PARAMETERIZATIONS  # noqa: E402
 from noiseclr_lite.toyworld.domains import get_domain  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -109,6 +109,7 @@ class Settings:
     sign_blind_negatives: bool = False    # True: negatives scored by |cos| (train.TrainConfig.sign_blind_negatives)
     center_edits: bool = False            # True: contrast the centred edits (train.TrainConfig.center_edits)
     edit_space: str = "eps"               # "eps" (official) or "hspace": what edits are compared in (train.EDIT_SPACES)
+    parameterization: str = "embedding"   # "embedding" (official) or "vocab-mixture" (train.PARAMETERIZATIONS)
     context: str = "alone"                # "alone" or "caption": the prompt tokens are used in (direction_context)
     train_images: int | None = None       # None = the whole sample folder
     # the protocol
@@ -140,7 +141,7 @@ class Settings:
                 "negatives_per_step": self.negatives, "tau": self.tau, "anchors": self.anchors, "loss": loss,
                 "init": self.init, "strength_weight": self.strength_weight,
                 "sign_blind_negatives": self.sign_blind_negatives, "center_edits": self.center_edits,
-                "edit_space": self.edit_space, "seed": seed}
+                "edit_space": self.edit_space, "parameterization": self.parameterization, "seed": seed}
 
     def fingerprint(self, weights: str = "") -> str:
         """Hash of every setting that changes a (domain, method, seed) result (for ``--resume``),
@@ -151,7 +152,7 @@ class Settings:
         kept["weights"] = weights
         for key, before in (("anchors", "one"), ("init", "random"), ("strength_weight", 0.0), ("min_scale", 0.0),
                             ("hspace_min_scale", 0.0), ("sign_blind_negatives", False), ("context", "alone"),
-                            ("center_edits", False), ("edit_space", "eps")):
+                            ("center_edits", False), ("edit_space", "eps"), ("parameterization", "embedding")):
             if kept[key] == before:  # the setting before the option existed: keep those caches valid
                 del kept[key]
         if "context" in kept:
@@ -171,6 +172,8 @@ class Settings:
                 del kept[option]
         if kept["edit_space"] == "eps":  # the same
             del kept["edit_space"]
+        if kept["parameterization"] == "embedding":  # the same
+            del kept["parameterization"]
         if self.context != "alone":  # the same: directions trained alone keep their cache
             kept["context"] = CONTEXT_KEYS[self.context]
         kept.update(train_images=self.train_images, hspace_timesteps=self.hspace_timesteps, model=self.model,
@@ -1382,7 +1385,8 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
                      f"{s.get('strength_weight', 0.0):g} | "
                      f"{'sign-blind' if s.get('sign_blind_negatives') else 'signed'}"
                      f"{', centred' if s.get('center_edits') else ''}"
-                     f"{', h-space edits' if s.get('edit_space', 'eps') != 'eps' else ''} | "
+                     f"{', h-space edits' if s.get('edit_space', 'eps') != 'eps' else ''}"
+                     f"{', vocabulary mixtures' if s.get('parameterization', 'embedding') != 'embedding' else ''} | "
                      f"{_scale_bracket(s.get('min_scale', 0.0), s['max_scale'])} | "
                      f"{s['target_change']:g} on {s['calibration_images']} | "
                      f"{':'.join(f'{x:g}' for x in s.get('window', (1.0, 0.0)))} | "
@@ -1479,6 +1483,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="contrast what is specific to each direction: every edit feature minus the mean over "
                             "the step's directions on that image (loss.center_edit_features; NoiseCLR and InfoNCE; "
                             "default: the official, uncentred features)")
+    train.add_argument("--parameterization", choices=PARAMETERIZATIONS, default=defaults.parameterization,
+                       help="what is trained: 'embedding', each token's row (the official NoiseCLR), or "
+                            "'vocab-mixture', logits over the vocabulary's rows (ours); the random floor stays "
+                            "random rows of the trained norm (default: %(default)s)")
     train.add_argument("--edit-space", choices=EDIT_SPACES, default=defaults.edit_space,
                        help="what NoiseCLR's and InfoNCE's loss compares edits in: eps, the noise prediction (the "
                             "official loss), or hspace, the UNet's middle-block output (default: %(default)s)")
@@ -1538,7 +1546,7 @@ def settings_from_args(args: argparse.Namespace, model: str) -> Settings:
         timestep_range=tuple(args.timestep_range), batch_size=args.batch_size, negatives=args.negatives,
         tau=args.tau, anchors=args.anchors, init=args.init, strength_weight=args.strength_weight,
         sign_blind_negatives=args.sign_blind_negatives, center_edits=args.center_edits, context=args.context,
-        edit_space=args.edit_space, train_images=args.train_images, eval_images=pick("eval_images"),
+        edit_space=args.edit_space, parameterization=args.parameterization, train_images=args.train_images, eval_images=pick("eval_images"),
         start_seed=args.start_seed,
         inference_steps=pick("inference_steps"), target_change=args.target_change,
         max_scale=pick("max_scale"), min_scale=pick("min_scale"),

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from .editing import COMPOSITIONS
-from .train import EDIT_SPACES
+from .train import EDIT_SPACES, PARAMETERIZATIONS
 
 
 def _model_flags(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +76,10 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--center-edits", action="store_true",
                        help="contrast what is specific to each direction: every edit feature minus the mean over "
                             "the step's directions on the same image (default: the official, uncentred features)")
+    train.add_argument("--parameterization", choices=PARAMETERIZATIONS, default="embedding",
+                       help="what is trained: embedding, each token's row (the official NoiseCLR, default), or "
+                            "vocab-mixture, logits over the tokenizer's vocabulary whose softmax mixes its rows "
+                            "(the heaviest words are kept in the file's metadata)")
     train.add_argument("--edit-space", choices=EDIT_SPACES, default="eps",
                        help="what the loss compares edits in: eps, the noise prediction (the official loss, "
                             "default), or hspace, the UNet's middle-block output")
@@ -215,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             loss=args.loss, batch_size=args.batch_size, negatives_per_step=args.negatives or None,
             anchors=args.anchors, init=args.init, strength_weight=args.strength_weight,
             sign_blind_negatives=args.sign_blind_negatives, center_edits=args.center_edits,
-            context=args.context, edit_space=args.edit_space, timestep_range=(args.t_min, args.t_max),
+            context=args.context, edit_space=args.edit_space, parameterization=args.parameterization,
+            timestep_range=(args.t_min, args.t_max),
             grad_accum=args.grad_accum, chunk_size=args.chunk_size,
             mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
             seed=args.seed, prefix=args.prefix, checkpoint_every=args.checkpoint_every)

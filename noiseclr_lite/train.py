@@ -38,6 +38,17 @@ CHECKPOINT_NAME = "checkpoint.pt"
 #: official NoiseCLR) or its middle-block output, h-space (Kwon et al. 2023: the bottleneck where
 #: diffusion models' semantics live; ``hspace.mid_block_output``)
 EDIT_SPACES = ("eps", "hspace")
+#: what is trained for a direction (``TrainConfig.parameterization``): ``"embedding"``, its token row
+#: itself (the official NoiseCLR), or ``"vocab-mixture"`` (ours): logits over the text encoder's own
+#: vocabulary, the row being their softmax mixture of the vocabulary's rows.  A mixture stays in the
+#: span, and within the norm, of the words the model was trained on, and reads as its heaviest words
+#: (``metadata["vocab_mixture"]``); a free row drifts far outside both (on the bundled model trained
+#: rows reach about 5x a word's norm).
+PARAMETERIZATIONS = ("embedding", "vocab-mixture")
+#: the std of the starting logits of a vocabulary mixture: 3 puts about half of each direction's
+#: weight on one random piece (about 5 pieces weigh in), so the K directions start apart; near-uniform
+#: logits would start every direction at the same vocabulary mean
+MIXTURE_LOGIT_STD = 3.0
 
 
 @dataclass
@@ -72,6 +83,8 @@ class TrainConfig:
                                              # "a car, {}": after the domain's noun, as the captions put words)
     edit_space: str = "eps"                  # what an edit feature is a difference of: "eps", the noise prediction
                                              # (official), or "hspace", the UNet's middle-block output (EDIT_SPACES)
+    parameterization: str = "embedding"      # what is trained: "embedding", each token's row (official), or
+                                             # "vocab-mixture", logits over the vocabulary's rows (PARAMETERIZATIONS)
     checkpoint_every: int = 50
     extra: dict = field(default_factory=dict)
 
@@ -85,6 +98,38 @@ class _DirectionParameters(torch.nn.Module):
 
     def forward(self) -> torch.Tensor:
         return self.weight
+
+
+class _VocabMixtureParameters(torch.nn.Module):
+    """Trainable K x V logits; the K x H embeddings are ``softmax(logits) @ vocabulary_rows``."""
+
+    def __init__(self, logits: torch.Tensor, vocabulary_rows: torch.Tensor):
+        super().__init__()
+        self.weight = torch.nn.Parameter(logits.clone().float())
+        self.register_buffer("vocabulary_rows", vocabulary_rows.clone().float())
+
+    def forward(self) -> torch.Tensor:
+        return self.weight.softmax(dim=-1) @ self.vocabulary_rows
+
+
+def vocabulary_rows(pipe) -> tuple[list[int], torch.Tensor]:
+    """The ids and float rows [V, H] of ``pipe.tokenizer``'s own vocabulary, special tokens left out:
+    what a ``"vocab-mixture"`` direction mixes (rows of direction tokens installed earlier are not
+    part of it)."""
+    weight = pipe.text_encoder.get_input_embeddings().weight.detach().float().cpu()
+    special = set(pipe.tokenizer.all_special_ids)
+    ids = [i for i in range(pipe.tokenizer.vocab_size) if i not in special]
+    return ids, weight[ids]
+
+
+def heaviest_words(pipe, logits: torch.Tensor, ids: list[int], top: int = 3) -> list:
+    """Per direction, ``[[vocabulary piece, weight], ...]``: the ``top`` heaviest pieces of its
+    mixture, from ``logits`` [K, V] over the vocabulary ``ids`` (:func:`vocabulary_rows`); weights
+    rounded to 3 places."""
+    weights = logits.detach().float().softmax(dim=-1)
+    values, order = weights.topk(min(top, weights.shape[1]), dim=-1)
+    return [[[pipe.tokenizer.convert_ids_to_tokens(ids[int(i)]), round(float(v), 3)] for v, i in zip(vs, idx)]
+            for vs, idx in zip(values, order)]
 
 
 def _make_accelerator(mixed_precision: str, cpu: bool):
@@ -371,6 +416,9 @@ def _check_config(cfg: TrainConfig, num_images: int) -> None:
                          "always opposite, so nothing would keep them apart; contrast >= 3 directions per step")
     check_context(cfg.context, "TrainConfig.context")
     check_edit_space(cfg.edit_space, "TrainConfig.edit_space")
+    if cfg.parameterization not in PARAMETERIZATIONS:
+        raise ValueError(f"TrainConfig.parameterization={cfg.parameterization!r}; use one of "
+                         f"{', '.join(map(repr, PARAMETERIZATIONS))}")
     if cfg.mixed_precision not in ("no", "fp16", "bf16"):
         raise ValueError(f"mixed_precision={cfg.mixed_precision!r}; use 'no', 'fp16' or 'bf16'")
 
@@ -418,8 +466,15 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
 
     directions = Directions.create(pipe, cfg.num_directions, prefix=cfg.prefix, init=cfg.init, seed=cfg.seed,
                                    context=cfg.context)
+    if cfg.parameterization == "vocab-mixture":
+        vocabulary_ids, rows = vocabulary_rows(pipe)
+        start = torch.randn(cfg.num_directions, len(vocabulary_ids),
+                            generator=torch.Generator().manual_seed(cfg.seed)) * MIXTURE_LOGIT_STD
+        params = _VocabMixtureParameters(start, rows)
+        directions.embeddings = params().detach().clone()
+    else:
+        params = _DirectionParameters(directions.embeddings)
     directions.install(pipe)
-    params = _DirectionParameters(directions.embeddings)
     optimizer = torch.optim.AdamW(params.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     params, optimizer = accelerator.prepare(params, optimizer)
     # every process gets its own stream of images and timesteps; the init is shared (same seed)
@@ -441,9 +496,11 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
         saved_cfg.setdefault("center_edits", False)
         saved_cfg.setdefault("context", "{}")
         saved_cfg.setdefault("edit_space", "eps")
+        saved_cfg.setdefault("parameterization", "embedding")
         # the learning rate too: the optimizer state loaded below would silently bring back the saved one
         for key in ("num_directions", "seed", "prefix", "loss", "batch_size", "anchors", "init", "strength_weight",
-                    "sign_blind_negatives", "center_edits", "learning_rate", "context", "edit_space"):
+                    "sign_blind_negatives", "center_edits", "learning_rate", "context", "edit_space",
+                    "parameterization"):
             if saved_cfg[key] != getattr(cfg, key):
                 raise ValueError(f"{ckpt_path} was written with {key}={saved_cfg[key]!r} but this run has "
                                  f"{key}={getattr(cfg, key)!r}; use the same settings or another output folder")
@@ -510,7 +567,11 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
     if cfg.gradient_checkpointing:   # the pipeline is the caller's: leave it as it came (fast inference)
         unet.disable_gradient_checkpointing()
 
-    directions.embeddings = accelerator.unwrap_model(params).weight.detach().cpu().clone()
+    trained = accelerator.unwrap_model(params)
+    directions.embeddings = trained().detach().cpu().clone()
+    if cfg.parameterization == "vocab-mixture":
+        directions.metadata["vocab_mixture"] = json.dumps(dict(zip(
+            directions.tokens, heaviest_words(pipe, trained.weight, vocabulary_ids))))
     directions.metadata.update({"training": json.dumps(asdict(cfg)), "loss_history": json.dumps(history),
                                 "num_images": len(latents), "num_processes": accelerator.num_processes,
                                 "train_seconds": None if spent is None else round(spent, 1)})

@@ -319,6 +319,9 @@ def test_resume_refuses_other_settings(tiny_pipe, tmp_path):
     with pytest.raises(ValueError, match="edit_space='eps' but this run has edit_space='hspace'"):
         train_directions(tiny_pipe, _images(), output_dir=tmp_path, resume=True, progress=False,
                          **{**FAST, "edit_space": "hspace"})
+    with pytest.raises(ValueError, match="parameterization='embedding' but this run has parameterization='vocab-m"):
+        train_directions(tiny_pipe, _images(), output_dir=tmp_path, resume=True, progress=False,
+                         **{**FAST, "parameterization": "vocab-mixture"})
     with pytest.raises(ValueError, match=r"context='\{\}' but this run has context='a face, \{\}'"):
         train_directions(tiny_pipe, _images(), output_dir=tmp_path, resume=True, progress=False,
                          **{**FAST, "context": "a face, {}"})
@@ -587,3 +590,46 @@ def test_center_edits_contrasts_the_centred_features_and_is_kept(tmp_path, monke
     with pytest.raises(ValueError, match="center_edits=True with 2 directions per step"):
         train_directions(tiny_pipeline(0, tmp_path / "d"), _images(), progress=False, center_edits=True,
                          **{**FAST, "negatives_per_step": 1})
+
+
+def test_vocab_mixture_directions_are_mixtures_of_the_vocabulary_and_resume(tmp_path):
+    from noiseclr_lite.testing import tiny_pipeline
+    from noiseclr_lite.train import MIXTURE_LOGIT_STD, heaviest_words, vocabulary_rows
+
+    pipe = tiny_pipeline(0, tmp_path / "a")
+    ids, rows = vocabulary_rows(pipe)
+    assert set(ids).isdisjoint(pipe.tokenizer.all_special_ids) and len(ids) == pipe.tokenizer.vocab_size - len(
+        set(pipe.tokenizer.all_special_ids))
+    mixed = train_directions(pipe, _images(), progress=False, parameterization="vocab-mixture", **FAST)
+    assert json.loads(mixed.metadata["training"])["parameterization"] == "vocab-mixture"
+    heaviest = json.loads(mixed.metadata["vocab_mixture"])
+    assert list(heaviest) == mixed.tokens and all(len(top) == 3 for top in heaviest.values())
+    # the heaviest weights are the largest of a softmax over V pieces: between 1/V and 1, in decreasing order
+    for top in heaviest.values():
+        weights = [w for _, w in top]
+        assert weights == sorted(weights, reverse=True) and 1 / len(ids) - 1e-3 <= weights[-1] <= weights[0] <= 1
+    # its norm stays within the vocabulary's, where a free row trained the same way goes past it
+    assert mixed.embeddings.norm(dim=1).max() <= rows.norm(dim=1).max() + 1e-6
+    # the start: logits of std MIXTURE_LOGIT_STD drawn from the seed (0 steps trains nothing)
+    start = train_directions(tiny_pipeline(0, tmp_path / "b"), _images(), progress=False,
+                             parameterization="vocab-mixture", **{**FAST, "steps": 0})
+    logits = torch.randn(FAST["num_directions"], len(ids), generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(start.embeddings, (logits * MIXTURE_LOGIT_STD).softmax(-1) @ rows, atol=1e-6)
+    assert json.loads(start.metadata["vocab_mixture"]) == dict(zip(start.tokens, heaviest_words(
+        pipe, logits * MIXTURE_LOGIT_STD, ids)))
+    assert not torch.allclose(start.embeddings, mixed.embeddings)
+    # resuming a checkpoint (which holds the logits) ends where one uninterrupted run ends
+    train_directions(tiny_pipeline(0, tmp_path / "c"), _images(), output_dir=tmp_path / "run", progress=False,
+                     checkpoint_every=1, parameterization="vocab-mixture", **{**FAST, "steps": 2})
+    resumed = train_directions(tiny_pipeline(0, tmp_path / "d"), _images(), output_dir=tmp_path / "run",
+                               resume=True, progress=False, parameterization="vocab-mixture", **FAST)
+    assert torch.allclose(resumed.embeddings, mixed.embeddings, atol=1e-6)
+    # the checkpoint holds the trained logits, and each row is their softmax mixture of the vocabulary's rows
+    trained_logits = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["embeddings"]
+    assert trained_logits.shape == (FAST["num_directions"], len(ids))
+    assert torch.allclose(trained_logits.softmax(-1) @ rows, mixed.embeddings, atol=1e-6)
+    assert json.loads(mixed.metadata["vocab_mixture"]) == dict(zip(mixed.tokens, heaviest_words(
+        pipe, trained_logits, ids)))
+    with pytest.raises(ValueError, match="parameterization='vocab'; use one of 'embedding', 'vocab-mixture'"):
+        train_directions(tiny_pipeline(0, tmp_path / "e"), _images(), progress=False, parameterization="vocab",
+                         **FAST)
