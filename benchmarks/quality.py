@@ -836,6 +836,8 @@ def _loss_options(s: dict) -> str:
         options.append("edits compared in h-space")
     if s.get("strength_weight"):
         options.append(f"strength term {s['strength_weight']:g}")
+    if s.get("parameterization", "embedding") != "embedding":
+        options.append("directions trained as vocabulary mixtures")
     return "official loss" if not options else "official loss with " + " and ".join(options)
 
 

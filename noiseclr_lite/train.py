@@ -7,7 +7,9 @@ without the token, ``"a car"``) and under each direction's token in that context
 contrast the differences ``D[i, k]`` (see ``noiseclr_lite.loss``).  Only the K token embeddings receive gradients; the UNet,
 the VAE and every other row of the text encoder stay untouched.  With
 ``TrainConfig.edit_space="hspace"`` (ours, off by default) the differences are taken of the UNet's
-middle-block output instead of its noise prediction.
+middle-block output instead of its noise prediction.  With ``TrainConfig.parameterization=
+"vocab-mixture"`` (ours, off by default) each direction trains as logits over the tokenizer's own
+vocabulary, its row being their softmax mixture of the vocabulary's rows (``PARAMETERIZATIONS``).
 
 It runs the same on a laptop CPU (the bundled model) and on one or several GPUs
 (``accelerate launch``), checkpoints atomically every ``checkpoint_every`` steps, and

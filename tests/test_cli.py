@@ -46,14 +46,19 @@ def test_resume_continues_from_the_checkpoint(trained, tiny_pipe_dir, image_fold
     assert len(__import__("json").loads(history)) == 3
 
 
-def test_anchors_centring_context_and_edit_space_flags_reach_training(tiny_pipe_dir, image_folder, tmp_path):
+def test_anchors_centring_context_edit_space_and_parameterization_flags_reach_training(tiny_pipe_dir, image_folder,
+                                                                                      tmp_path):
     out = tmp_path / "all.safetensors"
     assert main(["train", "--model", str(tiny_pipe_dir), "--device", "cpu", "--images", str(image_folder),
                  "--num-directions", "3", "--steps", "1", "--batch-size", "3", "--anchors", "all", "--center-edits",
-                 "--context", "a face, {}", "--edit-space", "hspace", "--out", str(out)]) == 0
+                 "--context", "a face, {}", "--edit-space", "hspace", "--parameterization", "vocab-mixture",
+                 "--out", str(out)]) == 0
     trained = Directions.load(out)
     training = __import__("json").loads(trained.metadata["training"])
     assert training["anchors"] == "all" and training["center_edits"] is True and training["edit_space"] == "hspace"
+    assert training["parameterization"] == "vocab-mixture"
+    # the heaviest vocabulary pieces travel with the saved file
+    assert list(__import__("json").loads(trained.metadata["vocab_mixture"])) == trained.tokens
     assert trained.context == "a face, {}"   # saved with the directions, so edits use the same prompt
 
 

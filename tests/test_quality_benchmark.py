@@ -490,6 +490,14 @@ def test_command_line_flags_and_quick_defaults():
     assert in_hspace.fingerprint() != in_eps.fingerprint()
     assert in_hspace.training_fingerprint() != in_eps.training_fingerprint()
     assert quality._loss_options(dataclasses.asdict(in_hspace)) == "official loss with edits compared in h-space"
+    # what is trained: the token rows (the official) keeps both keys; vocabulary mixtures change both
+    assert settings.parameterization == "embedding"
+    mixed = quality.settings_from_args(quality.parse_args(["--parameterization", "vocab-mixture"]), "m")
+    assert mixed.train_overrides("noiseclr", 0)["parameterization"] == "vocab-mixture"
+    rows = dataclasses.replace(mixed, parameterization="embedding")
+    assert mixed.fingerprint() != rows.fingerprint() and mixed.training_fingerprint() != rows.training_fingerprint()
+    assert quality._loss_options(dataclasses.asdict(mixed)) == (
+        "official loss with directions trained as vocabulary mixtures")
     # the prompt context: "alone" (the official) keeps both keys; "caption" changes both
     assert settings.context == "alone"
     placed = quality.settings_from_args(quality.parse_args(["--context", "caption"]), "m")
@@ -507,7 +515,8 @@ def test_command_line_flags_and_quick_defaults():
     assert logged.training_fingerprint() == settings.training_fingerprint() != vocab.training_fingerprint()
     legacy = {k: v for k, v in dataclasses.asdict(settings).items()
               if k not in ("anchors", "init", "strength_weight", "min_scale", "hspace_min_scale",
-                           "sign_blind_negatives", "context", "center_edits", "edit_space")}
+                           "sign_blind_negatives", "context", "center_edits", "edit_space",
+                           "parameterization")}
     legacy_key = hashlib.sha256(json.dumps({**{k: v for k, v in legacy.items() if k not in
                                                {"domains", "seeds", "methods", "interference", "grid_images",
                                                 "interference_images", "quick"}}, "weights": ""},
