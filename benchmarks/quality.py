@@ -924,7 +924,11 @@ def markdown(report: dict) -> str:
              "share of +s and -s edits that the oracle still reads as the starting domain: an edit that turns a face "
              "into a car moves every attribute at once (\"-\": scores cached before it was measured).", "",
              f"Methods: **NoiseCLR** ({_loss_options(s)}), **InfoNCE** (the variant loss, same settings), **random** "
-             "(NoiseCLR's own random init rows, rescaled to its trained norm: the floor), **text** (the attribute's "
+             + ("(NoiseCLR's own random init rows, rescaled to its trained norm: the floor)"
+                if s.get("parameterization", "embedding") == "embedding" else
+                "(random rows drawn from NoiseCLR's seed, not its starting mixtures, rescaled to its trained norm: "
+                "the floor)")
+             + ", **text** (the attribute's "
              f"own phrase, {s['text_phrases']} phrases: the supervised ceiling), **h-space** (PCA of the UNet "
              "middle block, Haas et al. 2023, `noiseclr_lite.hspace`)." +
              ("" if s.get("context", "alone") == "alone" else

@@ -47,7 +47,7 @@ EDIT_SPACES = ("eps", "hspace")
 #: (``metadata["vocab_mixture"]``); a free row drifts far outside both (on the bundled model trained
 #: rows reach about 5x a word's norm).
 PARAMETERIZATIONS = ("embedding", "vocab-mixture")
-#: the std of the starting logits of a vocabulary mixture: 3 puts about half of each direction's
+#: the std of the starting logits of a vocabulary mixture: 3 puts a third to a half of each direction's
 #: weight on one random piece (about 5 pieces weigh in), so the K directions start apart; near-uniform
 #: logits would start every direction at the same vocabulary mean
 MIXTURE_LOGIT_STD = 3.0
@@ -108,10 +108,16 @@ class _VocabMixtureParameters(torch.nn.Module):
     def __init__(self, logits: torch.Tensor, vocabulary_rows: torch.Tensor):
         super().__init__()
         self.weight = torch.nn.Parameter(logits.clone().float())
-        self.register_buffer("vocabulary_rows", vocabulary_rows.clone().float())
+        # a plain attribute, not a buffer: the rows are frozen and the same in every process, and
+        # DDP would send a buffer (150 MB on SD 1.5) from rank 0 on every forward pass
+        self.vocabulary_rows = vocabulary_rows.clone().float()
 
     def forward(self) -> torch.Tensor:
-        return self.weight.softmax(dim=-1) @ self.vocabulary_rows
+        if self.vocabulary_rows.device != self.weight.device:   # moved once, with the module's first call
+            self.vocabulary_rows = self.vocabulary_rows.to(self.weight.device)
+        # in float32 under fp16/bf16 autocast too, so the rows trained are the rows saved
+        with torch.autocast(device_type=self.weight.device.type, enabled=False):
+            return self.weight.float().softmax(dim=-1) @ self.vocabulary_rows
 
 
 def vocabulary_rows(pipe) -> tuple[list[int], torch.Tensor]:
@@ -421,6 +427,9 @@ def _check_config(cfg: TrainConfig, num_images: int) -> None:
     if cfg.parameterization not in PARAMETERIZATIONS:
         raise ValueError(f"TrainConfig.parameterization={cfg.parameterization!r}; use one of "
                          f"{', '.join(map(repr, PARAMETERIZATIONS))}")
+    if cfg.parameterization == "vocab-mixture" and cfg.init != "random":
+        raise ValueError(f"TrainConfig.init={cfg.init!r} with parameterization='vocab-mixture': a mixture starts "
+                         "from logits drawn from the seed (MIXTURE_LOGIT_STD), not from a row; leave init='random'")
     if cfg.mixed_precision not in ("no", "fp16", "bf16"):
         raise ValueError(f"mixed_precision={cfg.mixed_precision!r}; use 'no', 'fp16' or 'bf16'")
 
