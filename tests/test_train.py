@@ -575,7 +575,7 @@ def test_center_edits_contrasts_the_centred_features_and_is_kept(tmp_path, monke
 
     def recording_loss(name):
         def loss(features, tau, anchor, sign_blind):
-            sums_over_directions.append(float(features.sum(dim=1).abs().max() / features.abs().max()))
+            sums_over_directions.append(float(features.detach().sum(dim=1).abs().max() / features.detach().abs().max()))
             return noiseclr_loss(features, tau, anchor=anchor, sign_blind=sign_blind)
         return loss
 
