@@ -503,12 +503,11 @@ def markdown(result: dict) -> str:
     if draws:  # results written before the control existed have none
         pool = len(groups[0]) * result["set_size"]
         lines += ["", "## Against random draws from the same runs", "",
-                  f"Coverage over the ladder (in brackets: by edits that keep the domain), mean ± std over the "
-                  f"groups: "
-                  f"the consensus, {result['count']} directions drawn at random from a group's {pool} (the exact "
-                  f"mean over every draw, `metrics.expected_subset_coverage`; a draw's purity is on average the "
-                  f"pool's) and all {pool}. A consensus that covers no more than the draws owes its coverage to "
-                  f"its count, not to the agreement.", "",
+                  "Coverage over the ladder (in brackets: by edits that keep the domain), mean ± std over the "
+                  f"groups: the consensus, {result['count']} directions drawn at random from a group's {pool} "
+                  "(the exact mean over every draw, `metrics.expected_subset_coverage`; a draw's purity is on "
+                  f"average the pool's) and all {pool}. A consensus that covers no more than the draws owes its "
+                  "coverage to its count, not to the agreement.", "",
                   f"| method | consensus | {result['count']} drawn at random | all {pool} |", "|---|---|---|---|"]
         for method in draws:
             overall = mine["overall"][method]

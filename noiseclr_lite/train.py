@@ -117,7 +117,7 @@ class _VocabMixtureParameters(torch.nn.Module):
             self.vocabulary_rows = self.vocabulary_rows.to(self.weight.device)
         # in float32 under fp16/bf16 autocast too, so the rows trained are the rows saved
         with torch.autocast(device_type=self.weight.device.type, enabled=False):
-            return self.weight.float().softmax(dim=-1) @ self.vocabulary_rows
+            return self.weight.softmax(dim=-1) @ self.vocabulary_rows   # both float32 (made so in __init__)
 
 
 def vocabulary_rows(pipe) -> tuple[list[int], torch.Tensor]:
