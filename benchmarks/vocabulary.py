@@ -209,7 +209,7 @@ def markdown(result: dict) -> str:
         "A piece written `glas-` is a word piece, `glasses` a whole word. No labels are used; "
         "which pieces are the domain's words is known from its attributes' phrases.", "",
         f"## The objective's own choice: {s['k']} pieces, chosen greedily", "",
-        f"| domain | chosen, in order | whole words | the domain's words among them | by chance among whole words |",
+        "| domain | chosen, in order | whole words | the domain's words among them | by chance among whole words |",
         "|---|---|---|---|---|",
     ]
     for domain, r in result["domains"].items():
