@@ -1,0 +1,111 @@
+"""benchmarks/vocabulary.py: the NoiseCLR objective evaluated over the vocabulary."""
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from noiseclr_lite.loss import noiseclr_loss
+from noiseclr_lite.train import vocabulary_rows
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import vocabulary  # noqa: E402
+
+
+def _constructed_features() -> torch.Tensor:
+    """[T=1, N=4, V=5, F=3]: pieces 0, 1, 2 push along e1, e2, e3 on every image (consistent and
+    apart), piece 3 copies piece 0 (a perfect negative for it), piece 4 flips its sign halfway
+    through the images (inconsistent)."""
+    e1, e2, e3 = torch.eye(3)
+    per_image = [[e1, e2, e3, e1, e2 if i < 2 else -e2] for i in range(4)]
+    return torch.stack([torch.stack(row) for row in per_image]).unsqueeze(0)
+
+
+def test_greedy_selection_takes_consistent_distinct_pieces_and_skips_copies_and_flips():
+    features = _constructed_features()
+    assert vocabulary.greedy_selection(features, 3, tau=0.1) == [0, 1, 2]
+    # the consistency it starts from: 1 for the steady pieces, below for the one that flips
+    consistency = vocabulary.piece_consistency(features)
+    assert consistency[:4].tolist() == pytest.approx([1.0] * 4) and consistency[4] < 0.5
+    with pytest.raises(SystemExit, match="-k 6: choose between 2 and the 5 pieces"):
+        vocabulary.greedy_selection(features, 6, tau=0.1)
+
+
+def test_set_loss_is_the_official_loss_averaged_over_timesteps():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 5, 7, 6, generator=generator)
+    members = [4, 1, 6]
+    expected = statistics.fmean(noiseclr_loss(features[t][:, members], tau=0.3).item() for t in range(2))
+    assert vocabulary.set_loss(features, members, tau=0.3) == pytest.approx(expected)
+    # piece consistency averages edit_consistency over the same timesteps
+    assert vocabulary.piece_consistency(features).shape == (7,)
+
+
+def test_random_sets_are_drawn_from_the_pool_without_replacement():
+    features = _constructed_features()
+    whole_pool = vocabulary.random_set_losses(features, [0, 1, 2], 3, draws=4, tau=0.1,
+                                              generator=torch.Generator().manual_seed(0))
+    # a set as large as its pool is the pool itself, in some order: the same loss every draw
+    assert whole_pool == pytest.approx([vocabulary.set_loss(features, [0, 1, 2], 0.1)] * 4)
+    # from pieces 0 and 3, the only set of two is the copy pair: the worst loss there is
+    pair = vocabulary.random_set_losses(features, [0, 3], 2, draws=1, tau=0.1, generator=torch.Generator())
+    assert pair[0] > vocabulary.set_loss(features, [0, 1], 0.1)
+    with pytest.raises(SystemExit, match="cannot draw sets of 4 from a pool of 3 pieces"):
+        vocabulary.random_set_losses(features, [0, 1, 2], 4, draws=1, tau=0.1, generator=torch.Generator())
+
+
+def test_domain_words_and_their_single_pieces(tiny_pipe):
+    assert vocabulary.domain_words("face") == ["black", "blond", "dark", "frowning", "glasses", "hair", "light",
+                                               "no", "skin", "smiling"]
+    found = vocabulary.word_pieces(tiny_pipe, ["glasses", "zebra", "cat"])
+    # "zebra" is not a word of the bundled captions: the tokenizer splits it, so it has no single row
+    assert set(found) == {"glasses", "cat"}
+    assert tiny_pipe.tokenizer.convert_ids_to_tokens([found["glasses"]]) == ["glasses</w>"]
+
+
+def test_vocabulary_report_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path):
+    logged = []
+    result = vocabulary.vocabulary_report(tiny_pipe, out_dir=tmp_path, tag="t", domains=["face", "car"], images=3,
+                                          timesteps=(200, 600), k=4, draws=5, log=logged.append)
+    assert len(logged) == 2 and logged[0].startswith("face: ")
+    page = (tmp_path / "vocabulary-t.md").read_text()
+    assert json.loads((tmp_path / "vocabulary-t.json").read_text())["domains"]["car"] == result["domains"]["car"]
+    assert "## The objective's own choice: 4 pieces, chosen greedily" in page and "| **all** |" in page
+    face = result["domains"]["face"]
+    assert len(face["chosen"]) == 4 and face["own_words"] == vocabulary.domain_words("face")
+    assert set(face["chosen_own"]) <= {word + "</w>" for word in face["own_words"]}
+    assert face["pieces"] == result["pieces"] == len(vocabulary_rows(tiny_pipe)[0])
+    assert len(face["whole_draws"]["values"]) == 5 and 0 <= face["own_below_whole"] <= 1
+    assert face["chance_own_among_whole"] == pytest.approx(4 * 10 / result["whole_words"])
+    assert result["overall"]["chosen"] == 8
+    assert result["overall"]["chosen_own"] == len(face["chosen_own"]) + len(result["domains"]["car"]["chosen_own"])
+    # the words' loss is the set loss of their rows' features, measured again here
+    from noiseclr_lite.data import load_images
+    from noiseclr_lite.models import encode_images, image_size
+
+    pictures = load_images(Path(vocabulary.DEFAULT_SAMPLES) / "face", image_size(tiny_pipe))
+    latents = encode_images(tiny_pipe, pictures[:3])
+    ids, features = vocabulary.vocabulary_features(tiny_pipe, latents, "{}", (200, 600))
+    own = [ids.index(i) for i in vocabulary.word_pieces(tiny_pipe, face["own_words"]).values()]
+    assert face["own_loss"] == pytest.approx(vocabulary.set_loss(features, own, 0.1), abs=1e-5)
+    # the most consistent piece is the first chosen
+    assert face["chosen"][0] == face["most_consistent"][0][0]
+
+
+def test_missing_images_and_a_large_vocabulary_are_refused(tiny_pipe, tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match=r"nowhere/face is not a folder of face images; give --samples"):
+        vocabulary.vocabulary_report(tiny_pipe, samples=tmp_path / "nowhere", out_dir=tmp_path, domains=["face"])
+    monkeypatch.setattr(vocabulary, "MAX_PIECES", 10)
+    with pytest.raises(SystemExit, match="the tokenizer has 242 pieces"):
+        vocabulary.vocabulary_features(tiny_pipe, torch.zeros(2, 4, 8, 8), "{}", (300,))
+
+
+def test_the_command_line_writes_the_tagged_page(tiny_pipe_dir, tmp_path):
+    result = vocabulary.main(["--model", str(tiny_pipe_dir), "--out", str(tmp_path), "--tag", "cli",
+                              "--domains", "cat", "--context", "caption", "--images", "2", "--timesteps", "300",
+                              "-k", "2", "--draws", "2"])
+    assert result["settings"]["context"] == "caption" and list(result["domains"]) == ["cat"]
+    assert "captions context" in (tmp_path / "vocabulary-cli.md").read_text()
