@@ -37,12 +37,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python benchmarks/vocabulary.py` from anywhere
@@ -50,7 +53,6 @@ if str(REPO) not in sys.path:  # `python benchmarks/vocabulary.py` from anywhere
 
 from benchmarks.quality import (CONTEXTS, DEFAULT_SAMPLES, RESULTS, direction_context, machine,  # noqa: E402
                                 write_atomically)
-from noiseclr_lite.loss import edit_consistency, noiseclr_loss  # noqa: E402
 from noiseclr_lite.train import CONSISTENCY_TIMESTEPS, timestep_features, vocabulary_rows  # noqa: E402
 
 TOOL = "benchmarks/vocabulary.py"
@@ -83,8 +85,8 @@ def domain_words(domain: str) -> list[str]:
                    for word in phrase.split()})
 
 
-def vocabulary_features(pipe, latents: torch.Tensor, context: str = "{}",
-                        timesteps=CONSISTENCY_TIMESTEPS, chunk_size: int | None = 512) -> tuple[list[int], torch.Tensor]:
+def vocabulary_features(pipe, latents: torch.Tensor, context: str = "{}", timesteps=CONSISTENCY_TIMESTEPS,
+                        chunk_size: int | None = 512) -> tuple[list[int], torch.Tensor]:
     """Every vocabulary piece's edit features, as if each were a trained direction.
 
     Args:
@@ -112,41 +114,95 @@ def vocabulary_features(pipe, latents: torch.Tensor, context: str = "{}",
     return ids, torch.stack([features.flatten(2) for features in per_timestep])
 
 
-def set_loss(features: torch.Tensor, members, tau: float) -> float:
-    """The official loss of the directions ``members`` as one set (every one an anchor), averaged
-    over the timesteps of ``features`` [T, N, V, F]."""
-    members = list(members)
-    return statistics.fmean(noiseclr_loss(per_timestep[:, members], tau).item() for per_timestep in features)
+@dataclass
+class EditCosines:
+    """The cosines the loss is built from, between every two pieces' edit features, computed once
+    so that a set's loss is a lookup (the greedy choice and the swap search score thousands of sets).
+
+    ``across_images[t, v, i, j] = cos(D_iv, D_jv)`` [T, V, N, N] (the positives' cosines) and
+    ``across_pieces[t, i, v, w] = cos(D_iv, D_iw)`` [T, N, V, V] (the negatives'), at each timestep.
+    """
+
+    across_images: torch.Tensor
+    across_pieces: torch.Tensor
+
+    @classmethod
+    def of(cls, features: torch.Tensor) -> "EditCosines":
+        """From edit features [T, N, V, F] (:func:`vocabulary_features`)."""
+        unit = F.normalize(features.float(), dim=-1)
+        return cls(torch.einsum("tivf,tjvf->tvij", unit, unit), torch.einsum("tivf,tiwf->tivw", unit, unit))
+
+    @property
+    def pieces(self) -> int:
+        return self.across_images.shape[1]
+
+    def consistency(self) -> torch.Tensor:
+        """[V]: each piece's edit consistency (:func:`noiseclr_lite.loss.edit_consistency`: the mean
+        cosine of its edits on two different images), averaged over the timesteps."""
+        n = self.across_images.shape[-1]
+        off_diagonal = ~torch.eye(n, dtype=torch.bool)
+        return self.across_images[..., off_diagonal].mean(-1).mean(0)
 
 
-def piece_consistency(features: torch.Tensor) -> torch.Tensor:
-    """[V]: each piece's edit consistency (:func:`noiseclr_lite.loss.edit_consistency`), averaged over
-    the timesteps of ``features`` [T, N, V, F]."""
-    return torch.stack([edit_consistency(per_timestep) for per_timestep in features]).mean(0)
+def set_loss(cosines: EditCosines, members, tau: float) -> float:
+    """The official loss (:func:`noiseclr_lite.loss.noiseclr_loss`, every member an anchor) of the
+    pieces ``members`` as one set of directions, averaged over the timesteps."""
+    members = torch.as_tensor(list(members))
+    size, n = len(members), cosines.across_images.shape[-1]
+    if size < 2:
+        _fail(f"a set needs at least 2 pieces to contrast; got {size}")
+    off_diagonal = ~torch.eye(n, dtype=torch.bool)
+    positives = cosines.across_images[:, members][..., off_diagonal] / tau              # [T, S, N(N-1)]
+    log_pos = torch.logsumexp(positives, -1) - math.log(n * (n - 1))
+    negatives = cosines.across_pieces[:, :, members][..., members] / tau               # [T, N, S anchor, S other]
+    negatives = negatives.masked_fill(torch.eye(size, dtype=torch.bool), float("-inf"))  # no anchor against itself
+    log_neg = torch.logsumexp(negatives.permute(0, 2, 1, 3).flatten(2), -1) - math.log(n * (size - 1))
+    return float((log_neg - log_pos).mean())
 
 
-def greedy_selection(features: torch.Tensor, k: int, tau: float) -> list[int]:
-    """``k`` indexes into the pieces of ``features`` [T, N, V, F], chosen as the loss would choose
-    them: the most consistent piece first, then each time the piece that gives the set so far the
-    lowest :func:`set_loss` (ties: the lower index)."""
-    count = features.shape[2]
-    if not 2 <= k <= count:
-        _fail(f"-k {k}: choose between 2 and the {count} pieces")
-    chosen = [int(piece_consistency(features).argmax())]
+def greedy_selection(cosines: EditCosines, k: int, tau: float) -> list[int]:
+    """``k`` piece indexes chosen as the loss would choose them: the most consistent piece first,
+    then each time the piece that gives the set so far the lowest :func:`set_loss` (ties: the
+    lower index)."""
+    if not 2 <= k <= cosines.pieces:
+        _fail(f"-k {k}: choose between 2 and the {cosines.pieces} pieces")
+    chosen = [int(cosines.consistency().argmax())]
     while len(chosen) < k:
-        candidates = [piece for piece in range(count) if piece not in chosen]
-        losses = [set_loss(features, chosen + [piece], tau) for piece in candidates]
+        candidates = [piece for piece in range(cosines.pieces) if piece not in chosen]
+        losses = [set_loss(cosines, chosen + [piece], tau) for piece in candidates]
         chosen.append(candidates[min(range(len(losses)), key=losses.__getitem__)])
     return chosen
 
 
-def random_set_losses(features: torch.Tensor, pool: list[int], size: int, draws: int, tau: float,
+def swap_search(cosines: EditCosines, start: list[int], tau: float, max_swaps: int = 100) -> list[int]:
+    """A local search of the loss from the set ``start``: each round makes the one swap of a member
+    for a non-member that lowers :func:`set_loss` the most, until no swap lowers it (or after
+    ``max_swaps``).  Returns the set in its order, a swapped-in piece where the one it replaced was."""
+    members = list(start)
+    current = set_loss(cosines, members, tau)
+    outside = [piece for piece in range(cosines.pieces) if piece not in members]
+    for _ in range(max_swaps):
+        best = (current, None, None)
+        for slot in range(len(members)):
+            for piece in outside:
+                loss = set_loss(cosines, members[:slot] + [piece] + members[slot + 1:], tau)
+                if loss < best[0] - 1e-9:
+                    best = (loss, slot, piece)
+        if best[1] is None:
+            break
+        current, slot, piece = best
+        outside[outside.index(piece)] = members[slot]
+        members[slot] = piece
+    return members
+
+
+def random_set_losses(cosines: EditCosines, pool: list[int], size: int, draws: int, tau: float,
                       generator: torch.Generator) -> list[float]:
     """:func:`set_loss` of ``draws`` sets of ``size`` pieces drawn without replacement from ``pool``
-    (indexes into the pieces of ``features``)."""
+    (piece indexes)."""
     if size > len(pool):
         _fail(f"cannot draw sets of {size} from a pool of {len(pool)} pieces")
-    return [set_loss(features, [pool[i] for i in torch.randperm(len(pool), generator=generator)[:size].tolist()], tau)
+    return [set_loss(cosines, [pool[i] for i in torch.randperm(len(pool), generator=generator)[:size].tolist()], tau)
             for _ in range(draws)]
 
 
@@ -164,22 +220,26 @@ def domain_result(pipe, ids: list[int], features: torch.Tensor, domain: str, k: 
     names = pipe.tokenizer.convert_ids_to_tokens(ids)
     whole = sorted(index[i] for i in word_pieces(pipe, vocabulary()).values() if i in index)
     own = {word: index[i] for word, i in word_pieces(pipe, domain_words(domain)).items() if i in index}
-    own_set = set(own.values())
-    chosen = greedy_selection(features, k, tau)
-    consistency = piece_consistency(features)
+    cosines = EditCosines.of(features)
+    consistency = cosines.consistency()
     order = consistency.argsort(descending=True).tolist()
     generator = torch.Generator().manual_seed(seed)
-    own_loss = set_loss(features, own.values(), tau)
-    whole_draws = random_set_losses(features, whole, len(own), draws, tau, generator)
-    piece_draws = random_set_losses(features, list(range(len(ids))), len(own), draws, tau, generator)
+    own_loss = set_loss(cosines, own.values(), tau)
+    whole_draws = random_set_losses(cosines, whole, len(own), draws, tau, generator)
+    piece_draws = random_set_losses(cosines, list(range(len(ids))), len(own), draws, tau, generator)
+    greedy = greedy_selection(cosines, k, tau)
+    searched = swap_search(cosines, greedy, tau)
+    from_words = swap_search(cosines, list(own.values()), tau)
+
+    def described(chosen: list[int]) -> dict:
+        return {"pieces": [names[i] for i in chosen], "whole": sum(i in whole for i in chosen),
+                "own": [names[i] for i in chosen if i in own.values()], "loss": set_loss(cosines, chosen, tau)}
+
     return {
         "pieces": len(ids), "whole_words": len(whole), "own_words": sorted(own),
-        "chosen": [names[i] for i in chosen],
-        "chosen_whole": sum(i in whole for i in chosen),
-        "chosen_own": [names[i] for i in chosen if i in own_set],
+        "greedy": described(greedy), "searched": described(searched), "from_words": described(from_words),
         # picks drawn at random among the whole words would hold this many of the domain's words
         "chance_own_among_whole": k * len(own) / len(whole),
-        "chosen_loss": set_loss(features, chosen, tau),
         "own_loss": own_loss,
         "whole_draws": _summary(whole_draws), "piece_draws": _summary(piece_draws),
         "own_below_whole": sum(own_loss < value for value in whole_draws) / draws,
@@ -195,9 +255,13 @@ def _piece(name: str) -> str:
     return name.removesuffix("</w>") if name.endswith("</w>") else name + "-"
 
 
+def _pieces(names) -> str:
+    return ", ".join(_piece(name) for name in names) or "none"
+
+
 def markdown(result: dict) -> str:
     """The Markdown page of a :func:`vocabulary_report` result."""
-    s = result["settings"]
+    s, total = result["settings"], result["overall"]
     lines = [
         f"# Would the NoiseCLR objective choose the model's own words? ({s['context']})", "",
         f"Written by `{TOOL}` on {result['date']}, {result['wall_seconds'] / 60:.1f} min on {result['machine']}.",
@@ -207,30 +271,40 @@ def markdown(result: dict) -> str:
         f"as a direction, on the first {s['images']} training images of each domain at t = "
         f"{', '.join(map(str, s['timesteps']))}; loss `tau` {s['tau']}, every direction an anchor. "
         "A piece written `glas-` is a word piece, `glasses` a whole word. No labels are used; "
-        "which pieces are the domain's words is known from its attributes' phrases.", "",
-        f"## The objective's own choice: {s['k']} pieces, chosen greedily", "",
-        "| domain | chosen, in order | whole words | the domain's words among them | by chance among whole words |",
-        "|---|---|---|---|---|",
+        "which pieces are the domain's words is known from its attributes' phrases. "
+        "Losses: lower is better.", "",
+        f"## The objective's own choice: {s['k']} pieces", "",
+        "Chosen greedily (each piece the one that lowers the set's loss most), then searched by single swaps "
+        "until no swap of a member for another piece lowers the loss. The last column is what "
+        f"{s['k']} picks drawn at random among the whole words would hold of the domain's words.", "",
+        "| domain | chosen greedily, in order | after the swaps | whole words | the domain's words | loss, "
+        "greedy / swapped | by chance |",
+        "|---|---|---|---|---|---|---|",
     ]
     for domain, r in result["domains"].items():
-        lines.append(f"| {domain} | {', '.join(_piece(p) for p in r['chosen'])} | {r['chosen_whole']} of {s['k']} | "
-                     f"{len(r['chosen_own'])} ({', '.join(_piece(p) for p in r['chosen_own']) or 'none'}) | "
-                     f"{r['chance_own_among_whole']:.1f} |")
-    total = result["overall"]
-    lines += [f"| **all** | | {total['chosen_whole']} of {total['chosen']} | {total['chosen_own']} | "
-              f"{total['chance_own_among_whole']:.1f} |", "",
-              "## The loss of the domain's own words as one set", "",
-              f"Lower is better. Each random set has as many members as the domain's words; {s['draws']} draws "
-              "of each, mean ± std, and the share of draws whose loss is higher than the words' (1.0: the "
-              "loss prefers the words to every draw).", "",
+        greedy, searched = r["greedy"], r["searched"]
+        lines.append(f"| {domain} | {_pieces(greedy['pieces'])} | {_pieces(searched['pieces'])} | "
+                     f"{greedy['whole']} / {searched['whole']} of {s['k']} | {len(greedy['own'])} / "
+                     f"{len(searched['own'])} ({_pieces(searched['own'])}) | {greedy['loss']:.3f} / "
+                     f"{searched['loss']:.3f} | {r['chance_own_among_whole']:.1f} |")
+    lines += [f"| **all** | | | {total['greedy_whole']} / {total['searched_whole']} of {total['chosen']} | "
+              f"{total['greedy_own']} / {total['searched_own']} | | {total['chance_own_among_whole']:.1f} |", "",
+              "## The domain's own words as one set", "",
+              f"Each random set has as many members as the domain's words; {s['draws']} draws of each, mean ± std, "
+              "and the share of draws whose loss is higher than the words' (1.0: the loss prefers the words to "
+              "every draw). The last columns search by single swaps from the words: what the loss keeps of them.",
+              "",
               "| domain | its words | their loss | random whole words | words beat | random pieces | words beat | "
-              f"the {s['k']} chosen |",
-              "|---|---|---|---|---|---|---|---|"]
+              "kept by the swaps | swapped in | loss after |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for domain, r in result["domains"].items():
+        after = r["from_words"]
+        own = {word + "</w>" for word in r["own_words"]}
+        swapped_in = [name for name in after["pieces"] if name not in own]
         lines.append(f"| {domain} | {', '.join(r['own_words'])} | {r['own_loss']:.3f} | "
                      f"{r['whole_draws']['mean']:.3f} ± {r['whole_draws']['std']:.3f} | {r['own_below_whole']:.2f} | "
                      f"{r['piece_draws']['mean']:.3f} ± {r['piece_draws']['std']:.3f} | {r['own_below_pieces']:.2f} | "
-                     f"{r['chosen_loss']:.3f} |")
+                     f"{len(after['own'])} of {len(r['own_words'])} | {_pieces(swapped_in)} | {after['loss']:.3f} |")
     lines += ["", "## Edit consistency: how alike a piece's edit is over the images", "",
               f"Rank 1 is the most consistent of the {result['pieces']} pieces.", "",
               "| domain | the domain's words' ranks | their median | whole words' median | the ten most consistent |",
@@ -242,11 +316,26 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def features_cache_path(pipe, out_dir: str | Path, context: str, latents: torch.Tensor, timesteps) -> Path:
+    """Where :func:`vocabulary_features` of these settings is kept for ``--resume``: under
+    ``out_dir/cache/vocabulary/``, named by the text encoder's and the UNet's weights, the context,
+    the images' latents and the timesteps (anything else gives another file)."""
+    import hashlib
+
+    from noiseclr_lite.models import weights_key
+
+    digest = hashlib.sha1(json.dumps([weights_key(pipe.text_encoder, pipe.unet), context, list(timesteps)]).encode())
+    digest.update(latents.float().cpu().numpy().tobytes())
+    return Path(out_dir) / "cache" / "vocabulary" / f"{digest.hexdigest()[:16]}.pt"
+
+
 def vocabulary_report(pipe, samples: str | Path = DEFAULT_SAMPLES, out_dir: str | Path = RESULTS, tag: str = "",
                       domains=DOMAINS, context: str = "alone", images: int = 12, timesteps=CONSISTENCY_TIMESTEPS,
                       k: int = 10, tau: float = 0.1, draws: int = 50, seed: int = 0, chunk_size: int | None = 512,
-                      command: str = "", log=print) -> dict:
-    """Measure every domain and write ``results/vocabulary[-tag].md`` and ``.json``; returns the result."""
+                      resume: bool = False, command: str = "", log=print) -> dict:
+    """Measure every domain and write ``results/vocabulary[-tag].md`` and ``.json``; returns the result.
+    The features are kept under ``out_dir/cache/vocabulary/`` and, with ``resume``, read back from there
+    instead of measured again (:func:`features_cache_path`)."""
     from noiseclr_lite.data import load_images
     from noiseclr_lite.models import encode_images, image_size
 
@@ -262,13 +351,26 @@ def vocabulary_report(pipe, samples: str | Path = DEFAULT_SAMPLES, out_dir: str 
         if len(latents) < 2:
             _fail(f"{folder} holds {len(latents)} image(s); the loss compares images in pairs: give at least 2")
         started = time.perf_counter()
-        ids, features = vocabulary_features(pipe, latents, direction_context(domain, context), timesteps, chunk_size)
-        result["domains"][domain] = domain_result(pipe, ids, features, domain, k, tau, draws, seed)
-        log(f"{domain}: {time.perf_counter() - started:.0f} s; chosen {result['domains'][domain]['chosen']}")
-    per_domain = result["domains"].values()
-    result["pieces"], result["whole_words"] = next(iter(per_domain))["pieces"], next(iter(per_domain))["whole_words"]
-    result["overall"] = {"chosen": k * len(domains), "chosen_whole": sum(r["chosen_whole"] for r in per_domain),
-                         "chosen_own": sum(len(r["chosen_own"]) for r in per_domain),
+        prompt = direction_context(domain, context)
+        cached = features_cache_path(pipe, out_dir, prompt, latents, timesteps)
+        from_cache = resume and cached.exists()
+        if from_cache:
+            saved = torch.load(cached, weights_only=True)
+            ids, features = saved["ids"].tolist(), saved["features"]
+        else:
+            ids, features = vocabulary_features(pipe, latents, prompt, timesteps, chunk_size)
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"ids": torch.tensor(ids), "features": features}, cached)
+        measured = time.perf_counter()
+        result["domains"][domain] = r = domain_result(pipe, ids, features, domain, k, tau, draws, seed)
+        log(f"{domain}: features {measured - started:.0f} s{' (from the cache)' if from_cache else ''}, "
+            f"choices {time.perf_counter() - measured:.0f} s; chosen {r['searched']['pieces']}")
+    per_domain = list(result["domains"].values())
+    result["pieces"], result["whole_words"] = per_domain[0]["pieces"], per_domain[0]["whole_words"]
+    result["overall"] = {"chosen": k * len(domains),
+                         **{f"{how}_{what}": sum(len(r[how][what]) if what == "own" else r[how][what]
+                                                 for r in per_domain)
+                            for how in ("greedy", "searched") for what in ("whole", "own")},
                          "chance_own_among_whole": sum(r["chance_own_among_whole"] for r in per_domain)}
     result["wall_seconds"] = time.perf_counter() - began
     stem = "vocabulary" + (f"-{tag}" if tag else "")
@@ -293,6 +395,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--draws", type=int, default=50, help="random sets drawn per domain and pool")
     parser.add_argument("--seed", type=int, default=0, help="seeds the random sets")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--resume", action="store_true",
+                        help="read the pieces' features back from out/cache/vocabulary/ when they are there")
     return parser.parse_args(argv)
 
 
@@ -304,7 +408,7 @@ def main(argv=None) -> dict:
 
     pipe = load_pipeline(args.model) if args.model else load_pipeline()
     return vocabulary_report(pipe, args.samples, args.out, args.tag, args.domains, args.context, args.images,
-                             args.timesteps, args.k, args.tau, args.draws, args.seed,
+                             args.timesteps, args.k, args.tau, args.draws, args.seed, resume=args.resume,
                              command="python " + " ".join([TOOL, *sys.argv[1:]]) if argv is None else "")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from noiseclr_lite.loss import noiseclr_loss
+from noiseclr_lite.loss import edit_consistency, noiseclr_loss
 from noiseclr_lite.train import vocabulary_rows
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -25,36 +25,52 @@ def _constructed_features() -> torch.Tensor:
 
 
 def test_greedy_selection_takes_consistent_distinct_pieces_and_skips_copies_and_flips():
-    features = _constructed_features()
-    assert vocabulary.greedy_selection(features, 3, tau=0.1) == [0, 1, 2]
+    cosines = vocabulary.EditCosines.of(_constructed_features())
+    assert vocabulary.greedy_selection(cosines, 3, tau=0.1) == [0, 1, 2]
     # the consistency it starts from: 1 for the steady pieces, below for the one that flips
-    consistency = vocabulary.piece_consistency(features)
+    consistency = cosines.consistency()
     assert consistency[:4].tolist() == pytest.approx([1.0] * 4) and consistency[4] < 0.5
     with pytest.raises(SystemExit, match="-k 6: choose between 2 and the 5 pieces"):
-        vocabulary.greedy_selection(features, 6, tau=0.1)
+        vocabulary.greedy_selection(cosines, 6, tau=0.1)
+
+
+def test_swap_search_replaces_the_copy_and_the_flip_and_stops_at_a_local_minimum():
+    cosines = vocabulary.EditCosines.of(_constructed_features())
+    # from {copy of e1, flipping e2, e3}: swaps bring in e1's original or e2, whichever lowers the loss most,
+    # until the set is three steady, distinct pieces; each swapped-in piece takes its predecessor's place
+    searched = vocabulary.swap_search(cosines, [3, 4, 2], tau=0.1)
+    assert searched[2] == 2 and sorted(searched[:2]) in ([0, 1], [1, 3])
+    assert vocabulary.set_loss(cosines, searched, 0.1) < vocabulary.set_loss(cosines, [3, 4, 2], 0.1)
+    # a set no swap improves is returned as it is
+    assert vocabulary.swap_search(cosines, [0, 1, 2], tau=0.1) == [0, 1, 2]
+    assert vocabulary.swap_search(cosines, [3, 4, 2], tau=0.1, max_swaps=0) == [3, 4, 2]
 
 
 def test_set_loss_is_the_official_loss_averaged_over_timesteps():
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(2, 5, 7, 6, generator=generator)
-    members = [4, 1, 6]
-    expected = statistics.fmean(noiseclr_loss(features[t][:, members], tau=0.3).item() for t in range(2))
-    assert vocabulary.set_loss(features, members, tau=0.3) == pytest.approx(expected)
-    # piece consistency averages edit_consistency over the same timesteps
-    assert vocabulary.piece_consistency(features).shape == (7,)
+    cosines = vocabulary.EditCosines.of(features)
+    for members in ([4, 1, 6], [0, 1], list(range(7))):
+        expected = statistics.fmean(noiseclr_loss(features[t][:, members], tau=0.3).item() for t in range(2))
+        assert vocabulary.set_loss(cosines, members, tau=0.3) == pytest.approx(expected, abs=1e-5)
+    # the consistency averages edit_consistency over the same timesteps
+    expected = torch.stack([edit_consistency(features[t]) for t in range(2)]).mean(0)
+    assert torch.allclose(cosines.consistency(), expected, atol=1e-6)
+    with pytest.raises(SystemExit, match="a set needs at least 2 pieces to contrast; got 1"):
+        vocabulary.set_loss(cosines, [3], tau=0.3)
 
 
 def test_random_sets_are_drawn_from_the_pool_without_replacement():
-    features = _constructed_features()
-    whole_pool = vocabulary.random_set_losses(features, [0, 1, 2], 3, draws=4, tau=0.1,
+    cosines = vocabulary.EditCosines.of(_constructed_features())
+    whole_pool = vocabulary.random_set_losses(cosines, [0, 1, 2], 3, draws=4, tau=0.1,
                                               generator=torch.Generator().manual_seed(0))
     # a set as large as its pool is the pool itself, in some order: the same loss every draw
-    assert whole_pool == pytest.approx([vocabulary.set_loss(features, [0, 1, 2], 0.1)] * 4)
+    assert whole_pool == pytest.approx([vocabulary.set_loss(cosines, [0, 1, 2], 0.1)] * 4)
     # from pieces 0 and 3, the only set of two is the copy pair: the worst loss there is
-    pair = vocabulary.random_set_losses(features, [0, 3], 2, draws=1, tau=0.1, generator=torch.Generator())
-    assert pair[0] > vocabulary.set_loss(features, [0, 1], 0.1)
+    pair = vocabulary.random_set_losses(cosines, [0, 3], 2, draws=1, tau=0.1, generator=torch.Generator())
+    assert pair[0] > vocabulary.set_loss(cosines, [0, 1], 0.1)
     with pytest.raises(SystemExit, match="cannot draw sets of 4 from a pool of 3 pieces"):
-        vocabulary.random_set_losses(features, [0, 1, 2], 4, draws=1, tau=0.1, generator=torch.Generator())
+        vocabulary.random_set_losses(cosines, [0, 1, 2], 4, draws=1, tau=0.1, generator=torch.Generator())
 
 
 def test_domain_words_and_their_single_pieces(tiny_pipe):
@@ -70,29 +86,41 @@ def test_vocabulary_report_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path):
     logged = []
     result = vocabulary.vocabulary_report(tiny_pipe, out_dir=tmp_path, tag="t", domains=["face", "car"], images=3,
                                           timesteps=(200, 600), k=4, draws=5, log=logged.append)
-    assert len(logged) == 2 and logged[0].startswith("face: ")
+    assert len(logged) == 2 and logged[0].startswith("face: features ") and "cache" not in logged[0]
     page = (tmp_path / "vocabulary-t.md").read_text()
     assert json.loads((tmp_path / "vocabulary-t.json").read_text())["domains"]["car"] == result["domains"]["car"]
-    assert "## The objective's own choice: 4 pieces, chosen greedily" in page and "| **all** |" in page
+    assert "## The objective's own choice: 4 pieces" in page and "| **all** |" in page
     face = result["domains"]["face"]
-    assert len(face["chosen"]) == 4 and face["own_words"] == vocabulary.domain_words("face")
-    assert set(face["chosen_own"]) <= {word + "</w>" for word in face["own_words"]}
+    assert face["own_words"] == vocabulary.domain_words("face")
+    own_pieces = {word + "</w>" for word in face["own_words"]}
+    for how in ("greedy", "searched"):
+        assert len(face[how]["pieces"]) == 4 and set(face[how]["own"]) <= own_pieces
+    # the swaps only ever lower the loss, and the search from the words keeps the set's size
+    assert face["searched"]["loss"] <= face["greedy"]["loss"]
+    assert face["from_words"]["loss"] <= face["own_loss"] and len(face["from_words"]["pieces"]) == 10
     assert face["pieces"] == result["pieces"] == len(vocabulary_rows(tiny_pipe)[0])
     assert len(face["whole_draws"]["values"]) == 5 and 0 <= face["own_below_whole"] <= 1
     assert face["chance_own_among_whole"] == pytest.approx(4 * 10 / result["whole_words"])
     assert result["overall"]["chosen"] == 8
-    assert result["overall"]["chosen_own"] == len(face["chosen_own"]) + len(result["domains"]["car"]["chosen_own"])
-    # the words' loss is the set loss of their rows' features, measured again here
+    searched_own = [len(result["domains"][domain]["searched"]["own"]) for domain in ("face", "car")]
+    assert result["overall"]["searched_own"] == sum(searched_own)
+    # the words' loss is the official loss of their rows' features, measured again here
     from noiseclr_lite.data import load_images
     from noiseclr_lite.models import encode_images, image_size
 
     pictures = load_images(Path(vocabulary.DEFAULT_SAMPLES) / "face", image_size(tiny_pipe))
-    latents = encode_images(tiny_pipe, pictures[:3])
-    ids, features = vocabulary.vocabulary_features(tiny_pipe, latents, "{}", (200, 600))
+    ids, features = vocabulary.vocabulary_features(tiny_pipe, encode_images(tiny_pipe, pictures[:3]), "{}", (200, 600))
     own = [ids.index(i) for i in vocabulary.word_pieces(tiny_pipe, face["own_words"]).values()]
-    assert face["own_loss"] == pytest.approx(vocabulary.set_loss(features, own, 0.1), abs=1e-5)
-    # the most consistent piece is the first chosen
-    assert face["chosen"][0] == face["most_consistent"][0][0]
+    expected = statistics.fmean(noiseclr_loss(per_timestep[:, own], 0.1).item() for per_timestep in features)
+    assert face["own_loss"] == pytest.approx(expected, abs=1e-5)
+    # greedy starts from the most consistent piece
+    assert face["greedy"]["pieces"][0] == face["most_consistent"][0][0]
+    # --resume reads the features back from the cache: the same result, without the UNet
+    logged.clear()
+    again = vocabulary.vocabulary_report(tiny_pipe, out_dir=tmp_path, tag="t", domains=["face", "car"], images=3,
+                                         timesteps=(200, 600), k=4, draws=5, resume=True, log=logged.append)
+    assert all("(from the cache)" in line for line in logged)
+    assert again["domains"] == result["domains"]
 
 
 def test_missing_images_and_a_large_vocabulary_are_refused(tiny_pipe, tmp_path, monkeypatch):
@@ -109,3 +137,17 @@ def test_the_command_line_writes_the_tagged_page(tiny_pipe_dir, tmp_path):
                               "-k", "2", "--draws", "2"])
     assert result["settings"]["context"] == "caption" and list(result["domains"]) == ["cat"]
     assert "captions context" in (tmp_path / "vocabulary-cli.md").read_text()
+
+
+def test_the_features_cache_is_named_by_everything_the_features_depend_on(tiny_pipe, tmp_path):
+    latents = torch.zeros(2, 4, 8, 8)
+    path = vocabulary.features_cache_path(tiny_pipe, tmp_path, "{}", latents, (300,))
+    assert path.parent == tmp_path / "cache" / "vocabulary"
+    assert path == vocabulary.features_cache_path(tiny_pipe, tmp_path, "{}", latents.clone(), [300])
+    others = {vocabulary.features_cache_path(tiny_pipe, tmp_path, "a face, {}", latents, (300,)),
+              vocabulary.features_cache_path(tiny_pipe, tmp_path, "{}", latents, (300, 600)),
+              vocabulary.features_cache_path(tiny_pipe, tmp_path, "{}", latents + 1, (300,))}
+    assert path not in others and len(others) == 3
+    with torch.no_grad():
+        tiny_pipe.unet.conv_out.bias.add_(1.0)   # other weights: another file
+    assert vocabulary.features_cache_path(tiny_pipe, tmp_path, "{}", latents, (300,)) != path
