@@ -15,22 +15,27 @@ gradient, on every row of the tokenizer's own vocabulary (special tokens left ou
 For each domain, on its first ``--images`` training images noised to each of ``--timesteps``
 (``noiseclr_lite.train.timestep_features``, the noise seeded by the timestep), every piece's edit
 features are measured once, used alone or in the captions' context (``--context``, as in
-``quality.py``).  Then, with no labels:
+``quality.py``), and their cosines kept (:class:`EditCosines`).  Then, with no labels:
 
 * **the objective's own choice**: ``-k`` pieces chosen greedily, each the one that lowers the
   official loss (:func:`noiseclr_lite.loss.noiseclr_loss`, every direction an anchor, ``--tau``,
   averaged over the timesteps) of the set chosen so far the most, starting from the piece whose
-  edit is most alike over the images (:func:`noiseclr_lite.loss.edit_consistency`).  How many of
-  them are whole words, and how many the domain's own words (the words of its attributes'
-  phrases), against what picks drawn at random among the whole words would give;
+  edit is most alike over the images (:func:`noiseclr_lite.loss.edit_consistency`); then improved
+  by single swaps of a member for a non-member until none lowers the loss (:func:`swap_search`).
+  How many of them are whole words, and how many the domain's own words (the words of its
+  attributes' phrases), against what picks drawn at random among the whole words would give;
 * **the loss of the domain's own words as a set**, against ``--draws`` random sets of as many
-  whole words and as many pieces: is the set the benchmark calls the ceiling one the loss prefers?
+  whole words and as many pieces, and what a swap search started from the words keeps of them:
+  is the set the benchmark calls the ceiling one the loss prefers?
 * every piece's edit consistency, and the rank of each of the domain's words by it.
 
-Writes ``results/vocabulary[-tag].md`` and ``.json``.  About 3 minutes per domain on 2 CPU cores
-with the defaults (234 pieces x 12 images x 6 timesteps through the UNet); renders nothing and
-needs no oracle, since which pieces are the domain's words is known.  On Stable Diffusion's
-49,406 pieces this would be days of UNet calls: it is a tool for the bundled model's small vocabulary.
+Writes ``results/vocabulary[-tag].md`` and ``.json``.  About 3.5 minutes per domain on 2 CPU
+cores with the defaults (234 pieces x 12 images x 6 timesteps through the UNet; the choices take
+10 s more); renders nothing and needs no oracle, since which pieces are the domain's words is
+known.  The features are saved under ``out/cache/vocabulary/`` and ``--resume`` reads them back
+(:func:`features_cache_path`).  On Stable Diffusion's 49,406 pieces this would be days of UNet
+calls: it is a tool for the bundled model's small vocabulary, and refuses more than
+:data:`MAX_PIECES`.
 """
 
 from __future__ import annotations
@@ -174,14 +179,19 @@ def greedy_selection(cosines: EditCosines, k: int, tau: float) -> list[int]:
     return chosen
 
 
-def swap_search(cosines: EditCosines, start: list[int], tau: float, max_swaps: int = 100) -> list[int]:
+def swap_search(cosines: EditCosines, start: list[int], tau: float,
+                max_swaps: int = 100) -> tuple[list[int], bool]:
     """A local search of the loss from the set ``start``: each round makes the one swap of a member
-    for a non-member that lowers :func:`set_loss` the most, until no swap lowers it (or after
-    ``max_swaps``).  Returns the set in its order, a swapped-in piece where the one it replaced was."""
+    for a non-member that lowers :func:`set_loss` the most, until no swap lowers it.
+
+    Returns:
+        (the set in its order, a swapped-in piece where the one it replaced was; whether the search
+        ended because no swap lowers the loss, False when it stopped after ``max_swaps``).
+    """
     members = list(start)
     current = set_loss(cosines, members, tau)
     outside = [piece for piece in range(cosines.pieces) if piece not in members]
-    for _ in range(max_swaps):
+    for _ in range(max_swaps + 1):
         best = (current, None, None)
         for slot in range(len(members)):
             for piece in outside:
@@ -189,11 +199,13 @@ def swap_search(cosines: EditCosines, start: list[int], tau: float, max_swaps: i
                 if loss < best[0] - 1e-9:
                     best = (loss, slot, piece)
         if best[1] is None:
-            break
+            return members, True
+        if _ == max_swaps:   # one more swap would lower the loss, but the budget is spent
+            return members, False
         current, slot, piece = best
         outside[outside.index(piece)] = members[slot]
         members[slot] = piece
-    return members
+    raise AssertionError("unreachable")
 
 
 def random_set_losses(cosines: EditCosines, pool: list[int], size: int, draws: int, tau: float,
@@ -220,6 +232,10 @@ def domain_result(pipe, ids: list[int], features: torch.Tensor, domain: str, k: 
     names = pipe.tokenizer.convert_ids_to_tokens(ids)
     whole = sorted(index[i] for i in word_pieces(pipe, vocabulary()).values() if i in index)
     own = {word: index[i] for word, i in word_pieces(pipe, domain_words(domain)).items() if i in index}
+    if len(own) < 2 or len(whole) < len(own):
+        _fail(f"this tokenizer writes {len(own)} of {domain}'s words and {len(whole)} of the bundled captions' "
+              f"words as single pieces; the page compares sets of them, so it needs the bundled model's tokenizer "
+              f"(or one with the same words)")
     cosines = EditCosines.of(features)
     consistency = cosines.consistency()
     order = consistency.argsort(descending=True).tolist()
@@ -228,16 +244,18 @@ def domain_result(pipe, ids: list[int], features: torch.Tensor, domain: str, k: 
     whole_draws = random_set_losses(cosines, whole, len(own), draws, tau, generator)
     piece_draws = random_set_losses(cosines, list(range(len(ids))), len(own), draws, tau, generator)
     greedy = greedy_selection(cosines, k, tau)
-    searched = swap_search(cosines, greedy, tau)
-    from_words = swap_search(cosines, list(own.values()), tau)
+    searched, searched_converged = swap_search(cosines, greedy, tau)
+    from_words, from_words_converged = swap_search(cosines, list(own.values()), tau)
 
-    def described(chosen: list[int]) -> dict:
+    def described(chosen: list[int], converged: bool | None = None) -> dict:
         return {"pieces": [names[i] for i in chosen], "whole": sum(i in whole for i in chosen),
-                "own": [names[i] for i in chosen if i in own.values()], "loss": set_loss(cosines, chosen, tau)}
+                "own": [names[i] for i in chosen if i in own.values()], "loss": set_loss(cosines, chosen, tau),
+                **({} if converged is None else {"converged": converged})}
 
     return {
         "pieces": len(ids), "whole_words": len(whole), "own_words": sorted(own),
-        "greedy": described(greedy), "searched": described(searched), "from_words": described(from_words),
+        "greedy": described(greedy), "searched": described(searched, searched_converged),
+        "from_words": described(from_words, from_words_converged),
         # picks drawn at random among the whole words would hold this many of the domain's words
         "chance_own_among_whole": k * len(own) / len(whole),
         "own_loss": own_loss,
@@ -262,14 +280,16 @@ def _pieces(names) -> str:
 def markdown(result: dict) -> str:
     """The Markdown page of a :func:`vocabulary_report` result."""
     s, total = result["settings"], result["overall"]
+    used = "alone" if s["context"] == "alone" else "in the captions' context (`a <noun>, {}`, measured from `a <noun>`)"
     lines = [
         f"# Would the NoiseCLR objective choose the model's own words? ({s['context']})", "",
         f"Written by `{TOOL}` on {result['date']}, {result['wall_seconds'] / 60:.1f} min on {result['machine']}.",
         f"Command: `{result['command']}`.", "",
         f"Every piece of the tokenizer's vocabulary ({result['pieces']} pieces, {result['whole_words']} of them "
-        f"whole words), used {'alone' if s['context'] == 'alone' else 'in the captions context (`a car, {}`)'} "
+        f"whole words), used {used} "
         f"as a direction, on the first {s['images']} training images of each domain at t = "
-        f"{', '.join(map(str, s['timesteps']))}; loss `tau` {s['tau']}, every direction an anchor. "
+        f"{', '.join(map(str, s['timesteps']))}; loss `tau` {s['tau']}, every direction an anchor "
+        "(the mean over anchors of the one-anchor loss a training step uses). "
         "A piece written `glas-` is a word piece, `glasses` a whole word. No labels are used; "
         "which pieces are the domain's words is known from its attributes' phrases. "
         "Losses: lower is better.", "",
@@ -316,16 +336,20 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def features_cache_path(pipe, out_dir: str | Path, context: str, latents: torch.Tensor, timesteps) -> Path:
+def features_cache_path(pipe, out_dir: str | Path, context: str, images: torch.Tensor, timesteps) -> Path:
     """Where :func:`vocabulary_features` of these settings is kept for ``--resume``: under
-    ``out_dir/cache/vocabulary/``, named by the text encoder's and the UNet's weights, the context,
-    the images' latents and the timesteps (anything else gives another file)."""
+    ``out_dir/cache/vocabulary/``, named by the text encoder's and the UNet's weights, the
+    vocabulary's rows (``models.weights_key`` leaves token embeddings out), the UNet's dtype, the
+    context, the images [N, 3, H, W] (their pixels, not their latents, whose last bits depend on the
+    torch thread count) and the timesteps (anything else gives another file)."""
     import hashlib
 
     from noiseclr_lite.models import weights_key
 
-    digest = hashlib.sha1(json.dumps([weights_key(pipe.text_encoder, pipe.unet), context, list(timesteps)]).encode())
-    digest.update(latents.float().cpu().numpy().tobytes())
+    key = [weights_key(pipe.text_encoder, pipe.unet), str(pipe.unet.dtype), context, list(timesteps)]
+    digest = hashlib.sha1(json.dumps(key).encode())
+    digest.update(vocabulary_rows(pipe)[1].numpy().tobytes())
+    digest.update(images.float().cpu().numpy().tobytes())
     return Path(out_dir) / "cache" / "vocabulary" / f"{digest.hexdigest()[:16]}.pt"
 
 
@@ -339,6 +363,12 @@ def vocabulary_report(pipe, samples: str | Path = DEFAULT_SAMPLES, out_dir: str 
     from noiseclr_lite.data import load_images
     from noiseclr_lite.models import encode_images, image_size
 
+    if not 2 <= k <= 100:
+        _fail(f"-k {k}: choose between 2 and 100 pieces per domain (the loss contrasts at least two)")
+    if draws < 1:
+        _fail(f"--draws {draws}: draw at least 1 random set per pool (50 by default)")
+    if not tau > 0:
+        _fail(f"--tau {tau}: the loss temperature must be positive (0.1 by default)")
     began = time.perf_counter()
     result = {"settings": {"context": context, "images": images, "timesteps": list(timesteps), "k": k, "tau": tau,
                            "draws": draws, "seed": seed, "samples": str(samples)},
@@ -347,18 +377,18 @@ def vocabulary_report(pipe, samples: str | Path = DEFAULT_SAMPLES, out_dir: str 
         folder = Path(samples) / domain
         if not folder.is_dir():
             _fail(f"{folder} is not a folder of {domain} images; give --samples the folder holding <domain>/")
-        latents = encode_images(pipe, load_images(folder, image_size(pipe))[:images])
-        if len(latents) < 2:
-            _fail(f"{folder} holds {len(latents)} image(s); the loss compares images in pairs: give at least 2")
+        pictures = load_images(folder, image_size(pipe))[:images]
+        if len(pictures) < 2:
+            _fail(f"{folder} holds {len(pictures)} image(s); the loss compares images in pairs: give at least 2")
         started = time.perf_counter()
         prompt = direction_context(domain, context)
-        cached = features_cache_path(pipe, out_dir, prompt, latents, timesteps)
+        cached = features_cache_path(pipe, out_dir, prompt, pictures, timesteps)
         from_cache = resume and cached.exists()
         if from_cache:
             saved = torch.load(cached, weights_only=True)
             ids, features = saved["ids"].tolist(), saved["features"]
         else:
-            ids, features = vocabulary_features(pipe, latents, prompt, timesteps, chunk_size)
+            ids, features = vocabulary_features(pipe, encode_images(pipe, pictures), prompt, timesteps, chunk_size)
             cached.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"ids": torch.tensor(ids), "features": features}, cached)
         measured = time.perf_counter()

@@ -38,12 +38,18 @@ def test_swap_search_replaces_the_copy_and_the_flip_and_stops_at_a_local_minimum
     cosines = vocabulary.EditCosines.of(_constructed_features())
     # from {copy of e1, flipping e2, e3}: swaps bring in e1's original or e2, whichever lowers the loss most,
     # until the set is three steady, distinct pieces; each swapped-in piece takes its predecessor's place
-    searched = vocabulary.swap_search(cosines, [3, 4, 2], tau=0.1)
-    assert searched[2] == 2 and sorted(searched[:2]) in ([0, 1], [1, 3])
+    searched, converged = vocabulary.swap_search(cosines, [3, 4, 2], tau=0.1)
+    assert converged and searched[2] == 2 and sorted(searched[:2]) in ([0, 1], [1, 3])
     assert vocabulary.set_loss(cosines, searched, 0.1) < vocabulary.set_loss(cosines, [3, 4, 2], 0.1)
-    # a set no swap improves is returned as it is
-    assert vocabulary.swap_search(cosines, [0, 1, 2], tau=0.1) == [0, 1, 2]
-    assert vocabulary.swap_search(cosines, [3, 4, 2], tau=0.1, max_swaps=0) == [3, 4, 2]
+    # a set no swap improves is returned as it is, converged
+    assert vocabulary.swap_search(cosines, [0, 1, 2], tau=0.1) == ([0, 1, 2], True)
+    # out of swaps while one would still lower the loss: said so
+    assert vocabulary.swap_search(cosines, [3, 4, 2], tau=0.1, max_swaps=0) == ([3, 4, 2], False)
+    # {e1, its copy, the flip} needs two swaps: with a budget of one, the search says it stopped short
+    one, converged = vocabulary.swap_search(cosines, [3, 0, 4], tau=0.1, max_swaps=1)
+    assert one != [3, 0, 4] and not converged
+    assert vocabulary.swap_search(cosines, [3, 0, 4], tau=0.1, max_swaps=2)[1]
+    assert vocabulary.swap_search(cosines, searched, tau=0.1, max_swaps=0) == (searched, True)
 
 
 def test_set_loss_is_the_official_loss_averaged_over_timesteps():
@@ -99,7 +105,11 @@ def test_vocabulary_report_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path):
     assert face["searched"]["loss"] <= face["greedy"]["loss"]
     assert face["from_words"]["loss"] <= face["own_loss"] and len(face["from_words"]["pieces"]) == 10
     assert face["pieces"] == result["pieces"] == len(vocabulary_rows(tiny_pipe)[0])
-    assert len(face["whole_draws"]["values"]) == 5 and 0 <= face["own_below_whole"] <= 1
+    assert len(face["whole_draws"]["values"]) == 5
+    for pool in ("whole", "piece"):
+        beaten = [value > face["own_loss"] for value in face[f"{pool}_draws"]["values"]]
+        assert face["own_below_whole" if pool == "whole" else "own_below_pieces"] == sum(beaten) / 5
+    assert face["searched"]["converged"] and face["from_words"]["converged"] and "converged" not in face["greedy"]
     assert face["chance_own_among_whole"] == pytest.approx(4 * 10 / result["whole_words"])
     assert result["overall"]["chosen"] == 8
     searched_own = [len(result["domains"][domain]["searched"]["own"]) for domain in ("face", "car")]
@@ -136,18 +146,37 @@ def test_the_command_line_writes_the_tagged_page(tiny_pipe_dir, tmp_path):
                               "--domains", "cat", "--context", "caption", "--images", "2", "--timesteps", "300",
                               "-k", "2", "--draws", "2"])
     assert result["settings"]["context"] == "caption" and list(result["domains"]) == ["cat"]
-    assert "captions context" in (tmp_path / "vocabulary-cli.md").read_text()
+    assert "captions' context" in (tmp_path / "vocabulary-cli.md").read_text()
+    # the features were measured in the cat's caption context: the cache holds them under that prompt's key
+    from noiseclr_lite.data import load_images
+    from noiseclr_lite.models import image_size, load_pipeline
+
+    pipe = load_pipeline(str(tiny_pipe_dir))
+    pictures = load_images(Path(vocabulary.DEFAULT_SAMPLES) / "cat", image_size(pipe))[:2]
+    cached = list((tmp_path / "cache" / "vocabulary").iterdir())
+    assert cached == [vocabulary.features_cache_path(pipe, tmp_path, "a cat, {}", pictures, [300])]
+
+
+def test_bad_settings_are_refused_before_any_unet_work(tiny_pipe, tmp_path):
+    for settings, message in (({"k": 1}, "-k 1: choose between 2 and 100"), ({"draws": 0}, "--draws 0"),
+                              ({"tau": 0.0}, "--tau 0.0: the loss temperature must be positive")):
+        with pytest.raises(SystemExit, match=message):
+            vocabulary.vocabulary_report(tiny_pipe, samples=tmp_path / "nowhere", out_dir=tmp_path, **settings)
 
 
 def test_the_features_cache_is_named_by_everything_the_features_depend_on(tiny_pipe, tmp_path):
-    latents = torch.zeros(2, 4, 8, 8)
-    path = vocabulary.features_cache_path(tiny_pipe, tmp_path, "{}", latents, (300,))
+    images = torch.zeros(2, 3, 32, 32)
+    path = vocabulary.features_cache_path(tiny_pipe, tmp_path, "{}", images, (300,))
     assert path.parent == tmp_path / "cache" / "vocabulary"
-    assert path == vocabulary.features_cache_path(tiny_pipe, tmp_path, "{}", latents.clone(), [300])
-    others = {vocabulary.features_cache_path(tiny_pipe, tmp_path, "a face, {}", latents, (300,)),
-              vocabulary.features_cache_path(tiny_pipe, tmp_path, "{}", latents, (300, 600)),
-              vocabulary.features_cache_path(tiny_pipe, tmp_path, "{}", latents + 1, (300,))}
+    assert path == vocabulary.features_cache_path(tiny_pipe, tmp_path, "{}", images.clone(), [300])
+    others = {vocabulary.features_cache_path(tiny_pipe, tmp_path, "a face, {}", images, (300,)),
+              vocabulary.features_cache_path(tiny_pipe, tmp_path, "{}", images, (300, 600)),
+              vocabulary.features_cache_path(tiny_pipe, tmp_path, "{}", images + 1, (300,))}
     assert path not in others and len(others) == 3
+    embeddings = tiny_pipe.text_encoder.get_input_embeddings().weight
     with torch.no_grad():
+        embeddings[5] += 1.0                      # another vocabulary row: another file
+        changed_row = vocabulary.features_cache_path(tiny_pipe, tmp_path, "{}", images, (300,))
         tiny_pipe.unet.conv_out.bias.add_(1.0)   # other weights: another file
-    assert vocabulary.features_cache_path(tiny_pipe, tmp_path, "{}", latents, (300,)) != path
+        changed_unet = vocabulary.features_cache_path(tiny_pipe, tmp_path, "{}", images, (300,))
+    assert len({path, changed_row, changed_unet}) == 3
