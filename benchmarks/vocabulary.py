@@ -188,10 +188,12 @@ def swap_search(cosines: EditCosines, start: list[int], tau: float,
         (the set in its order, a swapped-in piece where the one it replaced was; whether the search
         ended because no swap lowers the loss, False when it stopped after ``max_swaps``).
     """
+    if max_swaps < 0:
+        raise ValueError(f"max_swaps={max_swaps}: give 0 or more swaps")
     members = list(start)
     current = set_loss(cosines, members, tau)
     outside = [piece for piece in range(cosines.pieces) if piece not in members]
-    for _ in range(max_swaps + 1):
+    for swaps in range(max_swaps + 1):
         best = (current, None, None)
         for slot in range(len(members)):
             for piece in outside:
@@ -200,7 +202,7 @@ def swap_search(cosines: EditCosines, start: list[int], tau: float,
                     best = (loss, slot, piece)
         if best[1] is None:
             return members, True
-        if _ == max_swaps:   # one more swap would lower the loss, but the budget is spent
+        if swaps == max_swaps:   # one more swap would lower the loss, but the budget is spent
             return members, False
         current, slot, piece = best
         outside[outside.index(piece)] = members[slot]
@@ -223,19 +225,28 @@ def _summary(values: list[float]) -> dict:
             "values": values}
 
 
-def domain_result(pipe, ids: list[int], features: torch.Tensor, domain: str, k: int, tau: float, draws: int,
-                  seed: int) -> dict:
-    """Everything the page says about one domain, from its pieces' ``features`` [T, N, V, F]."""
+def word_indexes(pipe, ids: list[int], domain: str) -> tuple[list[int], dict[str, int]]:
+    """Where the words are among the pieces ``ids`` (:func:`vocabulary_features`' order): the
+    indexes of the bundled captions' words, sorted, and ``{word: index}`` of ``domain``'s words.
+    SystemExit unless the tokenizer writes at least two of the domain's words, and at least as many
+    captions' words, as single pieces (the page compares sets of them)."""
     from noiseclr_lite.toyworld.domains import vocabulary
 
     index = {piece_id: i for i, piece_id in enumerate(ids)}
-    names = pipe.tokenizer.convert_ids_to_tokens(ids)
     whole = sorted(index[i] for i in word_pieces(pipe, vocabulary()).values() if i in index)
     own = {word: index[i] for word, i in word_pieces(pipe, domain_words(domain)).items() if i in index}
     if len(own) < 2 or len(whole) < len(own):
         _fail(f"this tokenizer writes {len(own)} of {domain}'s words and {len(whole)} of the bundled captions' "
               f"words as single pieces; the page compares sets of them, so it needs the bundled model's tokenizer "
               f"(or one with the same words)")
+    return whole, own
+
+
+def domain_result(pipe, ids: list[int], features: torch.Tensor, domain: str, k: int, tau: float, draws: int,
+                  seed: int) -> dict:
+    """Everything the page says about one domain, from its pieces' ``features`` [T, N, V, F]."""
+    names = pipe.tokenizer.convert_ids_to_tokens(ids)
+    whole, own = word_indexes(pipe, ids, domain)
     cosines = EditCosines.of(features)
     consistency = cosines.consistency()
     order = consistency.argsort(descending=True).tolist()
@@ -338,7 +349,7 @@ def markdown(result: dict) -> str:
 
 def features_cache_path(pipe, out_dir: str | Path, context: str, images: torch.Tensor, timesteps) -> Path:
     """Where :func:`vocabulary_features` of these settings is kept for ``--resume``: under
-    ``out_dir/cache/vocabulary/``, named by the text encoder's and the UNet's weights, the
+    ``out_dir/cache/vocabulary/``, named by the text encoder's, the UNet's and the VAE's weights, the
     vocabulary's rows (``models.weights_key`` leaves token embeddings out), the UNet's dtype, the
     context, the images [N, 3, H, W] (their pixels, not their latents, whose last bits depend on the
     torch thread count) and the timesteps (anything else gives another file)."""
@@ -346,7 +357,7 @@ def features_cache_path(pipe, out_dir: str | Path, context: str, images: torch.T
 
     from noiseclr_lite.models import weights_key
 
-    key = [weights_key(pipe.text_encoder, pipe.unet), str(pipe.unet.dtype), context, list(timesteps)]
+    key = [weights_key(pipe.text_encoder, pipe.unet, pipe.vae), str(pipe.unet.dtype), context, list(timesteps)]
     digest = hashlib.sha1(json.dumps(key).encode())
     digest.update(vocabulary_rows(pipe)[1].numpy().tobytes())
     digest.update(images.float().cpu().numpy().tobytes())
@@ -369,6 +380,8 @@ def vocabulary_report(pipe, samples: str | Path = DEFAULT_SAMPLES, out_dir: str 
         _fail(f"--draws {draws}: draw at least 1 random set per pool (50 by default)")
     if not tau > 0:
         _fail(f"--tau {tau}: the loss temperature must be positive (0.1 by default)")
+    for domain in domains:   # before any UNet work: the words the page counts are the tokenizer's
+        word_indexes(pipe, vocabulary_rows(pipe)[0], domain)
     began = time.perf_counter()
     result = {"settings": {"context": context, "images": images, "timesteps": list(timesteps), "k": k, "tau": tau,
                            "draws": draws, "seed": seed, "samples": str(samples)},

@@ -47,8 +47,10 @@ def test_swap_search_replaces_the_copy_and_the_flip_and_stops_at_a_local_minimum
     assert vocabulary.swap_search(cosines, [3, 4, 2], tau=0.1, max_swaps=0) == ([3, 4, 2], False)
     # {e1, its copy, the flip} needs two swaps: with a budget of one, the search says it stopped short
     one, converged = vocabulary.swap_search(cosines, [3, 0, 4], tau=0.1, max_swaps=1)
-    assert one != [3, 0, 4] and not converged
+    assert sum(a != b for a, b in zip(one, [3, 0, 4])) == 1 and not converged
     assert vocabulary.swap_search(cosines, [3, 0, 4], tau=0.1, max_swaps=2)[1]
+    with pytest.raises(ValueError, match="max_swaps=-1: give 0 or more swaps"):
+        vocabulary.swap_search(cosines, [3, 0, 4], tau=0.1, max_swaps=-1)
     assert vocabulary.swap_search(cosines, searched, tau=0.1, max_swaps=0) == (searched, True)
 
 
@@ -133,6 +135,12 @@ def test_vocabulary_report_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path):
     assert again["domains"] == result["domains"]
 
 
+def test_a_tokenizer_without_the_words_is_refused_before_any_unet_work(tiny_pipe, tmp_path, monkeypatch):
+    monkeypatch.setattr(vocabulary, "domain_words", lambda domain: ["zebra", "glasses"])
+    with pytest.raises(SystemExit, match="writes 1 of face's words and 43 of the bundled captions' words"):
+        vocabulary.vocabulary_report(tiny_pipe, samples=tmp_path / "nowhere", out_dir=tmp_path, domains=["face"])
+
+
 def test_missing_images_and_a_large_vocabulary_are_refused(tiny_pipe, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r"nowhere/face is not a folder of face images; give --samples"):
         vocabulary.vocabulary_report(tiny_pipe, samples=tmp_path / "nowhere", out_dir=tmp_path, domains=["face"])
@@ -179,4 +187,6 @@ def test_the_features_cache_is_named_by_everything_the_features_depend_on(tiny_p
         changed_row = vocabulary.features_cache_path(tiny_pipe, tmp_path, "{}", images, (300,))
         tiny_pipe.unet.conv_out.bias.add_(1.0)   # other weights: another file
         changed_unet = vocabulary.features_cache_path(tiny_pipe, tmp_path, "{}", images, (300,))
-    assert len({path, changed_row, changed_unet}) == 3
+        tiny_pipe.vae.encoder.conv_in.bias.add_(1.0)   # another VAE encodes the images otherwise
+        changed_vae = vocabulary.features_cache_path(tiny_pipe, tmp_path, "{}", images, (300,))
+    assert len({path, changed_row, changed_unet, changed_vae}) == 4
