@@ -56,8 +56,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python benchmarks/vocabulary.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from benchmarks.quality import (CONTEXTS, DEFAULT_SAMPLES, RESULTS, direction_context, machine,  # noqa: E402
-                                write_atomically)
+from benchmarks.quality import (CONTEXTS, DEFAULT_SAMPLES, RESULTS, _mean_std, direction_context,  # noqa: E402
+                                machine, write_atomically)
 from noiseclr_lite.train import CONSISTENCY_TIMESTEPS, timestep_features, vocabulary_rows  # noqa: E402
 
 TOOL = "benchmarks/vocabulary.py"
@@ -193,7 +193,8 @@ def swap_search(cosines: EditCosines, start: list[int], tau: float,
     members = list(start)
     current = set_loss(cosines, members, tau)
     outside = [piece for piece in range(cosines.pieces) if piece not in members]
-    for swaps in range(max_swaps + 1):
+    swaps = 0
+    while True:
         best = (current, None, None)
         for slot in range(len(members)):
             for piece in outside:
@@ -207,7 +208,7 @@ def swap_search(cosines: EditCosines, start: list[int], tau: float,
         current, slot, piece = best
         outside[outside.index(piece)] = members[slot]
         members[slot] = piece
-    raise AssertionError("unreachable")
+        swaps += 1
 
 
 def random_set_losses(cosines: EditCosines, pool: list[int], size: int, draws: int, tau: float,
@@ -221,8 +222,8 @@ def random_set_losses(cosines: EditCosines, pool: list[int], size: int, draws: i
 
 
 def _summary(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "values": values}
+    mean, std = _mean_std(values)
+    return {"mean": mean, "std": std, "values": values}
 
 
 def word_indexes(pipe, ids: list[int], domain: str) -> tuple[list[int], dict[str, int]]:
