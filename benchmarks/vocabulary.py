@@ -41,6 +41,7 @@ calls: it is a tool for the bundled model's small vocabulary, and refuses more t
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -48,6 +49,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -165,24 +167,26 @@ def set_loss(cosines: EditCosines, members, tau: float) -> float:
     return float((log_neg - log_pos).mean())
 
 
-def greedy_selection(cosines: EditCosines, k: int, tau: float) -> list[int]:
-    """``k`` piece indexes chosen as the loss would choose them: the most consistent piece first,
-    then each time the piece that gives the set so far the lowest :func:`set_loss` (ties: the
-    lower index)."""
-    if not 2 <= k <= cosines.pieces:
-        _fail(f"-k {k}: choose between 2 and the {cosines.pieces} pieces")
-    chosen = [int(cosines.consistency().argmax())]
+def greedy_selection(loss_of: Callable[[list[int]], float], pieces: int, k: int, first: int) -> list[int]:
+    """``k`` of ``pieces`` piece indexes chosen as a loss would choose them: ``first`` (the most
+    consistent piece, as the page starts), then each time the piece that gives the set so far the
+    lowest ``loss_of(set)`` (ties: the lower index).  ``loss_of`` maps a list of piece indexes to
+    the set's loss: :func:`set_loss` here, ``objectives.objective_loss`` for a loss's variants."""
+    if not 2 <= k <= pieces:
+        _fail(f"-k {k}: choose between 2 and the {pieces} pieces")
+    chosen = [first]
     while len(chosen) < k:
-        candidates = [piece for piece in range(cosines.pieces) if piece not in chosen]
-        losses = [set_loss(cosines, chosen + [piece], tau) for piece in candidates]
+        candidates = [piece for piece in range(pieces) if piece not in chosen]
+        losses = [loss_of(chosen + [piece]) for piece in candidates]
         chosen.append(candidates[min(range(len(losses)), key=losses.__getitem__)])
     return chosen
 
 
-def swap_search(cosines: EditCosines, start: list[int], tau: float,
+def swap_search(loss_of: Callable[[list[int]], float], pieces: int, start: list[int],
                 max_swaps: int = 100) -> tuple[list[int], bool]:
-    """A local search of the loss from the set ``start``: each round makes the one swap of a member
-    for a non-member that lowers :func:`set_loss` the most, until no swap lowers it.
+    """A local search of ``loss_of`` (as for :func:`greedy_selection`) from the set ``start``: each
+    round makes the one swap of a member for one of the other ``pieces`` that lowers the loss the
+    most, until no swap lowers it.
 
     Returns:
         (the set in its order, a swapped-in piece where the one it replaced was; whether the search
@@ -191,14 +195,14 @@ def swap_search(cosines: EditCosines, start: list[int], tau: float,
     if max_swaps < 0:
         raise ValueError(f"max_swaps={max_swaps}: give 0 or more swaps")
     members = list(start)
-    current = set_loss(cosines, members, tau)
-    outside = [piece for piece in range(cosines.pieces) if piece not in members]
+    current = loss_of(members)
+    outside = [piece for piece in range(pieces) if piece not in members]
     swaps = 0
     while True:
         best = (current, None, None)
         for slot in range(len(members)):
             for piece in outside:
-                loss = set_loss(cosines, members[:slot] + [piece] + members[slot + 1:], tau)
+                loss = loss_of(members[:slot] + [piece] + members[slot + 1:])
                 if loss < best[0] - 1e-9:
                     best = (loss, slot, piece)
         if best[1] is None:
@@ -211,13 +215,13 @@ def swap_search(cosines: EditCosines, start: list[int], tau: float,
         swaps += 1
 
 
-def random_set_losses(cosines: EditCosines, pool: list[int], size: int, draws: int, tau: float,
+def random_set_losses(loss_of: Callable[[list[int]], float], pool: list[int], size: int, draws: int,
                       generator: torch.Generator) -> list[float]:
-    """:func:`set_loss` of ``draws`` sets of ``size`` pieces drawn without replacement from ``pool``
-    (piece indexes)."""
+    """``loss_of`` (as for :func:`greedy_selection`) of ``draws`` sets of ``size`` pieces drawn
+    without replacement from ``pool`` (piece indexes)."""
     if size > len(pool):
         _fail(f"cannot draw sets of {size} from a pool of {len(pool)} pieces")
-    return [set_loss(cosines, [pool[i] for i in torch.randperm(len(pool), generator=generator)[:size].tolist()], tau)
+    return [loss_of([pool[i] for i in torch.randperm(len(pool), generator=generator)[:size].tolist()])
             for _ in range(draws)]
 
 
@@ -252,16 +256,17 @@ def domain_result(pipe, ids: list[int], features: torch.Tensor, domain: str, k: 
     consistency = cosines.consistency()
     order = consistency.argsort(descending=True).tolist()
     generator = torch.Generator().manual_seed(seed)
-    own_loss = set_loss(cosines, own.values(), tau)
-    whole_draws = random_set_losses(cosines, whole, len(own), draws, tau, generator)
-    piece_draws = random_set_losses(cosines, list(range(len(ids))), len(own), draws, tau, generator)
-    greedy = greedy_selection(cosines, k, tau)
-    searched, searched_converged = swap_search(cosines, greedy, tau)
-    from_words, from_words_converged = swap_search(cosines, list(own.values()), tau)
+    loss_of = functools.partial(set_loss, cosines, tau=tau)
+    own_loss = loss_of(list(own.values()))
+    whole_draws = random_set_losses(loss_of, whole, len(own), draws, generator)
+    piece_draws = random_set_losses(loss_of, list(range(len(ids))), len(own), draws, generator)
+    greedy = greedy_selection(loss_of, len(ids), k, first=order[0])
+    searched, searched_converged = swap_search(loss_of, len(ids), greedy)
+    from_words, from_words_converged = swap_search(loss_of, len(ids), list(own.values()))
 
     def described(chosen: list[int], converged: bool | None = None) -> dict:
         return {"pieces": [names[i] for i in chosen], "whole": sum(i in whole for i in chosen),
-                "own": [names[i] for i in chosen if i in own.values()], "loss": set_loss(cosines, chosen, tau),
+                "own": [names[i] for i in chosen if i in own.values()], "loss": loss_of(chosen),
                 **({} if converged is None else {"converged": converged})}
 
     return {
@@ -365,16 +370,43 @@ def features_cache_path(pipe, out_dir: str | Path, context: str, images: torch.T
     return Path(out_dir) / "cache" / "vocabulary" / f"{digest.hexdigest()[:16]}.pt"
 
 
+def domain_features(pipe, samples: str | Path, domain: str, context: str = "alone", images: int = 12,
+                    timesteps=CONSISTENCY_TIMESTEPS, out_dir: str | Path = RESULTS, resume: bool = False,
+                    chunk_size: int | None = 512) -> tuple[list[int], torch.Tensor, bool]:
+    """:func:`vocabulary_features` of ``domain``: its first ``images`` images in ``samples/domain/``,
+    each piece used in ``context`` (``quality.CONTEXTS``).  Saved under ``out_dir/cache/vocabulary/``
+    and, with ``resume``, read back from there instead of measured again (:func:`features_cache_path`).
+
+    Returns:
+        (the pieces' vocabulary ids [V], features [T, N, V, F], whether they came from the cache).
+    """
+    from noiseclr_lite.data import load_images
+    from noiseclr_lite.models import encode_images, image_size
+
+    folder = Path(samples) / domain
+    if not folder.is_dir():
+        _fail(f"{folder} is not a folder of {domain} images; give --samples the folder holding <domain>/")
+    pictures = load_images(folder, image_size(pipe))[:images]
+    if len(pictures) < 2:
+        _fail(f"{folder} holds {len(pictures)} image(s); the loss compares images in pairs: give at least 2")
+    prompt = direction_context(domain, context)
+    cached = features_cache_path(pipe, out_dir, prompt, pictures, timesteps)
+    if resume and cached.exists():
+        saved = torch.load(cached, weights_only=True)
+        return saved["ids"].tolist(), saved["features"], True
+    ids, features = vocabulary_features(pipe, encode_images(pipe, pictures), prompt, timesteps, chunk_size)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"ids": torch.tensor(ids), "features": features}, cached)
+    return ids, features, False
+
+
 def vocabulary_report(pipe, samples: str | Path = DEFAULT_SAMPLES, out_dir: str | Path = RESULTS, tag: str = "",
                       domains=DOMAINS, context: str = "alone", images: int = 12, timesteps=CONSISTENCY_TIMESTEPS,
                       k: int = 10, tau: float = 0.1, draws: int = 50, seed: int = 0, chunk_size: int | None = 512,
                       resume: bool = False, command: str = "", log=print) -> dict:
     """Measure every domain and write ``results/vocabulary[-tag].md`` and ``.json``; returns the result.
     The features are kept under ``out_dir/cache/vocabulary/`` and, with ``resume``, read back from there
-    instead of measured again (:func:`features_cache_path`)."""
-    from noiseclr_lite.data import load_images
-    from noiseclr_lite.models import encode_images, image_size
-
+    instead of measured again (:func:`domain_features`)."""
     if not 2 <= k <= 100:
         _fail(f"-k {k}: choose between 2 and 100 pieces per domain (the loss contrasts at least two)")
     if draws < 1:
@@ -388,23 +420,9 @@ def vocabulary_report(pipe, samples: str | Path = DEFAULT_SAMPLES, out_dir: str 
                            "draws": draws, "seed": seed, "samples": str(samples)},
               "date": time.strftime("%Y-%m-%d"), "machine": machine(pipe), "command": command, "domains": {}}
     for domain in domains:
-        folder = Path(samples) / domain
-        if not folder.is_dir():
-            _fail(f"{folder} is not a folder of {domain} images; give --samples the folder holding <domain>/")
-        pictures = load_images(folder, image_size(pipe))[:images]
-        if len(pictures) < 2:
-            _fail(f"{folder} holds {len(pictures)} image(s); the loss compares images in pairs: give at least 2")
         started = time.perf_counter()
-        prompt = direction_context(domain, context)
-        cached = features_cache_path(pipe, out_dir, prompt, pictures, timesteps)
-        from_cache = resume and cached.exists()
-        if from_cache:
-            saved = torch.load(cached, weights_only=True)
-            ids, features = saved["ids"].tolist(), saved["features"]
-        else:
-            ids, features = vocabulary_features(pipe, encode_images(pipe, pictures), prompt, timesteps, chunk_size)
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"ids": torch.tensor(ids), "features": features}, cached)
+        ids, features, from_cache = domain_features(pipe, samples, domain, context, images, timesteps, out_dir,
+                                                    resume, chunk_size)
         measured = time.perf_counter()
         result["domains"][domain] = r = domain_result(pipe, ids, features, domain, k, tau, draws, seed)
         log(f"{domain}: features {measured - started:.0f} s{' (from the cache)' if from_cache else ''}, "

@@ -24,34 +24,41 @@ def _constructed_features() -> torch.Tensor:
     return torch.stack([torch.stack(row) for row in per_image]).unsqueeze(0)
 
 
+def _official(cosines, tau=0.1):
+    """The official loss of a set of the constructed pieces, as the page scores sets."""
+    return lambda members: vocabulary.set_loss(cosines, members, tau)
+
+
 def test_greedy_selection_takes_consistent_distinct_pieces_and_skips_copies_and_flips():
     cosines = vocabulary.EditCosines.of(_constructed_features())
-    assert vocabulary.greedy_selection(cosines, 3, tau=0.1) == [0, 1, 2]
+    loss_of = _official(cosines)
+    assert vocabulary.greedy_selection(loss_of, 5, 3, first=0) == [0, 1, 2]
     # the consistency it starts from: 1 for the steady pieces, below for the one that flips
     consistency = cosines.consistency()
     assert consistency[:4].tolist() == pytest.approx([1.0] * 4) and consistency[4] < 0.5
     with pytest.raises(SystemExit, match="-k 6: choose between 2 and the 5 pieces"):
-        vocabulary.greedy_selection(cosines, 6, tau=0.1)
+        vocabulary.greedy_selection(loss_of, 5, 6, first=0)
 
 
 def test_swap_search_replaces_the_copy_and_the_flip_and_stops_at_a_local_minimum():
     cosines = vocabulary.EditCosines.of(_constructed_features())
+    loss_of = _official(cosines)
     # from {copy of e1, flipping e2, e3}: swaps bring in e1's original or e2, whichever lowers the loss most,
     # until the set is three steady, distinct pieces; each swapped-in piece takes its predecessor's place
-    searched, converged = vocabulary.swap_search(cosines, [3, 4, 2], tau=0.1)
+    searched, converged = vocabulary.swap_search(loss_of, 5, [3, 4, 2])
     assert converged and searched[2] == 2 and sorted(searched[:2]) in ([0, 1], [1, 3])
     assert vocabulary.set_loss(cosines, searched, 0.1) < vocabulary.set_loss(cosines, [3, 4, 2], 0.1)
     # a set no swap improves is returned as it is, converged
-    assert vocabulary.swap_search(cosines, [0, 1, 2], tau=0.1) == ([0, 1, 2], True)
+    assert vocabulary.swap_search(loss_of, 5, [0, 1, 2]) == ([0, 1, 2], True)
     # out of swaps while one would still lower the loss: said so
-    assert vocabulary.swap_search(cosines, [3, 4, 2], tau=0.1, max_swaps=0) == ([3, 4, 2], False)
+    assert vocabulary.swap_search(loss_of, 5, [3, 4, 2], max_swaps=0) == ([3, 4, 2], False)
     # {e1, its copy, the flip} needs two swaps: with a budget of one, the search says it stopped short
-    one, converged = vocabulary.swap_search(cosines, [3, 0, 4], tau=0.1, max_swaps=1)
+    one, converged = vocabulary.swap_search(loss_of, 5, [3, 0, 4], max_swaps=1)
     assert sum(a != b for a, b in zip(one, [3, 0, 4])) == 1 and not converged
-    assert vocabulary.swap_search(cosines, [3, 0, 4], tau=0.1, max_swaps=2)[1]
+    assert vocabulary.swap_search(loss_of, 5, [3, 0, 4], max_swaps=2)[1]
     with pytest.raises(ValueError, match="max_swaps=-1: give 0 or more swaps"):
-        vocabulary.swap_search(cosines, [3, 0, 4], tau=0.1, max_swaps=-1)
-    assert vocabulary.swap_search(cosines, searched, tau=0.1, max_swaps=0) == (searched, True)
+        vocabulary.swap_search(loss_of, 5, [3, 0, 4], max_swaps=-1)
+    assert vocabulary.swap_search(loss_of, 5, searched, max_swaps=0) == (searched, True)
 
 
 def test_set_loss_is_the_official_loss_averaged_over_timesteps():
@@ -70,15 +77,15 @@ def test_set_loss_is_the_official_loss_averaged_over_timesteps():
 
 def test_random_sets_are_drawn_from_the_pool_without_replacement():
     cosines = vocabulary.EditCosines.of(_constructed_features())
-    whole_pool = vocabulary.random_set_losses(cosines, [0, 1, 2], 3, draws=4, tau=0.1,
+    whole_pool = vocabulary.random_set_losses(_official(cosines), [0, 1, 2], 3, draws=4,
                                               generator=torch.Generator().manual_seed(0))
     # a set as large as its pool is the pool itself, in some order: the same loss every draw
     assert whole_pool == pytest.approx([vocabulary.set_loss(cosines, [0, 1, 2], 0.1)] * 4)
     # from pieces 0 and 3, the only set of two is the copy pair: the worst loss there is
-    pair = vocabulary.random_set_losses(cosines, [0, 3], 2, draws=1, tau=0.1, generator=torch.Generator())
+    pair = vocabulary.random_set_losses(_official(cosines), [0, 3], 2, draws=1, generator=torch.Generator())
     assert pair[0] > vocabulary.set_loss(cosines, [0, 1], 0.1)
     with pytest.raises(SystemExit, match="cannot draw sets of 4 from a pool of 3 pieces"):
-        vocabulary.random_set_losses(cosines, [0, 1, 2], 4, draws=1, tau=0.1, generator=torch.Generator())
+        vocabulary.random_set_losses(_official(cosines), [0, 1, 2], 4, draws=1, generator=torch.Generator())
 
 
 def test_domain_words_and_their_single_pieces(tiny_pipe):

@@ -1,0 +1,273 @@
+"""Which variant of the loss would choose the model's own words?  A screen of objectives on the vocabulary.
+
+    python benchmarks/objectives.py --tag alone
+    python benchmarks/objectives.py --context caption --tag caption
+
+``vocabulary.py`` evaluates the official loss exactly over every piece of the tokenizer's vocabulary
+and finds that it does not choose the words the model's captions taught it ("smiling", "striped",
+the quality benchmark's supervised ceiling): the purity gap belongs to the objective.  This script
+asks the same of the loss's variants that training already offers, from the same cached edit
+features (``vocabulary.domain_features``), in seconds per variant instead of the hours of training
+and scoring a variant costs in ``quality.py``:
+
+* the temperature ``tau`` (``--tau``);
+* sign-blind negatives (``--sign-blind-negatives``: ``|cos|``, so opposite edits are bad negatives);
+* the standard InfoNCE form (``--loss infonce``);
+* centred edits (``--center-edits``: each edit minus the mean over the set's directions).
+
+An objective is written ``LOSS[+sign-blind][+centred]:TAU``, for example ``noiseclr:0.1`` (the
+recipe) or ``noiseclr+centred:0.1``.  Each is the library's own loss
+(:func:`noiseclr_lite.loss.get_loss`, every direction an anchor) on the set's edit features at each
+timestep, averaged over the timesteps (:func:`objective_loss`).  For each objective and domain, with
+no labels:
+
+* ``-k`` pieces chosen greedily (``vocabulary.greedy_selection``, from the most consistent piece):
+  how many are whole words, and how many the domain's own words, against chance among whole words;
+* the loss of the domain's own words as one set, against ``--draws`` random sets of as many whole
+  words: the share of draws the words beat (1.0: the objective prefers the words to every draw).
+
+The objectives that training has measured give the screen a check: if it ranks them as training's
+scores do, it can screen a new variant before it is trained (``quality-findings.md``, "Screening the
+loss's variants on the vocabulary").  Writes ``results/objectives[-tag].md`` and ``.json``.  The
+features come from ``vocabulary.py``'s cache (``--resume``, on by default here) or are measured as it
+measures them, about 3.5 minutes per domain on 2 CPU cores; each objective then takes about 10 s per
+domain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `python benchmarks/objectives.py` from anywhere
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.quality import CONTEXTS, DEFAULT_SAMPLES, RESULTS, _mean_std, machine, write_atomically  # noqa: E402
+from benchmarks.vocabulary import (DOMAINS, _pieces, domain_features, greedy_selection,  # noqa: E402
+                                   random_set_losses, word_indexes)
+from noiseclr_lite.loss import LOSSES, center_edit_features, edit_consistency, get_loss  # noqa: E402
+from noiseclr_lite.train import CONSISTENCY_TIMESTEPS, vocabulary_rows  # noqa: E402
+
+TOOL = "benchmarks/objectives.py"
+#: the recipe, the temperatures training has measured, and each option of the loss at the recipe's `tau`
+DEFAULT_OBJECTIVES = ("noiseclr:0.1", "noiseclr:0.05", "noiseclr:0.5", "noiseclr:2", "noiseclr+sign-blind:0.1",
+                      "noiseclr+sign-blind:0.5", "infonce:0.1", "noiseclr+centred:0.1")
+_SPEC = re.compile(r"^(?P<loss>[a-z]+)(?P<options>(\+[a-z-]+)*):(?P<tau>[0-9.eE+-]+)$")
+
+
+def _fail(message: str):
+    raise SystemExit(f"{TOOL}: {message}")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One variant of the loss: ``loss`` (a name in ``noiseclr_lite.loss.LOSSES``) at temperature
+    ``tau``, with sign-blind negatives and on centred edits or not, as training's options set them."""
+
+    loss: str = "noiseclr"
+    tau: float = 0.1
+    sign_blind: bool = False
+    centred: bool = False
+
+    @classmethod
+    def parse(cls, spec: str) -> "Objective":
+        """From ``LOSS[+sign-blind][+centred]:TAU``, e.g. ``noiseclr+centred:0.1``; SystemExit naming
+        what is wrong otherwise."""
+        match = _SPEC.match(spec)
+        if not match:
+            _fail(f"objective {spec!r}: write LOSS[+sign-blind][+centred]:TAU, e.g. noiseclr:0.1 or "
+                  f"noiseclr+centred:0.1")
+        if match["loss"] not in LOSSES:
+            _fail(f"objective {spec!r}: unknown loss {match['loss']!r}; choose one of {sorted(LOSSES)}")
+        options = [option for option in match["options"].split("+") if option]
+        unknown = sorted(set(options) - {"sign-blind", "centred"})
+        if unknown:
+            _fail(f"objective {spec!r}: unknown option(s) {unknown}; the options are +sign-blind and +centred")
+        try:
+            tau = float(match["tau"])
+        except ValueError:
+            tau = float("nan")
+        if not tau > 0:
+            _fail(f"objective {spec!r}: the temperature must be a positive number; got {match['tau']!r}")
+        return cls(match["loss"], tau, "sign-blind" in options, "centred" in options)
+
+    @property
+    def name(self) -> str:
+        options = "+sign-blind" * self.sign_blind + "+centred" * self.centred
+        return f"{self.loss}{options}:{self.tau:g}"
+
+
+def objective_loss(objective: Objective, features: torch.Tensor, members) -> float:
+    """``objective``'s loss of the pieces ``members`` as one set of directions: the library's loss
+    (every member an anchor) on their edit features at each timestep, averaged over the timesteps.
+
+    Args:
+        features: [T, N, V, F] edit features (``vocabulary.vocabulary_features``).
+        members: piece indexes into V, at least 2.
+    """
+    members = list(members)
+    if len(members) < 2:
+        _fail(f"a set needs at least 2 pieces to contrast; got {len(members)}")
+    loss_fn = get_loss(objective.loss)
+    losses = []
+    for at_timestep in features[:, :, members]:                       # [N, S, F]
+        if objective.centred:
+            at_timestep = center_edit_features(at_timestep)
+        losses.append(float(loss_fn(at_timestep, tau=objective.tau, sign_blind=objective.sign_blind)))
+    return sum(losses) / len(losses)
+
+
+def objective_result(objective: Objective, features: torch.Tensor, names: list[str], whole: list[int],
+                     own: dict[str, int], first: int, k: int, draws: int, seed: int) -> dict:
+    """What the page says of one objective in one domain, from its pieces' ``features`` [T, N, V, F]:
+    ``whole`` and ``own`` index the whole words and the domain's words (``vocabulary.word_indexes``),
+    ``first`` is the most consistent piece, where the greedy choice starts."""
+    def loss_of(members):
+        return objective_loss(objective, features, members)
+
+    started = time.perf_counter()
+    own_loss = loss_of(list(own.values()))
+    whole_draws = random_set_losses(loss_of, whole, len(own), draws, torch.Generator().manual_seed(seed))
+    greedy = greedy_selection(loss_of, features.shape[2], k, first)
+    return {"greedy": {"pieces": [names[i] for i in greedy], "whole": sum(i in whole for i in greedy),
+                       "own": [names[i] for i in greedy if i in own.values()], "loss": loss_of(greedy)},
+            # picks drawn at random among the whole words would hold this many of the domain's words
+            "chance_own_among_whole": k * len(own) / len(whole),
+            "own_loss": own_loss, "whole_draws": dict(zip(("mean", "std"), _mean_std(whole_draws))),
+            "own_below_whole": sum(own_loss < value for value in whole_draws) / draws,
+            "seconds": time.perf_counter() - started}
+
+
+def markdown(result: dict) -> str:
+    """The page: one row per objective, the domains side by side, then every objective's picks."""
+    settings, domains = result["settings"], list(result["domains"])
+    used = ("in the captions' context (`a <noun>, {}`, measured from `a <noun>`)" if settings["context"] == "caption"
+            else "alone")
+    lines = [f"# Which variant of the loss would choose the model's own words?"
+             f"{' (' + result['tag'] + ')' if result.get('tag') else ''}", "",
+             f"Written by `{TOOL}` on {result['date']}, {result['wall_seconds'] / 60:.1f} min on {result['machine']}.",
+             f"Command: `{result['command']}`." if result["command"] else "", "",
+             f"Every piece of the tokenizer's vocabulary ({result['pieces']} pieces, {result['whole_words']} of them "
+             f"whole words), used {used} as a direction, on the first {settings['images']} training images "
+             f"of each domain at t = "
+             f"{', '.join(map(str, settings['timesteps']))} (`vocabulary.py`'s features). Each objective is the "
+             f"library's loss, every direction an anchor, averaged over the timesteps. No labels are used; which "
+             f"pieces are the domain's words is known from its attributes' phrases.", "",
+             f"Per domain: how many of the {settings['k']} pieces the objective chooses greedily are the domain's "
+             f"words, and the share of {settings['draws']} random sets of as many whole words that the words' own "
+             f"set beats (1.00: the objective prefers the words to every draw). The last columns add the domains "
+             f"up; chance is what picks drawn at random among the whole words would hold.", "",
+             "| objective | " + " | ".join(domains) + " | the domain's words among the picks | chance | "
+             "whole words among the picks | words beat, mean over domains |",
+             "|---|" + "---|" * (len(domains) + 4)]
+    for name, per_domain in result["objectives"].items():
+        cells = [f"{len(r['greedy']['own'])} · {r['own_below_whole']:.2f}" for r in per_domain.values()]
+        overall = result["overall"][name]
+        lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {overall['own']} of {overall['chosen']} | "
+                     f"{overall['chance']:.1f} | {overall['whole']} | {overall['own_below_whole']:.2f} |")
+    lines += ["", "Each cell: the domain's words among the picks · the share of random word sets its words beat.",
+              "", "## The picks", "", "| objective | domain | chosen greedily, in order | the domain's words | "
+              "their loss / the words' loss |", "|---|---|---|---|---|"]
+    for name, per_domain in result["objectives"].items():
+        for domain, r in per_domain.items():
+            lines.append(f"| `{name}` | {domain} | {_pieces(r['greedy']['pieces'])} | {_pieces(r['greedy']['own'])} "
+                         f"| {r['greedy']['loss']:.3f} / {r['own_loss']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def objectives_report(pipe, objectives, samples: str | Path = DEFAULT_SAMPLES, out_dir: str | Path = RESULTS,
+                      tag: str = "", domains=DOMAINS, context: str = "alone", images: int = 12,
+                      timesteps=CONSISTENCY_TIMESTEPS, k: int = 10, draws: int = 50, seed: int = 0,
+                      resume: bool = True, command: str = "", log=print) -> dict:
+    """Screen every objective (:class:`Objective`) in every domain and write ``results/objectives[-tag].md``
+    and ``.json``; returns the result.  The features are ``vocabulary.py``'s, from its cache when
+    ``resume`` and they are there."""
+    if not objectives:
+        _fail("give at least one objective (--objectives)")
+    if len({objective.name for objective in objectives}) < len(objectives):
+        _fail(f"an objective is given twice in {[objective.name for objective in objectives]}; give each once")
+    if not 2 <= k <= 100:
+        _fail(f"-k {k}: choose between 2 and 100 pieces per domain (the loss contrasts at least two)")
+    if draws < 1:
+        _fail(f"--draws {draws}: draw at least 1 random set per domain (50 by default)")
+    ids = vocabulary_rows(pipe)[0]
+    indexes = {domain: word_indexes(pipe, ids, domain) for domain in domains}   # before any UNet work
+    names = pipe.tokenizer.convert_ids_to_tokens(ids)
+    began = time.perf_counter()
+    result = {"settings": {"context": context, "images": images, "timesteps": list(timesteps), "k": k,
+                           "draws": draws, "seed": seed, "samples": str(samples)},
+              "tag": tag, "date": time.strftime("%Y-%m-%d"), "machine": machine(pipe), "command": command,
+              "pieces": len(ids), "whole_words": len(indexes[domains[0]][0]),
+              "domains": {}, "objectives": {objective.name: {} for objective in objectives}}
+    for domain in domains:
+        started = time.perf_counter()
+        feature_ids, features, from_cache = domain_features(pipe, samples, domain, context, images, timesteps,
+                                                            out_dir, resume)
+        if feature_ids != ids:
+            _fail(f"the cached features of {domain} are of another vocabulary; run again without --resume")
+        first = int(torch.stack([edit_consistency(f) for f in features]).mean(0).argmax())
+        whole, own = indexes[domain]
+        result["domains"][domain] = {"own_words": sorted(own), "first": names[first],
+                                     "features_seconds": time.perf_counter() - started, "from_cache": from_cache}
+        for objective in objectives:
+            r = objective_result(objective, features, names, whole, own, first, k, draws, seed)
+            result["objectives"][objective.name][domain] = r
+            log(f"{domain} {objective.name}: {len(r['greedy']['own'])} of its words chosen, the words beat "
+                f"{r['own_below_whole']:.2f} of random word sets ({r['seconds']:.0f} s)")
+    result["overall"] = {name: {"chosen": k * len(domains), "own": sum(len(r["greedy"]["own"]) for r in rs.values()),
+                                "whole": sum(r["greedy"]["whole"] for r in rs.values()),
+                                "chance": sum(r["chance_own_among_whole"] for r in rs.values()),
+                                "own_below_whole": sum(r["own_below_whole"] for r in rs.values()) / len(rs)}
+                         for name, rs in result["objectives"].items()}
+    result["wall_seconds"] = time.perf_counter() - began
+    stem = "objectives" + (f"-{tag}" if tag else "")
+    write_atomically(Path(out_dir) / f"{stem}.json", json.dumps(result, indent=1))
+    write_atomically(Path(out_dir) / f"{stem}.md", markdown(result))
+    return result
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--objectives", nargs="+", default=list(DEFAULT_OBJECTIVES),
+                        help="LOSS[+sign-blind][+centred]:TAU each (default: %(default)s)")
+    parser.add_argument("--model", default=None, help="the model folder or hub id (default: the bundled model)")
+    parser.add_argument("--samples", default=DEFAULT_SAMPLES, help="the folder holding <domain>/ image folders")
+    parser.add_argument("--out", default=str(RESULTS), help="where the page is written (and the cache is read)")
+    parser.add_argument("--tag", default="", help="writes results/objectives-TAG.md and .json")
+    parser.add_argument("--domains", nargs="+", default=list(DOMAINS))
+    parser.add_argument("--context", choices=CONTEXTS, default="alone",
+                        help="each piece used alone, or after the domain's noun as the captions put words")
+    parser.add_argument("--images", type=int, default=12, help="training images per domain")
+    parser.add_argument("--timesteps", type=int, nargs="+", default=list(CONSISTENCY_TIMESTEPS))
+    parser.add_argument("-k", type=int, default=10, help="pieces each objective chooses")
+    parser.add_argument("--draws", type=int, default=50, help="random sets of words drawn per domain")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the random sets")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-resume", dest="resume", action="store_false",
+                        help="measure the features again instead of reading vocabulary.py's cache")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    objectives = [Objective.parse(spec) for spec in args.objectives]   # before loading the model
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from noiseclr_lite.models import load_pipeline
+
+    pipe = load_pipeline(args.model) if args.model else load_pipeline()
+    return objectives_report(pipe, objectives, args.samples, args.out, args.tag, args.domains, args.context,
+                             args.images, args.timesteps, args.k, args.draws, args.seed, args.resume,
+                             command="python " + " ".join([TOOL, *sys.argv[1:]]) if argv is None else "")
+
+
+if __name__ == "__main__":
+    main()

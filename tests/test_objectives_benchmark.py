@@ -1,0 +1,116 @@
+"""benchmarks/objectives.py: the loss's variants screened on the vocabulary."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from noiseclr_lite.loss import center_edit_features, infonce_loss, noiseclr_loss
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import objectives, vocabulary  # noqa: E402
+from benchmarks.objectives import Objective  # noqa: E402
+
+
+def test_an_objective_is_parsed_from_its_spec_and_named_back():
+    assert Objective.parse("noiseclr:0.1") == Objective("noiseclr", 0.1)
+    both = Objective.parse("noiseclr+sign-blind+centred:0.5")
+    assert both == Objective("noiseclr", 0.5, sign_blind=True, centred=True)
+    assert both.name == "noiseclr+sign-blind+centred:0.5" and Objective.parse(both.name) == both
+    assert Objective.parse("infonce:2").name == "infonce:2"
+    for spec, message in (("noiseclr", "write LOSS"), ("noiseclr:0.1:2", "write LOSS"),
+                          ("triplet:0.1", "unknown loss 'triplet'"), ("noiseclr+centered:0.1", r"\['centered'\]"),
+                          ("noiseclr:0", "must be a positive number; got '0'"), ("noiseclr:1e", "got '1e'")):
+        with pytest.raises(SystemExit, match=message):
+            Objective.parse(spec)
+
+
+def test_objective_loss_is_the_library_loss_averaged_over_timesteps():
+    features = torch.randn(2, 5, 7, 6, generator=torch.Generator().manual_seed(0))   # [T, N, V, F]
+    members = [4, 0, 2]
+    cases = ((Objective("noiseclr", 0.3), lambda f: noiseclr_loss(f, 0.3)),
+             (Objective("noiseclr", 0.3, sign_blind=True), lambda f: noiseclr_loss(f, 0.3, sign_blind=True)),
+             (Objective("infonce", 0.5), lambda f: infonce_loss(f, 0.5)),
+             (Objective("noiseclr", 0.3, centred=True), lambda f: noiseclr_loss(center_edit_features(f), 0.3)))
+    values = []
+    for objective, loss in cases:
+        expected = sum(loss(features[t][:, members]).item() for t in range(2)) / 2
+        values.append(objectives.objective_loss(objective, features, members))
+        assert values[-1] == pytest.approx(expected, abs=1e-5)
+    assert len(set(values)) == len(values)   # each option changes the loss
+    # the recipe is the loss vocabulary.py scores sets with
+    recipe = objectives.objective_loss(Objective("noiseclr", 0.3), features, members)
+    assert recipe == pytest.approx(vocabulary.set_loss(vocabulary.EditCosines.of(features), members, 0.3), abs=1e-5)
+    with pytest.raises(SystemExit, match="a set needs at least 2 pieces to contrast; got 1"):
+        objectives.objective_loss(Objective(), features, [3])
+
+
+def test_the_official_loss_chooses_an_opposite_and_sign_blind_negatives_an_unrelated_piece():
+    # [T=1, N=4, V=4, F=3]: pieces 0 and 1 push along e1 and e2, piece 2 along -e1 (the other end of
+    # piece 0's slider), piece 3 along e3; every edit is the same on every image
+    e1, e2, e3 = torch.eye(3)
+    features = torch.stack([torch.stack([e1, e2, -e1, e3])] * 4).unsqueeze(0)
+
+    def greedy(objective):
+        return vocabulary.greedy_selection(lambda members: objectives.objective_loss(objective, features, members),
+                                           4, 2, first=0)
+
+    # the official negatives reward a cosine of -1: the slider's other end is the best partner
+    assert greedy(Objective("noiseclr", 0.1)) == [0, 2]
+    # sign-blind negatives score |cos|: the opposite is as bad as a copy, an unrelated piece is chosen
+    assert greedy(Objective("noiseclr", 0.1, sign_blind=True)) == [0, 1]
+
+
+def test_objectives_report_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path):
+    settings = dict(out_dir=tmp_path, domains=["face", "car"], images=3, timesteps=(200, 600), k=4, draws=5)
+    screened = [Objective("noiseclr", 0.1), Objective("noiseclr", 0.1, centred=True)]
+    logged = []
+    result = objectives.objectives_report(tiny_pipe, screened, tag="t", log=logged.append, **settings)
+    assert [line.split(":")[0] for line in logged] == ["face noiseclr", "face noiseclr+centred", "car noiseclr",
+                                                       "car noiseclr+centred"]
+    assert not result["domains"]["face"]["from_cache"]
+    assert json.loads((tmp_path / "objectives-t.json").read_text())["objectives"] == result["objectives"]
+    page = (tmp_path / "objectives-t.md").read_text()
+    assert "| `noiseclr:0.1` |" in page and "| `noiseclr+centred:0.1` | car |" in page
+    # the recipe's row is what vocabulary.py says of the official loss, from the same cached features
+    checked = vocabulary.vocabulary_report(tiny_pipe, tau=0.1, resume=True, log=logged.append, **settings)
+    assert all("(from the cache)" in line for line in logged[4:])
+    for domain in ("face", "car"):
+        recipe, official = result["objectives"]["noiseclr:0.1"][domain], checked["domains"][domain]
+        assert recipe["greedy"]["pieces"] == official["greedy"]["pieces"]
+        assert recipe["greedy"]["own"] == official["greedy"]["own"]
+        assert recipe["own_loss"] == pytest.approx(official["own_loss"], abs=1e-5)
+        assert recipe["own_below_whole"] == official["own_below_whole"]   # the same seed draws the same sets
+        assert result["domains"][domain]["first"] == official["most_consistent"][0][0]
+        centred = result["objectives"]["noiseclr+centred:0.1"][domain]
+        assert centred["greedy"]["pieces"][0] == recipe["greedy"]["pieces"][0] and len(centred["greedy"]["pieces"]) == 4
+        assert centred["own_loss"] != pytest.approx(recipe["own_loss"])
+    overall = result["overall"]["noiseclr:0.1"]
+    assert overall["own"] == sum(len(checked["domains"][d]["greedy"]["own"]) for d in ("face", "car"))
+    chance = sum(checked["domains"][d]["chance_own_among_whole"] for d in ("face", "car"))
+    assert overall["chosen"] == 8 and overall["chance"] == pytest.approx(chance)
+
+
+def test_bad_settings_are_refused_before_any_unet_work(tiny_pipe, tmp_path):
+    nowhere = dict(samples=tmp_path / "nowhere", out_dir=tmp_path)
+    for screened, settings, message in (([], {}, "give at least one objective"),
+                                        ([Objective(), Objective("noiseclr", 0.1)], {}, "given twice"),
+                                        ([Objective()], {"k": 1}, "-k 1: choose between 2 and 100"),
+                                        ([Objective()], {"draws": 0}, "--draws 0")):
+        with pytest.raises(SystemExit, match=message):
+            objectives.objectives_report(tiny_pipe, screened, **nowhere, **settings)
+    # with good settings the first thing it needs is the images
+    with pytest.raises(SystemExit, match="nowhere/face is not a folder of face images"):
+        objectives.objectives_report(tiny_pipe, [Objective()], **nowhere)
+
+
+def test_the_command_line_parses_every_objective_before_loading_the_model(tiny_pipe_dir, tmp_path):
+    with pytest.raises(SystemExit, match="objective 'noiseclr': write LOSS"):
+        objectives.main(["--model", str(tmp_path / "no-model"), "--objectives", "infonce:0.1", "noiseclr"])
+    result = objectives.main(["--model", str(tiny_pipe_dir), "--out", str(tmp_path), "--tag", "cli",
+                              "--objectives", "infonce:0.1", "--domains", "cat", "--context", "caption",
+                              "--images", "2", "--timesteps", "300", "-k", "2", "--draws", "2"])
+    assert list(result["objectives"]) == ["infonce:0.1"] and result["settings"]["context"] == "caption"
+    assert "captions' context" in (tmp_path / "objectives-cli.md").read_text()
