@@ -50,9 +50,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python benchmarks/objectives.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from benchmarks.quality import CONTEXTS, DEFAULT_SAMPLES, RESULTS, _mean_std, machine, write_atomically  # noqa: E402
-from benchmarks.vocabulary import (DOMAINS, _pieces, domain_features, greedy_selection,  # noqa: E402
-                                   random_set_losses, word_indexes)
+from benchmarks.quality import DEFAULT_SAMPLES, RESULTS, _mean_std, machine, write_atomically  # noqa: E402
+from benchmarks.vocabulary import (DOMAINS, _pieces, add_feature_arguments, domain_features,  # noqa: E402
+                                   greedy_selection, random_set_losses, word_indexes)
 from noiseclr_lite.loss import LOSSES, center_edit_features, edit_consistency, get_loss  # noqa: E402
 from noiseclr_lite.train import CONSISTENCY_TIMESTEPS, vocabulary_rows  # noqa: E402
 
@@ -101,6 +101,7 @@ class Objective:
 
     @property
     def name(self) -> str:
+        """The spec :meth:`parse` reads back, e.g. ``noiseclr+centred:0.1``: the page's row label."""
         options = "+sign-blind" * self.sign_blind + "+centred" * self.centred
         return f"{self.loss}{options}:{self.tau:g}"
 
@@ -238,19 +239,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--objectives", nargs="+", default=list(DEFAULT_OBJECTIVES),
                         help="LOSS[+sign-blind][+centred]:TAU each (default: %(default)s)")
-    parser.add_argument("--model", default=None, help="the model folder or hub id (default: the bundled model)")
-    parser.add_argument("--samples", default=DEFAULT_SAMPLES, help="the folder holding <domain>/ image folders")
-    parser.add_argument("--out", default=str(RESULTS), help="where the page is written (and the cache is read)")
-    parser.add_argument("--tag", default="", help="writes results/objectives-TAG.md and .json")
-    parser.add_argument("--domains", nargs="+", default=list(DOMAINS))
-    parser.add_argument("--context", choices=CONTEXTS, default="alone",
-                        help="each piece used alone, or after the domain's noun as the captions put words")
-    parser.add_argument("--images", type=int, default=12, help="training images per domain")
-    parser.add_argument("--timesteps", type=int, nargs="+", default=list(CONSISTENCY_TIMESTEPS))
+    add_feature_arguments(parser, "objectives")
     parser.add_argument("-k", type=int, default=10, help="pieces each objective chooses")
     parser.add_argument("--draws", type=int, default=50, help="random sets of words drawn per domain")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the random sets")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-resume", dest="resume", action="store_false",
                         help="measure the features again instead of reading vocabulary.py's cache")
     return parser.parse_args(argv)

@@ -441,22 +441,29 @@ def vocabulary_report(pipe, samples: str | Path = DEFAULT_SAMPLES, out_dir: str 
     return result
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_feature_arguments(parser: argparse.ArgumentParser, stem: str) -> None:
+    """The options that say which features are measured, shared with ``objectives.py``: the model,
+    the images, the context, the timesteps, where the page ``results/STEM[-TAG].md`` goes, the seed
+    of the random sets and the CPU threads."""
     parser.add_argument("--model", default=None, help="the model folder or hub id (default: the bundled model)")
     parser.add_argument("--samples", default=DEFAULT_SAMPLES, help="the folder holding <domain>/ image folders")
-    parser.add_argument("--out", default=str(RESULTS), help="where the page is written")
-    parser.add_argument("--tag", default="", help="writes results/vocabulary-TAG.md and .json")
+    parser.add_argument("--out", default=str(RESULTS), help="where the page is written (and the cache kept)")
+    parser.add_argument("--tag", default="", help=f"writes results/{stem}-TAG.md and .json")
     parser.add_argument("--domains", nargs="+", default=list(DOMAINS))
     parser.add_argument("--context", choices=CONTEXTS, default="alone",
                         help="each piece used alone, or after the domain's noun as the captions put words")
     parser.add_argument("--images", type=int, default=12, help="training images per domain")
     parser.add_argument("--timesteps", type=int, nargs="+", default=list(CONSISTENCY_TIMESTEPS))
+    parser.add_argument("--seed", type=int, default=0, help="seeds the random sets")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_feature_arguments(parser, "vocabulary")
     parser.add_argument("-k", type=int, default=10, help="pieces the objective chooses")
     parser.add_argument("--tau", type=float, default=0.1, help="the loss temperature")
     parser.add_argument("--draws", type=int, default=50, help="random sets drawn per domain and pool")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the random sets")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--resume", action="store_true",
                         help="read the pieces' features back from out/cache/vocabulary/ when they are there")
     return parser.parse_args(argv)
