@@ -8,12 +8,16 @@ and finds that it does not choose the words the model's captions taught it ("smi
 the quality benchmark's supervised ceiling): the purity gap belongs to the objective.  This script
 asks the same of the loss's variants that training already offers, from the same cached edit
 features (``vocabulary.domain_features``), in seconds per variant instead of the hours of training
-and scoring a variant costs in ``quality.py``:
+and scoring a variant costs in ``quality.py``.  These are training's options (``quality.py`` and the
+library's ``TrainConfig``), here chosen with ``--objectives``:
 
-* the temperature ``tau`` (``--tau``);
-* sign-blind negatives (``--sign-blind-negatives``: ``|cos|``, so opposite edits are bad negatives);
-* the standard InfoNCE form (``--loss infonce``);
-* centred edits (``--center-edits``: each edit minus the mean over the set's directions).
+* the temperature (training's ``--tau``);
+* sign-blind negatives (training's ``--sign-blind-negatives``: ``|cos|``, so opposite edits are bad
+  negatives);
+* the standard InfoNCE form (training's ``--loss infonce``);
+* centred edits (training's ``--center-edits``: each edit minus the mean over the set's directions).
+  Two centred edits are always opposite, so a centred set is scored from three pieces on, as
+  training refuses fewer: its first two pieces are those the same loss without centring chooses.
 
 An objective is written ``LOSS[+sign-blind][+centred]:TAU``, for example ``noiseclr:0.1`` (the
 recipe) or ``noiseclr+centred:0.1``.  Each is the library's own loss
@@ -29,19 +33,20 @@ no labels:
 The objectives that training has measured give the screen a check: if it ranks them as training's
 scores do, it can screen a new variant before it is trained (``quality-findings.md``, "Screening the
 loss's variants on the vocabulary").  Writes ``results/objectives[-tag].md`` and ``.json``.  The
-features come from ``vocabulary.py``'s cache (``--resume``, on by default here) or are measured as it
-measures them, about 3.5 minutes per domain on 2 CPU cores; each objective then takes about 10 s per
-domain.
+features come from ``vocabulary.py``'s cache, when it is there, or are measured as it
+measures them, about 3.5 minutes per domain on 2 CPU cores (``--no-resume`` measures them again);
+each objective then takes about 8 s per domain.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import re
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -51,9 +56,9 @@ if str(REPO) not in sys.path:  # `python benchmarks/objectives.py` from anywhere
     sys.path.insert(0, str(REPO))
 
 from benchmarks.quality import DEFAULT_SAMPLES, RESULTS, _mean_std, machine, write_atomically  # noqa: E402
-from benchmarks.vocabulary import (DOMAINS, _pieces, add_feature_arguments, domain_features,  # noqa: E402
-                                   greedy_selection, random_set_losses, word_indexes)
-from noiseclr_lite.loss import LOSSES, center_edit_features, edit_consistency, get_loss  # noqa: E402
+from benchmarks.vocabulary import (DOMAINS, EditCosines, _pieces, add_feature_arguments,  # noqa: E402
+                                   domain_features, greedy_selection, random_set_losses, word_indexes)
+from noiseclr_lite.loss import LOSSES, center_edit_features, get_loss  # noqa: E402
 from noiseclr_lite.train import CONSISTENCY_TIMESTEPS, vocabulary_rows  # noqa: E402
 
 TOOL = "benchmarks/objectives.py"
@@ -67,7 +72,7 @@ def _fail(message: str):
     raise SystemExit(f"{TOOL}: {message}")
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Objective:
     """One variant of the loss: ``loss`` (a name in ``noiseclr_lite.loss.LOSSES``) at temperature
     ``tau``, with sign-blind negatives and on centred edits or not, as training's options set them."""
@@ -91,11 +96,13 @@ class Objective:
         unknown = sorted(set(options) - {"sign-blind", "centred"})
         if unknown:
             _fail(f"objective {spec!r}: unknown option(s) {unknown}; the options are +sign-blind and +centred")
+        if len(set(options)) < len(options):
+            _fail(f"objective {spec!r}: an option is given twice; give each of +sign-blind and +centred once")
         try:
             tau = float(match["tau"])
         except ValueError:
             tau = float("nan")
-        if not tau > 0:
+        if not 0 < tau < math.inf:
             _fail(f"objective {spec!r}: the temperature must be a positive number; got {match['tau']!r}")
         return cls(match["loss"], tau, "sign-blind" in options, "centred" in options)
 
@@ -111,12 +118,18 @@ def objective_loss(objective: Objective, features: torch.Tensor, members) -> flo
     (every member an anchor) on their edit features at each timestep, averaged over the timesteps.
 
     Args:
+        objective: the loss, its temperature and options.
         features: [T, N, V, F] edit features (``vocabulary.vocabulary_features``).
-        members: piece indexes into V, at least 2.
+        members: piece indexes into V, at least 2 (3 for a centred objective).
+    Returns:
+        The loss, lower is better (as ``noiseclr_loss`` or ``infonce_loss`` returns it).
     """
     members = list(members)
     if len(members) < 2:
         _fail(f"a set needs at least 2 pieces to contrast; got {len(members)}")
+    if objective.centred and len(members) < 3:
+        _fail(f"{objective.name}: a centred set needs at least 3 pieces; got {len(members)}, and two centred "
+              f"edits are always opposite (training refuses --center-edits with fewer than 3 directions too)")
     loss_fn = get_loss(objective.loss)
     losses = []
     for at_timestep in features[:, :, members]:                       # [N, S, F]
@@ -130,14 +143,21 @@ def objective_result(objective: Objective, features: torch.Tensor, names: list[s
                      own: dict[str, int], first: int, k: int, draws: int, seed: int) -> dict:
     """What the page says of one objective in one domain, from its pieces' ``features`` [T, N, V, F]:
     ``whole`` and ``own`` index the whole words and the domain's words (``vocabulary.word_indexes``),
-    ``first`` is the most consistent piece, where the greedy choice starts."""
+    ``first`` is the most consistent piece, where the greedy choice starts.  A centred objective
+    starts from the two pieces the same loss without centring chooses (:func:`objective_loss`
+    scores centred sets from three pieces on)."""
     def loss_of(members):
         return objective_loss(objective, features, members)
 
     started = time.perf_counter()
     own_loss = loss_of(list(own.values()))
     whole_draws = random_set_losses(loss_of, whole, len(own), draws, torch.Generator().manual_seed(seed))
-    greedy = greedy_selection(loss_of, features.shape[2], k, first)
+    start = [first]
+    if objective.centred:
+        uncentred = dataclasses.replace(objective, centred=False)
+        start = greedy_selection(lambda members: objective_loss(uncentred, features, members), features.shape[2],
+                                 2, start)
+    greedy = greedy_selection(loss_of, features.shape[2], k, start)
     return {"greedy": {"pieces": [names[i] for i in greedy], "whole": sum(i in whole for i in greedy),
                        "own": [names[i] for i in greedy if i in own.values()], "loss": loss_of(greedy)},
             # picks drawn at random among the whole words would hold this many of the domain's words
@@ -213,8 +233,8 @@ def objectives_report(pipe, objectives, samples: str | Path = DEFAULT_SAMPLES, o
         feature_ids, features, from_cache = domain_features(pipe, samples, domain, context, images, timesteps,
                                                             out_dir, resume)
         if feature_ids != ids:
-            _fail(f"the cached features of {domain} are of another vocabulary; run again without --resume")
-        first = int(torch.stack([edit_consistency(f) for f in features]).mean(0).argmax())
+            _fail(f"the cached features of {domain} are of another vocabulary; run again with --no-resume")
+        first = int(EditCosines.of(features).consistency().argmax())   # where vocabulary.py's greedy choice starts
         whole, own = indexes[domain]
         result["domains"][domain] = {"own_words": sorted(own), "first": names[first],
                                      "features_seconds": time.perf_counter() - started, "from_cache": from_cache}
@@ -236,6 +256,7 @@ def objectives_report(pipe, objectives, samples: str | Path = DEFAULT_SAMPLES, o
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The command line's options (``argv``: the arguments, ``sys.argv[1:]`` when None)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--objectives", nargs="+", default=list(DEFAULT_OBJECTIVES),
                         help="LOSS[+sign-blind][+centred]:TAU each (default: %(default)s)")
@@ -248,6 +269,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict:
+    """Parse every objective, then run :func:`objectives_report` from the command line ``argv``;
+    returns its result."""
     args = parse_args(argv)
     objectives = [Objective.parse(spec) for spec in args.objectives]   # before loading the model
     if args.threads:

@@ -167,14 +167,14 @@ def set_loss(cosines: EditCosines, members, tau: float) -> float:
     return float((log_neg - log_pos).mean())
 
 
-def greedy_selection(loss_of: Callable[[list[int]], float], pieces: int, k: int, first: int) -> list[int]:
-    """``k`` of ``pieces`` piece indexes chosen as a loss would choose them: ``first`` (the most
-    consistent piece, as the page starts), then each time the piece that gives the set so far the
-    lowest ``loss_of(set)`` (ties: the lower index).  ``loss_of`` maps a list of piece indexes to
+def greedy_selection(loss_of: Callable[[list[int]], float], pieces: int, k: int, start: list[int]) -> list[int]:
+    """``k`` of ``pieces`` piece indexes chosen as a loss would choose them: the set ``start`` (the
+    most consistent piece, as the page starts), then each time the piece that gives the set so far
+    the lowest ``loss_of(set)`` (ties: the lower index).  ``loss_of`` maps a list of piece indexes to
     the set's loss: :func:`set_loss` here, ``objectives.objective_loss`` for a loss's variants."""
     if not 2 <= k <= pieces:
         _fail(f"-k {k}: choose between 2 and the {pieces} pieces")
-    chosen = [first]
+    chosen = list(start)
     while len(chosen) < k:
         candidates = [piece for piece in range(pieces) if piece not in chosen]
         losses = [loss_of(chosen + [piece]) for piece in candidates]
@@ -260,7 +260,7 @@ def domain_result(pipe, ids: list[int], features: torch.Tensor, domain: str, k: 
     own_loss = loss_of(list(own.values()))
     whole_draws = random_set_losses(loss_of, whole, len(own), draws, generator)
     piece_draws = random_set_losses(loss_of, list(range(len(ids))), len(own), draws, generator)
-    greedy = greedy_selection(loss_of, len(ids), k, first=order[0])
+    greedy = greedy_selection(loss_of, len(ids), k, start=[int(consistency.argmax())])
     searched, searched_converged = swap_search(loss_of, len(ids), greedy)
     from_words, from_words_converged = swap_search(loss_of, len(ids), list(own.values()))
 
@@ -459,6 +459,7 @@ def add_feature_arguments(parser: argparse.ArgumentParser, stem: str) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The command line's options (``argv``: the arguments, ``sys.argv[1:]`` when None)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_feature_arguments(parser, "vocabulary")
     parser.add_argument("-k", type=int, default=10, help="pieces the objective chooses")
@@ -470,6 +471,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict:
+    """Run :func:`vocabulary_report` from the command line ``argv``; returns its result."""
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

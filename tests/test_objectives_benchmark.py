@@ -22,7 +22,8 @@ def test_an_objective_is_parsed_from_its_spec_and_named_back():
     assert Objective.parse("infonce:2").name == "infonce:2"
     for spec, message in (("noiseclr", "write LOSS"), ("noiseclr:0.1:2", "write LOSS"),
                           ("triplet:0.1", "unknown loss 'triplet'"), ("noiseclr+centered:0.1", r"\['centered'\]"),
-                          ("noiseclr:0", "must be a positive number; got '0'"), ("noiseclr:1e", "got '1e'")):
+                          ("noiseclr:0", "must be a positive number; got '0'"), ("noiseclr:1e", "got '1e'"),
+                          ("noiseclr:1e400", "got '1e400'"), ("noiseclr+centred+centred:0.1", "given twice")):
         with pytest.raises(SystemExit, match=message):
             Objective.parse(spec)
 
@@ -45,6 +46,9 @@ def test_objective_loss_is_the_library_loss_averaged_over_timesteps():
     assert recipe == pytest.approx(vocabulary.set_loss(vocabulary.EditCosines.of(features), members, 0.3), abs=1e-5)
     with pytest.raises(SystemExit, match="a set needs at least 2 pieces to contrast; got 1"):
         objectives.objective_loss(Objective(), features, [3])
+    # two centred edits are always opposite: a centred pair is refused, as training refuses it
+    with pytest.raises(SystemExit, match="noiseclr\\+centred:0.3: a centred set needs at least 3 pieces; got 2"):
+        objectives.objective_loss(Objective("noiseclr", 0.3, centred=True), features, [0, 1])
 
 
 def test_the_official_loss_chooses_an_opposite_and_sign_blind_negatives_an_unrelated_piece():
@@ -55,11 +59,12 @@ def test_the_official_loss_chooses_an_opposite_and_sign_blind_negatives_an_unrel
 
     def greedy(objective):
         return vocabulary.greedy_selection(lambda members: objectives.objective_loss(objective, features, members),
-                                           4, 2, first=0)
+                                           4, 2, start=[0])
 
     # the official negatives reward a cosine of -1: the slider's other end is the best partner
     assert greedy(Objective("noiseclr", 0.1)) == [0, 2]
     # sign-blind negatives score |cos|: the opposite is as bad as a copy, an unrelated piece is chosen
+    # (pieces 1 and 3 tie; the lower index wins)
     assert greedy(Objective("noiseclr", 0.1, sign_blind=True)) == [0, 1]
 
 
@@ -84,11 +89,27 @@ def test_objectives_report_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path):
         assert recipe["own_loss"] == pytest.approx(official["own_loss"], abs=1e-5)
         assert recipe["own_below_whole"] == official["own_below_whole"]   # the same seed draws the same sets
         assert result["domains"][domain]["first"] == official["most_consistent"][0][0]
+        # a centred set starts from the two pieces the uncentred loss chooses, then is chosen centred
         centred = result["objectives"]["noiseclr+centred:0.1"][domain]
-        assert centred["greedy"]["pieces"][0] == recipe["greedy"]["pieces"][0] and len(centred["greedy"]["pieces"]) == 4
-        assert centred["own_loss"] != pytest.approx(recipe["own_loss"])
+        assert centred["greedy"]["pieces"][:2] == recipe["greedy"]["pieces"][:2]
+        assert len(set(centred["greedy"]["pieces"])) == 4
+        ids, features, from_cache = vocabulary.domain_features(tiny_pipe, vocabulary.DEFAULT_SAMPLES, domain,
+                                                               images=3, timesteps=(200, 600), out_dir=tmp_path,
+                                                               resume=True)
+        names = tiny_pipe.tokenizer.convert_ids_to_tokens(ids)
+        own = [names.index(word + "</w>") for word in result["domains"][domain]["own_words"]]
+        assert from_cache and centred["own_loss"] == pytest.approx(
+            objectives.objective_loss(Objective("noiseclr", 0.1, centred=True), features, own), abs=1e-6)
+        chosen = [names.index(piece) for piece in centred["greedy"]["pieces"]]
+        assert centred["greedy"]["loss"] == pytest.approx(
+            objectives.objective_loss(Objective("noiseclr", 0.1, centred=True), features, chosen), abs=1e-6)
+        # the page's cells are the record's numbers
+        assert f"{len(centred['greedy']['own'])} · {centred['own_below_whole']:.2f}" in page
     overall = result["overall"]["noiseclr:0.1"]
     assert overall["own"] == sum(len(checked["domains"][d]["greedy"]["own"]) for d in ("face", "car"))
+    assert overall["whole"] == sum(checked["domains"][d]["greedy"]["whole"] for d in ("face", "car"))
+    assert overall["own_below_whole"] == pytest.approx(
+        sum(checked["domains"][d]["own_below_whole"] for d in ("face", "car")) / 2)
     chance = sum(checked["domains"][d]["chance_own_among_whole"] for d in ("face", "car"))
     assert overall["chosen"] == 8 and overall["chance"] == pytest.approx(chance)
 
@@ -104,6 +125,14 @@ def test_bad_settings_are_refused_before_any_unet_work(tiny_pipe, tmp_path):
     # with good settings the first thing it needs is the images
     with pytest.raises(SystemExit, match="nowhere/face is not a folder of face images"):
         objectives.objectives_report(tiny_pipe, [Objective()], **nowhere)
+
+
+def test_features_of_another_vocabulary_are_refused(tiny_pipe, tmp_path, monkeypatch):
+    # a cache written for another tokenizer: its pieces are not this one's, and the page would misname them
+    monkeypatch.setattr(objectives, "domain_features",
+                        lambda *args: (list(range(7)), torch.zeros(1, 2, 7, 4), True))
+    with pytest.raises(SystemExit, match="cached features of face are of another vocabulary; .*--no-resume"):
+        objectives.objectives_report(tiny_pipe, [Objective()], out_dir=tmp_path, domains=["face"])
 
 
 def test_the_command_line_parses_every_objective_before_loading_the_model(tiny_pipe_dir, tmp_path):

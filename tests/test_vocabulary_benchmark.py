@@ -32,12 +32,12 @@ def _official(cosines, tau=0.1):
 def test_greedy_selection_takes_consistent_distinct_pieces_and_skips_copies_and_flips():
     cosines = vocabulary.EditCosines.of(_constructed_features())
     loss_of = _official(cosines)
-    assert vocabulary.greedy_selection(loss_of, 5, 3, first=0) == [0, 1, 2]
+    assert vocabulary.greedy_selection(loss_of, 5, 3, start=[0]) == [0, 1, 2]
     # the consistency it starts from: 1 for the steady pieces, below for the one that flips
     consistency = cosines.consistency()
     assert consistency[:4].tolist() == pytest.approx([1.0] * 4) and consistency[4] < 0.5
     with pytest.raises(SystemExit, match="-k 6: choose between 2 and the 5 pieces"):
-        vocabulary.greedy_selection(loss_of, 5, 6, first=0)
+        vocabulary.greedy_selection(loss_of, 5, 6, start=[0])
 
 
 def test_swap_search_replaces_the_copy_and_the_flip_and_stops_at_a_local_minimum():
