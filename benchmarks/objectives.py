@@ -194,7 +194,11 @@ def markdown(result: dict) -> str:
         overall = result["overall"][name]
         lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {overall['own']} of {overall['chosen']} | "
                      f"{overall['chance']:.1f} | {overall['whole']} | {overall['own_below_whole']:.2f} |")
-    lines += ["", "Each cell: the domain's words among the picks · the share of random word sets its words beat.",
+    lines += ["", "Each cell: the domain's words among the picks · the share of random word sets its words beat."]
+    if any("+centred" in name for name in result["objectives"]):
+        lines += ["", "A centred objective is scored from three pieces on (two centred edits are always opposite, "
+                      "and training refuses fewer): its first two picks are those of the same loss without centring."]
+    lines += [
               "", "## The picks", "", "| objective | domain | chosen greedily, in order | the domain's words | "
               "their loss / the words' loss |", "|---|---|---|---|---|"]
     for name, per_domain in result["objectives"].items():
@@ -219,8 +223,16 @@ def objectives_report(pipe, objectives, samples: str | Path = DEFAULT_SAMPLES, o
         _fail(f"-k {k}: choose between 2 and 100 pieces per domain (the loss contrasts at least two)")
     if draws < 1:
         _fail(f"--draws {draws}: draw at least 1 random set per domain (50 by default)")
+    centred = [objective.name for objective in objectives if objective.centred]
+    if centred and k < 3:
+        _fail(f"-k {k}: {centred[0]} is scored from three pieces on (two centred edits are always opposite); "
+              f"give -k 3 or more")
     ids = vocabulary_rows(pipe)[0]
     indexes = {domain: word_indexes(pipe, ids, domain) for domain in domains}   # before any UNet work
+    for domain, (_, own) in indexes.items():
+        if centred and len(own) < 3:
+            _fail(f"this tokenizer writes {len(own)} of {domain}'s words as single pieces; {centred[0]} scores "
+                  f"sets of three or more, so drop it from --objectives or the domain from --domains")
     names = pipe.tokenizer.convert_ids_to_tokens(ids)
     began = time.perf_counter()
     result = {"settings": {"context": context, "images": images, "timesteps": list(timesteps), "k": k,

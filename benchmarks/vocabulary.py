@@ -168,12 +168,15 @@ def set_loss(cosines: EditCosines, members, tau: float) -> float:
 
 
 def greedy_selection(loss_of: Callable[[list[int]], float], pieces: int, k: int, start: list[int]) -> list[int]:
-    """``k`` of ``pieces`` piece indexes chosen as a loss would choose them: the set ``start`` (the
-    most consistent piece, as the page starts), then each time the piece that gives the set so far
-    the lowest ``loss_of(set)`` (ties: the lower index).  ``loss_of`` maps a list of piece indexes to
-    the set's loss: :func:`set_loss` here, ``objectives.objective_loss`` for a loss's variants."""
+    """``k`` of ``pieces`` piece indexes chosen as a loss would choose them: the set ``start`` (here
+    the most consistent piece; ``objectives.py`` starts a centred loss from two), then each time the
+    piece that gives the set so far the lowest ``loss_of(set)`` (ties: the lower index).  ``loss_of``
+    maps a list of piece indexes to the set's loss: :func:`set_loss` here, ``objectives.objective_loss``
+    for a loss's variants."""
     if not 2 <= k <= pieces:
         _fail(f"-k {k}: choose between 2 and the {pieces} pieces")
+    if not 1 <= len(start) <= k or len(set(start)) < len(start) or not all(0 <= p < pieces for p in start):
+        raise ValueError(f"start={start}: give 1 to k={k} distinct piece indexes in [0, {pieces - 1}]")
     chosen = list(start)
     while len(chosen) < k:
         candidates = [piece for piece in range(pieces) if piece not in chosen]

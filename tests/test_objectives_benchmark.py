@@ -103,8 +103,13 @@ def test_objectives_report_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path):
         chosen = [names.index(piece) for piece in centred["greedy"]["pieces"]]
         assert centred["greedy"]["loss"] == pytest.approx(
             objectives.objective_loss(Objective("noiseclr", 0.1, centred=True), features, chosen), abs=1e-6)
-        # the page's cells are the record's numbers
-        assert f"{len(centred['greedy']['own'])} · {centred['own_below_whole']:.2f}" in page
+    # the page's row is the record's numbers, and the page says how a centred set starts
+    centred_rows = result["objectives"]["noiseclr+centred:0.1"]
+    cells = " | ".join(f"{len(r['greedy']['own'])} · {r['own_below_whole']:.2f}" for r in centred_rows.values())
+    total = result["overall"]["noiseclr+centred:0.1"]
+    assert (f"| `noiseclr+centred:0.1` | {cells} | {total['own']} of 8 | {total['chance']:.1f} | {total['whole']} | "
+            f"{total['own_below_whole']:.2f} |") in page
+    assert "its first two picks are those of the same loss without centring" in page
     overall = result["overall"]["noiseclr:0.1"]
     assert overall["own"] == sum(len(checked["domains"][d]["greedy"]["own"]) for d in ("face", "car"))
     assert overall["whole"] == sum(checked["domains"][d]["greedy"]["whole"] for d in ("face", "car"))
@@ -119,12 +124,26 @@ def test_bad_settings_are_refused_before_any_unet_work(tiny_pipe, tmp_path):
     for screened, settings, message in (([], {}, "give at least one objective"),
                                         ([Objective(), Objective("noiseclr", 0.1)], {}, "given twice"),
                                         ([Objective()], {"k": 1}, "-k 1: choose between 2 and 100"),
-                                        ([Objective()], {"draws": 0}, "--draws 0")):
+                                        ([Objective()], {"draws": 0}, "--draws 0"),
+                                        ([Objective(), Objective(centred=True)], {"k": 2},
+                                         r"-k 2: noiseclr\+centred:0.1 is scored from three pieces on")):
         with pytest.raises(SystemExit, match=message):
             objectives.objectives_report(tiny_pipe, screened, **nowhere, **settings)
     # with good settings the first thing it needs is the images
     with pytest.raises(SystemExit, match="nowhere/face is not a folder of face images"):
         objectives.objectives_report(tiny_pipe, [Objective()], **nowhere)
+
+
+def test_a_centred_objective_needs_three_of_the_domains_words_before_any_unet_work(tiny_pipe, tmp_path,
+                                                                                   monkeypatch):
+    monkeypatch.setattr(vocabulary, "domain_words", lambda domain: ["smiling", "glasses"])
+    with pytest.raises(SystemExit, match="writes 2 of face's words as single pieces; noiseclr\\+centred:0.1 scores"):
+        objectives.objectives_report(tiny_pipe, [Objective(centred=True)], samples=tmp_path / "nowhere",
+                                     out_dir=tmp_path, domains=["face"])
+    # without centring, two words are enough to compare as a set: the images are what it needs next
+    with pytest.raises(SystemExit, match="nowhere/face is not a folder of face images"):
+        objectives.objectives_report(tiny_pipe, [Objective()], samples=tmp_path / "nowhere", out_dir=tmp_path,
+                                     domains=["face"])
 
 
 def test_features_of_another_vocabulary_are_refused(tiny_pipe, tmp_path, monkeypatch):

@@ -38,6 +38,12 @@ def test_greedy_selection_takes_consistent_distinct_pieces_and_skips_copies_and_
     assert consistency[:4].tolist() == pytest.approx([1.0] * 4) and consistency[4] < 0.5
     with pytest.raises(SystemExit, match="-k 6: choose between 2 and the 5 pieces"):
         vocabulary.greedy_selection(loss_of, 5, 6, start=[0])
+    # a longer start is kept as it is and the choice goes on from it: the copy's partner comes next
+    assert vocabulary.greedy_selection(loss_of, 5, 3, start=[3, 2]) == [3, 2, 1]
+    assert vocabulary.greedy_selection(loss_of, 5, 2, start=[4, 1]) == [4, 1]
+    for start in ([], [0, 0], [0, 1, 2, 3], [5]):
+        with pytest.raises(ValueError, match=r"start=.*: give 1 to k=3 distinct piece indexes in \[0, 4\]"):
+            vocabulary.greedy_selection(loss_of, 5, 3, start=start)
 
 
 def test_swap_search_replaces_the_copy_and_the_flip_and_stops_at_a_local_minimum():
