@@ -55,9 +55,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python benchmarks/objectives.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from benchmarks.quality import DEFAULT_SAMPLES, RESULTS, _mean_std, machine, write_atomically  # noqa: E402
-from benchmarks.vocabulary import (DOMAINS, EditCosines, _pieces, add_feature_arguments,  # noqa: E402
-                                   domain_features, greedy_selection, random_set_losses, word_indexes)
+from benchmarks.quality import DEFAULT_SAMPLES, RESULTS, machine, write_atomically  # noqa: E402
+from benchmarks.vocabulary import (DOMAINS, EditCosines, _check_ids, _pieces, _summary,  # noqa: E402
+                                   add_feature_arguments, context_phrase, domain_features, greedy_selection,
+                                   random_set_losses, word_indexes)
 from noiseclr_lite.loss import LOSSES, center_edit_features, get_loss  # noqa: E402
 from noiseclr_lite.train import CONSISTENCY_TIMESTEPS, vocabulary_rows  # noqa: E402
 
@@ -162,7 +163,7 @@ def objective_result(objective: Objective, features: torch.Tensor, names: list[s
                        "own": [names[i] for i in greedy if i in own.values()], "loss": loss_of(greedy)},
             # picks drawn at random among the whole words would hold this many of the domain's words
             "chance_own_among_whole": k * len(own) / len(whole),
-            "own_loss": own_loss, "whole_draws": dict(zip(("mean", "std"), _mean_std(whole_draws))),
+            "own_loss": own_loss, "whole_draws": _summary(whole_draws),
             "own_below_whole": sum(own_loss < value for value in whole_draws) / draws,
             "seconds": time.perf_counter() - started}
 
@@ -170,8 +171,7 @@ def objective_result(objective: Objective, features: torch.Tensor, names: list[s
 def markdown(result: dict) -> str:
     """The page: one row per objective, the domains side by side, then every objective's picks."""
     settings, domains = result["settings"], list(result["domains"])
-    used = ("in the captions' context (`a <noun>, {}`, measured from `a <noun>`)" if settings["context"] == "caption"
-            else "alone")
+    used = context_phrase(settings["context"])
     lines = [f"# Which variant of the loss would choose the model's own words?"
              f"{' (' + result['tag'] + ')' if result.get('tag') else ''}", "",
              f"Written by `{TOOL}` on {result['date']}, {result['wall_seconds'] / 60:.1f} min on {result['machine']}.",
@@ -244,8 +244,7 @@ def objectives_report(pipe, objectives, samples: str | Path = DEFAULT_SAMPLES, o
         started = time.perf_counter()
         feature_ids, features, from_cache = domain_features(pipe, samples, domain, context, images, timesteps,
                                                             out_dir, resume)
-        if feature_ids != ids:
-            _fail(f"the cached features of {domain} are of another vocabulary; run again with --no-resume")
+        _check_ids(feature_ids, ids, domain)
         first = int(EditCosines.of(features).consistency().argmax())   # where vocabulary.py's greedy choice starts
         whole, own = indexes[domain]
         result["domains"][domain] = {"own_words": sorted(own), "first": names[first],

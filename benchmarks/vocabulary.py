@@ -250,11 +250,12 @@ def word_indexes(pipe, ids: list[int], domain: str) -> tuple[list[int], dict[str
     return whole, own
 
 
-def domain_result(pipe, ids: list[int], features: torch.Tensor, domain: str, k: int, tau: float, draws: int,
-                  seed: int) -> dict:
-    """Everything the page says about one domain, from its pieces' ``features`` [T, N, V, F]."""
+def domain_result(pipe, ids: list[int], features: torch.Tensor, words: tuple[list[int], dict[str, int]], k: int,
+                  tau: float, draws: int, seed: int) -> dict:
+    """Everything the page says about one domain, from its pieces' ``features`` [T, N, V, F] and
+    ``words``, where its whole words and its own words are among them (:func:`word_indexes`)."""
     names = pipe.tokenizer.convert_ids_to_tokens(ids)
-    whole, own = word_indexes(pipe, ids, domain)
+    whole, own = words
     cosines = EditCosines.of(features)
     consistency = cosines.consistency()
     order = consistency.argsort(descending=True).tolist()
@@ -289,6 +290,18 @@ def domain_result(pipe, ids: list[int], features: torch.Tensor, domain: str, k: 
     }
 
 
+def context_phrase(context: str) -> str:
+    """How a page says the pieces were used: ``"alone"`` or in the captions' context."""
+    return "alone" if context == "alone" else "in the captions' context (`a <noun>, {}`, measured from `a <noun>`)"
+
+
+def _check_ids(feature_ids: list[int], ids: list[int], domain: str) -> None:
+    """SystemExit unless the features (perhaps from the cache) are of the pieces ``ids``."""
+    if feature_ids != ids:
+        _fail(f"the cached features of {domain} are of another vocabulary; measure them again "
+              f"(without --resume here, with --no-resume in objectives.py)")
+
+
 def _piece(name: str) -> str:
     return name.removesuffix("</w>") if name.endswith("</w>") else name + "-"
 
@@ -300,7 +313,7 @@ def _pieces(names) -> str:
 def markdown(result: dict) -> str:
     """The Markdown page of a :func:`vocabulary_report` result."""
     s, total = result["settings"], result["overall"]
-    used = "alone" if s["context"] == "alone" else "in the captions' context (`a <noun>, {}`, measured from `a <noun>`)"
+    used = context_phrase(s["context"])
     lines = [
         f"# Would the NoiseCLR objective choose the model's own words? ({s['context']})", "",
         f"Written by `{TOOL}` on {result['date']}, {result['wall_seconds'] / 60:.1f} min on {result['machine']}.",
@@ -416,18 +429,20 @@ def vocabulary_report(pipe, samples: str | Path = DEFAULT_SAMPLES, out_dir: str 
         _fail(f"--draws {draws}: draw at least 1 random set per pool (50 by default)")
     if not tau > 0:
         _fail(f"--tau {tau}: the loss temperature must be positive (0.1 by default)")
-    for domain in domains:   # before any UNet work: the words the page counts are the tokenizer's
-        word_indexes(pipe, vocabulary_rows(pipe)[0], domain)
+    ids = vocabulary_rows(pipe)[0]
+    # before any UNet work: the words the page counts are the tokenizer's
+    indexes = {domain: word_indexes(pipe, ids, domain) for domain in domains}
     began = time.perf_counter()
     result = {"settings": {"context": context, "images": images, "timesteps": list(timesteps), "k": k, "tau": tau,
                            "draws": draws, "seed": seed, "samples": str(samples)},
               "date": time.strftime("%Y-%m-%d"), "machine": machine(pipe), "command": command, "domains": {}}
     for domain in domains:
         started = time.perf_counter()
-        ids, features, from_cache = domain_features(pipe, samples, domain, context, images, timesteps, out_dir,
-                                                    resume, chunk_size)
+        feature_ids, features, from_cache = domain_features(pipe, samples, domain, context, images, timesteps,
+                                                            out_dir, resume, chunk_size)
+        _check_ids(feature_ids, ids, domain)
         measured = time.perf_counter()
-        result["domains"][domain] = r = domain_result(pipe, ids, features, domain, k, tau, draws, seed)
+        result["domains"][domain] = r = domain_result(pipe, ids, features, indexes[domain], k, tau, draws, seed)
         log(f"{domain}: features {measured - started:.0f} s{' (from the cache)' if from_cache else ''}, "
             f"choices {time.perf_counter() - measured:.0f} s; chosen {r['searched']['pieces']}")
     per_domain = list(result["domains"].values())

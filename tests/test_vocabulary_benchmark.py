@@ -203,3 +203,10 @@ def test_the_features_cache_is_named_by_everything_the_features_depend_on(tiny_p
         tiny_pipe.vae.encoder.conv_in.bias.add_(1.0)   # another VAE encodes the images otherwise
         changed_vae = vocabulary.features_cache_path(tiny_pipe, tmp_path, "{}", images, (300,))
     assert len({path, changed_row, changed_unet, changed_vae}) == 4
+
+
+def test_features_of_another_vocabulary_are_refused(tiny_pipe, tmp_path, monkeypatch):
+    # a cache written for another tokenizer: its pieces are not this one's, and the page would misname them
+    monkeypatch.setattr(vocabulary, "domain_features", lambda *args: (list(range(7)), torch.zeros(1, 2, 7, 4), True))
+    with pytest.raises(SystemExit, match="cached features of face are of another vocabulary; .*without --resume"):
+        vocabulary.vocabulary_report(tiny_pipe, out_dir=tmp_path, domains=["face"])
