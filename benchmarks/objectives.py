@@ -55,18 +55,21 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python benchmarks/objectives.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from benchmarks.quality import DEFAULT_SAMPLES, RESULTS, machine, write_atomically  # noqa: E402
+from benchmarks.quality import (DEFAULT_SAMPLES, RESULTS, direction_context, machine,  # noqa: E402
+                                write_atomically)
 from benchmarks.vocabulary import (DOMAINS, EditCosines, _check_ids, _pieces, _summary,  # noqa: E402
                                    add_feature_arguments, context_phrase, domain_features, greedy_selection,
                                    random_set_losses, word_indexes)
-from noiseclr_lite.loss import LOSSES, center_edit_features, get_loss  # noqa: E402
+from noiseclr_lite.loss import LOSSES, center_edit_features, denoising_gain_loss, get_loss  # noqa: E402
 from noiseclr_lite.train import CONSISTENCY_TIMESTEPS, vocabulary_rows  # noqa: E402
 
 TOOL = "benchmarks/objectives.py"
 #: the recipe, the temperatures training has measured, and each option of the loss at the recipe's `tau`
 DEFAULT_OBJECTIVES = ("noiseclr:0.1", "noiseclr:0.05", "noiseclr:0.5", "noiseclr:2", "noiseclr+sign-blind:0.1",
                       "noiseclr+sign-blind:0.5", "infonce:0.1", "noiseclr+centred:0.1")
-_SPEC = re.compile(r"^(?P<loss>[a-z]+)(?P<options>(\+[a-z-]+)*):(?P<tau>[0-9.eE+-]+)$")
+_SPEC = re.compile(r"^(?P<loss>[a-z]+)(?P<options>(\+[a-z-]+(=[0-9.eE-]+)?)*):(?P<tau>[0-9.eE+-]+)$")
+#: the share of the images each piece's denoising gain is scored on (``TrainConfig.gain_top_share``'s default)
+GAIN_TOP_SHARE = 0.25
 
 
 def _fail(message: str):
@@ -76,52 +79,71 @@ def _fail(message: str):
 @dataclasses.dataclass(frozen=True)
 class Objective:
     """One variant of the loss: ``loss`` (a name in ``noiseclr_lite.loss.LOSSES``) at temperature
-    ``tau``, with sign-blind negatives and on centred edits or not, as training's options set them."""
+    ``tau``, with sign-blind negatives and on centred edits or not, and with the denoising-gain term
+    at weight ``gain`` (0: none), as training's options set them."""
 
     loss: str = "noiseclr"
     tau: float = 0.1
     sign_blind: bool = False
     centred: bool = False
+    gain: float = 0.0
 
     @classmethod
     def parse(cls, spec: str) -> "Objective":
-        """From ``LOSS[+sign-blind][+centred]:TAU``, e.g. ``noiseclr+centred:0.1``; SystemExit naming
-        what is wrong otherwise."""
+        """From ``LOSS[+sign-blind][+centred][+gain=W]:TAU``, e.g. ``noiseclr+centred:0.1`` or
+        ``noiseclr+gain=10:0.1``; SystemExit naming what is wrong otherwise."""
         match = _SPEC.match(spec)
         if not match:
-            _fail(f"objective {spec!r}: write LOSS[+sign-blind][+centred]:TAU, e.g. noiseclr:0.1 or "
-                  f"noiseclr+centred:0.1")
+            _fail(f"objective {spec!r}: write LOSS[+sign-blind][+centred][+gain=W]:TAU, e.g. noiseclr:0.1 or "
+                  f"noiseclr+gain=10:0.1")
         if match["loss"] not in LOSSES:
             _fail(f"objective {spec!r}: unknown loss {match['loss']!r}; choose one of {sorted(LOSSES)}")
         options = [option for option in match["options"].split("+") if option]
-        unknown = sorted(set(options) - {"sign-blind", "centred"})
+        names = [option.split("=")[0] for option in options]
+        unknown = sorted({option for option in options if option not in ("sign-blind", "centred")
+                          and not option.startswith("gain=")})
         if unknown:
-            _fail(f"objective {spec!r}: unknown option(s) {unknown}; the options are +sign-blind and +centred")
-        if len(set(options)) < len(options):
-            _fail(f"objective {spec!r}: an option is given twice; give each of +sign-blind and +centred once")
-        try:
-            tau = float(match["tau"])
-        except ValueError:
-            tau = float("nan")
-        if not 0 < tau < math.inf:
-            _fail(f"objective {spec!r}: the temperature must be a positive number; got {match['tau']!r}")
-        return cls(match["loss"], tau, "sign-blind" in options, "centred" in options)
+            _fail(f"objective {spec!r}: unknown option(s) {unknown}; the options are +sign-blind, +centred and "
+                  f"+gain=W (W the term's weight)")
+        if len(set(names)) < len(names):
+            _fail(f"objective {spec!r}: an option is given twice; give each of +sign-blind, +centred and +gain=W once")
+        gain = next((option.split("=", 1)[1] for option in options if option.startswith("gain=")), None)
+        gain_weight = _positive(gain, spec, "the gain term's weight") if gain is not None else 0.0
+        tau = _positive(match["tau"], spec, "the temperature")
+        return cls(match["loss"], tau, "sign-blind" in options, "centred" in options, gain_weight)
 
     @property
     def name(self) -> str:
         """The spec :meth:`parse` reads back, e.g. ``noiseclr+centred:0.1``: the page's row label."""
         options = "+sign-blind" * self.sign_blind + "+centred" * self.centred
+        options += f"+gain={self.gain:g}" if self.gain else ""
         return f"{self.loss}{options}:{self.tau:g}"
 
 
-def objective_loss(objective: Objective, features: torch.Tensor, members) -> float:
+def _positive(text: str, spec: str, what: str) -> float:
+    """``text`` as a positive finite number; SystemExit naming the spec and ``what`` otherwise."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < math.inf:
+        _fail(f"objective {spec!r}: {what} must be a positive number; got {text!r}")
+    return value
+
+
+def objective_loss(objective: Objective, features: torch.Tensor, members,
+                   residuals: torch.Tensor | None = None) -> float:
     """``objective``'s loss of the pieces ``members`` as one set of directions: the library's loss
-    (every member an anchor) on their edit features at each timestep, averaged over the timesteps.
+    (every member an anchor) on their edit features at each timestep, plus, with a gain weight,
+    that weight times ``denoising_gain_loss`` of the (uncentred) features, as training adds it;
+    averaged over the timesteps.
 
     Args:
         objective: the loss, its temperature and options.
         features: [T, N, V, F] edit features (``vocabulary.vocabulary_features``).
         members: piece indexes into V, at least 2 (3 for a centred objective).
+        residuals: [T, N, F] the reference's residuals on the same noisy images
+            (:func:`domain_residuals`); needed with a gain weight only.
     Returns:
         The loss, lower is better (as ``noiseclr_loss`` or ``infonce_loss`` returns it).
     """
@@ -131,24 +153,29 @@ def objective_loss(objective: Objective, features: torch.Tensor, members) -> flo
     if objective.centred and len(members) < 3:
         _fail(f"{objective.name}: a centred set needs at least 3 pieces; got {len(members)}, and two centred "
               f"edits are always opposite (training refuses --center-edits with fewer than 3 directions too)")
+    if objective.gain and residuals is None:
+        _fail(f"{objective.name}: the gain term needs the reference's residuals (domain_residuals)")
     loss_fn = get_loss(objective.loss)
     losses = []
-    for at_timestep in features[:, :, members]:                       # [N, S, F]
-        if objective.centred:
-            at_timestep = center_edit_features(at_timestep)
-        losses.append(float(loss_fn(at_timestep, tau=objective.tau, sign_blind=objective.sign_blind)))
+    for t, edits in enumerate(features[:, :, members]):               # [N, S, F]
+        contrasted = center_edit_features(edits) if objective.centred else edits
+        loss = float(loss_fn(contrasted, tau=objective.tau, sign_blind=objective.sign_blind))
+        if objective.gain:
+            loss += objective.gain * float(denoising_gain_loss(edits, residuals[t], GAIN_TOP_SHARE))
+        losses.append(loss)
     return sum(losses) / len(losses)
 
 
 def objective_result(objective: Objective, features: torch.Tensor, names: list[str], whole: list[int],
-                     own: dict[str, int], first: int, k: int, draws: int, seed: int) -> dict:
+                     own: dict[str, int], first: int, k: int, draws: int, seed: int,
+                     residuals: torch.Tensor | None = None) -> dict:
     """What the page says of one objective in one domain, from its pieces' ``features`` [T, N, V, F]:
     ``whole`` and ``own`` index the whole words and the domain's words (``vocabulary.word_indexes``),
     ``first`` is the most consistent piece, where the greedy choice starts.  A centred objective
     starts from the two pieces the same loss without centring chooses (:func:`objective_loss`
     scores centred sets from three pieces on)."""
     def loss_of(members):
-        return objective_loss(objective, features, members)
+        return objective_loss(objective, features, members, residuals)
 
     started = time.perf_counter()
     own_loss = loss_of(list(own.values()))
@@ -156,7 +183,8 @@ def objective_result(objective: Objective, features: torch.Tensor, names: list[s
     start = [first]
     if objective.centred:
         uncentred = dataclasses.replace(objective, centred=False)
-        start = greedy_selection(lambda members: objective_loss(uncentred, features, members), features.shape[2],
+        start = greedy_selection(lambda members: objective_loss(uncentred, features, members, residuals),
+                                 features.shape[2],
                                  2, start)
     greedy = greedy_selection(loss_of, features.shape[2], k, start)
     return {"greedy": {"pieces": [names[i] for i in greedy], "whole": sum(i in whole for i in greedy),
@@ -166,6 +194,21 @@ def objective_result(objective: Objective, features: torch.Tensor, names: list[s
             "own_loss": own_loss, "whole_draws": _summary(whole_draws),
             "own_below_whole": sum(own_loss < value for value in whole_draws) / draws,
             "seconds": time.perf_counter() - started}
+
+
+def domain_residuals(pipe, samples: str | Path, domain: str, context: str = "alone", images: int = 12,
+                     timesteps=CONSISTENCY_TIMESTEPS) -> torch.Tensor:
+    """[T, N, F]: the reference prompt's residuals (``train.reference_residuals``) on the images and
+    noise ``vocabulary.domain_features`` measures its features on (the first ``images`` of
+    ``samples/domain/``, noise seeded by the timestep), flattened as the features are."""
+    from noiseclr_lite.data import load_images
+    from noiseclr_lite.directions import Directions
+    from noiseclr_lite.models import encode_images, image_size
+    from noiseclr_lite.train import reference_residuals
+
+    pictures = load_images(Path(samples) / domain, image_size(pipe))[:images]
+    reference = Directions.create(pipe, 1, prefix="residual-reference", context=direction_context(domain, context))
+    return reference_residuals(pipe, reference, encode_images(pipe, pictures), timesteps).flatten(2)
 
 
 def markdown(result: dict) -> str:
@@ -246,11 +289,13 @@ def objectives_report(pipe, objectives, samples: str | Path = DEFAULT_SAMPLES, o
                                                             out_dir, resume)
         _check_ids(feature_ids, ids, domain)
         first = int(EditCosines.of(features).consistency().argmax())   # where vocabulary.py's greedy choice starts
+        residuals = (domain_residuals(pipe, samples, domain, context, images, timesteps)
+                     if any(objective.gain for objective in objectives) else None)
         whole, own = indexes[domain]
         result["domains"][domain] = {"own_words": sorted(own), "first": names[first],
                                      "features_seconds": time.perf_counter() - started, "from_cache": from_cache}
         for objective in objectives:
-            r = objective_result(objective, features, names, whole, own, first, k, draws, seed)
+            r = objective_result(objective, features, names, whole, own, first, k, draws, seed, residuals)
             result["objectives"][objective.name][domain] = r
             log(f"{domain} {objective.name}: {len(r['greedy']['own'])} of its words chosen, the words beat "
                 f"{r['own_below_whole']:.2f} of random word sets ({r['seconds']:.0f} s)")

@@ -187,6 +187,54 @@ def shared_edit_share(features: torch.Tensor) -> torch.Tensor:
     return (shared / each.clamp_min(1e-30)).mean()
 
 
+def denoising_gain_loss(features: torch.Tensor, residual: torch.Tensor, top_share: float = 0.25) -> torch.Tensor:
+    r"""Minus the share of the reference's denoising error each direction removes on the images it
+    explains best (ours; ``TrainConfig.gain_weight``, 0 by default: the official loss has no such term).
+
+    Why: the contrastive losses reward an edit that is alike on every image and unlike the other
+    directions' edits, and nothing is more alike on every image than an edit that ignores the
+    image.  On the bundled model the official loss prefers turning every face into a cat, or hatching
+    every picture, to the model's own attribute words (``benchmarks/quality-findings.md``, "Would the
+    objective choose the model's own words?").  An attribute is something *some* images have, and
+    the model can say which: its prediction of the noise is better under a prompt that describes
+    the image (the diffusion-classifier score, :func:`noiseclr_lite.train.denoising_gain`).  With
+    ``r_i = n_i - eps(x_t^i, t, c_ref)`` the reference prompt's residual on image i (``n_i`` the
+    noise that made ``x_t^i``) and ``D_ik`` the edit feature, the direction's relative gain is::
+
+        g_ik = (|r_i|^2 - |r_i - D_ik|^2) / |r_i|^2 = (2 r_i . D_ik - |D_ik|^2) / |r_i|^2
+
+    and the term is minus its mean over the ``ceil(top_share * N)`` images each direction explains
+    best, averaged over the directions::
+
+        L_gain = - mean_k mean_{i in top_k} g_ik
+
+    An edit that ignores the image explains no image better than the reference and gains nothing
+    (or loses: ``-|D|^2``); an edit towards what a quarter of the images have gains on that quarter.
+    ``g <= 1``, so the term is bounded below by -1, and it is largest for an edit equal to the mean
+    residual of the images it explains, so unlike the cosines it also sets how hard the edit pushes.
+
+    Args:
+        features: [N, K, ...] edit features in noise-prediction space (``edit_space="eps"``).
+        residual: [N, ...] the reference's residual ``noise - eps(x_t, t, c_ref)`` on the same noisy
+            latents, with the features' trailing shape (no gradient needed).
+        top_share: the share of the images, in (0, 1], each direction is scored on (at least one).
+    Returns:
+        A scalar tensor in [-1, +inf): lower is better.
+    """
+    _check_edit_features(features)
+    if not 0 < top_share <= 1:
+        raise ValueError(f"top_share={top_share}: give the share of images each direction is scored on, in (0, 1]")
+    if residual.shape[0] != features.shape[0] or residual.shape[1:] != features.shape[2:]:
+        raise ValueError(f"the residual must be [N, ...] with the features' N and trailing shape: features "
+                         f"{tuple(features.shape)}, residual {tuple(residual.shape)}")
+    flat = features.flatten(2).float()                                   # [N, K, F]
+    reference = residual.flatten(1).float().unsqueeze(1)                 # [N, 1, F]
+    gained = (2 * reference * flat - flat.pow(2)).sum(dim=-1)            # [N, K]: |r|^2 - |r - D|^2
+    gains = gained / reference.pow(2).sum(dim=-1).clamp_min(1e-12)       # relative to the reference's error
+    top = max(1, math.ceil(top_share * features.shape[0]))
+    return -gains.topk(top, dim=0).values.mean()
+
+
 LOSSES = {"noiseclr": noiseclr_loss, "infonce": infonce_loss}
 
 

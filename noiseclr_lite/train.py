@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .directions import Directions, check_context
 from .hspace import mid_block_output
-from .loss import center_edit_features, edit_consistency, get_loss, push_strength_loss
+from .loss import center_edit_features, denoising_gain_loss, edit_consistency, get_loss, push_strength_loss
 from .models import encode_images
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -72,6 +72,9 @@ class TrainConfig:
     sign_blind_negatives: bool = False       # True: negatives scored by |cos| (loss module docstring; False: official)
     center_edits: bool = False               # True: contrast loss.center_edit_features(D), what is specific to each
                                              # direction (False: official)
+    gain_weight: float = 0.0                 # > 0 adds gain_weight * loss.denoising_gain_loss (0: official): each
+                                             # direction should explain some images better than the reference
+    gain_top_share: float = 0.25             # the share of a step's images each direction's gain is scored on
     grad_accum: int = 1
     chunk_size: int | None = None            # max images x directions per UNet call; None = one call
     grad_cache: bool = True                  # with chunks: recompute them for a bounded-memory backward
@@ -258,16 +261,22 @@ def _features_and_residual(pipe, directions, latents: torch.Tensor, timestep: in
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size} must be a positive number of (image, direction) pairs, "
                          "or None for one UNet call")
-    latents = latents.float().cpu()
-    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
-    t = torch.tensor([timestep])
-    noisy = pipe.scheduler.add_noise(latents, noise, t).to(pipe.device, pipe.unet.dtype)
-    t = t.to(pipe.device)
+    noise, noisy, t = _noised(pipe, latents, timestep, seed)
     reference_cond = directions.reference_conditioning(pipe).expand(len(noisy), -1, -1)
     reference = unet_features(pipe.unet, noisy, t, reference_cond, edit_space)
     features = edit_features(pipe.unet, noisy, t, directions.conditioning(pipe), reference, chunk_size, edit_space)
     residual = noise - reference.float().cpu() if edit_space == "eps" else None
     return features.cpu(), residual
+
+
+def _noised(pipe, latents: torch.Tensor, timestep: int, seed: int):
+    """(noise [N, 4, h, w] on the CPU, the latents noised to ``timestep`` on the UNet's device and dtype,
+    the timestep as a [1] tensor there): the noise drawn from ``seed``, the same on every machine."""
+    latents = latents.float().cpu()
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
+    t = torch.tensor([timestep])
+    noisy = pipe.scheduler.add_noise(latents, noise, t).to(pipe.device, pipe.unet.dtype)
+    return noise, noisy, t.to(pipe.device)
 
 
 #: the timesteps :func:`direction_consistency` averages over by default: the whole range, both edit windows
@@ -298,6 +307,35 @@ def timestep_features(pipe, directions, latents: torch.Tensor, timesteps: Sequen
         raise ValueError("measuring over timesteps needs at least one timestep; got none")
     return [direction_features(pipe, directions, latents, timestep=t, seed=t, chunk_size=chunk_size,
                                edit_space=edit_space) for t in timesteps]
+
+
+@torch.no_grad()
+def reference_residuals(pipe, directions, latents: torch.Tensor,
+                        timesteps: Sequence[int] = CONSISTENCY_TIMESTEPS) -> torch.Tensor:
+    """What the reference prompt's noise prediction misses, at each timestep:
+    ``noise - eps(x_t, t, c_ref)``, with the latents noised as :func:`timestep_features` noises them
+    (noise seeded by the timestep), so it pairs with those features in
+    :func:`noiseclr_lite.loss.denoising_gain_loss`.
+
+    Args:
+        directions: a ``Directions`` (anything with ``reference_conditioning(pipe)``): its context
+            sets the reference prompt.
+        latents: [N, 4, h, w] scaled VAE latents (``encode_images``).
+        timesteps: diffusion timesteps in [0, num_train_timesteps).
+    Returns:
+        [T, N, 4, h, w] float32 on the CPU.
+    """
+    if not timesteps:
+        raise ValueError("reference_residuals measures at given timesteps: give at least one; got none")
+    num_train_timesteps = pipe.scheduler.config.num_train_timesteps
+    residuals = []
+    for timestep in timesteps:
+        if not 0 <= timestep < num_train_timesteps:
+            raise ValueError(f"timestep={timestep} is outside [0, {num_train_timesteps})")
+        noise, noisy, t = _noised(pipe, latents, timestep, timestep)
+        reference_cond = directions.reference_conditioning(pipe).expand(len(noisy), -1, -1)
+        residuals.append(noise - unet_features(pipe.unet, noisy, t, reference_cond, "eps").float().cpu())
+    return torch.stack(residuals)
 
 
 def over_timesteps(measure: Callable[[torch.Tensor], torch.Tensor], pipe, directions, latents: torch.Tensor,
@@ -416,6 +454,14 @@ def _check_config(cfg: TrainConfig, num_images: int) -> None:
     if not (cfg.strength_weight >= 0 and math.isfinite(cfg.strength_weight)):
         raise ValueError(f"strength_weight={cfg.strength_weight}; use 0 (the official loss) or a small positive "
                          "weight such as 0.25")
+    if not (cfg.gain_weight >= 0 and math.isfinite(cfg.gain_weight)):
+        raise ValueError(f"gain_weight={cfg.gain_weight}; use 0 (the official loss) or a positive weight such as 10")
+    if not 0 < cfg.gain_top_share <= 1:
+        raise ValueError(f"gain_top_share={cfg.gain_top_share}; give the share of a step's images each direction's "
+                         "gain is scored on, in (0, 1]")
+    if cfg.gain_weight and cfg.edit_space != "eps":
+        raise ValueError(f"gain_weight={cfg.gain_weight} with edit_space={cfg.edit_space!r}: the denoising gain "
+                         "compares noise predictions with the noise, so it needs edit_space='eps'")
     contrasted = cfg.num_directions if cfg.negatives_per_step is None else min(cfg.num_directions,
                                                                                 1 + cfg.negatives_per_step)
     if cfg.center_edits and contrasted < 3:
@@ -505,13 +551,15 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
         saved_cfg.setdefault("strength_weight", 0.0)
         saved_cfg.setdefault("sign_blind_negatives", False)
         saved_cfg.setdefault("center_edits", False)
+        saved_cfg.setdefault("gain_weight", 0.0)
+        saved_cfg.setdefault("gain_top_share", 0.25)
         saved_cfg.setdefault("context", "{}")
         saved_cfg.setdefault("edit_space", "eps")
         saved_cfg.setdefault("parameterization", "embedding")
         # the learning rate too: the optimizer state loaded below would silently bring back the saved one
         for key in ("num_directions", "seed", "prefix", "loss", "batch_size", "anchors", "init", "strength_weight",
-                    "sign_blind_negatives", "center_edits", "learning_rate", "context", "edit_space",
-                    "parameterization"):
+                    "sign_blind_negatives", "center_edits", "gain_weight", "gain_top_share", "learning_rate",
+                    "context", "edit_space", "parameterization"):
             if saved_cfg[key] != getattr(cfg, key):
                 raise ValueError(f"{ckpt_path} was written with {key}={saved_cfg[key]!r} but this run has "
                                  f"{key}={getattr(cfg, key)!r}; use the same settings or another output folder")
@@ -544,8 +592,10 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
                     with torch.no_grad():
                         reference = unet_features(unet, noisy, t, reference_cond.expand(len(noisy), -1, -1),
                                                   cfg.edit_space)
+                    # what the reference misses: the denoising-gain term's target (none without the term)
+                    residual = noise.to(device) - reference.float() if cfg.gain_weight else None
                     loss = _contrast(pipe, directions, params(), chosen, noisy, t, reference, loss_fn, cfg,
-                                     accelerator)
+                                     accelerator, residual)
             except torch.cuda.OutOfMemoryError as error:
                 pairs = len(noisy) * len(chosen)
                 raise torch.cuda.OutOfMemoryError(
@@ -590,13 +640,14 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
     return directions
 
 
-def _contrast(pipe, directions, embeddings, chosen, noisy, t, reference, loss_fn, cfg, accelerator):
+def _contrast(pipe, directions, embeddings, chosen, noisy, t, reference, loss_fn, cfg, accelerator, residual=None):
     """Loss for one micro-batch, back-propagated into ``embeddings``; returns the loss value.
 
     ``chosen[0]`` is the step's anchor.  With ``cfg.anchors == "all"`` every chosen direction
     is an anchor in turn (the mean of its ``L_k``): the features are the same, so it costs no
     extra UNet call, and each direction gets a pull towards itself every step instead of once
-    in K steps.
+    in K steps.  ``residual`` [N, 4, h, w], the reference's ``noise - eps(x_t, c_ref)``, is the
+    target of the denoising-gain term (``cfg.gain_weight``; None without it).
     """
     anchor = 0 if cfg.anchors == "one" else None
     def features_for(emb):
@@ -606,6 +657,8 @@ def _contrast(pipe, directions, embeddings, chosen, noisy, t, reference, loss_fn
     def objective(features):
         contrasted = center_edit_features(features) if cfg.center_edits else features
         loss = loss_fn(contrasted, cfg.tau, anchor=anchor, sign_blind=cfg.sign_blind_negatives)
+        if cfg.gain_weight:
+            loss = loss + cfg.gain_weight * denoising_gain_loss(features, residual, cfg.gain_top_share)
         return loss + cfg.strength_weight * push_strength_loss(features) if cfg.strength_weight else loss
 
     chunked = cfg.chunk_size is not None and cfg.chunk_size < len(noisy) * len(chosen)
