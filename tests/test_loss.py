@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from noiseclr_lite.loss import (center_edit_features, get_loss, infonce_loss, noiseclr_loss, push_strength_loss,
-                               shared_edit_share)
+from noiseclr_lite.loss import (center_edit_features, denoising_gain_loss, get_loss, infonce_loss, noiseclr_loss,
+                               push_strength_loss, shared_edit_share)
 
 
 def _cos(a, b):
@@ -237,3 +237,36 @@ def test_cross_set_cosines_compare_two_sets_direction_by_direction_on_the_same_i
         cross_set_cosines(features, features[:3])
     with pytest.raises(ValueError, match="one trailing shape"):
         cross_set_cosines(features, features.flatten(2))
+
+
+def test_denoising_gain_loss_scores_each_direction_on_the_images_it_explains_best():
+    # 4 images, residuals r_i; features [4, 3, 2, 3]
+    residual = torch.randn(4, 2, 3, generator=torch.Generator().manual_seed(0))
+    features = torch.zeros(4, 3, 2, 3)
+    features[0, 0] = residual[0]              # direction 0 explains image 0 completely: gain 1 there, 0 elsewhere
+    features[:, 1] = residual[1]              # direction 1 pushes image 1's residual onto every image
+    # direction 2 does nothing: no gain on any image
+    by_hand = torch.zeros(4, 3)
+    for i in range(4):
+        for k in range(3):
+            r, d = residual[i].flatten(), features[i, k].flatten()
+            by_hand[i, k] = (r.pow(2).sum() - (r - d).pow(2).sum()) / r.pow(2).sum()
+    assert by_hand[0, 0] == pytest.approx(1.0) and by_hand[1, 1] == pytest.approx(1.0)
+    for share, top in ((0.25, 1), (0.5, 2), (1.0, 4), (0.01, 1)):   # ceil(share * N) images, at least one
+        expected = -by_hand.topk(top, dim=0).values.mean()
+        assert denoising_gain_loss(features, residual, share).item() == pytest.approx(expected.item(), rel=1e-5)
+    # an edit that ignores the image gains less than one that explains some images
+    assert denoising_gain_loss(features[:, 2:], residual, 0.25).item() == pytest.approx(0.0)
+    assert denoising_gain_loss(features[:, :1], residual, 0.25).item() == pytest.approx(-1.0)
+    # at most 1 per image: bounded below by -1; pushing too hard loses
+    assert denoising_gain_loss(3 * features[:, :1], residual, 1.0).item() == pytest.approx(3 / 4)   # 2*3 - 9 = -3
+    # its gradient pulls an edit towards the residual of the images it explains
+    pulled = torch.zeros(4, 1, 2, 3, requires_grad=True)
+    denoising_gain_loss(pulled, residual, 0.25).backward()
+    assert (pulled.grad.flatten(1) * residual.flatten(1)).sum() < 0
+    with pytest.raises(ValueError, match="top_share=0"):
+        denoising_gain_loss(features, residual, 0.0)
+    with pytest.raises(ValueError, match="the residual must be"):
+        denoising_gain_loss(features, residual[:3], 0.25)
+    with pytest.raises(ValueError, match="N images, K directions"):
+        denoising_gain_loss(torch.zeros(4, 3), residual, 0.25)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from noiseclr_lite.loss import center_edit_features, infonce_loss, noiseclr_loss
+from noiseclr_lite.loss import center_edit_features, denoising_gain_loss, infonce_loss, noiseclr_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import objectives, vocabulary  # noqa: E402
@@ -20,10 +20,15 @@ def test_an_objective_is_parsed_from_its_spec_and_named_back():
     assert both == Objective("noiseclr", 0.5, sign_blind=True, centred=True)
     assert both.name == "noiseclr+sign-blind+centred:0.5" and Objective.parse(both.name) == both
     assert Objective.parse("infonce:2").name == "infonce:2"
+    gained = Objective.parse("noiseclr+centred+gain=30:0.1")
+    assert gained == Objective("noiseclr", 0.1, centred=True, gain=30.0) and Objective.parse(gained.name) == gained
+    assert Objective.parse("noiseclr+gain=1e2:0.1").name == "noiseclr+gain=100:0.1"
     for spec, message in (("noiseclr", "write LOSS"), ("noiseclr:0.1:2", "write LOSS"),
                           ("triplet:0.1", "unknown loss 'triplet'"), ("noiseclr+centered:0.1", r"\['centered'\]"),
                           ("noiseclr:0", "must be a positive number; got '0'"), ("noiseclr:1e", "got '1e'"),
-                          ("noiseclr:1e400", "got '1e400'"), ("noiseclr+centred+centred:0.1", "given twice")):
+                          ("noiseclr:1e400", "got '1e400'"), ("noiseclr+centred+centred:0.1", "given twice"),
+                          ("noiseclr+gain:0.1", r"\['gain'\]"), ("noiseclr+gain=0:0.1", "weight must be a positive"),
+                          ("noiseclr+gain=1+gain=2:0.1", "given twice"), ("noiseclr+gain=-1:0.1", "got '-1'")):
         with pytest.raises(SystemExit, match=message):
             Objective.parse(spec)
 
@@ -43,6 +48,17 @@ def test_objective_loss_is_the_library_loss_averaged_over_timesteps():
     assert len(set(values)) == len(values)   # each option changes the loss
     # the recipe is the loss vocabulary.py scores sets with
     recipe = objectives.objective_loss(Objective("noiseclr", 0.3), features, members)
+    # the gain term is added as training adds it: its weight times denoising_gain_loss of the raw edits
+    residuals = torch.randn(2, 5, 6, generator=torch.Generator().manual_seed(1))       # [T, N, F]
+    for centred in (False, True):
+        term = sum(denoising_gain_loss(features[t][:, members], residuals[t], objectives.GAIN_TOP_SHARE).item()
+                   for t in range(2)) / 2
+        plain = objectives.objective_loss(Objective("noiseclr", 0.3, centred=centred), features, members)
+        gained = objectives.objective_loss(Objective("noiseclr", 0.3, centred=centred, gain=7.0), features, members,
+                                           residuals)
+        assert gained == pytest.approx(plain + 7.0 * term, abs=1e-5) and term != 0
+    with pytest.raises(SystemExit, match=r"noiseclr\+gain=7:0.3: the gain term needs the reference's residuals"):
+        objectives.objective_loss(Objective("noiseclr", 0.3, gain=7.0), features, members)
     assert recipe == pytest.approx(vocabulary.set_loss(vocabulary.EditCosines.of(features), members, 0.3), abs=1e-5)
     with pytest.raises(SystemExit, match="a set needs at least 2 pieces to contrast; got 1"):
         objectives.objective_loss(Objective(), features, [3])
@@ -70,18 +86,20 @@ def test_the_official_loss_chooses_an_opposite_and_sign_blind_negatives_an_unrel
 
 def test_objectives_report_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path):
     settings = dict(out_dir=tmp_path, domains=["face", "car"], images=3, timesteps=(200, 600), k=4, draws=5)
-    screened = [Objective("noiseclr", 0.1), Objective("noiseclr", 0.1, centred=True)]
+    screened = [Objective("noiseclr", 0.1), Objective("noiseclr", 0.1, centred=True),
+                Objective("noiseclr", 0.1, gain=100.0)]
     logged = []
     result = objectives.objectives_report(tiny_pipe, screened, tag="t", log=logged.append, **settings)
-    assert [line.split(":")[0] for line in logged] == ["face noiseclr", "face noiseclr+centred", "car noiseclr",
-                                                       "car noiseclr+centred"]
+    assert [line.split(":")[0] for line in logged] == ["face noiseclr", "face noiseclr+centred",
+                                                       "face noiseclr+gain=100", "car noiseclr",
+                                                       "car noiseclr+centred", "car noiseclr+gain=100"]
     assert not result["domains"]["face"]["from_cache"]
     assert json.loads((tmp_path / "objectives-t.json").read_text())["objectives"] == result["objectives"]
     page = (tmp_path / "objectives-t.md").read_text()
     assert "| `noiseclr:0.1` |" in page and "| `noiseclr+centred:0.1` | car |" in page
     # the recipe's row is what vocabulary.py says of the official loss, from the same cached features
     checked = vocabulary.vocabulary_report(tiny_pipe, tau=0.1, resume=True, log=logged.append, **settings)
-    assert all("(from the cache)" in line for line in logged[4:])
+    assert all("(from the cache)" in line for line in logged[6:])
     for domain in ("face", "car"):
         recipe, official = result["objectives"]["noiseclr:0.1"][domain], checked["domains"][domain]
         assert recipe["greedy"]["pieces"] == official["greedy"]["pieces"]
@@ -103,6 +121,15 @@ def test_objectives_report_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path):
         chosen = [names.index(piece) for piece in centred["greedy"]["pieces"]]
         assert centred["greedy"]["loss"] == pytest.approx(
             objectives.objective_loss(Objective("noiseclr", 0.1, centred=True), features, chosen), abs=1e-6)
+        # the gain term's residuals are measured on the features' own images and noise
+        residuals = objectives.domain_residuals(tiny_pipe, vocabulary.DEFAULT_SAMPLES, domain, images=3,
+                                                timesteps=(200, 600))
+        assert residuals.shape == features.shape[:2] + features.shape[3:]
+        gained = result["objectives"]["noiseclr+gain=100:0.1"][domain]
+        chosen = [names.index(piece) for piece in gained["greedy"]["pieces"]]
+        assert gained["greedy"]["loss"] == pytest.approx(
+            objectives.objective_loss(Objective("noiseclr", 0.1, gain=100.0), features, chosen, residuals), abs=1e-5)
+        assert gained["own_loss"] != pytest.approx(recipe["own_loss"], abs=1e-6)   # the term counts
     # the page's row is the record's numbers, and the page says how a centred set starts
     centred_rows = result["objectives"]["noiseclr+centred:0.1"]
     cells = " | ".join(f"{len(r['greedy']['own'])} · {r['own_below_whole']:.2f}" for r in centred_rows.values())

@@ -1,6 +1,7 @@
 """Training directions: only K rows move, determinism, chunking, checkpoints, resume after SIGKILL, NaN."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -655,3 +656,73 @@ def test_a_vocab_mixture_is_computed_in_float32_under_autocast():
     assert inside.dtype == torch.float32
     assert torch.allclose(inside, logits.softmax(-1) @ rows, atol=1e-6)
     assert "vocabulary_rows" not in dict(mixture.named_buffers())  # not a buffer DDP would broadcast
+
+
+def test_reference_residuals_are_what_the_reference_prompt_misses_on_the_features_noisy_images(tiny_pipe):
+    from noiseclr_lite.train import reference_residuals
+
+    directions = Directions.create(tiny_pipe, 2, seed=0)
+    latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    residuals = reference_residuals(tiny_pipe, directions, latents, timesteps=(100, 700))
+    assert residuals.shape == (2, 3, 4, 8, 8) and residuals.dtype == torch.float32
+    reference = directions.reference_conditioning(tiny_pipe).expand(3, -1, -1)
+    with torch.no_grad():
+        for residual, t in zip(residuals, (100, 700)):
+            noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(t))   # seeded as the features
+            noisy = tiny_pipe.scheduler.add_noise(latents, noise, torch.tensor([t]))
+            by_hand = noise - tiny_pipe.unet(noisy, torch.tensor([t]).expand(3), reference).sample
+            torch.testing.assert_close(residual, by_hand, atol=1e-5, rtol=1e-4)
+    # paired with the features, the gain term's per-image gain is denoising_gain's (relative to |r|^2)
+    from noiseclr_lite.loss import denoising_gain_loss
+    from noiseclr_lite.train import denoising_gain, timestep_features
+    features = timestep_features(tiny_pipe, directions, latents, timesteps=(300,))[0]
+    residual = reference_residuals(tiny_pipe, directions, latents, timesteps=(300,))[0]
+    absolute = denoising_gain(tiny_pipe, directions, latents, timesteps=(300,))           # [K, N], mean over elements
+    relative = absolute / residual.flatten(1).pow(2).mean(1)
+    expected = -relative.max(dim=1).values.mean()                                         # the best of 3 images
+    assert denoising_gain_loss(features, residual, 1 / 3).item() == pytest.approx(expected.item(), rel=1e-3, abs=1e-6)
+    with pytest.raises(ValueError, match="give at least one; got none"):
+        reference_residuals(tiny_pipe, directions, latents, timesteps=())
+    with pytest.raises(ValueError, match="timestep=1000 is outside"):
+        reference_residuals(tiny_pipe, directions, latents, timesteps=(1000,))
+
+
+def test_gain_weight_adds_the_denoising_gain_term_and_is_kept(tmp_path, monkeypatch):
+    import noiseclr_lite.train as train_module
+    from noiseclr_lite.loss import denoising_gain_loss
+    from noiseclr_lite.testing import tiny_pipeline
+
+    calls = []
+
+    def recording_gain_loss(features, residual, top_share):
+        calls.append((tuple(features.shape), tuple(residual.shape), top_share, residual.requires_grad))
+        return denoising_gain_loss(features, residual, top_share)
+
+    monkeypatch.setattr(train_module, "denoising_gain_loss", recording_gain_loss)
+    official = train_directions(tiny_pipeline(0, tmp_path / "a"), _images(), progress=False, **FAST)
+    assert calls == []                                    # off by default: the official loss alone
+    gained = train_directions(tiny_pipeline(0, tmp_path / "b"), _images(), progress=False, gain_weight=10.0,
+                              gain_top_share=0.5, **FAST)
+    # every step scores all 4 directions on the step's 3 images, against the reference's residual
+    assert calls == [((3, 4, 4, 16, 16), (3, 4, 16, 16), 0.5, False)] * FAST["steps"]
+    assert not torch.allclose(gained.embeddings, official.embeddings)
+    history = json.loads(gained.metadata["loss_history"])
+    assert history != json.loads(official.metadata["loss_history"])
+    training = json.loads(gained.metadata["training"])
+    assert training["gain_weight"] == 10.0 and training["gain_top_share"] == 0.5
+    # the chunked, gradient-cached path adds the same term
+    chunked = train_directions(tiny_pipeline(0, tmp_path / "c"), _images(), progress=False, gain_weight=10.0,
+                               gain_top_share=0.5, chunk_size=3, **FAST)
+    assert torch.allclose(gained.embeddings, chunked.embeddings, atol=1e-5)
+    # a checkpoint written with the term is not resumed without it
+    out = tmp_path / "resume"
+    train_directions(tiny_pipeline(0, tmp_path / "d"), _images(), progress=False, output_dir=out, gain_weight=10.0,
+                     **FAST)
+    with pytest.raises(ValueError, match="gain_weight=10.0 but this run has gain_weight=0.0"):
+        train_directions(tiny_pipeline(0, tmp_path / "d"), _images(), progress=False, output_dir=out, resume=True,
+                         **{**FAST, "steps": FAST["steps"] + 1})
+    for bad, match in (({"gain_weight": -1.0}, "gain_weight=-1.0"), ({"gain_weight": math.inf}, "gain_weight=inf"),
+                       ({"gain_top_share": 0.0}, "gain_top_share=0.0"),
+                       ({"gain_weight": 1.0, "edit_space": "hspace"}, "needs edit_space='eps'")):
+        with pytest.raises(ValueError, match=match):
+            train_directions(tiny_pipeline(0, tmp_path / "e"), _images(), progress=False, **{**FAST, **bad})
