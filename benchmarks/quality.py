@@ -106,6 +106,7 @@ class Settings:
     anchors: str = "one"                  # "one" (official) or "all" (train.TrainConfig.anchors)
     init: str = "random"                  # "random" or "vocab" (directions.Directions.create)
     strength_weight: float = 0.0          # > 0: the push-strength term (train.TrainConfig.strength_weight)
+    gain_weight: float = 0.0              # > 0: the denoising-gain term (train.TrainConfig.gain_weight)
     sign_blind_negatives: bool = False    # True: negatives scored by |cos| (train.TrainConfig.sign_blind_negatives)
     center_edits: bool = False            # True: contrast the centred edits (train.TrainConfig.center_edits)
     edit_space: str = "eps"               # "eps" (official) or "hspace": what edits are compared in (train.EDIT_SPACES)
@@ -139,7 +140,7 @@ class Settings:
         return {"num_directions": self.num_directions, "steps": self.steps, "learning_rate": self.learning_rate,
                 "timestep_range": tuple(self.timestep_range), "batch_size": self.batch_size,
                 "negatives_per_step": self.negatives, "tau": self.tau, "anchors": self.anchors, "loss": loss,
-                "init": self.init, "strength_weight": self.strength_weight,
+                "init": self.init, "strength_weight": self.strength_weight, "gain_weight": self.gain_weight,
                 "sign_blind_negatives": self.sign_blind_negatives, "center_edits": self.center_edits,
                 "edit_space": self.edit_space, "parameterization": self.parameterization, "seed": seed}
 
@@ -150,7 +151,8 @@ class Settings:
         skip = {"domains", "seeds", "methods", "interference", "grid_images", "interference_images", "quick"}
         kept = {k: v for k, v in asdict(self).items() if k not in skip}
         kept["weights"] = weights
-        for key, before in (("anchors", "one"), ("init", "random"), ("strength_weight", 0.0), ("min_scale", 0.0),
+        for key, before in (("anchors", "one"), ("init", "random"), ("strength_weight", 0.0), ("gain_weight", 0.0),
+                            ("min_scale", 0.0),
                             ("hspace_min_scale", 0.0), ("sign_blind_negatives", False), ("context", "alone"),
                             ("center_edits", False), ("edit_space", "eps"), ("parameterization", "embedding")):
             if kept[key] == before:  # the setting before the option existed: keep those caches valid
@@ -167,7 +169,7 @@ class Settings:
         random ones are drawn from the NoiseCLR set), not how they are scored: the key of the
         trained-directions cache, shared by every protocol."""
         kept = {k: v for k, v in self.train_overrides("noiseclr", 0).items() if k not in ("loss", "seed")}
-        for option in ("sign_blind_negatives", "center_edits"):
+        for option in ("sign_blind_negatives", "center_edits", "gain_weight"):
             if not kept[option]:  # the setting before the option existed: keep those caches valid
                 del kept[option]
         if kept["edit_space"] == "eps":  # the same
@@ -836,6 +838,8 @@ def _loss_options(s: dict) -> str:
         options.append("edits compared in h-space")
     if s.get("strength_weight"):
         options.append(f"strength term {s['strength_weight']:g}")
+    if s.get("gain_weight"):
+        options.append(f"denoising-gain term {s['gain_weight']:g}")
     if s.get("parameterization", "embedding") != "embedding":
         options.append("directions trained as vocabulary mixtures")
     return "official loss" if not options else "official loss with " + " and ".join(options)
@@ -1391,6 +1395,7 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
                      f"{s.get('strength_weight', 0.0):g} | "
                      f"{'sign-blind' if s.get('sign_blind_negatives') else 'signed'}"
                      f"{', centred' if s.get('center_edits') else ''}"
+                     f"{', gain term ' + format(s['gain_weight'], 'g') if s.get('gain_weight') else ''}"
                      f"{', h-space edits' if s.get('edit_space', 'eps') != 'eps' else ''}"
                      f"{', vocabulary mixtures' if s.get('parameterization', 'embedding') != 'embedding' else ''} | "
                      f"{_scale_bracket(s.get('min_scale', 0.0), s['max_scale'])} | "
@@ -1481,6 +1486,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="how directions start, and the random floor's rows (default: %(default)s)")
     train.add_argument("--strength-weight", type=float, default=defaults.strength_weight,
                        help="weight of the push-strength term, 0 = the official loss (default: %(default)s)")
+    train.add_argument("--gain-weight", type=float, default=defaults.gain_weight,
+                       help="weight of the denoising-gain term (ours: each direction should explain some images "
+                            "better than the reference prompt; loss.denoising_gain_loss), 0 = the official loss "
+                            "(default: %(default)s)")
     train.add_argument("--sign-blind-negatives", action="store_true",
                        help="score the loss's negatives by |cos|, so that two directions that are opposite ends "
                             "of one attribute count as one slider (NoiseCLR and InfoNCE; default: the official, "
@@ -1551,7 +1560,7 @@ def settings_from_args(args: argparse.Namespace, model: str) -> Settings:
         num_directions=pick("num_directions"), steps=pick("steps"), learning_rate=args.lr,
         timestep_range=tuple(args.timestep_range), batch_size=args.batch_size, negatives=args.negatives,
         tau=args.tau, anchors=args.anchors, init=args.init, strength_weight=args.strength_weight,
-        sign_blind_negatives=args.sign_blind_negatives, center_edits=args.center_edits, context=args.context,
+        gain_weight=args.gain_weight, sign_blind_negatives=args.sign_blind_negatives, center_edits=args.center_edits, context=args.context,
         edit_space=args.edit_space, parameterization=args.parameterization, train_images=args.train_images,
         eval_images=pick("eval_images"),
         start_seed=args.start_seed,

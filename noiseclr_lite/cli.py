@@ -70,6 +70,9 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--strength-weight", type=float, default=0.0,
                        help="weight of a term that rewards stronger pushes (loss.push_strength_loss; "
                             "default 0: the official loss)")
+    train.add_argument("--gain-weight", type=float, default=0.0,
+                       help="weight of a term that asks each direction to explain some images better than the "
+                            "reference prompt (loss.denoising_gain_loss; default 0: the official loss)")
     train.add_argument("--sign-blind-negatives", action="store_true",
                        help="score negatives by |cos|: two directions that are opposite ends of one attribute "
                             "count as the same slider (default: the official, signed negatives)")
@@ -218,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             num_directions=args.num_directions, steps=args.steps, learning_rate=args.lr, tau=args.tau,
             loss=args.loss, batch_size=args.batch_size, negatives_per_step=args.negatives or None,
             anchors=args.anchors, init=args.init, strength_weight=args.strength_weight,
-            sign_blind_negatives=args.sign_blind_negatives, center_edits=args.center_edits,
+            gain_weight=args.gain_weight, sign_blind_negatives=args.sign_blind_negatives, center_edits=args.center_edits,
             context=args.context, edit_space=args.edit_space, parameterization=args.parameterization,
             timestep_range=(args.t_min, args.t_max),
             grad_accum=args.grad_accum, chunk_size=args.chunk_size,
