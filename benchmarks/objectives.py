@@ -17,10 +17,14 @@ library's ``TrainConfig``), here chosen with ``--objectives``:
 * the standard InfoNCE form (training's ``--loss infonce``);
 * centred edits (training's ``--center-edits``: each edit minus the mean over the set's directions).
   Two centred edits are always opposite, so a centred set is scored from three pieces on, as
-  training refuses fewer: its first two pieces are those the same loss without centring chooses.
+  training refuses fewer: its first two pieces are those the same loss without centring chooses;
+* the denoising-gain term (training's ``--gain-weight``, ours): ``W`` times
+  :func:`noiseclr_lite.loss.denoising_gain_loss`, which asks each direction to explain some images
+  better than the reference prompt.  It needs the reference's residuals on the features' own noisy
+  images (:func:`domain_residuals`, a few seconds per domain).
 
-An objective is written ``LOSS[+sign-blind][+centred]:TAU``, for example ``noiseclr:0.1`` (the
-recipe) or ``noiseclr+centred:0.1``.  Each is the library's own loss
+An objective is written ``LOSS[+sign-blind][+centred][+gain=W]:TAU``, for example ``noiseclr:0.1``
+(the recipe), ``noiseclr+centred:0.1`` or ``noiseclr+gain=10:0.1``.  Each is the library's own loss
 (:func:`noiseclr_lite.loss.get_loss`, every direction an anchor) on the set's edit features at each
 timestep, averaged over the timesteps (:func:`objective_loss`).  For each objective and domain, with
 no labels:

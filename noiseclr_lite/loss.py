@@ -24,6 +24,12 @@ negatives ask every pair of directions for a cosine near -1, which would cancel 
 bundled model it does not bring the part back (0.14 after centred training) and lowers both
 coverage and purity (``benchmarks/quality-findings.md``, "Contrasting centred edits"): the
 negatives are not what removes it.
+
+Both contrastive losses reward an edit for being alike on every image, and an edit that ignores
+the image (every face turned into a cat) is as alike as an edit can be.  :func:`denoising_gain_loss`
+(``TrainConfig.gain_weight``; ours, off by default) adds what they cannot see: whether the edit
+explains some of the images, i.e. makes the model's noise prediction better on them than the
+reference prompt does.
 """
 
 from __future__ import annotations

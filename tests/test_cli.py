@@ -60,6 +60,12 @@ def test_anchors_centring_context_edit_space_and_parameterization_flags_reach_tr
     # the heaviest vocabulary pieces travel with the saved file
     assert list(__import__("json").loads(trained.metadata["vocab_mixture"])) == trained.tokens
     assert trained.context == "a face, {}"   # saved with the directions, so edits use the same prompt
+    # the denoising-gain term (eps edits only) reaches training too
+    gained = tmp_path / "gain.safetensors"
+    assert main(["train", "--model", str(tiny_pipe_dir), "--device", "cpu", "--images", str(image_folder),
+                 "--num-directions", "3", "--steps", "1", "--batch-size", "3", "--gain-weight", "5",
+                 "--out", str(gained)]) == 0
+    assert __import__("json").loads(Directions.load(gained).metadata["training"])["gain_weight"] == 5.0
 
 
 def test_a_bad_context_is_a_usage_error_before_the_model_loads(tmp_path, capsys):

@@ -468,6 +468,13 @@ def test_command_line_flags_and_quick_defaults():
     pushed = quality.settings_from_args(quality.parse_args(["--strength-weight", "0.25"]), "m")
     assert pushed.strength_weight == 0.25 and pushed.train_overrides("infonce", 1)["strength_weight"] == 0.25
     assert pushed.fingerprint() != dataclasses.replace(pushed, strength_weight=0.0).fingerprint()
+    # the denoising-gain term likewise, and it changes the trained directions' key too
+    assert settings.gain_weight == 0.0
+    gained = quality.settings_from_args(quality.parse_args(["--gain-weight", "10"]), "m")
+    assert gained.gain_weight == 10.0 and gained.train_overrides("noiseclr", 0)["gain_weight"] == 10.0
+    plain = dataclasses.replace(gained, gain_weight=0.0)
+    assert gained.fingerprint() != plain.fingerprint() and gained.training_fingerprint() != plain.training_fingerprint()
+    assert quality._loss_options(dataclasses.asdict(gained)) == "official loss with denoising-gain term 10"
     # sign-blind negatives and centred edits: off (the official loss) keeps both keys; on, both change
     # and reach train_directions
     for flag, option in (("--sign-blind-negatives", "sign_blind_negatives"), ("--center-edits", "center_edits")):
