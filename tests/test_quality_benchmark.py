@@ -521,7 +521,7 @@ def test_command_line_flags_and_quick_defaults():
     assert logged.fingerprint() != settings.fingerprint()
     assert logged.training_fingerprint() == settings.training_fingerprint() != vocab.training_fingerprint()
     legacy = {k: v for k, v in dataclasses.asdict(settings).items()
-              if k not in ("anchors", "init", "strength_weight", "min_scale", "hspace_min_scale",
+              if k not in ("anchors", "init", "strength_weight", "gain_weight", "min_scale", "hspace_min_scale",
                            "sign_blind_negatives", "context", "center_edits", "edit_space",
                            "parameterization")}
     legacy_key = hashlib.sha256(json.dumps({**{k: v for k, v in legacy.items() if k not in
