@@ -65,15 +65,17 @@ from benchmarks.vocabulary import (DOMAINS, EditCosines, _check_ids, _pieces, _s
                                    add_feature_arguments, context_phrase, domain_features, greedy_selection,
                                    random_set_losses, word_indexes)
 from noiseclr_lite.loss import LOSSES, center_edit_features, denoising_gain_loss, get_loss  # noqa: E402
-from noiseclr_lite.train import CONSISTENCY_TIMESTEPS, vocabulary_rows  # noqa: E402
+from noiseclr_lite.train import CONSISTENCY_TIMESTEPS, TrainConfig, vocabulary_rows  # noqa: E402
 
 TOOL = "benchmarks/objectives.py"
 #: the recipe, the temperatures training has measured, and each option of the loss at the recipe's `tau`
 DEFAULT_OBJECTIVES = ("noiseclr:0.1", "noiseclr:0.05", "noiseclr:0.5", "noiseclr:2", "noiseclr+sign-blind:0.1",
                       "noiseclr+sign-blind:0.5", "infonce:0.1", "noiseclr+centred:0.1")
-_SPEC = re.compile(r"^(?P<loss>[a-z]+)(?P<options>(\+[a-z-]+(=[0-9.eE-]+)?)*):(?P<tau>[0-9.eE+-]+)$")
-#: the share of the images each piece's denoising gain is scored on (``TrainConfig.gain_top_share``'s default)
-GAIN_TOP_SHARE = 0.25
+_SPEC = re.compile(r"^(?P<loss>[a-z]+)(?P<options>(?:\+[a-z-]+(?:=[0-9.]+(?:[eE][+-]?[0-9]+)?)?)*)"
+                   r":(?P<tau>[0-9.eE+-]+)$")
+#: the share of the images each piece's denoising gain is scored on: training's default
+GAIN_TOP_SHARE = TrainConfig.gain_top_share
+_OPTION = re.compile(r"\+[a-z-]+(?:=[0-9.]+(?:[eE][+-]?[0-9]+)?)?")
 
 
 def _fail(message: str):
@@ -102,7 +104,8 @@ class Objective:
                   f"noiseclr+gain=10:0.1")
         if match["loss"] not in LOSSES:
             _fail(f"objective {spec!r}: unknown loss {match['loss']!r}; choose one of {sorted(LOSSES)}")
-        options = [option for option in match["options"].split("+") if option]
+        # each "+name" or "+name=value" (a value may hold a "+" of its own: 1e+2)
+        options = [match_.group(0)[1:] for match_ in _OPTION.finditer(match["options"])]
         names = [option.split("=")[0] for option in options]
         unknown = sorted({option for option in options if option not in ("sign-blind", "centred")
                           and not option.startswith("gain=")})
@@ -120,7 +123,7 @@ class Objective:
     def name(self) -> str:
         """The spec :meth:`parse` reads back, e.g. ``noiseclr+centred:0.1``: the page's row label."""
         options = "+sign-blind" * self.sign_blind + "+centred" * self.centred
-        options += f"+gain={self.gain:g}" if self.gain else ""
+        options += f"+gain={self.gain:.12g}" if self.gain else ""   # 12 digits: two weights, two names
         return f"{self.loss}{options}:{self.tau:g}"
 
 
@@ -202,9 +205,18 @@ def objective_result(objective: Objective, features: torch.Tensor, names: list[s
 
 def domain_residuals(pipe, samples: str | Path, domain: str, context: str = "alone", images: int = 12,
                      timesteps=CONSISTENCY_TIMESTEPS) -> torch.Tensor:
-    """[T, N, F]: the reference prompt's residuals (``train.reference_residuals``) on the images and
-    noise ``vocabulary.domain_features`` measures its features on (the first ``images`` of
-    ``samples/domain/``, noise seeded by the timestep), flattened as the features are."""
+    """The reference prompt's residuals (``train.reference_residuals``) on the images and noise
+    ``vocabulary.domain_features`` measures its features on, flattened as the features are.
+
+    Args:
+        pipe: the pipeline the features were measured with.
+        samples: the folder holding ``<domain>/`` image folders.
+        domain: whose images (the first ``images`` of ``samples/domain/``).
+        context: ``"alone"`` or ``"caption"`` (``quality.CONTEXTS``): sets the reference prompt.
+        timesteps: the features' timesteps (the noise is seeded by the timestep).
+    Returns:
+        [T, N, F] float32, F = 4 * h * w.
+    """
     from noiseclr_lite.data import load_images
     from noiseclr_lite.directions import Directions
     from noiseclr_lite.models import encode_images, image_size

@@ -214,10 +214,12 @@ def denoising_gain_loss(features: torch.Tensor, residual: torch.Tensor, top_shar
 
         L_gain = - mean_k mean_{i in top_k} g_ik
 
-    An edit that ignores the image explains no image better than the reference and gains nothing
-    (or loses: ``-|D|^2``); an edit towards what a quarter of the images have gains on that quarter.
-    ``g <= 1``, so the term is bounded below by -1, and it is largest for an edit equal to the mean
-    residual of the images it explains, so unlike the cosines it also sets how hard the edit pushes.
+    An edit that is the same on every image gains only as far as it points where the images'
+    residuals point; an overwrite towards another domain points where none of them does and loses
+    (``-|D|^2``), while an edit towards what a quarter of the images have gains on that quarter.
+    ``g <= 1``, so the term is bounded below by -1.  For a fixed set of images it is largest for an
+    edit equal to the mean of their residuals weighted by ``1 / |r_i|^2``, so unlike the cosines it
+    also weighs how hard the edit pushes.
 
     Args:
         features: [N, K, ...] edit features in noise-prediction space (``edit_space="eps"``).
@@ -232,7 +234,8 @@ def denoising_gain_loss(features: torch.Tensor, residual: torch.Tensor, top_shar
         raise ValueError(f"top_share={top_share}: give the share of images each direction is scored on, in (0, 1]")
     if residual.shape[0] != features.shape[0] or residual.shape[1:] != features.shape[2:]:
         raise ValueError(f"the residual must be [N, ...] with the features' N and trailing shape: features "
-                         f"{tuple(features.shape)}, residual {tuple(residual.shape)}")
+                         f"{tuple(features.shape)}, residual {tuple(residual.shape)}; pass the reference's "
+                         f"residual on the same noisy latents (train.reference_residuals)")
     flat = features.flatten(2).float()                                   # [N, K, F]
     reference = residual.flatten(1).float().unsqueeze(1)                 # [N, 1, F]
     gained = (2 * reference * flat - flat.pow(2)).sum(dim=-1)            # [N, K]: |r|^2 - |r - D|^2

@@ -269,6 +269,14 @@ def _features_and_residual(pipe, directions, latents: torch.Tensor, timestep: in
     return features.cpu(), residual
 
 
+def _check_predicts_noise(pipe, what: str) -> None:
+    """ValueError unless ``pipe``'s UNet predicts the noise: the denoising gain compares its output with the noise."""
+    prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
+    if prediction != "epsilon":
+        raise ValueError(f"{what} compares the UNet's output with the noise, so it needs a model that predicts "
+                         f"the noise; this scheduler's prediction_type is {prediction!r}")
+
+
 def _noised(pipe, latents: torch.Tensor, timestep: int, seed: int):
     """(noise [N, 4, h, w] on the CPU, the latents noised to ``timestep`` on the UNet's device and dtype,
     the timestep as a [1] tensor there): the noise drawn from ``seed``, the same on every machine."""
@@ -318,15 +326,20 @@ def reference_residuals(pipe, directions, latents: torch.Tensor,
     :func:`noiseclr_lite.loss.denoising_gain_loss`.
 
     Args:
+        pipe: the pipeline whose UNet and scheduler predict and add the noise.
         directions: a ``Directions`` (anything with ``reference_conditioning(pipe)``): its context
             sets the reference prompt.
         latents: [N, 4, h, w] scaled VAE latents (``encode_images``).
         timesteps: diffusion timesteps in [0, num_train_timesteps).
     Returns:
         [T, N, 4, h, w] float32 on the CPU.
+    Raises:
+        ValueError: no timesteps, one outside the schedule, or a model that does not predict the
+            noise (``prediction_type`` other than ``"epsilon"``).
     """
     if not timesteps:
         raise ValueError("reference_residuals measures at given timesteps: give at least one; got none")
+    _check_predicts_noise(pipe, "reference_residuals")
     num_train_timesteps = pipe.scheduler.config.num_train_timesteps
     residuals = []
     for timestep in timesteps:
@@ -406,10 +419,7 @@ def denoising_gain(pipe, directions, latents: torch.Tensor, timesteps: Sequence[
     """
     if not timesteps:
         raise ValueError("the denoising gain is averaged over timesteps: give at least one; got none")
-    prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
-    if prediction != "epsilon":  # the gain compares predictions with the noise itself
-        raise ValueError(f"denoising_gain compares the UNet's output with the noise, so it needs a model that predicts "
-                         f"the noise; this scheduler's prediction_type is {prediction!r}")
+    _check_predicts_noise(pipe, "denoising_gain")
     gains = []
     for t in timesteps:
         features, residual = _features_and_residual(pipe, directions, latents, t, t, chunk_size)
@@ -516,6 +526,8 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
         latents = encode_images(pipe, images)
     latents = latents.float().cpu()
     _check_config(cfg, len(latents))
+    if cfg.gain_weight:
+        _check_predicts_noise(pipe, f"gain_weight={cfg.gain_weight} (the denoising-gain term)")
     loss_fn = get_loss(cfg.loss)
     unet, scheduler = pipe.unet, pipe.scheduler
     if cfg.gradient_checkpointing:

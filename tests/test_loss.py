@@ -255,8 +255,12 @@ def test_denoising_gain_loss_scores_each_direction_on_the_images_it_explains_bes
     for share, top in ((0.25, 1), (0.5, 2), (1.0, 4), (0.01, 1)):   # ceil(share * N) images, at least one
         expected = -by_hand.topk(top, dim=0).values.mean()
         assert denoising_gain_loss(features, residual, share).item() == pytest.approx(expected.item(), rel=1e-5)
-    # an edit that ignores the image gains less than one that explains some images
+    # no edit gains nothing; the same edit on every image (direction 1) still gains where it points
+    # along an image's residual: all of image 1's error, and it loses on the others
     assert denoising_gain_loss(features[:, 2:], residual, 0.25).item() == pytest.approx(0.0)
+    assert denoising_gain_loss(features[:, 1:2], residual, 0.25).item() == pytest.approx(-1.0)
+    assert denoising_gain_loss(features[:, 1:2], residual, 1.0).item() == pytest.approx(-by_hand[:, 1].mean().item())
+    assert (by_hand[[0, 2, 3], 1] < 1).all()
     assert denoising_gain_loss(features[:, :1], residual, 0.25).item() == pytest.approx(-1.0)
     # at most 1 per image: bounded below by -1; pushing too hard loses
     assert denoising_gain_loss(3 * features[:, :1], residual, 1.0).item() == pytest.approx(3 / 4)   # 2*3 - 9 = -3

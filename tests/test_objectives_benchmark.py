@@ -23,12 +23,15 @@ def test_an_objective_is_parsed_from_its_spec_and_named_back():
     gained = Objective.parse("noiseclr+centred+gain=30:0.1")
     assert gained == Objective("noiseclr", 0.1, centred=True, gain=30.0) and Objective.parse(gained.name) == gained
     assert Objective.parse("noiseclr+gain=1e2:0.1").name == "noiseclr+gain=100:0.1"
+    assert Objective.parse("noiseclr+gain=1e+2+centred:0.1") == Objective("noiseclr", 0.1, centred=True, gain=100.0)
+    for weight in (1e6, 0.123456789, 1e-7):   # every weight's name reads back as that weight
+        assert Objective.parse(Objective(gain=weight).name).gain == weight
     for spec, message in (("noiseclr", "write LOSS"), ("noiseclr:0.1:2", "write LOSS"),
                           ("triplet:0.1", "unknown loss 'triplet'"), ("noiseclr+centered:0.1", r"\['centered'\]"),
                           ("noiseclr:0", "must be a positive number; got '0'"), ("noiseclr:1e", "got '1e'"),
                           ("noiseclr:1e400", "got '1e400'"), ("noiseclr+centred+centred:0.1", "given twice"),
                           ("noiseclr+gain:0.1", r"\['gain'\]"), ("noiseclr+gain=0:0.1", "weight must be a positive"),
-                          ("noiseclr+gain=1+gain=2:0.1", "given twice"), ("noiseclr+gain=-1:0.1", "got '-1'")):
+                          ("noiseclr+gain=1+gain=2:0.1", "given twice"), ("noiseclr+gain=-1:0.1", "write LOSS")):
         with pytest.raises(SystemExit, match=message):
             Objective.parse(spec)
 

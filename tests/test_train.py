@@ -685,6 +685,9 @@ def test_reference_residuals_are_what_the_reference_prompt_misses_on_the_feature
         reference_residuals(tiny_pipe, directions, latents, timesteps=())
     with pytest.raises(ValueError, match="timestep=1000 is outside"):
         reference_residuals(tiny_pipe, directions, latents, timesteps=(1000,))
+    v_model = type("Pipe", (), {"scheduler": type("S", (), {"config": {"prediction_type": "v_prediction"}})()})()
+    with pytest.raises(ValueError, match="reference_residuals compares .* prediction_type is 'v_prediction'"):
+        reference_residuals(v_model, directions, latents, timesteps=(100,))
 
 
 def test_gain_weight_adds_the_denoising_gain_term_and_is_kept(tmp_path, monkeypatch):
@@ -714,13 +717,22 @@ def test_gain_weight_adds_the_denoising_gain_term_and_is_kept(tmp_path, monkeypa
     chunked = train_directions(tiny_pipeline(0, tmp_path / "c"), _images(), progress=False, gain_weight=10.0,
                                gain_top_share=0.5, chunk_size=3, **FAST)
     assert torch.allclose(gained.embeddings, chunked.embeddings, atol=1e-5)
-    # a checkpoint written with the term is not resumed without it
+    assert json.loads(chunked.metadata["loss_history"]) == pytest.approx(history, abs=1e-4)
+    # a checkpoint written with the term is not resumed without it, nor with another share
     out = tmp_path / "resume"
     train_directions(tiny_pipeline(0, tmp_path / "d"), _images(), progress=False, output_dir=out, gain_weight=10.0,
                      **FAST)
     with pytest.raises(ValueError, match="gain_weight=10.0 but this run has gain_weight=0.0"):
         train_directions(tiny_pipeline(0, tmp_path / "d"), _images(), progress=False, output_dir=out, resume=True,
                          **{**FAST, "steps": FAST["steps"] + 1})
+    with pytest.raises(ValueError, match="gain_top_share=0.25 but this run has gain_top_share=0.5"):
+        train_directions(tiny_pipeline(0, tmp_path / "d"), _images(), progress=False, output_dir=out, resume=True,
+                         gain_weight=10.0, gain_top_share=0.5, **{**FAST, "steps": FAST["steps"] + 1})
+    # the term compares the UNet's output with the noise: a model that predicts something else is refused
+    v_pipe = tiny_pipeline(0, tmp_path / "v")
+    v_pipe.scheduler.register_to_config(prediction_type="v_prediction")
+    with pytest.raises(ValueError, match="prediction_type is 'v_prediction'"):
+        train_directions(v_pipe, _images(), progress=False, gain_weight=1.0, **FAST)
     for bad, match in (({"gain_weight": -1.0}, "gain_weight=-1.0"), ({"gain_weight": math.inf}, "gain_weight=inf"),
                        ({"gain_top_share": 0.0}, "gain_top_share=0.0"),
                        ({"gain_weight": 1.0, "edit_space": "hspace"}, "needs edit_space='eps'")):
