@@ -62,7 +62,8 @@ if str(REPO) not in sys.path:  # `python benchmarks/objectives.py` from anywhere
 from benchmarks.quality import (DEFAULT_SAMPLES, RESULTS, direction_context, machine,  # noqa: E402
                                 write_atomically)
 from benchmarks.vocabulary import (DOMAINS, EditCosines, _check_ids, _pieces, _summary,  # noqa: E402
-                                   add_feature_arguments, context_phrase, domain_features, greedy_selection,
+                                   add_feature_arguments, context_phrase, domain_features, domain_pictures,
+                                   greedy_selection,
                                    random_set_losses, word_indexes)
 from noiseclr_lite.loss import LOSSES, center_edit_features, denoising_gain_loss, get_loss  # noqa: E402
 from noiseclr_lite.train import CONSISTENCY_TIMESTEPS, TrainConfig, vocabulary_rows  # noqa: E402
@@ -191,8 +192,7 @@ def objective_result(objective: Objective, features: torch.Tensor, names: list[s
     if objective.centred:
         uncentred = dataclasses.replace(objective, centred=False)
         start = greedy_selection(lambda members: objective_loss(uncentred, features, members, residuals),
-                                 features.shape[2],
-                                 2, start)
+                                 features.shape[2], 2, start)
     greedy = greedy_selection(loss_of, features.shape[2], k, start)
     return {"greedy": {"pieces": [names[i] for i in greedy], "whole": sum(i in whole for i in greedy),
                        "own": [names[i] for i in greedy if i in own.values()], "loss": loss_of(greedy)},
@@ -217,12 +217,11 @@ def domain_residuals(pipe, samples: str | Path, domain: str, context: str = "alo
     Returns:
         [T, N, F] float32, F = 4 * h * w.
     """
-    from noiseclr_lite.data import load_images
     from noiseclr_lite.directions import Directions
-    from noiseclr_lite.models import encode_images, image_size
+    from noiseclr_lite.models import encode_images
     from noiseclr_lite.train import reference_residuals
 
-    pictures = load_images(Path(samples) / domain, image_size(pipe))[:images]
+    pictures = domain_pictures(pipe, samples, domain, images)
     reference = Directions.create(pipe, 1, prefix="residual-reference", context=direction_context(domain, context))
     return reference_residuals(pipe, reference, encode_images(pipe, pictures), timesteps).flatten(2)
 

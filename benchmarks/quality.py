@@ -151,9 +151,9 @@ class Settings:
         skip = {"domains", "seeds", "methods", "interference", "grid_images", "interference_images", "quick"}
         kept = {k: v for k, v in asdict(self).items() if k not in skip}
         kept["weights"] = weights
-        for key, before in (("anchors", "one"), ("init", "random"), ("strength_weight", 0.0), ("gain_weight", 0.0),
-                            ("min_scale", 0.0),
-                            ("hspace_min_scale", 0.0), ("sign_blind_negatives", False), ("context", "alone"),
+        for key, before in (("anchors", "one"), ("init", "random"), ("strength_weight", 0.0),
+                            ("gain_weight", 0.0), ("min_scale", 0.0), ("hspace_min_scale", 0.0),
+                            ("sign_blind_negatives", False), ("context", "alone"),
                             ("center_edits", False), ("edit_space", "eps"), ("parameterization", "embedding")):
             if kept[key] == before:  # the setting before the option existed: keep those caches valid
                 del kept[key]
@@ -1560,7 +1560,8 @@ def settings_from_args(args: argparse.Namespace, model: str) -> Settings:
         num_directions=pick("num_directions"), steps=pick("steps"), learning_rate=args.lr,
         timestep_range=tuple(args.timestep_range), batch_size=args.batch_size, negatives=args.negatives,
         tau=args.tau, anchors=args.anchors, init=args.init, strength_weight=args.strength_weight,
-        gain_weight=args.gain_weight, sign_blind_negatives=args.sign_blind_negatives, center_edits=args.center_edits, context=args.context,
+        gain_weight=args.gain_weight, sign_blind_negatives=args.sign_blind_negatives,
+        center_edits=args.center_edits, context=args.context,
         edit_space=args.edit_space, parameterization=args.parameterization, train_images=args.train_images,
         eval_images=pick("eval_images"),
         start_seed=args.start_seed,

@@ -386,6 +386,21 @@ def features_cache_path(pipe, out_dir: str | Path, context: str, images: torch.T
     return Path(out_dir) / "cache" / "vocabulary" / f"{digest.hexdigest()[:16]}.pt"
 
 
+def domain_pictures(pipe, samples: str | Path, domain: str, images: int = 12) -> torch.Tensor:
+    """[N, 3, H, W] in [-1, 1]: the first ``images`` images of ``samples/domain/`` at the model's size,
+    the images the features are measured on.  SystemExit for a missing folder or fewer than 2 images."""
+    from noiseclr_lite.data import load_images
+    from noiseclr_lite.models import image_size
+
+    folder = Path(samples) / domain
+    if not folder.is_dir():
+        _fail(f"{folder} is not a folder of {domain} images; give --samples the folder holding <domain>/")
+    pictures = load_images(folder, image_size(pipe))[:images]
+    if len(pictures) < 2:
+        _fail(f"{folder} holds {len(pictures)} image(s); the loss compares images in pairs: give at least 2")
+    return pictures
+
+
 def domain_features(pipe, samples: str | Path, domain: str, context: str = "alone", images: int = 12,
                     timesteps=CONSISTENCY_TIMESTEPS, out_dir: str | Path = RESULTS, resume: bool = False,
                     chunk_size: int | None = 512) -> tuple[list[int], torch.Tensor, bool]:
@@ -396,15 +411,9 @@ def domain_features(pipe, samples: str | Path, domain: str, context: str = "alon
     Returns:
         (the pieces' vocabulary ids [V], features [T, N, V, F], whether they came from the cache).
     """
-    from noiseclr_lite.data import load_images
-    from noiseclr_lite.models import encode_images, image_size
+    from noiseclr_lite.models import encode_images
 
-    folder = Path(samples) / domain
-    if not folder.is_dir():
-        _fail(f"{folder} is not a folder of {domain} images; give --samples the folder holding <domain>/")
-    pictures = load_images(folder, image_size(pipe))[:images]
-    if len(pictures) < 2:
-        _fail(f"{folder} holds {len(pictures)} image(s); the loss compares images in pairs: give at least 2")
+    pictures = domain_pictures(pipe, samples, domain, images)
     prompt = direction_context(domain, context)
     cached = features_cache_path(pipe, out_dir, prompt, pictures, timesteps)
     if resume and cached.exists():

@@ -255,9 +255,6 @@ def _features_and_residual(pipe, directions, latents: torch.Tensor, timestep: in
     """:func:`direction_features`, and the reference prompt's denoising residual on the same noisy
     latents: ``noise - eps(x_t, t, c_ref)`` [N, 4, h, w] float32 (what :func:`denoising_gain` needs;
     None in h-space, where there is no noise prediction to compare with the noise)."""
-    num_train_timesteps = pipe.scheduler.config.num_train_timesteps
-    if not 0 <= timestep < num_train_timesteps:
-        raise ValueError(f"timestep={timestep} is outside [0, {num_train_timesteps})")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size} must be a positive number of (image, direction) pairs, "
                          "or None for one UNet call")
@@ -279,7 +276,11 @@ def _check_predicts_noise(pipe, what: str) -> None:
 
 def _noised(pipe, latents: torch.Tensor, timestep: int, seed: int):
     """(noise [N, 4, h, w] on the CPU, the latents noised to ``timestep`` on the UNet's device and dtype,
-    the timestep as a [1] tensor there): the noise drawn from ``seed``, the same on every machine."""
+    the timestep as a [1] tensor there): the noise drawn from ``seed``, the same on every machine.
+    ValueError for a timestep outside the scheduler's training schedule."""
+    num_train_timesteps = pipe.scheduler.config.num_train_timesteps
+    if not 0 <= timestep < num_train_timesteps:
+        raise ValueError(f"timestep={timestep} is outside [0, {num_train_timesteps})")
     latents = latents.float().cpu()
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
     t = torch.tensor([timestep])
@@ -340,13 +341,10 @@ def reference_residuals(pipe, directions, latents: torch.Tensor,
     if not timesteps:
         raise ValueError("reference_residuals measures at given timesteps: give at least one; got none")
     _check_predicts_noise(pipe, "reference_residuals")
-    num_train_timesteps = pipe.scheduler.config.num_train_timesteps
+    reference_cond = directions.reference_conditioning(pipe).expand(len(latents), -1, -1)   # once: no timestep in it
     residuals = []
     for timestep in timesteps:
-        if not 0 <= timestep < num_train_timesteps:
-            raise ValueError(f"timestep={timestep} is outside [0, {num_train_timesteps})")
         noise, noisy, t = _noised(pipe, latents, timestep, timestep)
-        reference_cond = directions.reference_conditioning(pipe).expand(len(noisy), -1, -1)
         residuals.append(noise - unet_features(pipe.unet, noisy, t, reference_cond, "eps").float().cpu())
     return torch.stack(residuals)
 

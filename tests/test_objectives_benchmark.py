@@ -128,6 +128,8 @@ def test_objectives_report_end_to_end_on_the_tiny_pipeline(tiny_pipe, tmp_path):
         residuals = objectives.domain_residuals(tiny_pipe, vocabulary.DEFAULT_SAMPLES, domain, images=3,
                                                 timesteps=(200, 600))
         assert residuals.shape == features.shape[:2] + features.shape[3:]
+        with pytest.raises(SystemExit, match="nowhere/face is not a folder of face images"):
+            objectives.domain_residuals(tiny_pipe, tmp_path / "nowhere", "face")
         gained = result["objectives"]["noiseclr+gain=100:0.1"][domain]
         chosen = [names.index(piece) for piece in gained["greedy"]["pieces"]]
         assert gained["greedy"]["loss"] == pytest.approx(

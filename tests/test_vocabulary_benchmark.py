@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 import torch
 
 from noiseclr_lite.loss import edit_consistency, noiseclr_loss
@@ -157,6 +158,14 @@ def test_a_tokenizer_without_the_words_is_refused_before_any_unet_work(tiny_pipe
 def test_missing_images_and_a_large_vocabulary_are_refused(tiny_pipe, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r"nowhere/face is not a folder of face images; give --samples"):
         vocabulary.vocabulary_report(tiny_pipe, samples=tmp_path / "nowhere", out_dir=tmp_path, domains=["face"])
+    # the images every measurement of a domain shares: the first N of its folder, at the model's size
+    pictures = vocabulary.domain_pictures(tiny_pipe, vocabulary.DEFAULT_SAMPLES, "face", images=3)
+    assert pictures.shape == (3, 3, 32, 32) and -1 <= pictures.min() and pictures.max() <= 1
+    lonely = tmp_path / "lonely" / "face"
+    lonely.mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(lonely / "one.png")
+    with pytest.raises(SystemExit, match="holds 1 image"):
+        vocabulary.domain_pictures(tiny_pipe, tmp_path / "lonely", "face")
     monkeypatch.setattr(vocabulary, "MAX_PIECES", 10)
     with pytest.raises(SystemExit, match="the tokenizer has 242 pieces"):
         vocabulary.vocabulary_features(tiny_pipe, torch.zeros(2, 4, 8, 8), "{}", (300,))
