@@ -21,10 +21,13 @@ library's ``TrainConfig``), here chosen with ``--objectives``:
 * the denoising-gain term (training's ``--gain-weight``, ours): ``W`` times
   :func:`noiseclr_lite.loss.denoising_gain_loss`, which asks each direction to explain some images
   better than the reference prompt.  It needs the reference's residuals on the features' own noisy
-  images (:func:`domain_residuals`, a few seconds per domain).
+  images (:func:`domain_residuals`, a few seconds per domain).  ``+share=S`` scores each direction's
+  gain on that share of the images (training's ``--gain-top-share``, 0.25 by default) and
+  ``+two-sided`` by the better end of the slider on each (training's ``--gain-two-sided``).
 
-An objective is written ``LOSS[+sign-blind][+centred][+gain=W]:TAU``, for example ``noiseclr:0.1``
-(the recipe), ``noiseclr+centred:0.1`` or ``noiseclr+gain=10:0.1``.  Each is the library's own loss
+An objective is written ``LOSS[+sign-blind][+centred][+gain=W[+share=S][+two-sided]]:TAU``, for
+example ``noiseclr:0.1`` (the recipe), ``noiseclr+centred:0.1``, ``noiseclr+gain=10:0.1`` or
+``noiseclr+gain=30+share=1+two-sided:0.1``.  Each is the library's own loss
 (:func:`noiseclr_lite.loss.get_loss`, every direction an anchor) on the set's edit features at each
 timestep, averaged over the timesteps (:func:`objective_loss`).  For each objective and domain, with
 no labels:
@@ -77,6 +80,8 @@ _SPEC = re.compile(r"^(?P<loss>[a-z]+)(?P<options>(?:\+[a-z-]+(?:=[0-9.]+(?:[eE]
 #: the share of the images each piece's denoising gain is scored on: training's default
 GAIN_TOP_SHARE = TrainConfig.gain_top_share
 _OPTION = re.compile(r"\+[a-z-]+(?:=[0-9.]+(?:[eE][+-]?[0-9]+)?)?")
+#: every option an objective takes: (its name, whether it is given without a value)
+_OPTIONS = {("sign-blind", True), ("centred", True), ("gain", False), ("share", False), ("two-sided", True)}
 
 
 def _fail(message: str):
@@ -87,44 +92,56 @@ def _fail(message: str):
 class Objective:
     """One variant of the loss: ``loss`` (a name in ``noiseclr_lite.loss.LOSSES``) at temperature
     ``tau``, with sign-blind negatives and on centred edits or not, and with the denoising-gain term
-    at weight ``gain`` (0: none), as training's options set them."""
+    at weight ``gain`` (0: none), scored on the share ``gain_share`` of the images, one-sided or
+    ``two_sided``, as training's options set them."""
 
     loss: str = "noiseclr"
     tau: float = 0.1
     sign_blind: bool = False
     centred: bool = False
     gain: float = 0.0
+    gain_share: float = GAIN_TOP_SHARE
+    two_sided: bool = False
 
     @classmethod
     def parse(cls, spec: str) -> "Objective":
-        """From ``LOSS[+sign-blind][+centred][+gain=W]:TAU``, e.g. ``noiseclr+centred:0.1`` or
-        ``noiseclr+gain=10:0.1``; SystemExit naming what is wrong otherwise."""
+        """From ``LOSS[+sign-blind][+centred][+gain=W[+share=S][+two-sided]]:TAU``, e.g.
+        ``noiseclr+centred:0.1`` or ``noiseclr+gain=10+share=0.5:0.1``; SystemExit naming what is
+        wrong otherwise."""
         match = _SPEC.match(spec)
         if not match:
-            _fail(f"objective {spec!r}: write LOSS[+sign-blind][+centred][+gain=W]:TAU, e.g. noiseclr:0.1 or "
-                  f"noiseclr+gain=10:0.1")
+            _fail(f"objective {spec!r}: write LOSS[+sign-blind][+centred][+gain=W[+share=S][+two-sided]]:TAU, "
+                  f"e.g. noiseclr:0.1 or noiseclr+gain=10:0.1")
         if match["loss"] not in LOSSES:
             _fail(f"objective {spec!r}: unknown loss {match['loss']!r}; choose one of {sorted(LOSSES)}")
         # each "+name" or "+name=value" (a value may hold a "+" of its own: 1e+2)
-        options = [match_.group(0)[1:] for match_ in _OPTION.finditer(match["options"])]
-        names = [option.split("=")[0] for option in options]
-        unknown = sorted({option for option in options if option not in ("sign-blind", "centred")
-                          and not option.startswith("gain=")})
+        given = [option.group(0)[1:].partition("=") for option in _OPTION.finditer(match["options"])]
+        options = {name: value if equals else None for name, equals, value in given}
+        unknown = sorted(name + equals + value for name, equals, value in given if (name, not equals) not in _OPTIONS)
         if unknown:
-            _fail(f"objective {spec!r}: unknown option(s) {unknown}; the options are +sign-blind, +centred and "
-                  f"+gain=W (W the term's weight)")
-        if len(set(names)) < len(names):
-            _fail(f"objective {spec!r}: an option is given twice; give each of +sign-blind, +centred and +gain=W once")
-        gain = next((option.split("=", 1)[1] for option in options if option.startswith("gain=")), None)
-        gain_weight = _positive(gain, spec, "the gain term's weight") if gain is not None else 0.0
+            _fail(f"objective {spec!r}: unknown option(s) {unknown}; the options are +sign-blind, +centred, "
+                  f"+gain=W (W the term's weight), and with it +share=S (S in (0, 1]) and +two-sided")
+        if len(options) < len(given):
+            _fail(f"objective {spec!r}: an option is given twice; give each of +sign-blind, +centred, +gain=W, "
+                  f"+share=S and +two-sided once")
+        if ("share" in options or "two-sided" in options) and "gain" not in options:
+            _fail(f"objective {spec!r}: +share and +two-sided shape the gain term; give its weight too (+gain=W)")
+        gain_weight = _positive(options["gain"], spec, "the gain term's weight") if "gain" in options else 0.0
+        share = _positive(options["share"], spec, "the gain's share") if "share" in options else GAIN_TOP_SHARE
+        if share > 1:
+            _fail(f"objective {spec!r}: the gain's share is the share of the images scored, in (0, 1]; got {share:g}")
         tau = _positive(match["tau"], spec, "the temperature")
-        return cls(match["loss"], tau, "sign-blind" in options, "centred" in options, gain_weight)
+        return cls(match["loss"], tau, "sign-blind" in options, "centred" in options, gain_weight, share,
+                   "two-sided" in options)
 
     @property
     def name(self) -> str:
         """The spec :meth:`parse` reads back, e.g. ``noiseclr+centred:0.1``: the page's row label."""
         options = "+sign-blind" * self.sign_blind + "+centred" * self.centred
-        options += f"+gain={self.gain:.12g}" if self.gain else ""   # 12 digits: two weights, two names
+        if self.gain:   # 12 digits: two weights, two names
+            options += f"+gain={self.gain:.12g}"
+            options += f"+share={self.gain_share:.12g}" if self.gain_share != GAIN_TOP_SHARE else ""
+            options += "+two-sided" * self.two_sided
         return f"{self.loss}{options}:{self.tau:g}"
 
 
@@ -169,7 +186,8 @@ def objective_loss(objective: Objective, features: torch.Tensor, members,
         contrasted = center_edit_features(edits) if objective.centred else edits
         loss = float(loss_fn(contrasted, tau=objective.tau, sign_blind=objective.sign_blind))
         if objective.gain:
-            loss += objective.gain * float(denoising_gain_loss(edits, residuals[t], GAIN_TOP_SHARE))
+            loss += objective.gain * float(denoising_gain_loss(edits, residuals[t], objective.gain_share,
+                                                               objective.two_sided))
         losses.append(loss)
     return sum(losses) / len(losses)
 

@@ -107,6 +107,8 @@ class Settings:
     init: str = "random"                  # "random" or "vocab" (directions.Directions.create)
     strength_weight: float = 0.0          # > 0: the push-strength term (train.TrainConfig.strength_weight)
     gain_weight: float = 0.0              # > 0: the denoising-gain term (train.TrainConfig.gain_weight)
+    gain_top_share: float = 0.25          # the share of a step's images its gain is scored on (the same)
+    gain_two_sided: bool = False          # True: each image's gain from +D or -D (train.TrainConfig.gain_two_sided)
     sign_blind_negatives: bool = False    # True: negatives scored by |cos| (train.TrainConfig.sign_blind_negatives)
     center_edits: bool = False            # True: contrast the centred edits (train.TrainConfig.center_edits)
     edit_space: str = "eps"               # "eps" (official) or "hspace": what edits are compared in (train.EDIT_SPACES)
@@ -141,6 +143,7 @@ class Settings:
                 "timestep_range": tuple(self.timestep_range), "batch_size": self.batch_size,
                 "negatives_per_step": self.negatives, "tau": self.tau, "anchors": self.anchors, "loss": loss,
                 "init": self.init, "strength_weight": self.strength_weight, "gain_weight": self.gain_weight,
+                "gain_top_share": self.gain_top_share, "gain_two_sided": self.gain_two_sided,
                 "sign_blind_negatives": self.sign_blind_negatives, "center_edits": self.center_edits,
                 "edit_space": self.edit_space, "parameterization": self.parameterization, "seed": seed}
 
@@ -152,7 +155,8 @@ class Settings:
         kept = {k: v for k, v in asdict(self).items() if k not in skip}
         kept["weights"] = weights
         for key, before in (("anchors", "one"), ("init", "random"), ("strength_weight", 0.0),
-                            ("gain_weight", 0.0), ("min_scale", 0.0), ("hspace_min_scale", 0.0),
+                            ("gain_weight", 0.0), ("gain_top_share", 0.25), ("gain_two_sided", False),
+                            ("min_scale", 0.0), ("hspace_min_scale", 0.0),
                             ("sign_blind_negatives", False), ("context", "alone"),
                             ("center_edits", False), ("edit_space", "eps"), ("parameterization", "embedding")):
             if kept[key] == before:  # the setting before the option existed: keep those caches valid
@@ -169,9 +173,11 @@ class Settings:
         random ones are drawn from the NoiseCLR set), not how they are scored: the key of the
         trained-directions cache, shared by every protocol."""
         kept = {k: v for k, v in self.train_overrides("noiseclr", 0).items() if k not in ("loss", "seed")}
-        for option in ("sign_blind_negatives", "center_edits", "gain_weight"):
+        for option in ("sign_blind_negatives", "center_edits", "gain_weight", "gain_two_sided"):
             if not kept[option]:  # the setting before the option existed: keep those caches valid
                 del kept[option]
+        if kept["gain_top_share"] == 0.25:  # the same
+            del kept["gain_top_share"]
         if kept["edit_space"] == "eps":  # the same
             del kept["edit_space"]
         if kept["parameterization"] == "embedding":  # the same
@@ -839,10 +845,24 @@ def _loss_options(s: dict) -> str:
     if s.get("strength_weight"):
         options.append(f"strength term {s['strength_weight']:g}")
     if s.get("gain_weight"):
-        options.append(f"denoising-gain term {s['gain_weight']:g}")
+        options.append(f"denoising-gain term {s['gain_weight']:g}{_gain_shape(s)}")
     if s.get("parameterization", "embedding") != "embedding":
         options.append("directions trained as vocabulary mixtures")
     return "official loss" if not options else "official loss with " + " and ".join(options)
+
+
+def _gain_shape(s: dict) -> str:
+    """How the gain term was scored, in words, where not by default: " (two-sided, on all the images)"."""
+    shape = ["two-sided"] if s.get("gain_two_sided") else []
+    share = s.get("gain_top_share", 0.25)
+    if share != 0.25:
+        shape.append("on all the images" if share == 1 else f"on the best {share:g} of the images")
+    return f" ({', '.join(shape)})" if shape else ""
+
+
+def _gain_words(s: dict) -> str:
+    """The gain term in the sweep table's loss column: ", gain term 10 (two-sided)", or "" without it."""
+    return f", gain term {s['gain_weight']:g}{_gain_shape(s)}" if s.get("gain_weight") else ""
 
 
 def _protocol_bracket(s: dict) -> str:
@@ -1395,7 +1415,7 @@ def sweep_table(out_dir: str | os.PathLike = RESULTS) -> str:
                      f"{s.get('strength_weight', 0.0):g} | "
                      f"{'sign-blind' if s.get('sign_blind_negatives') else 'signed'}"
                      f"{', centred' if s.get('center_edits') else ''}"
-                     f"{', gain term ' + format(s['gain_weight'], 'g') if s.get('gain_weight') else ''}"
+                     f"{_gain_words(s)}"
                      f"{', h-space edits' if s.get('edit_space', 'eps') != 'eps' else ''}"
                      f"{', vocabulary mixtures' if s.get('parameterization', 'embedding') != 'embedding' else ''} | "
                      f"{_scale_bracket(s.get('min_scale', 0.0), s['max_scale'])} | "
@@ -1490,6 +1510,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="weight of the denoising-gain term (ours: each direction should explain some images "
                             "better than the reference prompt; loss.denoising_gain_loss), 0 = the official loss "
                             "(default: %(default)s)")
+    train.add_argument("--gain-top-share", type=float, default=defaults.gain_top_share,
+                       help="the share of a step's images each direction's gain is scored on, in (0, 1] "
+                            "(with --gain-weight; default: %(default)s)")
+    train.add_argument("--gain-two-sided", action="store_true",
+                       help="score each image's gain by +D or -D, the better end of the slider (with --gain-weight; "
+                            "default: one-sided)")
     train.add_argument("--sign-blind-negatives", action="store_true",
                        help="score the loss's negatives by |cos|, so that two directions that are opposite ends "
                             "of one attribute count as one slider (NoiseCLR and InfoNCE; default: the official, "
@@ -1560,8 +1586,8 @@ def settings_from_args(args: argparse.Namespace, model: str) -> Settings:
         num_directions=pick("num_directions"), steps=pick("steps"), learning_rate=args.lr,
         timestep_range=tuple(args.timestep_range), batch_size=args.batch_size, negatives=args.negatives,
         tau=args.tau, anchors=args.anchors, init=args.init, strength_weight=args.strength_weight,
-        gain_weight=args.gain_weight, sign_blind_negatives=args.sign_blind_negatives,
-        center_edits=args.center_edits, context=args.context,
+        gain_weight=args.gain_weight, gain_top_share=args.gain_top_share, gain_two_sided=args.gain_two_sided,
+        sign_blind_negatives=args.sign_blind_negatives, center_edits=args.center_edits, context=args.context,
         edit_space=args.edit_space, parameterization=args.parameterization, train_images=args.train_images,
         eval_images=pick("eval_images"),
         start_seed=args.start_seed,
@@ -1627,6 +1653,12 @@ def main(argv=None) -> dict:
     if args.processes > 1 and not args.resume:
         raise SystemExit(f"benchmarks/quality.py: --processes {args.processes} hands the units over through the "
                          f"cache; add --resume")
+    if (args.gain_two_sided or args.gain_top_share != Settings.gain_top_share) and not args.gain_weight:
+        raise SystemExit("benchmarks/quality.py: --gain-top-share and --gain-two-sided shape the denoising-gain term; "
+                         "give its weight too (--gain-weight 10)")
+    if not 0 < args.gain_top_share <= 1:
+        raise SystemExit(f"benchmarks/quality.py: --gain-top-share {args.gain_top_share:g}: give the share of a step's "
+                         f"images each direction's gain is scored on, in (0, 1]")
     if args.threads:
         torch.set_num_threads(args.threads)
     from noiseclr_lite.models import BUNDLED_MODEL, load_pipeline

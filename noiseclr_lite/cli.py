@@ -73,6 +73,11 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--gain-weight", type=float, default=0.0,
                        help="weight of a term that asks each direction to explain some images better than the "
                             "reference prompt (loss.denoising_gain_loss; default 0: the official loss)")
+    train.add_argument("--gain-top-share", type=float, default=0.25,
+                       help="the share of a step's images each direction's gain is scored on, in (0, 1] "
+                            "(with --gain-weight; default 0.25)")
+    train.add_argument("--gain-two-sided", action="store_true",
+                       help="score each image's gain by +D or -D, the better end of the slider (with --gain-weight)")
     train.add_argument("--sign-blind-negatives", action="store_true",
                        help="score negatives by |cos|: two directions that are opposite ends of one attribute "
                             "count as the same slider (default: the official, signed negatives)")
@@ -221,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             num_directions=args.num_directions, steps=args.steps, learning_rate=args.lr, tau=args.tau,
             loss=args.loss, batch_size=args.batch_size, negatives_per_step=args.negatives or None,
             anchors=args.anchors, init=args.init, strength_weight=args.strength_weight,
-            gain_weight=args.gain_weight, sign_blind_negatives=args.sign_blind_negatives,
-            center_edits=args.center_edits,
+            gain_weight=args.gain_weight, gain_top_share=args.gain_top_share, gain_two_sided=args.gain_two_sided,
+            sign_blind_negatives=args.sign_blind_negatives, center_edits=args.center_edits,
             context=args.context, edit_space=args.edit_space, parameterization=args.parameterization,
             timestep_range=(args.t_min, args.t_max),
             grad_accum=args.grad_accum, chunk_size=args.chunk_size,

@@ -193,7 +193,8 @@ def shared_edit_share(features: torch.Tensor) -> torch.Tensor:
     return (shared / each.clamp_min(1e-30)).mean()
 
 
-def denoising_gain_loss(features: torch.Tensor, residual: torch.Tensor, top_share: float = 0.25) -> torch.Tensor:
+def denoising_gain_loss(features: torch.Tensor, residual: torch.Tensor, top_share: float = 0.25,
+                        two_sided: bool = False) -> torch.Tensor:
     r"""Minus the share of the reference's denoising error each direction removes on the images it
     explains best (ours; ``TrainConfig.gain_weight``, 0 by default: the official loss has no such term).
 
@@ -221,11 +222,24 @@ def denoising_gain_loss(features: torch.Tensor, residual: torch.Tensor, top_shar
     edit equal to the mean of their residuals weighted by ``1 / |r_i|^2``, so unlike the cosines it
     also weighs how hard the edit pushes.
 
+    ``two_sided=True`` scores each image by the better end of the slider, ``+D`` or ``-D``::
+
+        g_ik = (2 |r_i . D_ik| - |D_ik|^2) / |r_i|^2
+
+    A slider is used (and scored) both ways, and an attribute's two values split the images: an edit
+    towards "glasses" explains the images with glasses, its opposite those without.  So with a share
+    of 0.5 or more a pure attribute gains on every image it is scored on, while an edit that mixes
+    two attributes (glasses and smiling) gains only where both agree, a quarter of a balanced set
+    each way: where they disagree the two halves of its push cancel.  One-sided, at a share of 0.25,
+    the mixture and the pure edit can gain alike.
+
     Args:
         features: [N, K, ...] edit features in noise-prediction space (``edit_space="eps"``).
         residual: [N, ...] the reference's residual ``noise - eps(x_t, t, c_ref)`` on the same noisy
             latents, with the features' trailing shape (no gradient needed).
         top_share: the share of the images, in (0, 1], each direction is scored on (at least one).
+        two_sided: score each image by ``+D`` or ``-D``, whichever explains it better (ours, off by
+            default: ``TrainConfig.gain_two_sided``).
     Returns:
         A scalar tensor in [-1, +inf): lower is better.
     """
@@ -238,7 +252,10 @@ def denoising_gain_loss(features: torch.Tensor, residual: torch.Tensor, top_shar
                          f"residual on the same noisy latents (train.reference_residuals)")
     flat = features.flatten(2).float()                                   # [N, K, F]
     reference = residual.flatten(1).float().unsqueeze(1)                 # [N, 1, F]
-    gained = (2 * reference * flat - flat.pow(2)).sum(dim=-1)            # [N, K]: |r|^2 - |r - D|^2
+    along = (reference * flat).sum(dim=-1)                               # [N, K]: r . D
+    if two_sided:  # the better end of the slider: |r|^2 - min(|r - D|^2, |r + D|^2)
+        along = along.abs()
+    gained = 2 * along - flat.pow(2).sum(dim=-1)                         # [N, K]: |r|^2 - |r - D|^2
     gains = gained / reference.pow(2).sum(dim=-1).clamp_min(1e-12)       # relative to the reference's error
     top = max(1, math.ceil(top_share * features.shape[0]))
     return -gains.topk(top, dim=0).values.mean()

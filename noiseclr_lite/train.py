@@ -75,6 +75,8 @@ class TrainConfig:
     gain_weight: float = 0.0                 # > 0 adds gain_weight * loss.denoising_gain_loss (0: official): each
                                              # direction should explain some images better than the reference
     gain_top_share: float = 0.25             # the share of a step's images each direction's gain is scored on
+    gain_two_sided: bool = False             # True: each image's gain from +D or -D, the better (ours; the loss's
+                                             # docstring says why a share of 1 then favours pure directions)
     grad_accum: int = 1
     chunk_size: int | None = None            # max images x directions per UNet call; None = one call
     grad_cache: bool = True                  # with chunks: recompute them for a bounded-memory backward
@@ -467,6 +469,9 @@ def _check_config(cfg: TrainConfig, num_images: int) -> None:
     if not 0 < cfg.gain_top_share <= 1:
         raise ValueError(f"gain_top_share={cfg.gain_top_share}; give the share of a step's images each direction's "
                          "gain is scored on, in (0, 1]")
+    if not cfg.gain_weight and (cfg.gain_two_sided or cfg.gain_top_share != TrainConfig.gain_top_share):
+        raise ValueError(f"gain_two_sided={cfg.gain_two_sided}, gain_top_share={cfg.gain_top_share} with "
+                         f"gain_weight=0: they shape the denoising-gain term, which is off; give gain_weight too")
     if cfg.gain_weight and cfg.edit_space != "eps":
         raise ValueError(f"gain_weight={cfg.gain_weight} with edit_space={cfg.edit_space!r}: the denoising gain "
                          "compares noise predictions with the noise, so it needs edit_space='eps'")
@@ -563,13 +568,14 @@ def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConf
         saved_cfg.setdefault("center_edits", False)
         saved_cfg.setdefault("gain_weight", 0.0)
         saved_cfg.setdefault("gain_top_share", 0.25)
+        saved_cfg.setdefault("gain_two_sided", False)
         saved_cfg.setdefault("context", "{}")
         saved_cfg.setdefault("edit_space", "eps")
         saved_cfg.setdefault("parameterization", "embedding")
         # the learning rate too: the optimizer state loaded below would silently bring back the saved one
         for key in ("num_directions", "seed", "prefix", "loss", "batch_size", "anchors", "init", "strength_weight",
-                    "sign_blind_negatives", "center_edits", "gain_weight", "gain_top_share", "learning_rate",
-                    "context", "edit_space", "parameterization"):
+                    "sign_blind_negatives", "center_edits", "gain_weight", "gain_top_share", "gain_two_sided",
+                    "learning_rate", "context", "edit_space", "parameterization"):
             if saved_cfg[key] != getattr(cfg, key):
                 raise ValueError(f"{ckpt_path} was written with {key}={saved_cfg[key]!r} but this run has "
                                  f"{key}={getattr(cfg, key)!r}; use the same settings or another output folder")
@@ -668,7 +674,8 @@ def _contrast(pipe, directions, embeddings, chosen, noisy, t, reference, loss_fn
         contrasted = center_edit_features(features) if cfg.center_edits else features
         loss = loss_fn(contrasted, cfg.tau, anchor=anchor, sign_blind=cfg.sign_blind_negatives)
         if cfg.gain_weight:
-            loss = loss + cfg.gain_weight * denoising_gain_loss(features, residual, cfg.gain_top_share)
+            loss = loss + cfg.gain_weight * denoising_gain_loss(features, residual, cfg.gain_top_share,
+                                                                 cfg.gain_two_sided)
         return loss + cfg.strength_weight * push_strength_loss(features) if cfg.strength_weight else loss
 
     chunked = cfg.chunk_size is not None and cfg.chunk_size < len(noisy) * len(chosen)

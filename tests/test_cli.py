@@ -66,6 +66,13 @@ def test_anchors_centring_context_edit_space_and_parameterization_flags_reach_tr
                  "--num-directions", "3", "--steps", "1", "--batch-size", "3", "--gain-weight", "5",
                  "--out", str(gained)]) == 0
     assert __import__("json").loads(Directions.load(gained).metadata["training"])["gain_weight"] == 5.0
+    # and its share and sides
+    shaped = tmp_path / "gain-shaped.safetensors"
+    assert main(["train", "--model", str(tiny_pipe_dir), "--device", "cpu", "--images", str(image_folder),
+                 "--num-directions", "3", "--steps", "1", "--batch-size", "3", "--gain-weight", "5",
+                 "--gain-top-share", "1", "--gain-two-sided", "--out", str(shaped)]) == 0
+    training = __import__("json").loads(Directions.load(shaped).metadata["training"])
+    assert (training["gain_top_share"], training["gain_two_sided"]) == (1.0, True)
 
 
 def test_a_bad_context_is_a_usage_error_before_the_model_loads(tmp_path, capsys):

@@ -239,6 +239,31 @@ def test_cross_set_cosines_compare_two_sets_direction_by_direction_on_the_same_i
         cross_set_cosines(features, features.flatten(2))
 
 
+def test_two_sided_gain_on_every_image_prefers_a_pure_attribute_to_a_mixture():
+    # Four images whose residuals are +-a +-b, every combination: two balanced attributes along
+    # orthonormal a and b.  A pure edit (a) and a mixture (a + b), each at its best push.
+    a, b = torch.eye(2)
+    residual = torch.stack([sa * a + sb * b for sa in (1, -1) for sb in (1, -1)])       # [4, 2]
+    pure = torch.stack([a] * 4).unsqueeze(1)                                          # [4, 1, 2]: gain 1/2 each way
+    mixture = torch.stack([(a + b) / 2] * 4).unsqueeze(1)                             # the mixture's best push
+    full_mixture = torch.stack([a + b] * 4).unsqueeze(1)                              # explains its quarter fully
+
+    def gain(edits, share, two_sided):
+        return -denoising_gain_loss(edits, residual, share, two_sided).item()
+
+    # two-sided on every image: the pure edit gains 1/2 everywhere, the best mixture 1/4 on average
+    assert gain(pure, 1.0, True) == pytest.approx(0.5)
+    assert gain(mixture, 1.0, True) == pytest.approx(0.25) and gain(full_mixture, 1.0, True) == pytest.approx(0.0)
+    # one-sided at a quarter (the default) the full mixture wins: it explains its one image completely
+    assert gain(full_mixture, 0.25, False) == pytest.approx(1.0)
+    assert gain(pure, 0.25, False) == pytest.approx(0.5)
+    # and two-sided at a half it wins too (its two images, one each way), so the share matters
+    assert gain(full_mixture, 0.5, True) == pytest.approx(1.0) and gain(pure, 0.5, True) == pytest.approx(0.5)
+    # one-sided at a half the pure edit wins again: the images it explains are its half
+    assert gain(pure, 0.5, False) == pytest.approx(0.5) and gain(mixture, 0.5, False) == pytest.approx(0.25)
+    assert gain(full_mixture, 0.5, False) == pytest.approx(0.0)
+
+
 def test_denoising_gain_loss_scores_each_direction_on_the_images_it_explains_best():
     # 4 images, residuals r_i; features [4, 3, 2, 3]
     residual = torch.randn(4, 2, 3, generator=torch.Generator().manual_seed(0))
@@ -270,6 +295,21 @@ def test_denoising_gain_loss_scores_each_direction_on_the_images_it_explains_bes
     assert (pulled.grad.flatten(1) * residual.flatten(1)).sum() < 0
     with pytest.raises(ValueError, match="top_share=0"):
         denoising_gain_loss(features, residual, 0.0)
+    # two-sided by hand: each image scored by +D or -D, whichever explains it better
+    flipped = torch.where(torch.arange(4).view(4, 1, 1, 1) % 2 == 0, features, -features)
+    two_by_hand = torch.zeros(4, 3)
+    for i in range(4):
+        for k in range(3):
+            r, d = residual[i].flatten(), flipped[i, k].flatten()
+            two_by_hand[i, k] = (2 * (r @ d).abs() - d.pow(2).sum()) / r.pow(2).sum()
+    for share, top in ((0.25, 1), (0.5, 2), (1.0, 4)):
+        expected = -two_by_hand.topk(top, dim=0).values.mean()
+        assert denoising_gain_loss(flipped, residual, share, two_sided=True).item() == pytest.approx(expected.item(),
+                                                                                                    rel=1e-5)
+    # the sign of an edit no longer matters, and a two-sided score is never below the one-sided one
+    assert denoising_gain_loss(-flipped, residual, 0.5, True).item() == pytest.approx(
+        denoising_gain_loss(flipped, residual, 0.5, True).item())
+    assert denoising_gain_loss(flipped, residual, 0.5, True) <= denoising_gain_loss(flipped, residual, 0.5)
     with pytest.raises(ValueError, match="the residual must be"):
         denoising_gain_loss(features, residual[:3], 0.25)
     with pytest.raises(ValueError, match="N images, K directions"):

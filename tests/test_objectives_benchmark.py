@@ -26,12 +26,24 @@ def test_an_objective_is_parsed_from_its_spec_and_named_back():
     assert Objective.parse("noiseclr+gain=1e+2+centred:0.1") == Objective("noiseclr", 0.1, centred=True, gain=100.0)
     for weight in (1e6, 0.123456789, 1e-7):   # every weight's name reads back as that weight
         assert Objective.parse(Objective(gain=weight).name).gain == weight
+    # the gain's share and sides: named only where they differ from training's defaults
+    shaped = Objective.parse("noiseclr+two-sided+gain=30+share=1:0.1")
+    assert shaped == Objective("noiseclr", 0.1, gain=30.0, gain_share=1.0, two_sided=True)
+    assert shaped.name == "noiseclr+gain=30+share=1+two-sided:0.1" and Objective.parse(shaped.name) == shaped
+    assert Objective.parse("noiseclr+gain=10+share=0.25:0.1").name == "noiseclr+gain=10:0.1"
+    assert Objective.parse("noiseclr+gain=10+share=0.5:0.1").gain_share == 0.5
     for spec, message in (("noiseclr", "write LOSS"), ("noiseclr:0.1:2", "write LOSS"),
                           ("triplet:0.1", "unknown loss 'triplet'"), ("noiseclr+centered:0.1", r"\['centered'\]"),
                           ("noiseclr:0", "must be a positive number; got '0'"), ("noiseclr:1e", "got '1e'"),
                           ("noiseclr:1e400", "got '1e400'"), ("noiseclr+centred+centred:0.1", "given twice"),
                           ("noiseclr+gain:0.1", r"\['gain'\]"), ("noiseclr+gain=0:0.1", "weight must be a positive"),
-                          ("noiseclr+gain=1+gain=2:0.1", "given twice"), ("noiseclr+gain=-1:0.1", "write LOSS")):
+                          ("noiseclr+gain=1+gain=2:0.1", "given twice"), ("noiseclr+gain=-1:0.1", "write LOSS"),
+                          ("noiseclr+two-sided:0.1", r"give its weight too \(\+gain=W\)"),
+                          ("noiseclr+share=0.5:0.1", "give its weight too"),
+                          ("noiseclr+gain=1+share=2:0.1", r"in \(0, 1\]; got 2"),
+                          ("noiseclr+gain=1+share=0:0.1", "share must be a positive number"),
+                          ("noiseclr+gain=1+two-sided=1:0.1", r"\['two-sided=1'\]"),
+                          ("noiseclr+gain=1+share:0.1", r"\['share'\]")):
         with pytest.raises(SystemExit, match=message):
             Objective.parse(spec)
 
@@ -60,6 +72,13 @@ def test_objective_loss_is_the_library_loss_averaged_over_timesteps():
         gained = objectives.objective_loss(Objective("noiseclr", 0.3, centred=centred, gain=7.0), features, members,
                                            residuals)
         assert gained == pytest.approx(plain + 7.0 * term, abs=1e-5) and term != 0
+    # with its own share, two-sided: the same term with those arguments
+    term = sum(denoising_gain_loss(features[t][:, members], residuals[t], 1.0, True).item() for t in range(2)) / 2
+    shaped = objectives.objective_loss(Objective("noiseclr", 0.3, gain=7.0, gain_share=1.0, two_sided=True),
+                                       features, members, residuals)
+    assert shaped == pytest.approx(recipe + 7.0 * term, abs=1e-5)
+    assert shaped != pytest.approx(objectives.objective_loss(Objective("noiseclr", 0.3, gain=7.0), features, members,
+                                                             residuals))
     with pytest.raises(SystemExit, match=r"noiseclr\+gain=7:0.3: the gain term needs the reference's residuals"):
         objectives.objective_loss(Objective("noiseclr", 0.3, gain=7.0), features, members)
     assert recipe == pytest.approx(vocabulary.set_loss(vocabulary.EditCosines.of(features), members, 0.3), abs=1e-5)

@@ -475,6 +475,26 @@ def test_command_line_flags_and_quick_defaults():
     plain = dataclasses.replace(gained, gain_weight=0.0)
     assert gained.fingerprint() != plain.fingerprint() and gained.training_fingerprint() != plain.training_fingerprint()
     assert quality._loss_options(dataclasses.asdict(gained)) == "official loss with denoising-gain term 10"
+    # its share and sides: the defaults keep the keys the term had before they existed (commit cb4caff);
+    # others change both keys, reach train_directions and are named
+    term_alone = quality.Settings(model="m", samples="data/samples", gain_weight=10.0)
+    assert (term_alone.training_fingerprint("w"), term_alone.fingerprint("w")) == ("14f8cb4458cd", "2d7babf1b5c5")
+    shaped = quality.settings_from_args(quality.parse_args(["--gain-weight", "10", "--gain-top-share", "1",
+                                                            "--gain-two-sided"]), "m")
+    assert {k: shaped.train_overrides("noiseclr", 0)[k] for k in ("gain_top_share", "gain_two_sided")} == {
+        "gain_top_share": 1.0, "gain_two_sided": True}
+    for other in (dataclasses.replace(shaped, gain_top_share=0.25), dataclasses.replace(shaped, gain_two_sided=False)):
+        assert other.fingerprint() != shaped.fingerprint()
+        assert other.training_fingerprint() != shaped.training_fingerprint() != gained.training_fingerprint()
+    assert quality._loss_options(dataclasses.asdict(shaped)) == (
+        "official loss with denoising-gain term 10 (two-sided, on all the images)")
+    assert quality._gain_words({"gain_weight": 10, "gain_top_share": 0.5}) == (
+        ", gain term 10 (on the best 0.5 of the images)")
+    assert quality._gain_words({"gain_weight": 0}) == ""
+    for argv, message in ((["--gain-two-sided"], "give its weight too"), (["--gain-top-share", "0.5"], "weight too"),
+                          (["--gain-weight", "1", "--gain-top-share", "1.5"], r"1.5: give the share.*\(0, 1\]")):
+        with pytest.raises(SystemExit, match=message):
+            quality.main(argv)
     # sign-blind negatives and centred edits: off (the official loss) keeps both keys; on, both change
     # and reach train_directions
     for flag, option in (("--sign-blind-negatives", "sign_blind_negatives"), ("--center-edits", "center_edits")):
@@ -521,7 +541,8 @@ def test_command_line_flags_and_quick_defaults():
     assert logged.fingerprint() != settings.fingerprint()
     assert logged.training_fingerprint() == settings.training_fingerprint() != vocab.training_fingerprint()
     legacy = {k: v for k, v in dataclasses.asdict(settings).items()
-              if k not in ("anchors", "init", "strength_weight", "gain_weight", "min_scale", "hspace_min_scale",
+              if k not in ("anchors", "init", "strength_weight", "gain_weight", "gain_top_share", "gain_two_sided",
+                           "min_scale", "hspace_min_scale",
                            "sign_blind_negatives", "context", "center_edits", "edit_space",
                            "parameterization")}
     legacy_key = hashlib.sha256(json.dumps({**{k: v for k, v in legacy.items() if k not in

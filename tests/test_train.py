@@ -697,9 +697,9 @@ def test_gain_weight_adds_the_denoising_gain_term_and_is_kept(tmp_path, monkeypa
 
     calls = []
 
-    def recording_gain_loss(features, residual, top_share):
-        calls.append((tuple(features.shape), tuple(residual.shape), top_share, residual.requires_grad))
-        return denoising_gain_loss(features, residual, top_share)
+    def recording_gain_loss(features, residual, top_share, two_sided):
+        calls.append((tuple(features.shape), tuple(residual.shape), top_share, two_sided, residual.requires_grad))
+        return denoising_gain_loss(features, residual, top_share, two_sided)
 
     monkeypatch.setattr(train_module, "denoising_gain_loss", recording_gain_loss)
     official = train_directions(tiny_pipeline(0, tmp_path / "a"), _images(), progress=False, **FAST)
@@ -707,12 +707,20 @@ def test_gain_weight_adds_the_denoising_gain_term_and_is_kept(tmp_path, monkeypa
     gained = train_directions(tiny_pipeline(0, tmp_path / "b"), _images(), progress=False, gain_weight=10.0,
                               gain_top_share=0.5, **FAST)
     # every step scores all 4 directions on the step's 3 images, against the reference's residual
-    assert calls == [((3, 4, 4, 16, 16), (3, 4, 16, 16), 0.5, False)] * FAST["steps"]
+    assert calls == [((3, 4, 4, 16, 16), (3, 4, 16, 16), 0.5, False, False)] * FAST["steps"]
     assert not torch.allclose(gained.embeddings, official.embeddings)
     history = json.loads(gained.metadata["loss_history"])
     assert history != json.loads(official.metadata["loss_history"])
     training = json.loads(gained.metadata["training"])
     assert training["gain_weight"] == 10.0 and training["gain_top_share"] == 0.5
+    assert training["gain_two_sided"] is False
+    # two-sided: the flag reaches the term, and scoring each image by the better end changes the rows
+    calls.clear()
+    two_sided = train_directions(tiny_pipeline(0, tmp_path / "b2"), _images(), progress=False, gain_weight=10.0,
+                                 gain_top_share=0.5, gain_two_sided=True, **FAST)
+    assert [call[3] for call in calls] == [True] * FAST["steps"]
+    assert not torch.allclose(two_sided.embeddings, gained.embeddings)
+    assert json.loads(two_sided.metadata["training"])["gain_two_sided"] is True
     # the chunked, gradient-cached path adds the same term
     chunked = train_directions(tiny_pipeline(0, tmp_path / "c"), _images(), progress=False, gain_weight=10.0,
                                gain_top_share=0.5, chunk_size=3, **FAST)
@@ -728,6 +736,9 @@ def test_gain_weight_adds_the_denoising_gain_term_and_is_kept(tmp_path, monkeypa
     with pytest.raises(ValueError, match="gain_top_share=0.25 but this run has gain_top_share=0.5"):
         train_directions(tiny_pipeline(0, tmp_path / "d"), _images(), progress=False, output_dir=out, resume=True,
                          gain_weight=10.0, gain_top_share=0.5, **{**FAST, "steps": FAST["steps"] + 1})
+    with pytest.raises(ValueError, match="gain_two_sided=False but this run has gain_two_sided=True"):
+        train_directions(tiny_pipeline(0, tmp_path / "d"), _images(), progress=False, output_dir=out, resume=True,
+                         gain_weight=10.0, gain_two_sided=True, **{**FAST, "steps": FAST["steps"] + 1})
     # the term compares the UNet's output with the noise: a model that predicts something else is refused
     v_pipe = tiny_pipeline(0, tmp_path / "v")
     v_pipe.scheduler.register_to_config(prediction_type="v_prediction")
@@ -735,6 +746,8 @@ def test_gain_weight_adds_the_denoising_gain_term_and_is_kept(tmp_path, monkeypa
         train_directions(v_pipe, _images(), progress=False, gain_weight=1.0, **FAST)
     for bad, match in (({"gain_weight": -1.0}, "gain_weight=-1.0"), ({"gain_weight": math.inf}, "gain_weight=inf"),
                        ({"gain_top_share": 0.0}, "gain_top_share=0.0"),
+                       ({"gain_two_sided": True}, "with gain_weight=0: they shape the denoising-gain term"),
+                       ({"gain_top_share": 0.5}, "gain_top_share=0.5 with gain_weight=0"),
                        ({"gain_weight": 1.0, "edit_space": "hspace"}, "needs edit_space='eps'")):
         with pytest.raises(ValueError, match=match):
             train_directions(tiny_pipeline(0, tmp_path / "e"), _images(), progress=False, **{**FAST, **bad})
