@@ -127,12 +127,22 @@ class Objective:
         if ("share" in options or "two-sided" in options) and "gain" not in options:
             _fail(f"objective {spec!r}: +share and +two-sided shape the gain term; give its weight too (+gain=W)")
         gain_weight = _positive(options["gain"], spec, "the gain term's weight") if "gain" in options else 0.0
-        share = _positive(options["share"], spec, "the gain's share") if "share" in options else GAIN_TOP_SHARE
-        if share > 1:
-            _fail(f"objective {spec!r}: the gain's share is the share of the images scored, in (0, 1]; got {share:g}")
+        share = (_positive(options["share"], spec, "the gain's share (of the images scored, in (0, 1])")
+                 if "share" in options else GAIN_TOP_SHARE)
         tau = _positive(match["tau"], spec, "the temperature")
-        return cls(match["loss"], tau, "sign-blind" in options, "centred" in options, gain_weight, share,
-                   "two-sided" in options)
+        try:
+            return cls(match["loss"], tau, "sign-blind" in options, "centred" in options, gain_weight, share,
+                       "two-sided" in options)
+        except ValueError as error:
+            _fail(f"objective {spec!r}: {error}")
+
+    def __post_init__(self):
+        # what a spec cannot say is refused, so that every objective's name reads back as itself
+        if not 0 < self.gain_share <= 1:
+            raise ValueError(f"the gain's share is the share of the images scored, in (0, 1]; got {self.gain_share:g}")
+        if not self.gain and (self.two_sided or self.gain_share != GAIN_TOP_SHARE):
+            raise ValueError(f"gain_share={self.gain_share:g}, two_sided={self.two_sided} shape the gain term, "
+                             f"which is off (gain=0); give a gain weight or leave them at their defaults")
 
     @property
     def name(self) -> str:
@@ -348,7 +358,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     """The command line's options (``argv``: the arguments, ``sys.argv[1:]`` when None)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--objectives", nargs="+", default=list(DEFAULT_OBJECTIVES),
-                        help="LOSS[+sign-blind][+centred]:TAU each (default: %(default)s)")
+                        help="LOSS[+sign-blind][+centred][+gain=W[+share=S][+two-sided]]:TAU each "
+                             "(default: %(default)s)")
     add_feature_arguments(parser, "objectives")
     parser.add_argument("-k", type=int, default=10, help="pieces each objective chooses")
     parser.add_argument("--draws", type=int, default=50, help="random sets of words drawn per domain")

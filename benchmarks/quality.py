@@ -1654,8 +1654,10 @@ def main(argv=None) -> dict:
         raise SystemExit(f"benchmarks/quality.py: --processes {args.processes} hands the units over through the "
                          f"cache; add --resume")
     if (args.gain_two_sided or args.gain_top_share != Settings.gain_top_share) and not args.gain_weight:
-        raise SystemExit("benchmarks/quality.py: --gain-top-share and --gain-two-sided shape the denoising-gain term; "
-                         "give its weight too (--gain-weight 10)")
+        given = (f"--gain-top-share {args.gain_top_share:g}" if args.gain_top_share != Settings.gain_top_share
+                 else "--gain-two-sided")
+        raise SystemExit(f"benchmarks/quality.py: {given} without --gain-weight: it shapes the denoising-gain term, "
+                         f"which is off; add --gain-weight (e.g. 10) or drop it")
     if not 0 < args.gain_top_share <= 1:
         raise SystemExit(f"benchmarks/quality.py: --gain-top-share {args.gain_top_share:g}: give the share of a step's "
                          f"images each direction's gain is scored on, in (0, 1]")

@@ -203,7 +203,15 @@ def _start(pipe, image_path, inversion, steps, seed):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m noiseclr_lite`` and the ``noiseclr-lite`` script."""
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train":   # before the model loads: a usage error, not a minute's wait
+        if not 0 < args.gain_top_share <= 1:
+            parser.error(f"--gain-top-share {args.gain_top_share:g}: give the share of a step's images each "
+                         f"direction's gain is scored on, in (0, 1]")
+        if (args.gain_two_sided or args.gain_top_share != 0.25) and not args.gain_weight:
+            parser.error("--gain-top-share and --gain-two-sided shape the denoising-gain term, which is off: add "
+                         "--gain-weight (e.g. 10) or drop them")
     from .directions import Directions
     from .models import image_size, load_pipeline
 

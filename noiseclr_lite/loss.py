@@ -220,18 +220,21 @@ def denoising_gain_loss(features: torch.Tensor, residual: torch.Tensor, top_shar
     (``-|D|^2``), while an edit towards what a quarter of the images have gains on that quarter.
     ``g <= 1``, so the term is bounded below by -1.  For a fixed set of images it is largest for an
     edit equal to the mean of their residuals weighted by ``1 / |r_i|^2``, so unlike the cosines it
-    also weighs how hard the edit pushes.
+    also weighs how hard the edit pushes (one-sided; two-sided, below, each image takes its own sign).
 
     ``two_sided=True`` scores each image by the better end of the slider, ``+D`` or ``-D``::
 
         g_ik = (2 |r_i . D_ik| - |D_ik|^2) / |r_i|^2
 
     A slider is used (and scored) both ways, and an attribute's two values split the images: an edit
-    towards "glasses" explains the images with glasses, its opposite those without.  So with a share
-    of 0.5 or more a pure attribute gains on every image it is scored on, while an edit that mixes
-    two attributes (glasses and smiling) gains only where both agree, a quarter of a balanced set
-    each way: where they disagree the two halves of its push cancel.  One-sided, at a share of 0.25,
-    the mixture and the pure edit can gain alike.
+    towards "glasses" explains the images with glasses, its opposite those without.  So a pure
+    attribute gains on every image, while an edit that mixes two attributes (glasses and smiling)
+    gains only where both agree, a quarter of a balanced set each way: where they disagree the two
+    halves of its push cancel.  Scored on every image (``top_share=1``), the pure edit wins; on the
+    best half, the mixture's agreeing half is all it is scored on, and it wins.  One-sided, on the
+    best quarter (the default), the mixture wins too; on the best half, the pure edit.  (The
+    constructed case is ``tests/test_loss.py``.)  All this assumes the reference's prediction sits
+    between an attribute's two values; ``benchmarks/quality-findings.md`` measures where it does not.
 
     Args:
         features: [N, K, ...] edit features in noise-prediction space (``edit_space="eps"``).
@@ -255,7 +258,7 @@ def denoising_gain_loss(features: torch.Tensor, residual: torch.Tensor, top_shar
     along = (reference * flat).sum(dim=-1)                               # [N, K]: r . D
     if two_sided:  # the better end of the slider: |r|^2 - min(|r - D|^2, |r + D|^2)
         along = along.abs()
-    gained = 2 * along - flat.pow(2).sum(dim=-1)                         # [N, K]: |r|^2 - |r - D|^2
+    gained = 2 * along - flat.pow(2).sum(dim=-1)     # [N, K]: |r|^2 - |r - D|^2 (two-sided: the min over +-D)
     gains = gained / reference.pow(2).sum(dim=-1).clamp_min(1e-12)       # relative to the reference's error
     top = max(1, math.ceil(top_share * features.shape[0]))
     return -gains.topk(top, dim=0).values.mean()

@@ -471,7 +471,8 @@ def _check_config(cfg: TrainConfig, num_images: int) -> None:
                          "gain is scored on, in (0, 1]")
     if not cfg.gain_weight and (cfg.gain_two_sided or cfg.gain_top_share != TrainConfig.gain_top_share):
         raise ValueError(f"gain_two_sided={cfg.gain_two_sided}, gain_top_share={cfg.gain_top_share} with "
-                         f"gain_weight=0: they shape the denoising-gain term, which is off; give gain_weight too")
+                         f"gain_weight=0: they shape the denoising-gain term, which is off; give gain_weight too, "
+                         f"or leave them at their defaults (False, {TrainConfig.gain_top_share})")
     if cfg.gain_weight and cfg.edit_space != "eps":
         raise ValueError(f"gain_weight={cfg.gain_weight} with edit_space={cfg.edit_space!r}: the denoising gain "
                          "compares noise predictions with the noise, so it needs edit_space='eps'")

@@ -81,6 +81,13 @@ def test_a_bad_context_is_a_usage_error_before_the_model_loads(tmp_path, capsys)
               "--out", str(tmp_path / "x.safetensors")])
     assert stop.value.code == 2
     assert "--context must be a prompt with exactly one '{}'" in capsys.readouterr().err
+    # the gain term's shape without its weight, or a share outside (0, 1], likewise
+    for flags, message in ((["--gain-two-sided"], "shape the denoising-gain term, which is off"),
+                           (["--gain-weight", "1", "--gain-top-share", "0"], "--gain-top-share 0: give the share")):
+        with pytest.raises(SystemExit) as stop:
+            main(["train", "--model", str(tmp_path / "no-model-here"), "--images", str(tmp_path),
+                  "--out", str(tmp_path / "x.safetensors"), *flags])
+        assert stop.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_consensus_keeps_what_two_runs_share(trained, tiny_pipe_dir, image_folder, tmp_path, capsys):

@@ -32,6 +32,12 @@ def test_an_objective_is_parsed_from_its_spec_and_named_back():
     assert shaped.name == "noiseclr+gain=30+share=1+two-sided:0.1" and Objective.parse(shaped.name) == shaped
     assert Objective.parse("noiseclr+gain=10+share=0.25:0.1").name == "noiseclr+gain=10:0.1"
     assert Objective.parse("noiseclr+gain=10+share=0.5:0.1").gain_share == 0.5
+    sided = Objective.parse("noiseclr+gain=10+two-sided:0.1")
+    assert sided.name == "noiseclr+gain=10+two-sided:0.1" and Objective.parse(sided.name) == sided
+    # what no spec can say is refused where it is built, so every name reads back
+    for unsayable in ({"two_sided": True}, {"gain_share": 0.5}, {"gain": 1.0, "gain_share": 2.0}):
+        with pytest.raises(ValueError, match="share|shape the gain term"):
+            Objective(**unsayable)
     for spec, message in (("noiseclr", "write LOSS"), ("noiseclr:0.1:2", "write LOSS"),
                           ("triplet:0.1", "unknown loss 'triplet'"), ("noiseclr+centered:0.1", r"\['centered'\]"),
                           ("noiseclr:0", "must be a positive number; got '0'"), ("noiseclr:1e", "got '1e'"),
@@ -41,7 +47,7 @@ def test_an_objective_is_parsed_from_its_spec_and_named_back():
                           ("noiseclr+two-sided:0.1", r"give its weight too \(\+gain=W\)"),
                           ("noiseclr+share=0.5:0.1", "give its weight too"),
                           ("noiseclr+gain=1+share=2:0.1", r"in \(0, 1\]; got 2"),
-                          ("noiseclr+gain=1+share=0:0.1", "share must be a positive number"),
+                          ("noiseclr+gain=1+share=0:0.1", r"in \(0, 1\]\) must be a positive number"),
                           ("noiseclr+gain=1+two-sided=1:0.1", r"\['two-sided=1'\]"),
                           ("noiseclr+gain=1+share:0.1", r"\['share'\]")):
         with pytest.raises(SystemExit, match=message):
