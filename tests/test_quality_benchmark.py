@@ -491,7 +491,8 @@ def test_command_line_flags_and_quick_defaults():
     assert quality._gain_words({"gain_weight": 10, "gain_top_share": 0.5}) == (
         ", gain term 10 (on the best 0.5 of the images)")
     assert quality._gain_words({"gain_weight": 0}) == ""
-    for argv, message in ((["--gain-two-sided"], "give its weight too"), (["--gain-top-share", "0.5"], "weight too"),
+    for argv, message in ((["--gain-two-sided"], "--gain-two-sided without --gain-weight: it shapes"),
+                          (["--gain-top-share", "0.5"], "--gain-top-share 0.5 without --gain-weight"),
                           (["--gain-weight", "1", "--gain-top-share", "1.5"], r"1.5: give the share.*\(0, 1\]")):
         with pytest.raises(SystemExit, match=message):
             quality.main(argv)
