@@ -262,8 +262,8 @@ def test_two_sided_gain_on_every_image_prefers_a_pure_attribute_to_a_mixture():
     # one-sided at a half the pure edit wins again: the images it explains are its half
     assert gain(pure, 0.5, False) == pytest.approx(0.5) and gain(mixture, 0.5, False) == pytest.approx(0.25)
     assert gain(full_mixture, 0.5, False) == pytest.approx(0.0)
-    # at every push, not just those two: two-sided on three quarters or all of the images, and
-    # one-sided on half, no mixture reaches the pure edit's 1/2 (the best, at three quarters, 4/9)
+    # at every push of the equal mixture c(a + b), not just those two: two-sided on three quarters or all
+    # of the images, and one-sided on half, none reaches the pure edit's 1/2 (the best, at three quarters, 4/9)
     for push in torch.linspace(0.05, 2.0, 40):
         scaled = push * full_mixture
         assert max(gain(scaled, 0.75, True), gain(scaled, 1.0, True), gain(scaled, 0.5, False)) < 0.5 - 0.05
