@@ -67,7 +67,7 @@ from noiseclr_lite.metrics import (STRENGTH_MIN, PURITY_MIN, DirectionScore, Pro
                                    images_to_tensor, prepare_start, reached_purity, score_direction,
                                    score_rendered, summary)
 from noiseclr_lite.models import image_size  # noqa: E402
-from noiseclr_lite.train import EDIT_SPACES, PARAMETERIZATIONS  # noqa: E402
+from noiseclr_lite.train import EDIT_SPACES, PARAMETERIZATIONS, TrainConfig  # noqa: E402
 from noiseclr_lite.toyworld.domains import get_domain  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -107,7 +107,7 @@ class Settings:
     init: str = "random"                  # "random" or "vocab" (directions.Directions.create)
     strength_weight: float = 0.0          # > 0: the push-strength term (train.TrainConfig.strength_weight)
     gain_weight: float = 0.0              # > 0: the denoising-gain term (train.TrainConfig.gain_weight)
-    gain_top_share: float = 0.25          # the share of a step's images its gain is scored on (the same)
+    gain_top_share: float = TrainConfig.gain_top_share  # the share of a step's images its gain is scored on
     gain_two_sided: bool = False          # True: each image's gain from +D or -D (train.TrainConfig.gain_two_sided)
     sign_blind_negatives: bool = False    # True: negatives scored by |cos| (train.TrainConfig.sign_blind_negatives)
     center_edits: bool = False            # True: contrast the centred edits (train.TrainConfig.center_edits)
@@ -854,8 +854,8 @@ def _loss_options(s: dict) -> str:
 def _gain_shape(s: dict) -> str:
     """How the gain term was scored, in words, where not by default: " (two-sided, on all the images)"."""
     shape = ["two-sided"] if s.get("gain_two_sided") else []
-    share = s.get("gain_top_share", 0.25)
-    if share != 0.25:
+    share = s.get("gain_top_share", TrainConfig.gain_top_share)   # reports from before the option: the default
+    if share != TrainConfig.gain_top_share:
         shape.append("on all the images" if share == 1 else f"on the best {share:g} of the images")
     return f" ({', '.join(shape)})" if shape else ""
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from .editing import COMPOSITIONS
-from .train import EDIT_SPACES, PARAMETERIZATIONS
+from .train import EDIT_SPACES, PARAMETERIZATIONS, TrainConfig
 
 
 def _model_flags(parser: argparse.ArgumentParser) -> None:
@@ -73,9 +73,9 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--gain-weight", type=float, default=0.0,
                        help="weight of a term that asks each direction to explain some images better than the "
                             "reference prompt (loss.denoising_gain_loss; default 0: the official loss)")
-    train.add_argument("--gain-top-share", type=float, default=0.25,
+    train.add_argument("--gain-top-share", type=float, default=TrainConfig.gain_top_share,
                        help="the share of a step's images each direction's gain is scored on, in (0, 1] "
-                            "(with --gain-weight; default 0.25)")
+                            "(with --gain-weight; default %(default)s)")
     train.add_argument("--gain-two-sided", action="store_true",
                        help="score each image's gain by +D or -D, the better end of the slider (with --gain-weight)")
     train.add_argument("--sign-blind-negatives", action="store_true",
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 < args.gain_top_share <= 1:
             parser.error(f"--gain-top-share {args.gain_top_share:g}: give the share of a step's images each "
                          f"direction's gain is scored on, in (0, 1]")
-        if (args.gain_two_sided or args.gain_top_share != 0.25) and not args.gain_weight:
+        if (args.gain_two_sided or args.gain_top_share != TrainConfig.gain_top_share) and not args.gain_weight:
             parser.error("--gain-top-share and --gain-two-sided shape the denoising-gain term, which is off: add "
                          "--gain-weight (e.g. 10) or drop them")
     from .directions import Directions
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe = load_pipeline(args.model, device=args.device)
     if args.command == "train":
         from .data import load_images
-        from .train import TrainConfig, train_directions
+        from .train import train_directions
 
         size = args.image_size or image_size(pipe)
         images = load_images(args.images, size)
