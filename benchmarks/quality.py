@@ -67,7 +67,7 @@ from noiseclr_lite.metrics import (STRENGTH_MIN, PURITY_MIN, DirectionScore, Pro
                                    images_to_tensor, prepare_start, reached_purity, score_direction,
                                    score_rendered, summary)
 from noiseclr_lite.models import image_size  # noqa: E402
-from noiseclr_lite.train import EDIT_SPACES, PARAMETERIZATIONS, TrainConfig  # noqa: E402
+from noiseclr_lite.train import EDIT_SPACES, PARAMETERIZATIONS, TrainConfig, check_config  # noqa: E402
 from noiseclr_lite.toyworld.domains import get_domain  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -1653,21 +1653,18 @@ def main(argv=None) -> dict:
     if args.processes > 1 and not args.resume:
         raise SystemExit(f"benchmarks/quality.py: --processes {args.processes} hands the units over through the "
                          f"cache; add --resume")
-    if (args.gain_two_sided or args.gain_top_share != Settings.gain_top_share) and not args.gain_weight:
-        given = (f"--gain-top-share {args.gain_top_share:g}" if args.gain_top_share != Settings.gain_top_share
-                 else "--gain-two-sided")
-        raise SystemExit(f"benchmarks/quality.py: {given} without --gain-weight: it shapes the denoising-gain term, "
-                         f"which is off; add --gain-weight (e.g. 10) or drop it")
-    if not 0 < args.gain_top_share <= 1:
-        raise SystemExit(f"benchmarks/quality.py: --gain-top-share {args.gain_top_share:g}: give the share of a step's "
-                         f"images each direction's gain is scored on, in (0, 1]")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     from noiseclr_lite.models import BUNDLED_MODEL, load_pipeline
     from noiseclr_lite.toyworld.oracle import Oracle
 
     model = args.model or BUNDLED_MODEL
     settings = settings_from_args(args, model)
+    try:  # before the model loads: a usage error, not a minute's wait (both losses take the same options)
+        check_config(TrainConfig(**settings.train_overrides(TRAINED_LOSSES["NoiseCLR"], seed=0)))
+    except ValueError as err:
+        raise SystemExit(f"benchmarks/quality.py: {err} (`python benchmarks/quality.py --help` names the option "
+                         f"that sets each field)") from None
+    if args.threads:
+        torch.set_num_threads(args.threads)
     stages = Stages()
     if args.processes > 1 and len(args.domains) > 1:  # one domain gains nothing from a child process
         run_in_processes(list(sys.argv[1:] if argv is None else argv), args, stages)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from .editing import COMPOSITIONS
-from .train import EDIT_SPACES, PARAMETERIZATIONS, TrainConfig
+from .train import EDIT_SPACES, PARAMETERIZATIONS, TrainConfig, check_config
 
 
 def _model_flags(parser: argparse.ArgumentParser) -> None:
@@ -206,12 +206,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command == "train":   # before the model loads: a usage error, not a minute's wait
-        if not 0 < args.gain_top_share <= 1:
-            parser.error(f"--gain-top-share {args.gain_top_share:g}: give the share of a step's images each "
-                         f"direction's gain is scored on, in (0, 1]")
-        if (args.gain_two_sided or args.gain_top_share != TrainConfig.gain_top_share) and not args.gain_weight:
-            parser.error("--gain-top-share and --gain-two-sided shape the denoising-gain term, which is off: add "
-                         "--gain-weight (e.g. 10) or drop them")
+        config = TrainConfig(
+            num_directions=args.num_directions, steps=args.steps, learning_rate=args.lr, tau=args.tau,
+            loss=args.loss, batch_size=args.batch_size, negatives_per_step=args.negatives or None,
+            anchors=args.anchors, init=args.init, strength_weight=args.strength_weight,
+            gain_weight=args.gain_weight, gain_top_share=args.gain_top_share, gain_two_sided=args.gain_two_sided,
+            sign_blind_negatives=args.sign_blind_negatives, center_edits=args.center_edits,
+            context=args.context, edit_space=args.edit_space, parameterization=args.parameterization,
+            timestep_range=(args.t_min, args.t_max),
+            grad_accum=args.grad_accum, chunk_size=args.chunk_size,
+            mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
+            seed=args.seed, prefix=args.prefix, checkpoint_every=args.checkpoint_every)
+        try:
+            check_config(config)
+        except ValueError as err:
+            parser.error(f"{err} (`noiseclr-lite train --help` names the option that sets each field)")
     from .directions import Directions
     from .models import image_size, load_pipeline
 
@@ -230,17 +239,6 @@ def main(argv: list[str] | None = None) -> int:
 
         size = args.image_size or image_size(pipe)
         images = load_images(args.images, size)
-        config = TrainConfig(
-            num_directions=args.num_directions, steps=args.steps, learning_rate=args.lr, tau=args.tau,
-            loss=args.loss, batch_size=args.batch_size, negatives_per_step=args.negatives or None,
-            anchors=args.anchors, init=args.init, strength_weight=args.strength_weight,
-            gain_weight=args.gain_weight, gain_top_share=args.gain_top_share, gain_two_sided=args.gain_two_sided,
-            sign_blind_negatives=args.sign_blind_negatives, center_edits=args.center_edits,
-            context=args.context, edit_space=args.edit_space, parameterization=args.parameterization,
-            timestep_range=(args.t_min, args.t_max),
-            grad_accum=args.grad_accum, chunk_size=args.chunk_size,
-            mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
-            seed=args.seed, prefix=args.prefix, checkpoint_every=args.checkpoint_every)
         ckpt = args.checkpoint_dir or args.out + ".ckpt"
         directions = train_directions(pipe, images, config, output_dir=ckpt, resume=args.resume,
                                       accelerator=accelerator)

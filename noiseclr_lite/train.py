@@ -453,12 +453,21 @@ def _check_finite(value: float, what: str, step: int, ckpt_path, cfg: TrainConfi
             f"(now {cfg.learning_rate}) or use mixed_precision='bf16' or 'no' instead of 'fp16'.")
 
 
-def _check_config(cfg: TrainConfig, num_images: int) -> None:
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse a ``TrainConfig`` that cannot train, before any model or image is loaded.
+
+    Everything the settings alone decide is checked here, so that front ends (the CLI,
+    ``benchmarks/quality.py``) can turn a bad option into a usage error at once instead of
+    after a minute of loading; ``train_directions`` calls it too, with the images' count.
+
+    Raises:
+        ValueError: naming the field, its value and the fix.
+    """
     if cfg.num_directions < 2:
         raise ValueError(f"num_directions={cfg.num_directions}: the contrastive loss needs at least 2 directions")
-    if num_images < 2 or cfg.batch_size < 2:
-        raise ValueError(f"need >= 2 images per step (got {num_images} images, batch_size={cfg.batch_size}); "
-                         "positives are the same direction on two different images")
+    if cfg.batch_size < 2:
+        raise ValueError(f"batch_size={cfg.batch_size}: need >= 2 images per step; positives are the same direction "
+                         "on two different images")
     if cfg.anchors not in ("one", "all"):
         raise ValueError(f"anchors={cfg.anchors!r}; use 'one' (the official loss: one anchor per step) or 'all'")
     if not (cfg.strength_weight >= 0 and math.isfinite(cfg.strength_weight)):
@@ -492,6 +501,13 @@ def _check_config(cfg: TrainConfig, num_images: int) -> None:
                          "from logits drawn from the seed (MIXTURE_LOGIT_STD), not from a row; leave init='random'")
     if cfg.mixed_precision not in ("no", "fp16", "bf16"):
         raise ValueError(f"mixed_precision={cfg.mixed_precision!r}; use 'no', 'fp16' or 'bf16'")
+
+
+def _check_config(cfg: TrainConfig, num_images: int) -> None:
+    check_config(cfg)
+    if num_images < 2:
+        raise ValueError(f"need >= 2 images per step (got {num_images} images, batch_size={cfg.batch_size}); "
+                         "positives are the same direction on two different images")
 
 
 def train_directions(pipe, images: torch.Tensor | None = None, config: TrainConfig | None = None, *,

@@ -81,9 +81,11 @@ def test_a_bad_context_is_a_usage_error_before_the_model_loads(tmp_path, capsys)
               "--out", str(tmp_path / "x.safetensors")])
     assert stop.value.code == 2
     assert "--context must be a prompt with exactly one '{}'" in capsys.readouterr().err
-    # the gain term's shape without its weight, or a share outside (0, 1], likewise
+    # every setting train_directions would refuse, likewise (train.check_config): the gain term's shape
+    # without its weight, a share outside (0, 1], one direction
     for flags, message in ((["--gain-two-sided"], "shape the denoising-gain term, which is off"),
-                           (["--gain-weight", "1", "--gain-top-share", "0"], "--gain-top-share 0: give the share")):
+                           (["--gain-weight", "1", "--gain-top-share", "0"], "gain_top_share=0.0; give the share"),
+                           (["--num-directions", "1"], "num_directions=1: the contrastive loss needs")):
         with pytest.raises(SystemExit) as stop:
             main(["train", "--model", str(tmp_path / "no-model-here"), "--images", str(tmp_path),
                   "--out", str(tmp_path / "x.safetensors"), *flags])

@@ -491,9 +491,11 @@ def test_command_line_flags_and_quick_defaults():
     assert quality._gain_words({"gain_weight": 10, "gain_top_share": 0.5}) == (
         ", gain term 10 (on the best 0.5 of the images)")
     assert quality._gain_words({"gain_weight": 0}) == ""
-    for argv, message in ((["--gain-two-sided"], "--gain-two-sided without --gain-weight: it shapes"),
-                          (["--gain-top-share", "0.5"], "--gain-top-share 0.5 without --gain-weight"),
-                          (["--gain-weight", "1", "--gain-top-share", "1.5"], r"1.5: give the share.*\(0, 1\]")):
+    # refused before the model loads, by train.check_config, with the option named by --help
+    for argv, message in ((["--gain-two-sided"], "gain_two_sided=True, gain_top_share=0.25 with gain_weight=0"),
+                          (["--gain-top-share", "0.5"], "gain_two_sided=False, gain_top_share=0.5 with gain_weight=0"),
+                          (["--gain-weight", "1", "--gain-top-share", "1.5"], r"1.5; give the share.*\(0, 1\]"),
+                          (["-k", "1"], "num_directions=1: the contrastive loss")):
         with pytest.raises(SystemExit, match=message):
             quality.main(argv)
     # sign-blind negatives and centred edits: off (the official loss) keeps both keys; on, both change

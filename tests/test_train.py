@@ -222,6 +222,22 @@ def test_bad_settings_are_refused(tiny_pipe):
         train_directions(tiny_pipe, _images(), progress=False, **{**FAST, "context": "a face"})
 
 
+def test_check_config_refuses_bad_settings_without_a_model():
+    """Front ends call ``check_config`` before loading anything: it needs only the settings."""
+    from noiseclr_lite.train import TrainConfig, check_config
+
+    check_config(TrainConfig())   # the defaults train
+    check_config(TrainConfig(gain_weight=10.0, gain_top_share=1.0, gain_two_sided=True))
+    for fields, message in (({"num_directions": 1}, "num_directions=1: the contrastive loss"),
+                            ({"batch_size": 1}, "batch_size=1: need >= 2 images per step"),
+                            ({"gain_two_sided": True}, "gain_two_sided=True, gain_top_share=0.25 with gain_weight=0"),
+                            ({"gain_weight": 1.0, "gain_top_share": 1.5}, r"gain_top_share=1.5; .*in \(0, 1\]"),
+                            ({"context": "a face"}, "TrainConfig.context must be a prompt with exactly one"),
+                            ({"mixed_precision": "fp8"}, "mixed_precision='fp8'")):
+        with pytest.raises(ValueError, match=message):
+            check_config(TrainConfig(**fields))
+
+
 def test_a_context_trains_the_tokens_in_that_prompt(tmp_path):
     """Directions trained in "a face, {}" carry that context, and their steps contrast the
     tokens in it: the run differs from the same seed trained alone."""
