@@ -458,7 +458,8 @@ def check_config(cfg: TrainConfig) -> None:
 
     Everything the settings alone decide is checked here, so that front ends (the CLI,
     ``benchmarks/quality.py``) can turn a bad option into a usage error at once instead of
-    after a minute of loading; ``train_directions`` calls it too, with the images' count.
+    after a minute of loading; ``train_directions`` calls it too (through ``_check_config``,
+    which also refuses fewer than 2 images).
 
     Raises:
         ValueError: naming the field, its value and the fix.

@@ -498,6 +498,15 @@ def test_command_line_flags_and_quick_defaults():
                           (["-k", "1"], "num_directions=1: the contrastive loss")):
         with pytest.raises(SystemExit, match=message):
             quality.main(argv)
+    # without a trained method nothing is trained, so training's settings are not checked: the run
+    # goes on to load the model
+    def loading(*args, **kwargs):
+        raise RuntimeError("loads")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("noiseclr_lite.models.load_pipeline", loading)
+        with pytest.raises(RuntimeError, match="loads"):
+            quality.main(["--methods", "text", "h-space", "-k", "1"])
     # sign-blind negatives and centred edits: off (the official loss) keeps both keys; on, both change
     # and reach train_directions
     for flag, option in (("--sign-blind-negatives", "sign_blind_negatives"), ("--center-edits", "center_edits")):

@@ -218,6 +218,8 @@ def test_bad_settings_are_refused(tiny_pipe):
         train_directions(tiny_pipe, _images(), progress=False, **{**FAST, "batch_size": 1})
     with pytest.raises(ValueError, match="give images"):
         train_directions(tiny_pipe, progress=False, **FAST)
+    with pytest.raises(ValueError, match=r"need >= 2 images per step \(got 1 images"):
+        train_directions(tiny_pipe, latents=torch.randn(1, 4, 16, 16), progress=False, **FAST)
     with pytest.raises(ValueError, match="TrainConfig.context must be a prompt with exactly one"):
         train_directions(tiny_pipe, _images(), progress=False, **{**FAST, "context": "a face"})
 
