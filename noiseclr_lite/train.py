@@ -252,14 +252,18 @@ def direction_features(pipe, directions: Directions, latents: torch.Tensor, time
     return _features_and_residual(pipe, directions, latents, timestep, seed, chunk_size, edit_space)[0]
 
 
+def _check_chunk_size(chunk_size: int | None) -> None:
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size} must be a positive number of (image, direction) pairs, "
+                         "or None for one UNet call")
+
+
 def _features_and_residual(pipe, directions, latents: torch.Tensor, timestep: int, seed: int,
                            chunk_size: int | None, edit_space: str = "eps") -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`direction_features`, and the reference prompt's denoising residual on the same noisy
     latents: ``noise - eps(x_t, t, c_ref)`` [N, 4, h, w] float32 (what :func:`denoising_gain` needs;
     None in h-space, where there is no noise prediction to compare with the noise)."""
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size} must be a positive number of (image, direction) pairs, "
-                         "or None for one UNet call")
+    _check_chunk_size(chunk_size)
     noise, noisy, t = _noised(pipe, latents, timestep, seed)
     reference_cond = directions.reference_conditioning(pipe).expand(len(noisy), -1, -1)
     reference = unet_features(pipe.unet, noisy, t, reference_cond, edit_space)
@@ -456,7 +460,7 @@ def _check_finite(value: float, what: str, step: int, ckpt_path, cfg: TrainConfi
 def check_config(cfg: TrainConfig) -> None:
     """Refuse a ``TrainConfig`` that cannot train, before any model or image is loaded.
 
-    Everything the settings alone decide is checked here, so that front ends (the CLI,
+    The settings ``train_directions`` would refuse are checked here, so that front ends (the CLI,
     ``benchmarks/quality.py``) can turn a bad option into a usage error at once instead of
     after a minute of loading; ``train_directions`` calls it too (through ``_check_config``,
     which also refuses fewer than 2 images).
@@ -469,6 +473,14 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.batch_size < 2:
         raise ValueError(f"batch_size={cfg.batch_size}: need >= 2 images per step; positives are the same direction "
                          "on two different images")
+    get_loss(cfg.loss)   # an unknown name is refused with the names there are
+    low, high = cfg.timestep_range
+    if not 0 <= low < high:
+        raise ValueError(f"timestep_range={tuple(cfg.timestep_range)}: t is drawn from [low, high), so give "
+                         "0 <= low < high, e.g. (0, 1000)")
+    if cfg.grad_accum < 1:
+        raise ValueError(f"grad_accum={cfg.grad_accum}: give the number of micro-steps per update, 1 or more")
+    _check_chunk_size(cfg.chunk_size)
     if cfg.anchors not in ("one", "all"):
         raise ValueError(f"anchors={cfg.anchors!r}; use 'one' (the official loss: one anchor per step) or 'all'")
     if not (cfg.strength_weight >= 0 and math.isfinite(cfg.strength_weight)):

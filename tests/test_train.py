@@ -235,7 +235,11 @@ def test_check_config_refuses_bad_settings_without_a_model():
                             ({"gain_two_sided": True}, "gain_two_sided=True, gain_top_share=0.25 with gain_weight=0"),
                             ({"gain_weight": 1.0, "gain_top_share": 1.5}, r"gain_top_share=1.5; .*in \(0, 1\]"),
                             ({"context": "a face"}, "TrainConfig.context must be a prompt with exactly one"),
-                            ({"mixed_precision": "fp8"}, "mixed_precision='fp8'")):
+                            ({"mixed_precision": "fp8"}, "mixed_precision='fp8'"),
+                            ({"loss": "triplet"}, "unknown loss 'triplet'"),
+                            ({"timestep_range": (500, 500)}, r"timestep_range=\(500, 500\): .*0 <= low < high"),
+                            ({"grad_accum": 0}, "grad_accum=0"),
+                            ({"chunk_size": 0}, "chunk_size=0 must be a positive number")):
         with pytest.raises(ValueError, match=message):
             check_config(TrainConfig(**fields))
 
