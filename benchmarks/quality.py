@@ -84,6 +84,9 @@ CLEAR_MARGIN = 0.10
 BARS = {"coverage": 0.75, "mean_purity": 0.7, "text_purity_share": 0.8}
 #: a calibrated direction whose pixel change is off the target by more than this share is counted
 MISCALIBRATION = 0.25
+# the gain term's share before --gain-top-share existed: what reports and caches without the key used,
+# whatever TrainConfig's default becomes
+GAIN_SHARE_BEFORE_OPTION = 0.25
 
 
 # ===================================================================================== settings
@@ -154,8 +157,8 @@ class Settings:
         skip = {"domains", "seeds", "methods", "interference", "grid_images", "interference_images", "quick"}
         kept = {k: v for k, v in asdict(self).items() if k not in skip}
         kept["weights"] = weights
-        for key, before in (("anchors", "one"), ("init", "random"), ("strength_weight", 0.0),
-                            ("gain_weight", 0.0), ("gain_top_share", 0.25), ("gain_two_sided", False),
+        for key, before in (("anchors", "one"), ("init", "random"), ("strength_weight", 0.0), ("gain_weight", 0.0),
+                            ("gain_top_share", GAIN_SHARE_BEFORE_OPTION), ("gain_two_sided", False),
                             ("min_scale", 0.0), ("hspace_min_scale", 0.0),
                             ("sign_blind_negatives", False), ("context", "alone"),
                             ("center_edits", False), ("edit_space", "eps"), ("parameterization", "embedding")):
@@ -176,7 +179,7 @@ class Settings:
         for option in ("sign_blind_negatives", "center_edits", "gain_weight", "gain_two_sided"):
             if not kept[option]:  # the setting before the option existed: keep those caches valid
                 del kept[option]
-        if kept["gain_top_share"] == 0.25:  # the same
+        if kept["gain_top_share"] == GAIN_SHARE_BEFORE_OPTION:  # the same
             del kept["gain_top_share"]
         if kept["edit_space"] == "eps":  # the same
             del kept["edit_space"]
@@ -854,7 +857,7 @@ def _loss_options(s: dict) -> str:
 def _gain_shape(s: dict) -> str:
     """How the gain term was scored, in words, where not by default: " (two-sided, on all the images)"."""
     shape = ["two-sided"] if s.get("gain_two_sided") else []
-    share = s.get("gain_top_share", TrainConfig.gain_top_share)   # reports from before the option: the default
+    share = s.get("gain_top_share", GAIN_SHARE_BEFORE_OPTION)   # reports from before the option
     if share != TrainConfig.gain_top_share:
         shape.append("on all the images" if share == 1 else f"on the best {share:g} of the images")
     return f" ({', '.join(shape)})" if shape else ""
@@ -1658,10 +1661,12 @@ def main(argv=None) -> dict:
 
     model = args.model or BUNDLED_MODEL
     settings = settings_from_args(args, model)
-    trained = [method for method in settings.methods if method in TRAINED_LOSSES]
-    try:  # before the model loads: a usage error, not a minute's wait (both losses take the same options)
-        for method in trained[:1]:   # text and h-space alone train nothing, so nothing to refuse
-            check_config(TrainConfig(**settings.train_overrides(TRAINED_LOSSES[method], seed=0)))
+    # before the model loads: a usage error, not a minute's wait. Both losses take the same options, so
+    # one is checked; text and h-space alone train nothing, so nothing is refused
+    trained = next((method for method in settings.methods if method in TRAINED_LOSSES), None)
+    try:
+        if trained is not None:
+            check_config(TrainConfig(**settings.train_overrides(TRAINED_LOSSES[trained], seed=0)))
     except ValueError as err:
         raise SystemExit(f"benchmarks/quality.py: {err} (`python benchmarks/quality.py --help` names the option "
                          f"that sets each field)") from None
