@@ -19,7 +19,8 @@ words' edits, with no training:
 * the official loss (:func:`noiseclr_lite.loss.noiseclr_loss`, every direction an anchor, averaged
   over the timesteps) of the words against ``--draws`` Haar-random rotations, and against the
   rotation that gradient descent from the identity finds with the lowest loss
-  (:func:`optimise_rotation`);
+  (:func:`optimise_rotation`), and, outside the registered reading, the mixing matrix it finds when
+  the edits may take any share of each other, not only a rotation's;
 * how close a rotation is to the words themselves (:func:`axis_alignment`): 1 for the words up to
   order and sign, ``1/S`` for an even mix.
 
@@ -45,8 +46,8 @@ if str(REPO) not in sys.path:  # `python benchmarks/rotations.py` from anywhere
     sys.path.insert(0, str(REPO))
 
 from benchmarks.quality import DEFAULT_SAMPLES, RESULTS, machine, write_atomically  # noqa: E402
-from benchmarks.vocabulary import (DOMAINS, _check_ids, _summary, add_feature_arguments,  # noqa: E402
-                                   context_phrase, domain_features, word_pieces)
+from benchmarks.vocabulary import (DOMAINS, EditCosines, _check_ids, _summary,  # noqa: E402
+                                   add_feature_arguments, context_phrase, domain_features, word_pieces)
 from noiseclr_lite.loss import noiseclr_loss  # noqa: E402
 from noiseclr_lite.train import CONSISTENCY_TIMESTEPS, vocabulary_rows  # noqa: E402
 
@@ -103,36 +104,43 @@ def rotate_edits(edits: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,tnjf->tnif", rotation.to(edits.dtype), edits)
 
 
-def rotated_loss(edits: torch.Tensor, rotation: torch.Tensor, tau: float) -> torch.Tensor:
+def rotated_loss(edits: torch.Tensor, rotation: torch.Tensor, tau: float, sign_blind: bool = False) -> torch.Tensor:
     """The official loss (every direction an anchor) of the rotated set, averaged over the timesteps:
-    a scalar tensor, differentiable in ``rotation``.  ``edits`` [T, N, S, F], ``rotation`` [S, S]."""
+    a scalar tensor, differentiable in ``rotation``.  ``edits`` [T, N, S, F], ``rotation`` [S, S];
+    ``sign_blind`` scores the negatives by ``|cos|`` (training's ``--sign-blind-negatives``)."""
     mixed = rotate_edits(edits, rotation)
-    return torch.stack([noiseclr_loss(at_t, tau=tau) for at_t in mixed]).mean()
+    return torch.stack([noiseclr_loss(at_t, tau=tau, sign_blind=sign_blind) for at_t in mixed]).mean()
 
 
 def axis_alignment(rotation: torch.Tensor) -> float:
-    """How close ``rotation`` [S, S] is to a signed permutation: the mean over its rows of the largest
-    squared entry, 1 for the words themselves (up to order and sign), ``1/S`` for an even mix."""
-    return float((rotation.double() ** 2).max(dim=1).values.mean())
+    """How close ``rotation`` [S, S] is to a signed permutation: the mean over its rows, each scaled to
+    length 1 (the loss reads only an edit's direction), of the largest squared entry: 1 for the words
+    themselves (up to order, sign and size), ``1/S`` for an even mix."""
+    rows = torch.nn.functional.normalize(rotation.double(), dim=1)
+    return float((rows ** 2).max(dim=1).values.mean())
 
 
-def optimise_rotation(edits: torch.Tensor, tau: float, steps: int = 300,
-                      learning_rate: float = 0.05) -> tuple[torch.Tensor, list[float]]:
+def optimise_rotation(edits: torch.Tensor, tau: float, steps: int = 300, learning_rate: float = 0.05,
+                      orthogonal: bool = True, sign_blind: bool = False) -> tuple[torch.Tensor, list[float]]:
     """Gradient descent on the loss over rotations, from the identity (the words themselves):
-    ``R = matrix_exp(A - A^T)`` with ``A`` learned by Adam, so ``R`` stays a proper rotation.
+    ``R = matrix_exp(A - A^T)`` with ``A`` learned by Adam, so ``R`` stays a proper rotation.  With
+    ``orthogonal=False``, over every mixing matrix instead (``R = I + A``): each edit may then take
+    any share of the others, not only the shares a rotation allows.
 
     Returns:
-        (the rotation [S, S] with the lowest loss seen, float64; the loss at every step, the
+        (the matrix [S, S] with the lowest loss seen, float64; the loss at every step, the
         identity's first).
     """
     size = edits.shape[2]
     edits = edits.double()
+    identity = torch.eye(size, dtype=torch.float64)
     generator_matrix = torch.zeros(size, size, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.Adam([generator_matrix], lr=learning_rate)
-    best, best_loss, losses = torch.eye(size, dtype=torch.float64), float("inf"), []
+    best, best_loss, losses = identity, float("inf"), []
     for _ in range(steps + 1):
-        rotation = torch.linalg.matrix_exp(generator_matrix - generator_matrix.T)
-        loss = rotated_loss(edits, rotation, tau)
+        rotation = (torch.linalg.matrix_exp(generator_matrix - generator_matrix.T) if orthogonal
+                    else identity + generator_matrix)
+        loss = rotated_loss(edits, rotation, tau, sign_blind)
         losses.append(float(loss.detach()))
         if losses[-1] < best_loss:
             best, best_loss = rotation.detach().clone(), losses[-1]
@@ -140,6 +148,16 @@ def optimise_rotation(edits: torch.Tensor, tau: float, steps: int = 300,
         loss.backward()
         optimizer.step()
     return best, losses
+
+
+def mean_cosines(edits: torch.Tensor) -> dict:
+    """What the loss reads of a set's edits [T, N, S, F]: the mean cosine of one direction's edits on two
+    different images (``positives``) and of two directions' edits on one image (``negatives``)."""
+    cosines = EditCosines.of(edits)
+    images, size = edits.shape[1], edits.shape[2]
+    other_image, other_direction = ~torch.eye(images, dtype=torch.bool), ~torch.eye(size, dtype=torch.bool)
+    return {"positives": float(cosines.across_images[..., other_image].mean()),
+            "negatives": float(cosines.across_pieces[..., other_direction].mean())}
 
 
 def read_cell(cell: dict) -> str:
@@ -152,22 +170,28 @@ def read_cell(cell: dict) -> str:
     return "indifferent"
 
 
-def cell_result(edits: torch.Tensor, tau: float, draws: int, seed: int, steps: int = 300) -> dict:
+def cell_result(edits: torch.Tensor, tau: float, draws: int, seed: int, steps: int = 300,
+                sign_blind: bool = False) -> dict:
     """The words set's loss against rotations of it, at ``tau``: ``edits`` [T, N, S, F] are the words'
     edit features.  ``words_beat`` is the share of the Haar draws whose loss is above the words'."""
     edits = edits.double()
     identity = torch.eye(edits.shape[2], dtype=torch.float64)
-    words_loss = float(rotated_loss(edits, identity, tau))
+    words_loss = float(rotated_loss(edits, identity, tau, sign_blind))
     rotations = haar_rotations(edits.shape[2], draws, torch.Generator().manual_seed(seed))
-    draw_losses = [float(rotated_loss(edits, rotation, tau)) for rotation in rotations]
+    draw_losses = [float(rotated_loss(edits, rotation, tau, sign_blind)) for rotation in rotations]
     best_draw = min(range(draws), key=draw_losses.__getitem__)
-    optimised, trace = optimise_rotation(edits, tau, steps)
-    return {"tau": tau, "words_loss": words_loss,
+    optimised, trace = optimise_rotation(edits, tau, steps, sign_blind=sign_blind)
+    mixing, mixing_trace = optimise_rotation(edits, tau, steps, orthogonal=False, sign_blind=sign_blind)
+    return {"tau": tau, "words_loss": words_loss, "words_cosines": mean_cosines(edits),
             "draws": _summary(draw_losses), "words_beat": sum(words_loss < value for value in draw_losses) / draws,
             "best_draw": {"loss": draw_losses[best_draw], "alignment": axis_alignment(rotations[best_draw])},
             "draws_alignment": _summary([axis_alignment(rotation) for rotation in rotations]),
             "optimised": {"loss": min(trace), "alignment": axis_alignment(optimised),
-                          "rotation": [[round(float(x), 4) for x in row] for row in optimised]}}
+                          "rotation": [[round(float(x), 4) for x in row] for row in optimised]},
+            # not part of the registered reading: any mixing matrix, not only rotations
+            "any_mixing": {"loss": min(mixing_trace), "alignment": axis_alignment(mixing),
+                           "cosines": mean_cosines(rotate_edits(edits, mixing)),
+                           "matrix": [[round(float(x), 4) for x in row] for row in mixing]}}
 
 
 def word_indexes(pipe, ids: list[int], words: list[str], domain: str) -> list[int]:
@@ -184,12 +208,13 @@ def word_indexes(pipe, ids: list[int], words: list[str], domain: str) -> list[in
 def rotations_report(pipe, samples: str | Path = DEFAULT_SAMPLES, out_dir: str | Path = RESULTS, tag: str = "",
                      domains=DOMAINS, context: str = "alone", images: int = 12, timesteps=CONSISTENCY_TIMESTEPS,
                      draws: int = 1000, choice_draws: int = 200, seed: int = 0, steps: int = 300,
-                     resume: bool = True, command: str = "", log=print) -> dict:
+                     resume: bool = True, sign_blind: bool = False, command: str = "", log=print) -> dict:
     """Check every domain and write ``results/rotations[-tag].md`` and ``.json``; returns the result.
 
     For each domain: the second values' words (:func:`cell_result` at ``READ_TAU``, read by
     :func:`read_cell`, and at ``ALSO_TAU``), and every choice of one word per attribute
-    (:func:`word_choices`) against ``choice_draws`` Haar draws at ``READ_TAU``."""
+    (:func:`word_choices`) against ``choice_draws`` Haar draws at ``READ_TAU``; with ``sign_blind``,
+    of the loss with sign-blind negatives (not part of the registered reading)."""
     if draws < 1 or choice_draws < 1:
         _fail(f"--draws {draws} / --choice-draws {choice_draws}: draw at least 1 rotation")
     ids = vocabulary_rows(pipe)[0]
@@ -197,7 +222,8 @@ def rotations_report(pipe, samples: str | Path = DEFAULT_SAMPLES, out_dir: str |
               for domain in domains}                                              # before any UNet work
     began = time.perf_counter()
     result = {"settings": {"context": context, "images": images, "timesteps": list(timesteps), "draws": draws,
-                           "choice_draws": choice_draws, "seed": seed, "steps": steps, "samples": str(samples)},
+                           "choice_draws": choice_draws, "seed": seed, "steps": steps, "sign_blind": sign_blind,
+                           "samples": str(samples)},
               "tag": tag, "date": time.strftime("%Y-%m-%d"), "machine": machine(pipe), "command": command,
               "domains": {}}
     for domain in domains:
@@ -207,13 +233,15 @@ def rotations_report(pipe, samples: str | Path = DEFAULT_SAMPLES, out_dir: str |
         _check_ids(feature_ids, ids, domain)
         words = attribute_words(domain, 1)
         edits = features[:, :, chosen[domain][-1]]
-        cells = {f"{tau:g}": cell_result(edits, tau, draws, seed, steps) for tau in (READ_TAU, ALSO_TAU)}
+        cells = {f"{tau:g}": cell_result(edits, tau, draws, seed, steps, sign_blind) for tau in (READ_TAU, ALSO_TAU)}
         choices = []
         for indexes, choice in zip(chosen[domain], word_choices(domain)):
             rotations = haar_rotations(len(indexes), choice_draws, torch.Generator().manual_seed(seed))
             choice_edits = features[:, :, indexes].double()
-            loss = float(rotated_loss(choice_edits, torch.eye(len(indexes), dtype=torch.float64), READ_TAU))
-            beaten = sum(loss < float(rotated_loss(choice_edits, rotation, READ_TAU)) for rotation in rotations)
+            loss = float(rotated_loss(choice_edits, torch.eye(len(indexes), dtype=torch.float64), READ_TAU,
+                                      sign_blind))
+            beaten = sum(loss < float(rotated_loss(choice_edits, rotation, READ_TAU, sign_blind))
+                         for rotation in rotations)
             choices.append({"words": choice, "words_loss": loss, "words_beat": beaten / choice_draws})
         reading = read_cell(cells[f"{READ_TAU:g}"])
         result["domains"][domain] = {"words": words, "cells": cells, "reading": reading, "choices": choices,
@@ -232,7 +260,8 @@ def rotations_report(pipe, samples: str | Path = DEFAULT_SAMPLES, out_dir: str |
 def markdown(result: dict) -> str:
     """The page: settings, one row per domain and temperature, and the word choices."""
     s = result["settings"]
-    lines = [f"# Does the loss prefer the words' axes? Rotations of the words' edits ({context_phrase(s['context'])})",
+    loss = "the loss with sign-blind negatives" if s.get("sign_blind") else "the loss"
+    lines = [f"# Does {loss} prefer the words' axes? Rotations of the words' edits ({context_phrase(s['context'])})",
              "",
              f"Measured {result['date']} on {result['machine']}; {result['wall_seconds']:.0f} s. "
              f"{s['images']} images per domain, timesteps {s['timesteps']}, {s['draws']} Haar-random rotations "
@@ -240,15 +269,19 @@ def markdown(result: dict) -> str:
              f"Produced by `{result['command'] or TOOL}` ({TOOL}: what each column means).",
              "",
              "| domain | words | tau | words' loss | rotations' loss (mean ± std) | words beat | best draw: loss, "
-             "alignment | optimised: loss, alignment | reading |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "alignment | optimised: loss, alignment | any mixing, optimised: loss, alignment | negatives' cosine: "
+             "words, any mixing | reading |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for domain, r in result["domains"].items():
         for tau, c in r["cells"].items():
             reading = r["reading"] if float(tau) == READ_TAU else "(not read)"
             lines.append(f"| {domain} | {', '.join(r['words'])} | {tau} | {c['words_loss']:.3f} | "
                          f"{c['draws']['mean']:.3f} ± {c['draws']['std']:.3f} | {c['words_beat']:.2f} | "
                          f"{c['best_draw']['loss']:.3f}, {c['best_draw']['alignment']:.2f} | "
-                         f"{c['optimised']['loss']:.3f}, {c['optimised']['alignment']:.2f} | {reading} |")
+                         f"{c['optimised']['loss']:.3f}, {c['optimised']['alignment']:.2f} | "
+                         f"{c['any_mixing']['loss']:.3f}, {c['any_mixing']['alignment']:.2f} | "
+                         f"{c['words_cosines']['negatives']:.2f}, {c['any_mixing']['cosines']['negatives']:.2f} | "
+                         f"{reading} |")
     lines += ["", f"Readings at tau {READ_TAU:g}: " + ", ".join(f"{k} {v}" for k, v in result["overall"].items())
               + ".", "", f"Every choice of one word per attribute, at tau {READ_TAU:g}, against "
               f"{s['choice_draws']} Haar draws: the share of draws the words beat.", "",
@@ -270,6 +303,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=300, help="gradient steps over rotations")
     parser.add_argument("--no-resume", dest="resume", action="store_false",
                         help="measure the features again instead of reading vocabulary.py's cache")
+    parser.add_argument("--sign-blind-negatives", dest="sign_blind", action="store_true",
+                        help="score the negatives by |cos| (training's option of the same name)")
     return parser.parse_args(argv)
 
 
@@ -283,6 +318,7 @@ def main(argv=None) -> dict:
     pipe = load_pipeline(args.model) if args.model else load_pipeline()
     return rotations_report(pipe, args.samples, args.out, args.tag, args.domains, args.context, args.images,
                             args.timesteps, args.draws, args.choice_draws, args.seed, args.steps, args.resume,
+                            args.sign_blind,
                             command="python " + " ".join([TOOL, *sys.argv[1:]]) if argv is None else "")
 
 
