@@ -77,6 +77,27 @@ def test_orthogonal_edits_of_one_size_are_the_same_set_under_any_rotation():
     assert rotations.read_cell(cell) == "indifferent"
 
 
+def test_any_mixing_pulls_orthogonal_edits_towards_opposite_mixtures_unless_negatives_are_sign_blind():
+    # four pure, orthogonal, consistent edits: the official loss's negatives are best at cos -1/3 (four
+    # mutually opposite edits), so mixing in negative shares of the others lowers it; with |cos| the
+    # words' own cos 0 is already the best a negative can be, and the optimum stays at the words
+    edits = _pure_edits(torch.ones(6, 4))
+    assert rotations.mean_cosines(edits) == pytest.approx({"positives": 1.0, "negatives": 0.0}, abs=1e-6)
+    official = rotations.cell_result(edits, tau=0.1, draws=5, seed=0, steps=300)
+    mixed = official["any_mixing"]
+    assert official["words_cosines"]["negatives"] == pytest.approx(0.0, abs=1e-6)
+    assert mixed["loss"] < official["words_loss"] - 1.0 and mixed["alignment"] < 0.9
+    assert mixed["cosines"]["negatives"] == pytest.approx(-1 / 3, abs=0.02)
+    assert mixed["cosines"]["positives"] == pytest.approx(1.0, abs=1e-6)   # every mixture is still consistent
+    blind = rotations.cell_result(edits, tau=0.1, draws=5, seed=0, steps=300, sign_blind=True)
+    assert blind["any_mixing"]["loss"] == pytest.approx(blind["words_loss"], abs=1e-5)
+    assert blind["any_mixing"]["alignment"] > 0.999 and blind["words_loss"] > official["words_loss"] - 1e-6
+    expected = float(noiseclr_loss(edits[0], tau=0.1, sign_blind=True))
+    assert blind["words_loss"] == pytest.approx(expected)
+    # a mixing matrix's rows are read by direction only
+    assert rotations.axis_alignment(torch.diag(torch.tensor([3.0, 0.5, 1.0, 2.0]))) == pytest.approx(1.0)
+
+
 def test_binary_attributes_make_the_loss_prefer_their_own_axes():
     # each attribute moves half the images (those that lack it) ten times more than the others, as
     # "add glasses" moves a face without glasses: a mixture's edit then points a different way on
@@ -154,3 +175,9 @@ def test_the_command_line_writes_the_tagged_page(tiny_pipe_dir, tmp_path):
     assert result["settings"]["context"] == "caption" and list(result["domains"]) == ["car"]
     page = (tmp_path / "rotations-cli.md").read_text()
     assert "captions' context" in page and "| car | red, big, hardtop, night | 0.1 |" in page
+    assert page.startswith("# Does the loss prefer") and not result["settings"]["sign_blind"]
+    blind = rotations.main(["--model", str(tiny_pipe_dir), "--out", str(tmp_path), "--tag", "blind",
+                            "--domains", "car", "--images", "2", "--timesteps", "300", "--draws", "3",
+                            "--choice-draws", "2", "--steps", "2", "--sign-blind-negatives"])
+    assert blind["settings"]["sign_blind"]
+    assert (tmp_path / "rotations-blind.md").read_text().startswith("# Does the loss with sign-blind negatives")
