@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -46,8 +47,8 @@ if str(REPO) not in sys.path:  # `python benchmarks/rotations.py` from anywhere
     sys.path.insert(0, str(REPO))
 
 from benchmarks.quality import DEFAULT_SAMPLES, RESULTS, machine, write_atomically  # noqa: E402
-from benchmarks.vocabulary import (DOMAINS, EditCosines, _check_ids, _summary,  # noqa: E402
-                                   add_feature_arguments, context_phrase, domain_features, word_pieces)
+from benchmarks.vocabulary import (DOMAINS, EditCosines, _summary, add_feature_arguments,  # noqa: E402
+                                   context_phrase, domain_features, word_indexes)
 from noiseclr_lite.loss import noiseclr_loss  # noqa: E402
 from noiseclr_lite.train import CONSISTENCY_TIMESTEPS, vocabulary_rows  # noqa: E402
 
@@ -100,7 +101,8 @@ def rotate_edits(edits: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     """Mix a set's edits: ``edits`` [T, N, S, F] and ``rotation`` [S, S] give [T, N, S, F] with
     ``out[..., i, :] = sum_j rotation[i, j] * edits[..., j, :]``."""
     if rotation.shape != (edits.shape[2], edits.shape[2]):
-        _fail(f"a rotation of shape {tuple(rotation.shape)} cannot mix a set of {edits.shape[2]} edits")
+        _fail(f"a rotation of shape {tuple(rotation.shape)} cannot mix a set of {edits.shape[2]} edits; "
+              f"give a {edits.shape[2]} x {edits.shape[2]} matrix")
     return torch.einsum("ij,tnjf->tnif", rotation.to(edits.dtype), edits)
 
 
@@ -120,12 +122,25 @@ def axis_alignment(rotation: torch.Tensor) -> float:
     return float((rows ** 2).max(dim=1).values.mean())
 
 
+def matched_alignment(mixing: torch.Tensor) -> float:
+    """:func:`axis_alignment` with each row held to its own word: the largest, over every way of giving
+    the S rows S different columns, of the mean squared entry there (rows scaled to length 1).  A mixing
+    matrix whose rows all lean on one word scores low here, where :func:`axis_alignment` would not;
+    for a rotation near the words the two agree.  ``mixing`` [S, S], S <= 8 (every permutation is tried)."""
+    size = mixing.shape[0]
+    if size > 8:
+        _fail(f"matched_alignment tries every permutation of {size} rows; give at most 8 directions")
+    rows = torch.nn.functional.normalize(mixing.double(), dim=1) ** 2
+    return max(float(rows[range(size), list(columns)].mean()) for columns in itertools.permutations(range(size)))
+
+
 def optimise_rotation(edits: torch.Tensor, tau: float, steps: int = 300, learning_rate: float = 0.05,
                       orthogonal: bool = True, sign_blind: bool = False) -> tuple[torch.Tensor, list[float]]:
-    """Gradient descent on the loss over rotations, from the identity (the words themselves):
-    ``R = matrix_exp(A - A^T)`` with ``A`` learned by Adam, so ``R`` stays a proper rotation.  With
-    ``orthogonal=False``, over every mixing matrix instead (``R = I + A``): each edit may then take
-    any share of the others, not only the shares a rotation allows.
+    """Gradient descent on the loss of ``edits`` [T, N, S, F] over rotations, from the identity (the
+    words themselves): ``R = matrix_exp(A - A^T)`` with ``A`` learned by Adam, so ``R`` stays a proper
+    rotation.  With ``orthogonal=False``, over every mixing matrix instead (``R = I + A``): each edit may
+    then take any share of the others, not only the shares a rotation allows.  A local search: it
+    finds the lowest loss near the words, not the lowest of all.
 
     Returns:
         (the matrix [S, S] with the lowest loss seen, float64; the loss at every step, the
@@ -170,39 +185,53 @@ def read_cell(cell: dict) -> str:
     return "indifferent"
 
 
+def _share_above(loss: float, draw_losses: list[float]) -> float:
+    """The share of the draws whose loss is above ``loss``: what the words beat (a5e8afc's reading)."""
+    return sum(loss < value for value in draw_losses) / len(draw_losses)
+
+
+def _words_and_draws(edits: torch.Tensor, tau: float, draws: int, seed: int,
+                     sign_blind: bool) -> tuple[float, torch.Tensor, list[float]]:
+    """The words' loss, ``draws`` Haar rotations [draws, S, S] (seeded by ``seed``) and their losses, of
+    ``edits`` [T, N, S, F]."""
+    identity = torch.eye(edits.shape[2], dtype=torch.float64)
+    rotations = haar_rotations(edits.shape[2], draws, torch.Generator().manual_seed(seed))
+    return (float(rotated_loss(edits, identity, tau, sign_blind)), rotations,
+            [float(rotated_loss(edits, rotation, tau, sign_blind)) for rotation in rotations])
+
+
 def cell_result(edits: torch.Tensor, tau: float, draws: int, seed: int, steps: int = 300,
                 sign_blind: bool = False) -> dict:
     """The words set's loss against rotations of it, at ``tau``: ``edits`` [T, N, S, F] are the words'
     edit features.  ``words_beat`` is the share of the Haar draws whose loss is above the words'."""
     edits = edits.double()
-    identity = torch.eye(edits.shape[2], dtype=torch.float64)
-    words_loss = float(rotated_loss(edits, identity, tau, sign_blind))
-    rotations = haar_rotations(edits.shape[2], draws, torch.Generator().manual_seed(seed))
-    draw_losses = [float(rotated_loss(edits, rotation, tau, sign_blind)) for rotation in rotations]
+    words_loss, rotations, draw_losses = _words_and_draws(edits, tau, draws, seed, sign_blind)
     best_draw = min(range(draws), key=draw_losses.__getitem__)
     optimised, trace = optimise_rotation(edits, tau, steps, sign_blind=sign_blind)
     mixing, mixing_trace = optimise_rotation(edits, tau, steps, orthogonal=False, sign_blind=sign_blind)
     return {"tau": tau, "words_loss": words_loss, "words_cosines": mean_cosines(edits),
-            "draws": _summary(draw_losses), "words_beat": sum(words_loss < value for value in draw_losses) / draws,
+            "draws": _summary(draw_losses), "words_beat": _share_above(words_loss, draw_losses),
             "best_draw": {"loss": draw_losses[best_draw], "alignment": axis_alignment(rotations[best_draw])},
             "draws_alignment": _summary([axis_alignment(rotation) for rotation in rotations]),
             "optimised": {"loss": min(trace), "alignment": axis_alignment(optimised),
+                          "matched_alignment": matched_alignment(optimised),
                           "rotation": [[round(float(x), 4) for x in row] for row in optimised]},
             # not part of the registered reading: any mixing matrix, not only rotations
             "any_mixing": {"loss": min(mixing_trace), "alignment": axis_alignment(mixing),
+                           "matched_alignment": matched_alignment(mixing),
                            "cosines": mean_cosines(rotate_edits(edits, mixing)),
                            "matrix": [[round(float(x), 4) for x in row] for row in mixing]}}
 
 
-def word_indexes(pipe, ids: list[int], words: list[str], domain: str) -> list[int]:
-    """Where ``words`` are among the pieces ``ids`` (:func:`vocabulary.vocabulary_features`' order).
-    SystemExit if the tokenizer does not write each as one piece."""
-    pieces = word_pieces(pipe, words)
-    missing = [word for word in words if word not in pieces or pieces[word] not in ids]
+def words_in_features(pipe, ids: list[int], domain: str) -> dict[str, int]:
+    """``{word: index}`` among the pieces ``ids`` of every word :func:`word_choices` can take for
+    ``domain``.  SystemExit if the tokenizer does not write each as one piece."""
+    own = word_indexes(pipe, ids, domain)[1]
+    missing = sorted({word for choice in word_choices(domain) for word in choice} - set(own))
     if missing:
         _fail(f"{domain}: the tokenizer does not write {missing} as single pieces; the check mixes one "
               f"piece per attribute, so it needs the bundled model's tokenizer (or one with the same words)")
-    return [ids.index(pieces[word]) for word in words]
+    return own
 
 
 def rotations_report(pipe, samples: str | Path = DEFAULT_SAMPLES, out_dir: str | Path = RESULTS, tag: str = "",
@@ -217,9 +246,10 @@ def rotations_report(pipe, samples: str | Path = DEFAULT_SAMPLES, out_dir: str |
     of the loss with sign-blind negatives (not part of the registered reading)."""
     if draws < 1 or choice_draws < 1:
         _fail(f"--draws {draws} / --choice-draws {choice_draws}: draw at least 1 rotation")
+    if steps < 1:
+        _fail(f"--steps {steps}: take at least 1 gradient step over rotations (300 by default)")
     ids = vocabulary_rows(pipe)[0]
-    chosen = {domain: [word_indexes(pipe, ids, words, domain) for words in word_choices(domain)]
-              for domain in domains}                                              # before any UNet work
+    indexes = {domain: words_in_features(pipe, ids, domain) for domain in domains}   # before any UNet work
     began = time.perf_counter()
     result = {"settings": {"context": context, "images": images, "timesteps": list(timesteps), "draws": draws,
                            "choice_draws": choice_draws, "seed": seed, "steps": steps, "sign_blind": sign_blind,
@@ -230,19 +260,16 @@ def rotations_report(pipe, samples: str | Path = DEFAULT_SAMPLES, out_dir: str |
         started = time.perf_counter()
         feature_ids, features, from_cache = domain_features(pipe, samples, domain, context, images, timesteps,
                                                             out_dir, resume)
-        _check_ids(feature_ids, ids, domain)
+        if feature_ids != ids:
+            _fail(f"the cached features of {domain} are of another vocabulary; measure them again (--no-resume)")
         words = attribute_words(domain, 1)
-        edits = features[:, :, chosen[domain][-1]]
+        edits = features[:, :, [indexes[domain][word] for word in words]]
         cells = {f"{tau:g}": cell_result(edits, tau, draws, seed, steps, sign_blind) for tau in (READ_TAU, ALSO_TAU)}
         choices = []
-        for indexes, choice in zip(chosen[domain], word_choices(domain)):
-            rotations = haar_rotations(len(indexes), choice_draws, torch.Generator().manual_seed(seed))
-            choice_edits = features[:, :, indexes].double()
-            loss = float(rotated_loss(choice_edits, torch.eye(len(indexes), dtype=torch.float64), READ_TAU,
-                                      sign_blind))
-            beaten = sum(loss < float(rotated_loss(choice_edits, rotation, READ_TAU, sign_blind))
-                         for rotation in rotations)
-            choices.append({"words": choice, "words_loss": loss, "words_beat": beaten / choice_draws})
+        for choice in word_choices(domain):
+            choice_edits = features[:, :, [indexes[domain][word] for word in choice]].double()
+            loss, _, draw_losses = _words_and_draws(choice_edits, READ_TAU, choice_draws, seed, sign_blind)
+            choices.append({"words": choice, "words_loss": loss, "words_beat": _share_above(loss, draw_losses)})
         reading = read_cell(cells[f"{READ_TAU:g}"])
         result["domains"][domain] = {"words": words, "cells": cells, "reading": reading, "choices": choices,
                                      "from_cache": from_cache, "seconds": time.perf_counter() - started}
@@ -269,8 +296,8 @@ def markdown(result: dict) -> str:
              f"Produced by `{result['command'] or TOOL}` ({TOOL}: what each column means).",
              "",
              "| domain | words | tau | words' loss | rotations' loss (mean ± std) | words beat | best draw: loss, "
-             "alignment | optimised: loss, alignment | any mixing, optimised: loss, alignment | negatives' cosine: "
-             "words, any mixing | reading |",
+             "alignment | optimised: loss, alignment | any mixing, optimised: loss, matched alignment | "
+             "negatives' cosine: words, any mixing | reading |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for domain, r in result["domains"].items():
         for tau, c in r["cells"].items():
@@ -279,7 +306,7 @@ def markdown(result: dict) -> str:
                          f"{c['draws']['mean']:.3f} ± {c['draws']['std']:.3f} | {c['words_beat']:.2f} | "
                          f"{c['best_draw']['loss']:.3f}, {c['best_draw']['alignment']:.2f} | "
                          f"{c['optimised']['loss']:.3f}, {c['optimised']['alignment']:.2f} | "
-                         f"{c['any_mixing']['loss']:.3f}, {c['any_mixing']['alignment']:.2f} | "
+                         f"{c['any_mixing']['loss']:.3f}, {c['any_mixing']['matched_alignment']:.2f} | "
                          f"{c['words_cosines']['negatives']:.2f}, {c['any_mixing']['cosines']['negatives']:.2f} | "
                          f"{reading} |")
     lines += ["", f"Readings at tau {READ_TAU:g}: " + ", ".join(f"{k} {v}" for k, v in result["overall"].items())
@@ -287,9 +314,9 @@ def markdown(result: dict) -> str:
               f"{s['choice_draws']} Haar draws: the share of draws the words beat.", "",
               "| domain | lowest | median | highest | the words that beat the most |", "|---|---|---|---|---|"]
     for domain, r in result["domains"].items():
-        shares = sorted(c["words_beat"] for c in r["choices"])
-        best = max(r["choices"], key=lambda c: c["words_beat"])
-        lines.append(f"| {domain} | {shares[0]:.2f} | {shares[len(shares) // 2]:.2f} | {shares[-1]:.2f} | "
+        shares = [c["words_beat"] for c in r["choices"]]
+        best = max(r["choices"], key=lambda c: c["words_beat"])   # the first in word_choices' order on a tie
+        lines.append(f"| {domain} | {min(shares):.2f} | {statistics.median(shares):.2f} | {max(shares):.2f} | "
                      f"{', '.join(best['words'])} |")
     return "\n".join(lines) + "\n"
 
