@@ -178,6 +178,12 @@ def test_bad_settings_and_missing_words_are_refused_before_any_unet_work(tiny_pi
         rotations.rotations_report(tiny_pipe, **nowhere)
 
 
+def test_features_of_another_vocabulary_are_refused(tiny_pipe, tmp_path, monkeypatch):
+    monkeypatch.setattr(rotations, "domain_features", lambda *args: (list(range(7)), torch.zeros(1, 2, 7, 4), True))
+    with pytest.raises(SystemExit, match=r"cached features of face are of another vocabulary; .*\(--no-resume\)"):
+        rotations.rotations_report(tiny_pipe, out_dir=tmp_path, domains=["face"], steps=1)
+
+
 def test_the_command_line_writes_the_tagged_page(tiny_pipe_dir, tiny_pipe, tmp_path):
     result = rotations.main(["--model", str(tiny_pipe_dir), "--out", str(tmp_path), "--tag", "cli",
                              "--domains", "car", "--context", "caption", "--images", "2", "--timesteps", "300",
