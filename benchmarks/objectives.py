@@ -66,8 +66,7 @@ from benchmarks.quality import (DEFAULT_SAMPLES, RESULTS, direction_context, mac
                                 write_atomically)
 from benchmarks.vocabulary import (DOMAINS, EditCosines, _check_ids, _pieces, _summary,  # noqa: E402
                                    add_feature_arguments, context_phrase, domain_features, domain_pictures,
-                                   greedy_selection,
-                                   random_set_losses, word_indexes)
+                                   greedy_selection, pipeline_from_args, random_set_losses, word_indexes)
 from noiseclr_lite.loss import LOSSES, center_edit_features, denoising_gain_loss, get_loss  # noqa: E402
 from noiseclr_lite.train import CONSISTENCY_TIMESTEPS, TrainConfig, vocabulary_rows  # noqa: E402
 
@@ -373,11 +372,7 @@ def main(argv=None) -> dict:
     returns its result."""
     args = parse_args(argv)
     objectives = [Objective.parse(spec) for spec in args.objectives]   # before loading the model
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from noiseclr_lite.models import load_pipeline
-
-    pipe = load_pipeline(args.model) if args.model else load_pipeline()
+    pipe = pipeline_from_args(args)
     return objectives_report(pipe, objectives, args.samples, args.out, args.tag, args.domains, args.context,
                              args.images, args.timesteps, args.k, args.draws, args.seed, args.resume,
                              command="python " + " ".join([TOOL, *sys.argv[1:]]) if argv is None else "")

@@ -48,7 +48,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/rotations.py` from anywhere
 
 from benchmarks.quality import DEFAULT_SAMPLES, RESULTS, machine, write_atomically  # noqa: E402
 from benchmarks.vocabulary import (DOMAINS, EditCosines, _summary, add_feature_arguments,  # noqa: E402
-                                   context_phrase, domain_features, word_indexes)
+                                   context_phrase, domain_features, pipeline_from_args, word_indexes)
 from noiseclr_lite.loss import noiseclr_loss  # noqa: E402
 from noiseclr_lite.train import CONSISTENCY_TIMESTEPS, vocabulary_rows  # noqa: E402
 
@@ -338,11 +338,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     """Run :func:`rotations_report` from the command line ``argv``; returns its result."""
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from noiseclr_lite.models import load_pipeline
-
-    pipe = load_pipeline(args.model) if args.model else load_pipeline()
+    pipe = pipeline_from_args(args)
     return rotations_report(pipe, args.samples, args.out, args.tag, args.domains, args.context, args.images,
                             args.timesteps, args.draws, args.choice_draws, args.seed, args.steps, args.resume,
                             args.sign_blind,

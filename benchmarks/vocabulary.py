@@ -485,6 +485,16 @@ def add_feature_arguments(parser: argparse.ArgumentParser, stem: str) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
+def pipeline_from_args(args: argparse.Namespace):
+    """The pipeline :func:`add_feature_arguments`' options name: sets ``args.threads`` torch CPU threads
+    (when given), then loads ``args.model`` (a folder or hub id; the bundled model when None)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from noiseclr_lite.models import load_pipeline
+
+    return load_pipeline(args.model) if args.model else load_pipeline()
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line's options (``argv``: the arguments, ``sys.argv[1:]`` when None)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -500,11 +510,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     """Run :func:`vocabulary_report` from the command line ``argv``; returns its result."""
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from noiseclr_lite.models import load_pipeline
-
-    pipe = load_pipeline(args.model) if args.model else load_pipeline()
+    pipe = pipeline_from_args(args)
     return vocabulary_report(pipe, args.samples, args.out, args.tag, args.domains, args.context, args.images,
                              args.timesteps, args.k, args.tau, args.draws, args.seed, resume=args.resume,
                              command="python " + " ".join([TOOL, *sys.argv[1:]]) if argv is None else "")

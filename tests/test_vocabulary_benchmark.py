@@ -187,6 +187,18 @@ def test_the_command_line_writes_the_tagged_page(tiny_pipe_dir, tmp_path):
     assert cached == [vocabulary.features_cache_path(pipe, tmp_path, "a cat, {}", pictures, [300])]
 
 
+def test_pipeline_from_args_sets_the_threads_and_loads_the_named_model(tiny_pipe_dir, monkeypatch):
+    threads = []
+    monkeypatch.setattr(vocabulary.torch, "set_num_threads", threads.append)
+    args = vocabulary.parse_args(["--model", str(tiny_pipe_dir), "--threads", "3"])
+    pipe = vocabulary.pipeline_from_args(args)
+    assert threads == [3]
+    assert list(pipe.unet.config.block_out_channels) == [32, 64]   # the tiny model's, not the bundled one's
+    threads.clear()
+    vocabulary.pipeline_from_args(vocabulary.parse_args(["--model", str(tiny_pipe_dir)]))
+    assert threads == []                        # no --threads: torch's own count is left alone
+
+
 def test_bad_settings_are_refused_before_any_unet_work(tiny_pipe, tmp_path):
     for settings, message in (({"k": 1}, "-k 1: choose between 2 and 100"), ({"draws": 0}, "--draws 0"),
                               ({"tau": 0.0}, "--tau 0.0: the loss temperature must be positive")):
