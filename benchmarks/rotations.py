@@ -223,6 +223,15 @@ def cell_result(edits: torch.Tensor, tau: float, draws: int, seed: int, steps: i
                            "matrix": [[round(float(x), 4) for x in row] for row in mixing]}}
 
 
+def _word_edits(features: torch.Tensor, index: dict[str, int], words: list[str], unit: bool) -> torch.Tensor:
+    """The edits [T, N, S, F] (float64) of ``words`` among ``features`` [T, N, V, F]; with ``unit``, each
+    at length 1, so that a mixture weighs the words by its shares alone: a word whose edits are larger
+    would otherwise set a mixture's direction whatever its share.  The loss of the words themselves
+    reads only directions, so it is the same either way."""
+    edits = features[:, :, [index[word] for word in words]].double()
+    return torch.nn.functional.normalize(edits, dim=-1) if unit else edits
+
+
 def words_in_features(pipe, ids: list[int], domain: str) -> dict[str, int]:
     """``{word: index}`` among the pieces ``ids`` of every word :func:`word_choices` can take for
     ``domain``.  SystemExit if the tokenizer does not write each as one piece."""
@@ -237,13 +246,15 @@ def words_in_features(pipe, ids: list[int], domain: str) -> dict[str, int]:
 def rotations_report(pipe, samples: str | Path = DEFAULT_SAMPLES, out_dir: str | Path = RESULTS, tag: str = "",
                      domains=DOMAINS, context: str = "alone", images: int = 12, timesteps=CONSISTENCY_TIMESTEPS,
                      draws: int = 1000, choice_draws: int = 200, seed: int = 0, steps: int = 300,
-                     resume: bool = True, sign_blind: bool = False, command: str = "", log=print) -> dict:
+                     resume: bool = True, sign_blind: bool = False, unit_edits: bool = False, command: str = "",
+                     log=print) -> dict:
     """Check every domain and write ``results/rotations[-tag].md`` and ``.json``; returns the result.
 
     For each domain: the second values' words (:func:`cell_result` at ``READ_TAU``, read by
     :func:`read_cell`, and at ``ALSO_TAU``), and every choice of one word per attribute
     (:func:`word_choices`) against ``choice_draws`` Haar draws at ``READ_TAU``; with ``sign_blind``,
-    of the loss with sign-blind negatives (not part of the registered reading)."""
+    of the loss with sign-blind negatives; with ``unit_edits``, of every word's edit scaled to length 1
+    on each image and timestep before mixing (neither is part of the registered reading)."""
     if draws < 1 or choice_draws < 1:
         _fail(f"--draws {draws} / --choice-draws {choice_draws}: draw at least 1 rotation")
     if steps < 1:
@@ -253,7 +264,7 @@ def rotations_report(pipe, samples: str | Path = DEFAULT_SAMPLES, out_dir: str |
     began = time.perf_counter()
     result = {"settings": {"context": context, "images": images, "timesteps": list(timesteps), "draws": draws,
                            "choice_draws": choice_draws, "seed": seed, "steps": steps, "sign_blind": sign_blind,
-                           "samples": str(samples)},
+                           "unit_edits": unit_edits, "samples": str(samples)},
               "tag": tag, "date": time.strftime("%Y-%m-%d"), "machine": machine(pipe), "command": command,
               "domains": {}}
     for domain in domains:
@@ -263,11 +274,11 @@ def rotations_report(pipe, samples: str | Path = DEFAULT_SAMPLES, out_dir: str |
         if feature_ids != ids:
             _fail(f"the cached features of {domain} are of another vocabulary; measure them again (--no-resume)")
         words = attribute_words(domain, 1)
-        edits = features[:, :, [indexes[domain][word] for word in words]]
+        edits = _word_edits(features, indexes[domain], words, unit_edits)
         cells = {f"{tau:g}": cell_result(edits, tau, draws, seed, steps, sign_blind) for tau in (READ_TAU, ALSO_TAU)}
         choices = []
         for choice in word_choices(domain):
-            choice_edits = features[:, :, [indexes[domain][word] for word in choice]].double()
+            choice_edits = _word_edits(features, indexes[domain], choice, unit_edits)
             loss, _, draw_losses = _words_and_draws(choice_edits, READ_TAU, choice_draws, seed, sign_blind)
             choices.append({"words": choice, "words_loss": loss, "words_beat": _share_above(loss, draw_losses)})
         reading = read_cell(cells[f"{READ_TAU:g}"])
@@ -288,7 +299,8 @@ def markdown(result: dict) -> str:
     """The page: settings, one row per domain and temperature, and the word choices."""
     s = result["settings"]
     loss = "the loss with sign-blind negatives" if s.get("sign_blind") else "the loss"
-    lines = [f"# Does {loss} prefer the words' axes? Rotations of the words' edits ({context_phrase(s['context'])})",
+    edits = "the words' edits, each at length 1" if s.get("unit_edits") else "the words' edits"
+    lines = [f"# Does {loss} prefer the words' axes? Rotations of {edits} ({context_phrase(s['context'])})",
              "",
              f"Measured {result['date']} on {result['machine']}; {result['wall_seconds']:.0f} s. "
              f"{s['images']} images per domain, timesteps {s['timesteps']}, {s['draws']} Haar-random rotations "
@@ -332,6 +344,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="measure the features again instead of reading vocabulary.py's cache")
     parser.add_argument("--sign-blind-negatives", dest="sign_blind", action="store_true",
                         help="score the negatives by |cos| (training's option of the same name)")
+    parser.add_argument("--unit-edits", action="store_true",
+                        help="scale every word's edit to length 1 before mixing (equal shares, equal weight)")
     return parser.parse_args(argv)
 
 
@@ -341,7 +355,7 @@ def main(argv=None) -> dict:
     pipe = pipeline_from_args(args)
     return rotations_report(pipe, args.samples, args.out, args.tag, args.domains, args.context, args.images,
                             args.timesteps, args.draws, args.choice_draws, args.seed, args.steps, args.resume,
-                            args.sign_blind,
+                            args.sign_blind, args.unit_edits,
                             command="python " + " ".join([TOOL, *sys.argv[1:]]) if argv is None else "")
 
 

@@ -204,3 +204,23 @@ def test_the_command_line_writes_the_tagged_page(tiny_pipe_dir, tiny_pipe, tmp_p
     edits = features[:, :, [names.index(word + "</w>") for word in blind["domains"]["car"]["words"]]].double()
     assert from_cache and blind["domains"]["car"]["cells"]["0.1"]["words_loss"] == pytest.approx(
         float(rotations.rotated_loss(edits, torch.eye(4), 0.1, sign_blind=True)))
+
+
+def test_unit_edits_mix_the_words_at_length_one_and_leave_the_words_loss_alone(tiny_pipe_dir, tiny_pipe, tmp_path):
+    settings = ["--model", str(tiny_pipe_dir), "--out", str(tmp_path), "--domains", "face", "--images", "2",
+                "--timesteps", "300", "--draws", "3", "--choice-draws", "2", "--steps", "3"]
+    plain = rotations.main([*settings, "--tag", "plain"])
+    unit = rotations.main([*settings, "--tag", "unit", "--unit-edits"])
+    assert unit["settings"]["unit_edits"] and not plain["settings"]["unit_edits"]
+    assert "each at length 1" in (tmp_path / "rotations-unit.md").read_text().split("\n")[0]
+    plain_cell, unit_cell = plain["domains"]["face"]["cells"]["0.1"], unit["domains"]["face"]["cells"]["0.1"]
+    # the loss reads directions only: the words themselves score the same either way ...
+    assert unit_cell["words_loss"] == pytest.approx(plain_cell["words_loss"])
+    # ... but mixtures weigh the words by their shares alone: the page's cell is that of the unit edits
+    ids, features, _ = vocabulary.domain_features(tiny_pipe, vocabulary.DEFAULT_SAMPLES, "face", images=2,
+                                                  timesteps=(300,), out_dir=tmp_path, resume=True)
+    names = tiny_pipe.tokenizer.convert_ids_to_tokens(ids)
+    edits = features[:, :, [names.index(word + "</w>") for word in unit["domains"]["face"]["words"]]].double()
+    expected = rotations.cell_result(torch.nn.functional.normalize(edits, dim=-1), 0.1, 3, 0, 3)
+    assert unit_cell["draws"]["mean"] == pytest.approx(expected["draws"]["mean"])
+    assert unit_cell["draws"]["mean"] != pytest.approx(plain_cell["draws"]["mean"])
