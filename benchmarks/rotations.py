@@ -24,6 +24,10 @@ words' edits, with no training:
 * how close a rotation is to the words themselves (:func:`axis_alignment`): 1 for the words up to
   order and sign, ``1/S`` for an even mix.
 
+``--sign-blind-negatives`` reads all of it with ``|cos|`` negatives, and ``--unit-edits`` scales
+every word's edit to length 1 before mixing (the words' own loss is the same either way; a mixture
+then weighs the words by its shares alone); neither is part of the registered reading.
+
 The reading of each (domain, context) cell was fixed before it ran (commit a5e8afc,
 :func:`read_cell`).  The edit features are ``vocabulary.py``'s (its cache, when it is there, or
 measured as it measures them, about 3.5 minutes per domain on 2 CPU cores); the rotations then take

@@ -222,5 +222,21 @@ def test_unit_edits_mix_the_words_at_length_one_and_leave_the_words_loss_alone(t
     names = tiny_pipe.tokenizer.convert_ids_to_tokens(ids)
     edits = features[:, :, [names.index(word + "</w>") for word in unit["domains"]["face"]["words"]]].double()
     expected = rotations.cell_result(torch.nn.functional.normalize(edits, dim=-1), 0.1, 3, 0, 3)
+    # the word choices are scored against rotations of unit edits too
+    for choice in unit["domains"]["face"]["choices"]:
+        choice_edits = features[:, :, [names.index(word + "</w>") for word in choice["words"]]].double()
+        _, _, draw_losses = rotations._words_and_draws(torch.nn.functional.normalize(choice_edits, dim=-1),
+                                                       0.1, 2, 0, False)
+        assert choice["words_beat"] == rotations._share_above(choice["words_loss"], draw_losses)
     assert unit_cell["draws"]["mean"] == pytest.approx(expected["draws"]["mean"])
     assert unit_cell["draws"]["mean"] != pytest.approx(plain_cell["draws"]["mean"])
+
+
+def test_word_edits_pick_the_words_and_scale_each_edit_to_length_one_on_request():
+    features = torch.randn(2, 3, 5, 7) * torch.tensor([1.0, 4.0, 0.1, 2.0, 9.0]).view(1, 1, 5, 1)
+    index = {"smiling": 3, "blond": 1}
+    plain = rotations._word_edits(features, index, ["smiling", "blond"], unit=False)
+    assert plain.dtype == torch.float64 and torch.equal(plain, features[:, :, [3, 1]].double())
+    unit = rotations._word_edits(features, index, ["smiling", "blond"], unit=True)
+    assert torch.allclose(unit.norm(dim=-1), torch.ones(2, 3, 2, dtype=torch.float64))
+    assert torch.allclose(unit * plain.norm(dim=-1, keepdim=True), plain)   # the same directions
