@@ -26,7 +26,8 @@ words' edits, with no training:
 
 ``--sign-blind-negatives`` reads all of it with ``|cos|`` negatives, and ``--unit-edits`` scales
 every word's edit to length 1 before mixing (the words' own loss is the same either way; a mixture
-then weighs the words by its shares alone); neither is part of the registered reading.
+then weighs the words by its shares alone); neither is part of a5e8afc's reading (``--unit-edits``
+was registered on its own, in 0a27bb3).
 
 The reading of each (domain, context) cell was fixed before it ran (commit a5e8afc,
 :func:`read_cell`).  The edit features are ``vocabulary.py``'s (its cache, when it is there, or
@@ -258,7 +259,7 @@ def rotations_report(pipe, samples: str | Path = DEFAULT_SAMPLES, out_dir: str |
     :func:`read_cell`, and at ``ALSO_TAU``), and every choice of one word per attribute
     (:func:`word_choices`) against ``choice_draws`` Haar draws at ``READ_TAU``; with ``sign_blind``,
     of the loss with sign-blind negatives; with ``unit_edits``, of every word's edit scaled to length 1
-    on each image and timestep before mixing (neither is part of the registered reading)."""
+    on each image and timestep before mixing (neither is part of a5e8afc's reading)."""
     if draws < 1 or choice_draws < 1:
         _fail(f"--draws {draws} / --choice-draws {choice_draws}: draw at least 1 rotation")
     if steps < 1:

@@ -206,11 +206,24 @@ def test_the_command_line_writes_the_tagged_page(tiny_pipe_dir, tiny_pipe, tmp_p
         float(rotations.rotated_loss(edits, torch.eye(4), 0.1, sign_blind=True)))
 
 
-def test_unit_edits_mix_the_words_at_length_one_and_leave_the_words_loss_alone(tiny_pipe_dir, tiny_pipe, tmp_path):
+def test_unit_edits_mix_the_words_at_length_one_and_leave_the_words_loss_alone(tiny_pipe_dir, tiny_pipe, tmp_path,
+                                                                              monkeypatch):
     settings = ["--model", str(tiny_pipe_dir), "--out", str(tmp_path), "--domains", "face", "--images", "2",
                 "--timesteps", "300", "--draws", "3", "--choice-draws", "2", "--steps", "3"]
+    scored, words_and_draws = [], rotations._words_and_draws
+
+    def recording(edits, *args):   # every set of edits the draws are scored on: the words' and each choice's
+        scored.append(edits.norm(dim=-1))
+        return words_and_draws(edits, *args)
+
+    monkeypatch.setattr(rotations, "_words_and_draws", recording)
     plain = rotations.main([*settings, "--tag", "plain"])
+    plain_norms, scored[:] = list(scored), []
     unit = rotations.main([*settings, "--tag", "unit", "--unit-edits"])
+    # 2 temperatures' cells + 16 word choices, each at length 1 with --unit-edits and not without
+    assert len(scored) == len(plain_norms) == 2 + 16
+    assert all(torch.allclose(norms, torch.ones_like(norms)) for norms in scored)
+    assert not any(torch.allclose(norms, torch.ones_like(norms)) for norms in plain_norms)
     assert unit["settings"]["unit_edits"] and not plain["settings"]["unit_edits"]
     assert "each at length 1" in (tmp_path / "rotations-unit.md").read_text().split("\n")[0]
     plain_cell, unit_cell = plain["domains"]["face"]["cells"]["0.1"], unit["domains"]["face"]["cells"]["0.1"]
@@ -222,12 +235,6 @@ def test_unit_edits_mix_the_words_at_length_one_and_leave_the_words_loss_alone(t
     names = tiny_pipe.tokenizer.convert_ids_to_tokens(ids)
     edits = features[:, :, [names.index(word + "</w>") for word in unit["domains"]["face"]["words"]]].double()
     expected = rotations.cell_result(torch.nn.functional.normalize(edits, dim=-1), 0.1, 3, 0, 3)
-    # the word choices are scored against rotations of unit edits too
-    for choice in unit["domains"]["face"]["choices"]:
-        choice_edits = features[:, :, [names.index(word + "</w>") for word in choice["words"]]].double()
-        _, _, draw_losses = rotations._words_and_draws(torch.nn.functional.normalize(choice_edits, dim=-1),
-                                                       0.1, 2, 0, False)
-        assert choice["words_beat"] == rotations._share_above(choice["words_loss"], draw_losses)
     assert unit_cell["draws"]["mean"] == pytest.approx(expected["draws"]["mean"])
     assert unit_cell["draws"]["mean"] != pytest.approx(plain_cell["draws"]["mean"])
 
