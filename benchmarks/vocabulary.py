@@ -492,7 +492,7 @@ def pipeline_from_args(args: argparse.Namespace):
         torch.set_num_threads(args.threads)
     from noiseclr_lite.models import load_pipeline
 
-    return load_pipeline(args.model) if args.model else load_pipeline()
+    return load_pipeline(args.model)   # None: the bundled model
 
 
 def parse_args(argv=None) -> argparse.Namespace:
